@@ -1,0 +1,62 @@
+"""The `fastpath` command. Sub-commands live in their sub-packages; no logic here."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from fastpath import __version__
+from fastpath.errors import FastpathError
+
+# Each module exposes register(subparsers); handlers are set with set_defaults(func=...).
+COMMAND_MODULES = (
+    "fastpath.doctor",
+    "fastpath.netns.cli",
+    "fastpath.bpf.cli",
+    "fastpath.bench.cli",
+)
+
+EPILOG = """\
+examples:
+  fastpath doctor                          check every capability fastpath uses
+  fastpath topo up lab.yaml                build a namespace topology
+  fastpath topo exec lab1 client -- ping -c1 10.10.0.2
+  fastpath count attach veth0 --netns lab1-server
+  fastpath bench counter                   run a benchmark scenario side by side
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fastpath",
+        description="Kernel-bypass packet processing: XDP, io_uring and DPDK data planes.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"fastpath {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(func(args) or 0)
+    except FastpathError as exc:
+        print(f"fastpath: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
