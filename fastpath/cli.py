@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "fastpath.netns.cli",
     "fastpath.bpf.cli",
     "fastpath.bench.cli",
+    "fastpath.dpdk.cli",
 )
 
 EPILOG = """\

@@ -17,7 +17,7 @@ packages=(
   bpfcc-tools python3-bpfcc libbpfcc libbpfcc-dev clang llvm libelf-dev
   linux-headers-amd64 liburing-dev liburing2
   dpdk dpdk-dev libdpdk-dev meson ninja-build pkg-config
-  iproute2 nftables iptables ethtool netsniff-ng hping3 iperf3 tcpdump
+  iproute2 iputils-ping nftables iptables ethtool netsniff-ng hping3 iperf3 tcpdump
   python3-venv python3-pip gcc make
 )
 missing=()

@@ -10,7 +10,6 @@ maps, so counters and flow state survive an upgrade. Detach removes exactly what
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import json
 import os
@@ -23,13 +22,12 @@ from pathlib import Path
 
 from fastpath.bpf import loader, syscall
 from fastpath.errors import CapabilityError, FastpathError
+from fastpath.netns.namespaces import netns_context
 
 PIN_ROOT = Path(os.environ.get("FASTPATH_PIN_ROOT", "/sys/fs/bpf/fastpath"))
 RUN_ROOT = Path(os.environ.get("FASTPATH_RUN_ROOT", "/run/fastpath"))
 MODES = ("auto", "native", "generic")
 
-_CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 @contextlib.contextmanager
@@ -38,23 +36,8 @@ def in_netns(netns: str | None) -> Iterator[None]:
     if netns is None:
         yield
         return
-    path = f"/run/netns/{netns}"
-    if not os.path.exists(path):
-        raise FastpathError(f"network namespace {netns!r} not found", fix="see 'ip netns list'")
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(path, os.O_RDONLY)
-    try:
-        if _libc.setns(target, _CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise FastpathError(f"cannot enter network namespace {netns!r}: {os.strerror(err)}")
-        try:
-            yield
-        finally:
-            if _libc.setns(own, _CLONE_NEWNET) != 0:  # pragma: no cover - would be a kernel bug
-                raise OSError(ctypes.get_errno(), "cannot return to the original namespace")
-    finally:
-        os.close(target)
-        os.close(own)
+    with netns_context(netns):
+        yield
 
 
 def pin_dir(ifname: str, netns: str | None) -> Path:

@@ -1,0 +1,79 @@
+"""The machine a benchmark ran on, recorded next to every result so numbers stay comparable."""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from fastpath import __version__
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The CPU's marketing name from /proc/cpuinfo (x86 "model name", Arm "Hardware"/"CPU part")."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            cpuinfo = ""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and value.strip():
+            fields.setdefault(key.strip(), value.strip())
+    for key in ("model name", "Hardware", "Model", "cpu model", "CPU part"):
+        if key in fields:
+            return fields[key]
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def _git(*args: str) -> str | None:
+    try:
+        proc = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), *args],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None
+
+
+def capture(now: datetime | None = None) -> dict[str, Any]:
+    """Kernel, CPU, core counts, frequency governor, git state, time and fastpath version."""
+    commit = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = os.cpu_count() or 0
+    return {
+        "timestamp": (now or datetime.now(UTC)).isoformat(timespec="seconds"),
+        "hostname": socket.gethostname(),
+        "kernel": platform.release(),
+        "kernel_version": platform.version(),
+        "machine": platform.machine(),
+        "cpu_model": cpu_model(),
+        "nproc": usable,
+        "cpu_count": os.cpu_count() or 0,
+        "cpu_governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
+        "python": platform.python_version(),
+        "fastpath_version": __version__,
+        "git_commit": commit,
+        "git_dirty": None if status is None else bool(status),
+    }

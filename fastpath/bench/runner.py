@@ -1,0 +1,302 @@
+"""Run one scenario: set up, measure every contender R times interleaved, always tear down."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastpath.bench import environment
+from fastpath.bench.registry import ScenarioUnavailable
+from fastpath.bench.scenario import NAME_RE, BenchContext, Metric, Scenario
+from fastpath.bench.stats import (
+    Summary,
+    TargetResult,
+    advantage,
+    describe_advantage,
+    evaluate_target,
+    ratio,
+    summarize,
+)
+from fastpath.errors import CapabilityError, FastpathError
+
+SCHEMA = "fastpath.bench/1"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One measure() call. Warm-up samples are kept in the record but not in the statistics."""
+
+    seq: int  # position in execution order
+    repeat: int  # 0-based; warm-up rounds count separately
+    warmup: bool
+    contender: str
+    values: dict[str, float]
+    elapsed_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "repeat": self.repeat,
+            "warmup": self.warmup,
+            "contender": self.contender,
+            "values": self.values,
+            "elapsed_s": self.elapsed_s,
+        }
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    scenario: str
+    contender: str | None  # None once everything is measured
+    repeat: int
+    warmup: bool
+    done: int
+    total: int
+
+
+ProgressFn = Callable[[ProgressEvent], None]
+
+
+@dataclass
+class ScenarioResult:
+    name: str
+    description: str
+    baseline: str
+    metrics: list[Metric]
+    contenders: list[str]  # the ones measured, in declaration order
+    skipped: dict[str, str]  # contender -> reason it did not run
+    repeat: int
+    warmup: int
+    quick: bool
+    environment: dict[str, Any]
+    samples: list[Sample]
+    summaries: dict[str, dict[str, Summary]]  # metric -> contender -> summary
+    targets: list[TargetResult]
+    duration_s: float
+    files: dict[str, str] = field(default_factory=dict)  # filled in by the report writer
+
+    def metric(self, name: str) -> Metric:
+        return next(m for m in self.metrics if m.name == name)
+
+    def values(self, metric: str, contender: str) -> list[float]:
+        """The measured (non-warm-up) samples of one metric for one contender, in order."""
+        return [s.values[metric] for s in self.samples if s.contender == contender and not s.warmup]
+
+    def ratio(self, metric: str, contender: str) -> float | None:
+        """median(contender) / median(baseline), unoriented."""
+        s = self.summaries[metric]
+        return ratio(s[contender].median, s[self.baseline].median)
+
+    def advantage(self, metric: Metric, contender: str) -> float | None:
+        """How many times better than the baseline the contender is (> 1 is better)."""
+        s = self.summaries[metric.name]
+        return advantage(s[contender].median, s[self.baseline].median, metric.better)
+
+    @property
+    def missed(self) -> list[TargetResult]:
+        return [t for t in self.targets if not t.met]
+
+    def to_dict(self) -> dict[str, Any]:
+        comparisons: dict[str, dict[str, Any]] = {}
+        for m in self.metrics:
+            comparisons[m.name] = {}
+            for c in self.contenders:
+                if c == self.baseline:
+                    continue
+                adv = self.advantage(m, c)
+                comparisons[m.name][c] = {
+                    "ratio": self.ratio(m.name, c),
+                    "advantage": adv,
+                    "verdict": describe_advantage(adv),
+                }
+        return {
+            "schema": SCHEMA,
+            "scenario": {
+                "name": self.name,
+                "description": self.description,
+                "baseline": self.baseline,
+                "contenders": self.contenders,
+                "skipped": self.skipped,
+                "metrics": [{"name": m.name, "unit": m.unit, "better": m.better} for m in self.metrics],
+            },
+            "config": {"repeat": self.repeat, "warmup": self.warmup, "quick": self.quick},
+            "environment": self.environment,
+            "duration_s": self.duration_s,
+            "samples": [s.to_dict() for s in self.samples],
+            "summary": {
+                metric: {c: s.to_dict() for c, s in per.items()} for metric, per in self.summaries.items()
+            },
+            "comparisons": comparisons,
+            "targets": [t.to_dict() for t in self.targets],
+            "files": self.files,
+        }
+
+
+def schedule(contenders: list[str], repeat: int, warmup: int) -> list[tuple[int, bool, str]]:
+    """(repeat, warmup?, contender) in execution order.
+
+    Each round runs every contender once; round k starts k places further along the list
+    (A B C, B C A, C A B, ...), so no contender is always first or always after the same
+    peer, and drift over the run is shared out evenly.
+    """
+    plan: list[tuple[int, bool, str]] = []
+    n = len(contenders)
+    for rnd in range(warmup + repeat):
+        is_warmup = rnd < warmup
+        rep = rnd if is_warmup else rnd - warmup
+        for i in range(n):
+            plan.append((rep, is_warmup, contenders[(rnd + i) % n]))
+    return plan
+
+
+def _contextual(exc: FastpathError, where: str) -> FastpathError:
+    err = FastpathError(f"{where}: {exc.message}", fix=exc.fix)
+    err.exit_code = exc.exit_code
+    return err
+
+
+def _check_contenders(scenario: Scenario) -> list[str]:
+    name = scenario.name
+    declared = list(scenario.contenders())
+    if not declared:
+        raise FastpathError(f"scenario {name!r} declares no contenders")
+    if len(set(declared)) != len(declared):
+        raise FastpathError(f"scenario {name!r} declares duplicate contenders: {declared}")
+    for c in declared:
+        if not NAME_RE.match(c):
+            raise FastpathError(f"scenario {name!r}: contender name {c!r} is not plain")
+    if scenario.baseline not in declared:
+        raise FastpathError(f"scenario {name!r}: baseline {scenario.baseline!r} is not one of {declared}")
+    for t in scenario.targets:
+        for c in (t.contender, t.versus):
+            if c is not None and c not in declared:
+                raise FastpathError(f"scenario {name!r}: target names unknown contender {c!r}")
+    return declared
+
+
+def _check_values(scenario: Scenario, contender: str, values: object) -> dict[str, float]:
+    expected = [m.name for m in scenario.metrics]
+    where = f"scenario {scenario.name!r}: measure({contender!r})"
+    if not isinstance(values, dict) or sorted(values) != sorted(expected):
+        got = sorted(values) if isinstance(values, dict) else type(values).__name__
+        raise FastpathError(f"{where} returned {got}, expected values for {sorted(expected)}")
+    out: dict[str, float] = {}
+    for key in expected:
+        v = values[key]
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            raise FastpathError(f"{where} returned {key}={v!r}, expected a finite number")
+        out[key] = float(v)
+    return out
+
+
+def run_scenario(
+    scenario_cls: type[Scenario],
+    *,
+    repeat: int | None = None,
+    quick: bool = False,
+    env: dict[str, Any] | None = None,
+    progress: ProgressFn | None = None,
+    log: Callable[[str], None] = print,
+) -> ScenarioResult:
+    """Set up, measure every contender `repeat` times (interleaved), tear down, summarise.
+
+    Raises ScenarioUnavailable when the host can't run the scenario (setup raised
+    CapabilityError, or the baseline was skipped) and FastpathError for any other failure;
+    teardown has run by then either way.
+    """
+    scenario = scenario_cls()
+    name = scenario.name
+    n_repeat = repeat if repeat is not None else (scenario.quick_repeat if quick else scenario.repeat)
+    if n_repeat < 1:
+        raise FastpathError(f"repeat must be at least 1, got {n_repeat}")
+    n_warmup = 0 if quick else scenario.warmup
+    declared = _check_contenders(scenario)
+    env = env if env is not None else environment.capture()
+
+    samples: list[Sample] = []
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix=f"fastpath-bench-{name}-") as tmp:
+        ctx = BenchContext(name, quick, n_repeat, Path(tmp), log=log)
+        failure: BaseException | None = None
+        try:
+            try:
+                scenario.setup(ctx)
+            except CapabilityError as exc:
+                raise ScenarioUnavailable(
+                    f"scenario {name!r} is unavailable: {exc.message}", fix=exc.fix
+                ) from exc
+            except FastpathError as exc:
+                raise _contextual(exc, f"scenario {name!r} setup") from exc
+            except Exception as exc:
+                raise FastpathError(f"scenario {name!r} setup failed: {type(exc).__name__}: {exc}") from exc
+            unknown = sorted(set(ctx.skipped) - set(declared))
+            if unknown:
+                raise FastpathError(f"scenario {name!r} skipped unknown contenders {unknown}")
+            if scenario.baseline in ctx.skipped:
+                raise ScenarioUnavailable(
+                    f"scenario {name!r} is unavailable: baseline {scenario.baseline!r} "
+                    f"cannot run: {ctx.skipped[scenario.baseline]}"
+                )
+            active = [c for c in declared if c not in ctx.skipped]
+            plan = schedule(active, n_repeat, n_warmup)
+            for seq, (rep, warm, contender) in enumerate(plan):
+                if progress:
+                    progress(ProgressEvent(name, contender, rep, warm, seq, len(plan)))
+                t0 = time.perf_counter()
+                phase = f"warm-up {rep + 1}" if warm else f"repeat {rep + 1}"
+                where = f"scenario {name!r}, {contender} ({phase})"
+                try:
+                    raw = scenario.measure(contender, ctx)
+                except FastpathError as exc:
+                    raise _contextual(exc, where) from exc
+                except Exception as exc:
+                    raise FastpathError(f"{where} failed: {type(exc).__name__}: {exc}") from exc
+                elapsed = time.perf_counter() - t0
+                values = _check_values(scenario, contender, raw)
+                samples.append(Sample(seq, rep, warm, contender, values, elapsed))
+            if progress:
+                progress(ProgressEvent(name, None, n_repeat, False, len(plan), len(plan)))
+        except BaseException as exc:
+            failure = exc
+            raise
+        finally:
+            try:
+                scenario.teardown(ctx)
+            except Exception as exc:
+                if failure is None:
+                    raise FastpathError(
+                        f"scenario {name!r} teardown failed: {type(exc).__name__}: {exc}"
+                    ) from exc
+                log(f"scenario {name!r} teardown also failed: {type(exc).__name__}: {exc}")
+
+    measured = [s for s in samples if not s.warmup]
+    summaries: dict[str, dict[str, Summary]] = {}
+    for m in scenario.metrics:
+        summaries[m.name] = {
+            c: summarize([s.values[m.name] for s in measured if s.contender == c]) for c in active
+        }
+    targets = [
+        evaluate_target(t, scenario.metric(t.metric), summaries[t.metric], ctx.skipped)
+        for t in scenario.targets
+    ]
+    return ScenarioResult(
+        name=name,
+        description=scenario.description,
+        baseline=scenario.baseline,
+        metrics=list(scenario.metrics),
+        contenders=active,
+        skipped=dict(ctx.skipped),
+        repeat=n_repeat,
+        warmup=n_warmup,
+        quick=quick,
+        environment=env,
+        samples=samples,
+        summaries=summaries,
+        targets=targets,
+        duration_s=time.perf_counter() - started,
+    )

@@ -1,0 +1,136 @@
+"""`fastpath bench` through the real entry point, with only the bench command registered."""
+
+import json
+from typing import ClassVar
+
+import pytest
+
+import fastpath.cli
+from fastpath.bench import registry
+from fastpath.bench import scenarios as builtin
+from fastpath.bench.registry import register_scenario
+from fastpath.bench.scenario import BenchContext, Metric, Scenario, Target
+
+
+class Alpha(Scenario):
+    name = "alpha"
+    description = "fastpath against a peer, scripted"
+    metrics: ClassVar = [Metric("drop", "ns/packet", "lower")]
+    baseline = "peer"
+    targets: ClassVar = [Target("drop", "fastpath", ">=", 2, versus="peer")]  # 3×: met
+    repeat = 3
+    quick_repeat = 1
+
+    def contenders(self) -> list[str]:
+        return ["fastpath", "peer"]
+
+    def measure(self, contender: str, ctx: BenchContext) -> dict[str, float]:
+        return {"drop": 10.0 if contender == "fastpath" else 30.0}
+
+
+class Beta(Alpha):
+    name = "beta"
+    description = "a scenario whose target is missed"
+    targets: ClassVar = [Target("drop", "fastpath", "<=", 5)]  # 10 ns: missed
+
+
+@pytest.fixture
+def main(monkeypatch, tmp_path):
+    monkeypatch.setattr(fastpath.cli, "COMMAND_MODULES", ("fastpath.bench.cli",))
+    monkeypatch.setattr(registry, "_REGISTRY", {})
+    monkeypatch.setattr(builtin, "SCENARIOS", {})
+    register_scenario(Alpha)
+    register_scenario(Beta)
+    out = tmp_path / "results"
+
+    def run(*argv):
+        return fastpath.cli.main(["bench", *argv, "--out", str(out)])
+
+    run.out = out
+    return run
+
+
+def test_unknown_scenario_is_one_line_naming_the_valid_ones(main, capsys):
+    assert main("alpha", "nope") == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.splitlines() == ["fastpath: error: unknown scenario 'nope'; choose from: alpha, beta"]
+    assert not main.out.exists()  # nothing ran, nothing written
+
+
+def test_list(main, capsys, tmp_path, monkeypatch):
+    (tmp_path / "bench_cli_dep.py").write_text("import fastpath_no_such_dependency\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(builtin, "SCENARIOS", {"gamma": "bench_cli_dep"})
+    assert main("--list") == 0
+    out = capsys.readouterr().out
+    assert "alpha" in out and "fastpath against a peer, scripted" in out
+    assert "a scenario whose target is missed" in out
+    assert "gamma" in out and "unavailable" in out
+    assert main("--list", "--json") == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert sorted(rows) == ["alpha", "beta", "gamma"]
+    assert rows["alpha"]["contenders"] == ["fastpath", "peer"]
+    assert rows["alpha"]["baseline"] == "peer"
+    assert rows["alpha"]["targets"] == ["fastpath drop ≥ 2× better than peer"]
+    assert rows["gamma"]["available"] is False and "fastpath_no_such_dependency" in rows["gamma"]["reason"]
+
+
+def test_json_run_writes_files_and_prints_results(main, capsys):
+    assert main("alpha", "--json", "--repeat", "4") == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [s["scenario"]["name"] for s in doc["scenarios"]] == ["alpha"]
+    alpha = doc["scenarios"][0]
+    assert alpha["config"]["repeat"] == 4 and len(alpha["samples"]) == 4 * 2 + 2  # + warm-up
+    assert alpha["targets"][0]["met"] is True
+    assert alpha["environment"]["fastpath_version"] == fastpath.__version__
+    assert {"kernel", "cpu_model", "nproc", "git_commit", "timestamp"} <= set(alpha["environment"])
+    run_dir = main.out / "latest"
+    assert str(run_dir.resolve()) == str(main.out.resolve() / doc["run_dir"].rsplit("/", 1)[1])
+    assert {p.name for p in run_dir.iterdir()} == {"alpha.json", "alpha.md", "alpha-drop.png"}
+
+
+def test_missed_target_is_reported_and_fails_only_under_strict(main, capsys):
+    assert main("beta", "--quick") == 0
+    captured = capsys.readouterr()
+    assert "fastpath drop ≤ 5 ns/packet" in captured.out and "NOT MET" in captured.out
+    assert "3.00× better" in captured.out
+    assert main("beta", "--quick", "--strict") == 1
+    assert "--strict: 1 target(s) missed" in capsys.readouterr().err
+    assert main("alpha", "--quick", "--strict") == 0
+
+
+def test_all_scenarios_run_when_none_named_and_unavailable_ones_are_skipped(main, capsys):
+    class NoHost(Alpha):
+        name = "nohost"
+
+        def setup(self, ctx):
+            from fastpath.errors import CapabilityError
+
+            raise CapabilityError("no hugepages reserved")
+
+    register_scenario(NoHost)
+    assert main("--quick", "--json") == 0
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)
+    assert [s["scenario"]["name"] for s in doc["scenarios"]] == ["alpha", "beta"]
+    assert "no hugepages reserved" in doc["unavailable"]["nohost"]
+    assert "skipping scenario 'nohost'" in captured.err
+    assert main("--quick", "--json", "--strict") == 1
+    # Named explicitly, an unavailable scenario is an error of its own.
+    assert main("nohost") == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == "fastpath: error: scenario 'nohost' is unavailable: no hugepages reserved"
+
+
+def test_no_registered_scenarios_is_a_clear_error(main, capsys, monkeypatch):
+    monkeypatch.setattr(registry, "_REGISTRY", {})
+    assert main() == 1
+    assert capsys.readouterr().err.startswith("fastpath: error: no benchmark scenarios are registered")
+
+
+def test_repeat_must_be_positive(main, capsys):
+    with pytest.raises(SystemExit) as info:
+        main("alpha", "--repeat", "0")
+    assert info.value.code == 2
+    assert "must be at least 1" in capsys.readouterr().err

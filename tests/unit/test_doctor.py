@@ -1,0 +1,599 @@
+"""fastpath doctor without privileges: the /proc and /sys probes run against fake trees, the
+runner and the report against injected rows, and the kernel ABI constants against the
+system headers."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from fastpath import doctor
+from fastpath.doctor import Check, Status
+from fastpath.errors import FastpathError
+
+RELEASE = "6.18.44-fc-v669"
+
+
+def write(root: Path, path: str, text: str) -> Path:
+    target = root / path.lstrip("/")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text)
+    return target
+
+
+def mkdir(root: Path, path: str) -> Path:
+    target = root / path.lstrip("/")
+    target.mkdir(parents=True, exist_ok=True)
+    return target
+
+
+def symlink(root: Path, path: str, target: str) -> None:
+    link = root / path.lstrip("/")
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(target)
+
+
+@pytest.fixture
+def fake_root(tmp_path: Path) -> Path:
+    write(tmp_path, "/proc/sys/kernel/osrelease", RELEASE + "\n")
+    write(tmp_path, "/proc/mounts", "proc /proc proc rw 0 0\n")
+    return tmp_path
+
+
+# --- pure parsers ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("release", "version"),
+    [("6.18.44-fc-v669", (6, 18, 44)), ("5.15.0-91-generic", (5, 15, 0)), ("6.1", (6, 1, 0))],
+)
+def test_parse_kernel_version(release: str, version: tuple[int, int, int]) -> None:
+    assert doctor.parse_kernel_version(release) == version
+
+
+def test_parse_kernel_version_rejects_garbage() -> None:
+    with pytest.raises(ValueError):
+        doctor.parse_kernel_version("custom")
+
+
+def test_parse_capabilities_reads_capeff_bits() -> None:
+    # This VM's mask: everything but CAP_SYS_RESOURCE (bit 24).
+    mask, caps = doctor.parse_capabilities("CapPrm:\t0\nCapEff:\t000001fffeffffff\n")
+    assert mask == 0x1FFFEFFFFFF
+    assert caps["CAP_SYS_ADMIN"] and caps["CAP_NET_ADMIN"] and caps["CAP_BPF"]
+    assert not caps["CAP_SYS_RESOURCE"]
+
+
+# --- privileges and kernel ---------------------------------------------------------------
+
+
+def test_privileges_ok_for_root(fake_root: Path) -> None:
+    write(fake_root, "/proc/self/status", "Uid:\t0\t0\t0\t0\nCapEff:\t000001ffffffffff\n")
+    row = doctor.probe_privileges(fake_root)
+    assert row.status is Status.OK
+    assert row.data["euid"] == 0
+    assert "CAP_BPF" in row.detail
+
+
+def test_privileges_fail_without_net_admin(fake_root: Path) -> None:
+    mask = (1 << 21) | (1 << 39)  # SYS_ADMIN and BPF only
+    write(fake_root, "/proc/self/status", f"Uid:\t1000\t1000\t1000\t1000\nCapEff:\t{mask:016x}\n")
+    row = doctor.probe_privileges(fake_root)
+    assert row.status is Status.FAIL
+    assert "CAP_NET_ADMIN" in row.detail and "uid 1000" in row.detail
+    assert row.fix is not None and "root" in row.fix
+
+
+def test_privileges_accept_sys_admin_in_place_of_cap_bpf(fake_root: Path) -> None:
+    mask = (1 << 21) | (1 << 12)
+    write(fake_root, "/proc/self/status", f"Uid:\t0\t0\t0\t0\nCapEff:\t{mask:016x}\n")
+    row = doctor.probe_privileges(fake_root)
+    assert row.status is Status.OK
+    assert "no CAP_BPF" in row.detail
+
+
+@pytest.mark.parametrize(
+    ("release", "status", "words"),
+    [
+        ("6.18.44-fc-v669", Status.OK, "6.0"),
+        ("5.15.0-91-generic", Status.WARN, "SYN-cookie"),
+        ("5.10.0-26-amd64", Status.FAIL, "older than 5.15"),
+    ],
+)
+def test_kernel_version_thresholds(fake_root: Path, release: str, status: Status, words: str) -> None:
+    write(fake_root, "/proc/sys/kernel/osrelease", release)
+    row = doctor.probe_kernel(fake_root)
+    assert row.status is status
+    assert words in row.detail
+    assert row.data["release"] == release
+
+
+# --- bpffs, BTF, headers -----------------------------------------------------------------
+
+
+def test_bpffs_mounted_and_writable(fake_root: Path) -> None:
+    write(fake_root, "/proc/mounts", "bpf /sys/fs/bpf bpf rw,relatime 0 0\n")
+    mkdir(fake_root, "/sys/fs/bpf")
+    row = doctor.probe_bpffs(fake_root)
+    assert row.status is Status.OK
+    assert list((fake_root / "sys/fs/bpf").iterdir()) == []  # the probe directory is gone
+
+
+def test_bpffs_missing_fails_with_mount_fix(fake_root: Path) -> None:
+    write(fake_root, "/proc/mounts", "sysfs /sys sysfs rw 0 0\n")
+    row = doctor.probe_bpffs(fake_root)
+    assert row.status is Status.FAIL
+    assert row.fix is not None and "mount -t bpf bpf /sys/fs/bpf" in row.fix
+
+
+def test_bpffs_wrong_fstype_is_named(fake_root: Path) -> None:
+    write(fake_root, "/proc/mounts", "tmpfs /sys/fs/bpf tmpfs rw 0 0\n")
+    row = doctor.probe_bpffs(fake_root)
+    assert row.status is Status.FAIL
+    assert "tmpfs" in row.detail
+
+
+def test_btf_present(fake_root: Path) -> None:
+    (mkdir(fake_root, "/sys/kernel/btf") / "vmlinux").write_bytes(b"\x9f\xeb\x01\x00" + bytes(60))
+    assert doctor.probe_btf(fake_root).status is Status.OK
+
+
+def test_btf_missing_or_garbage_warns(fake_root: Path) -> None:
+    assert doctor.probe_btf(fake_root).status is Status.WARN
+    (mkdir(fake_root, "/sys/kernel/btf") / "vmlinux").write_bytes(b"ELF")
+    row = doctor.probe_btf(fake_root)
+    assert row.status is Status.WARN and "magic" in row.detail
+    assert row.fix is not None and "CONFIG_DEBUG_INFO_BTF" in row.fix
+
+
+def _headers(root: Path, name: str, uts: str) -> None:
+    write(root, f"/usr/src/{name}/include/generated/utsrelease.h", f'#define UTS_RELEASE "{uts}"\n')
+    write(root, f"/usr/src/{name}/Makefile", "")
+
+
+def test_headers_stand_in_symlink_warns_and_explains(fake_root: Path) -> None:
+    _headers(fake_root, "linux-headers-6.1.0-56-amd64", "6.1.0-56-amd64")
+    symlink(fake_root, f"/lib/modules/{RELEASE}/build", "/usr/src/linux-headers-6.1.0-56-amd64")
+    row = doctor.probe_kernel_headers(fake_root)
+    assert row.status is Status.WARN
+    assert row.data["stand_in"] is True
+    assert row.data["headers_release"] == "6.1.0-56-amd64"
+    assert row.data["links_to"] == "/usr/src/linux-headers-6.1.0-56-amd64"
+    assert "stand-in" in row.detail and "bcc compiles" in row.detail
+    assert row.fix is not None and RELEASE in row.fix
+
+
+def test_headers_matching_release_ok(fake_root: Path) -> None:
+    _headers(fake_root, f"linux-headers-{RELEASE}", RELEASE)
+    symlink(fake_root, f"/lib/modules/{RELEASE}/build", f"../../../usr/src/linux-headers-{RELEASE}")
+    row = doctor.probe_kernel_headers(fake_root)
+    assert row.status is Status.OK
+    assert row.data["stand_in"] is False
+
+
+def test_headers_missing_fails_and_dangling_link_is_named(fake_root: Path) -> None:
+    row = doctor.probe_kernel_headers(fake_root)
+    assert row.status is Status.FAIL
+    assert row.fix is not None and "setup-host.sh" in row.fix
+    symlink(fake_root, f"/lib/modules/{RELEASE}/build", "/usr/src/gone")
+    row = doctor.probe_kernel_headers(fake_root)
+    assert row.status is Status.FAIL and "dangling" in row.detail
+
+
+def test_headers_missing_but_kheaders_ok(fake_root: Path) -> None:
+    write(fake_root, "/sys/kernel/kheaders.tar.xz", "")
+    assert doctor.probe_kernel_headers(fake_root).status is Status.OK
+
+
+# --- hugepages ---------------------------------------------------------------------------
+
+
+def _hugepages(root: Path, base: str, pools: dict[str, tuple[int, int]]) -> None:
+    for size, (total, free) in pools.items():
+        write(root, f"{base}/hugepages-{size}/nr_hugepages", f"{total}\n")
+        write(root, f"{base}/hugepages-{size}/free_hugepages", f"{free}\n")
+
+
+def test_hugepages_per_size_and_node(fake_root: Path) -> None:
+    _hugepages(fake_root, "/sys/kernel/mm/hugepages", {"2048kB": (512, 500), "1048576kB": (0, 0)})
+    _hugepages(fake_root, "/sys/devices/system/node/node0/hugepages", {"2048kB": (256, 250)})
+    _hugepages(fake_root, "/sys/devices/system/node/node1/hugepages", {"2048kB": (256, 250)})
+    write(fake_root, "/proc/mounts", "nodev /dev/hugepages hugetlbfs rw,pagesize=2M 0 0\n")
+    row = doctor.probe_hugepages(fake_root)
+    assert row.status is Status.OK
+    assert row.data["sizes"]["2048kB"] == {"total": 512, "free": 500}
+    assert row.data["nodes"]["node1"]["2048kB"] == {"total": 256, "free": 250}
+    assert row.data["hugetlbfs"] == [{"path": "/dev/hugepages", "options": "rw,pagesize=2M"}]
+    assert "node1" in row.detail
+
+
+def test_hugepages_none_reserved_warns_with_reservation_fix(fake_root: Path) -> None:
+    _hugepages(fake_root, "/sys/kernel/mm/hugepages", {"2048kB": (0, 0)})
+    write(fake_root, "/proc/mounts", "nodev /dev/hugepages hugetlbfs rw 0 0\n")
+    row = doctor.probe_hugepages(fake_root)
+    assert row.status is Status.WARN
+    assert row.fix is not None and "nr_hugepages" in row.fix
+
+
+def test_hugepages_all_in_use_or_unmounted_warn(fake_root: Path) -> None:
+    _hugepages(fake_root, "/sys/kernel/mm/hugepages", {"2048kB": (64, 0)})
+    write(fake_root, "/proc/mounts", "nodev /dev/hugepages hugetlbfs rw 0 0\n")
+    assert "in use" in doctor.probe_hugepages(fake_root).detail
+    _hugepages(fake_root, "/sys/kernel/mm/hugepages", {"1048576kB": (2, 2)})
+    write(fake_root, "/proc/mounts", "")
+    row = doctor.probe_hugepages(fake_root)
+    assert row.status is Status.WARN
+    assert row.fix is not None and "hugetlbfs" in row.fix
+
+
+# --- VFIO, NICs ----------------------------------------------------------------------------
+
+
+def test_vfio_absent_on_a_kernel_without_modules(fake_root: Path) -> None:
+    mkdir(fake_root, "/sys/kernel/iommu_groups")
+    mkdir(fake_root, "/sys/bus/pci/drivers/virtio-pci")
+    row = doctor.probe_vfio(fake_root)
+    assert row.status is Status.WARN
+    assert "this kernel has no VFIO/UIO: DPDK can use only virtual devices" in row.detail
+    assert "net_af_packet" in row.detail and "net_af_xdp" in row.detail
+    assert row.fix is not None and "CONFIG_VFIO_PCI=y" in row.fix and "cannot load" in row.fix
+    assert row.data["iommu_groups"] == 0 and row.data["dev_vfio"] is None
+
+
+def test_vfio_absent_with_modules_suggests_modprobe(fake_root: Path) -> None:
+    write(fake_root, "/proc/modules", "")
+    row = doctor.probe_vfio(fake_root)
+    assert row.fix is not None and row.fix.startswith("modprobe vfio-pci")
+
+
+def test_vfio_present_with_iommu_ok(fake_root: Path) -> None:
+    for group in ("0", "1", "2"):
+        mkdir(fake_root, f"/sys/kernel/iommu_groups/{group}")
+    mkdir(fake_root, "/sys/bus/pci/drivers/vfio-pci")
+    write(fake_root, "/dev/vfio/vfio", "")
+    row = doctor.probe_vfio(fake_root)
+    assert row.status is Status.OK
+    assert row.data["iommu_groups"] == 3 and row.data["dev_vfio"] == ["vfio"]
+
+
+def test_vfio_without_iommu_or_with_only_uio_warns(fake_root: Path) -> None:
+    mkdir(fake_root, "/sys/bus/pci/drivers/vfio-pci")
+    assert "no IOMMU groups" in doctor.probe_vfio(fake_root).detail
+    write(fake_root, "/sys/module/vfio/parameters/enable_unsafe_noiommu_mode", "Y\n")
+    assert "no-IOMMU" in doctor.probe_vfio(fake_root).detail
+    (fake_root / "sys/bus/pci/drivers/vfio-pci").rmdir()
+    mkdir(fake_root, "/sys/bus/pci/drivers/uio_pci_generic")
+    row = doctor.probe_vfio(fake_root)
+    assert row.status is Status.WARN and "uio_pci_generic" in row.detail
+
+
+def _pci(
+    root: Path, addr: str, cls: str, driver: str | None, netdev: str | None, *, nested: bool = False
+) -> None:
+    dev = mkdir(root, f"/sys/bus/pci/devices/{addr}")
+    write(root, f"/sys/bus/pci/devices/{addr}/class", cls + "\n")
+    write(root, f"/sys/bus/pci/devices/{addr}/vendor", "0x1af4\n")
+    write(root, f"/sys/bus/pci/devices/{addr}/device", "0x1000\n")
+    if driver:
+        mkdir(root, f"/sys/bus/pci/drivers/{driver}")
+        (dev / "driver").symlink_to(f"../../../bus/pci/drivers/{driver}")
+    if netdev:
+        mkdir(root, f"/sys/bus/pci/devices/{addr}/{'virtio0/' if nested else ''}net/{netdev}")
+
+
+ROUTE_HEADER = "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\tMTU\tWindow\tIRTT\n"
+
+
+def test_pci_nics_none_warns(fake_root: Path) -> None:
+    _pci(fake_root, "0000:00:00.0", "0x060000", None, None)
+    row = doctor.probe_pci_nics(fake_root)
+    assert row.status is Status.WARN and row.data["nics"] == []
+
+
+def test_pci_nic_that_carries_the_default_route_warns(fake_root: Path) -> None:
+    _pci(fake_root, "0000:00:03.0", "0x020000", "virtio-pci", "eth0", nested=True)
+    write(
+        fake_root,
+        "/proc/net/route",
+        ROUTE_HEADER + "eth0\t00000000\t0100000A\t0003\t0\t0\t0\t00000000\t0\t0\t0\n",
+    )
+    row = doctor.probe_pci_nics(fake_root)
+    assert row.status is Status.WARN
+    assert row.data["nics"][0]["netdevs"] == ["eth0"]
+    assert row.data["nics"][0]["driver"] == "virtio-pci"
+    assert row.fix is not None and "cut this machine off" in row.fix
+
+
+def test_pci_spare_nic_ok(fake_root: Path) -> None:
+    _pci(fake_root, "0000:00:03.0", "0x020000", "virtio-pci", "eth0", nested=True)
+    _pci(fake_root, "0000:00:04.0", "0x020000", "ixgbe", "eth1")
+    write(
+        fake_root,
+        "/proc/net/ipv6_route",
+        "0" * 32 + " 00 " + "0" * 32 + " 00 fe800000000000000000000000000001 00000400 "
+        "00000001 00000000 00000003 eth0\n",
+    )
+    row = doctor.probe_pci_nics(fake_root)
+    assert row.status is Status.OK
+    assert [n["default_route"] for n in row.data["nics"]] == [True, False]
+
+
+# --- DPDK, liburing, IPVS, io_uring sysctl -------------------------------------------------
+
+
+def test_dpdk_pmds_listed(tmp_path: Path) -> None:
+    pmds = mkdir(tmp_path, "/dpdk/pmds-23.0")
+    for name in (
+        "librte_net_af_packet.so",
+        "librte_net_af_packet.so.23",
+        "librte_net_null.so.23.0",
+        "librte_net_af_xdp.so",
+        "librte_bus_pci.so",
+        "librte_crypto_null.so",
+    ):
+        (pmds / name).write_text("")
+    row = doctor.probe_dpdk_pmds(tmp_path)
+    assert row.status is Status.OK
+    assert row.data["net"] == ["af_packet", "af_xdp", "null"]
+
+
+def test_dpdk_pmds_without_socket_pmds_warns_and_missing_dir_fails(tmp_path: Path) -> None:
+    (mkdir(tmp_path, "/dpdk/pmds-23.0") / "librte_net_ixgbe.so").write_text("")
+    assert doctor.probe_dpdk_pmds(tmp_path).status is Status.WARN
+    assert doctor.probe_dpdk_pmds(tmp_path / "nowhere").status is Status.FAIL
+
+
+@pytest.mark.parametrize(
+    ("version", "status"), [("22.11.11", Status.OK), ("21.11.3", Status.WARN), (None, Status.FAIL)]
+)
+def test_dpdk_version(monkeypatch: pytest.MonkeyPatch, version: str | None, status: Status) -> None:
+    monkeypatch.setattr(doctor, "_pkg_config", lambda *args: version)
+    row = doctor.probe_dpdk()
+    assert row.status is status
+    if status is not Status.FAIL:
+        assert row.data["version"] == version
+
+
+def test_liburing_missing_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(doctor, "_pkg_config", lambda *args: None)
+    row = doctor.probe_liburing()
+    assert row.status is Status.FAIL and row.fix is not None and "liburing-dev" in row.fix
+
+
+def test_liburing_reports_ffi_library(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in ("liburing.so.2.5", "liburing-ffi.so.2.5"):
+        (tmp_path / name).write_text("")
+    answers = {"--modversion": "2.5", "--variable=libdir": str(tmp_path)}
+    monkeypatch.setattr(doctor, "_pkg_config", lambda flag, pkg: answers[flag])
+    row = doctor.probe_liburing()
+    assert row.status is Status.OK
+    assert row.data["ffi"] == ["liburing-ffi.so.2.5"]
+
+
+def test_ipvs_presence(fake_root: Path) -> None:
+    row = doctor.probe_ipvs(fake_root)
+    assert row.status is Status.WARN and "IPVS" in row.detail
+    write(fake_root, "/proc/net/ip_vs", "IP Virtual Server version 1.2.1\n")
+    assert doctor.probe_ipvs(fake_root).status is Status.OK
+
+
+def test_io_uring_disabled_sysctl_fails_before_any_syscall(fake_root: Path) -> None:
+    write(fake_root, "/proc/sys/kernel/io_uring_disabled", "2\n")
+    row = doctor.probe_io_uring(fake_root)
+    assert row.status is Status.FAIL
+    assert row.fix == "sysctl -w kernel.io_uring_disabled=0"
+
+
+# --- Check, runner, report, CLI ------------------------------------------------------------
+
+
+def test_non_ok_check_must_name_a_fix() -> None:
+    with pytest.raises(ValueError):
+        Check("x", Status.WARN, "something", None)
+    assert Check("x", Status.OK, "fine").ok
+
+
+def test_a_probe_that_raises_becomes_a_fail_row() -> None:
+    def boom(session: doctor.DoctorSession) -> Check:
+        raise RuntimeError("kaboom")
+
+    with doctor.DoctorSession() as session:
+        row = doctor.run_probe("boom", boom, session)
+    assert row.status is Status.FAIL
+    assert "RuntimeError: kaboom" in row.detail
+    assert row.fix is not None and "--only boom" in row.fix
+    assert row.elapsed_s >= 0
+
+
+FAKE_ROWS = {
+    "alpha": Check("alpha", Status.OK, "fine", data={"n": 1}),
+    "beta": Check("beta", Status.WARN, "meh", "do this", {"list": [1, 2]}),
+    "gamma": Check("gamma", Status.FAIL, "broken", "do that"),
+}
+
+
+@pytest.fixture
+def fake_probes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    probes = {name: (lambda s, row=row: row) for name, row in FAKE_ROWS.items()}
+    monkeypatch.setattr(doctor, "PROBES", probes)
+    monkeypatch.setattr(doctor, "NETNS_DIR", tmp_path / "netns")
+
+
+def test_json_report_schema_and_exit_code(fake_probes: None, capsys: pytest.CaptureFixture[str]) -> None:
+    assert doctor.main(["--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert set(doc) == {"ok", "summary", "checks", "elapsed_s"}
+    assert doc["ok"] is False
+    assert doc["summary"] == {"OK": 1, "WARN": 1, "FAIL": 1}
+    assert [c["name"] for c in doc["checks"]] == ["alpha", "beta", "gamma"]
+    for row in doc["checks"]:
+        assert set(row) == {"name", "status", "detail", "fix", "data", "elapsed_s"}
+        assert row["status"] in ("OK", "WARN", "FAIL")
+        assert isinstance(row["data"], dict)
+        assert (row["fix"] is None) == (row["status"] == "OK")
+    assert doc["checks"][1]["data"] == {"list": [1, 2]}
+
+
+def test_exit_zero_without_fail_rows(fake_probes: None, capsys: pytest.CaptureFixture[str]) -> None:
+    assert doctor.main(["--json", "--only", "alpha", "--only", "beta"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ok"] is True and [c["name"] for c in doc["checks"]] == ["alpha", "beta"]
+
+
+def test_table_output_shows_status_detail_and_fix(
+    fake_probes: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert doctor.main(["--only", "beta", "--only", "gamma"]) == 1
+    captured = capsys.readouterr()
+    for word in ("capability", "beta", "WARN", "meh", "do this", "gamma", "FAIL", "do that"):
+        assert word in captured.out
+    assert "alpha" not in captured.out
+    assert "1 WARN, 1 FAIL" in captured.err
+
+
+def test_unknown_check_is_a_user_error(fake_probes: None) -> None:
+    with pytest.raises(FastpathError, match="unknown check nope"):
+        doctor.run_checks(["nope"])
+    with pytest.raises(SystemExit):
+        doctor.main(["--only", "nope"])
+
+
+def test_register_adds_the_doctor_subcommand() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="fastpath")
+    doctor.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["doctor", "--json", "--only", "kernel"])
+    assert args.func is doctor.handler and args.json and args.only == ["kernel"]
+
+
+def test_every_registered_probe_has_a_unique_kebab_name() -> None:
+    assert all(re.fullmatch(r"[a-z][a-z0-9-]*", name) for name in doctor.PROBES)
+    assert len(doctor.PROBES) >= 20
+
+
+# --- constants checked against the system headers ------------------------------------------
+
+
+def test_syn_packets_parse_as_tcp_syns() -> None:
+    scapy = pytest.importorskip("scapy.all")
+    for family, ip_layer in ((socket.AF_INET, scapy.IP), (socket.AF_INET6, scapy.IPv6)):
+        pkt = scapy.Ether(doctor.syn_packet(family))
+        assert pkt.haslayer(ip_layer)
+        assert pkt[scapy.TCP].flags == "S" and pkt[scapy.TCP].dport == 80
+        assert pkt[scapy.TCP].dataofs == 5 and len(pkt[scapy.TCP].payload) == 0
+
+
+LAYOUT_C = r"""
+#include <stdio.h>
+#include <stddef.h>
+#include <linux/bpf.h>
+#include <linux/io_uring.h>
+#define OFF(t, f) printf(#t "." #f " %zu\n", offsetof(t, f))
+int main(void)
+{
+    printf("gen4 %d\ngen6 %d\nchk4 %d\nchk6 %d\nBPF_XDP %d\nLINK_CREATE %d\nTEST_RUN %d\n",
+           BPF_FUNC_tcp_raw_gen_syncookie_ipv4, BPF_FUNC_tcp_raw_gen_syncookie_ipv6,
+           BPF_FUNC_tcp_raw_check_syncookie_ipv4, BPF_FUNC_tcp_raw_check_syncookie_ipv6,
+           BPF_XDP, BPF_LINK_CREATE, BPF_PROG_TEST_RUN);
+    OFF(union bpf_attr, test.data_in);
+    OFF(union bpf_attr, test.repeat);
+    OFF(union bpf_attr, test.ctx_in);
+    OFF(union bpf_attr, test.flags);
+    OFF(union bpf_attr, test.batch_size);
+    OFF(union bpf_attr, link_create.attach_type);
+    OFF(union bpf_attr, link_create.flags);
+    printf("params %zu\n", sizeof(struct io_uring_params));
+    OFF(struct io_uring_params, sq_off);
+    OFF(struct io_uring_params, cq_off);
+    printf("sqe %zu\n", sizeof(struct io_uring_sqe));
+    OFF(struct io_uring_sqe, user_data);
+    OFF(struct io_uring_sqe, buf_group);
+    printf("ops %d %d %d %d %d %d %d\n", IORING_OP_ACCEPT, IORING_OP_RECV, IORING_OP_SEND,
+           IORING_OP_CLOSE, IORING_OP_ASYNC_CANCEL, IORING_OP_TIMEOUT, IORING_OP_PROVIDE_BUFFERS);
+    return 0;
+}
+"""
+
+
+def test_abi_constants_match_the_system_headers(tmp_path: Path) -> None:
+    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if cc is None or not Path("/usr/include/linux/io_uring.h").exists():
+        pytest.skip("needs a C compiler and linux-libc-dev")
+    (tmp_path / "layout.c").write_text(LAYOUT_C)
+    subprocess.run([cc, "-o", str(tmp_path / "layout"), str(tmp_path / "layout.c")], check=True)
+    out = subprocess.run([str(tmp_path / "layout")], check=True, capture_output=True, text=True)
+    got = dict(line.rsplit(" ", 1) for line in out.stdout.splitlines() if not line.startswith("ops"))
+    ctypes_layout = {
+        "gen4": doctor.BPF_FUNC_TCP_RAW_GEN_SYNCOOKIE_IPV4,
+        "gen6": doctor.BPF_FUNC_TCP_RAW_GEN_SYNCOOKIE_IPV6,
+        "chk4": doctor.BPF_FUNC_TCP_RAW_CHECK_SYNCOOKIE_IPV4,
+        "chk6": doctor.BPF_FUNC_TCP_RAW_CHECK_SYNCOOKIE_IPV6,
+        "BPF_XDP": doctor.BPF_XDP,
+        "LINK_CREATE": doctor.BPF_LINK_CREATE,
+        "TEST_RUN": doctor.BPF_PROG_TEST_RUN,
+        "union bpf_attr.test.data_in": doctor._TestRunAttr.data_in.offset,
+        "union bpf_attr.test.repeat": doctor._TestRunAttr.repeat.offset,
+        "union bpf_attr.test.ctx_in": doctor._TestRunAttr.ctx_in.offset,
+        "union bpf_attr.test.flags": doctor._TestRunAttr.flags.offset,
+        "union bpf_attr.test.batch_size": doctor._TestRunAttr.batch_size.offset,
+        "union bpf_attr.link_create.attach_type": doctor._LinkCreateAttr.attach_type.offset,
+        "union bpf_attr.link_create.flags": doctor._LinkCreateAttr.flags.offset,
+        "params": doctor.ctypes.sizeof(doctor._UringParams),
+        "struct io_uring_params.sq_off": doctor._UringParams.sq_off.offset,
+        "struct io_uring_params.cq_off": doctor._UringParams.cq_off.offset,
+        "sqe": doctor._SQE.size,
+        "struct io_uring_sqe.user_data": 32,
+        "struct io_uring_sqe.buf_group": 40,
+    }
+    assert {k: int(v) for k, v in got.items()} == ctypes_layout
+    ops = next(line for line in out.stdout.splitlines() if line.startswith("ops")).split()[1:]
+    assert [int(o) for o in ops] == [doctor.IORING_OP[name] for name in doctor.REQUIRED_OPS]
+
+
+def test_opcode_names_follow_the_header_enum() -> None:
+    header = Path("/usr/include/linux/io_uring.h")
+    if not header.exists():
+        pytest.skip("needs linux-libc-dev")
+    enum = re.search(r"enum io_uring_op \{(.*?)\};", header.read_text(), re.S)
+    assert enum is not None
+    names = re.findall(r"IORING_OP_(\w+)", enum[1])
+    names = [n for n in names if n != "LAST"]
+    assert doctor.IORING_OPS[: len(names)] == names
+
+
+def test_reap_only_touches_dead_doctor_namespaces(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    netns_dir = mkdir(tmp_path, "/netns")
+    for name in (f"fpdoc-{os.getpid()}-abc123", "fpdoc-999999999-abc123", "fpdev-t1"):
+        (netns_dir / name).write_text("")
+    removed: list[str] = []
+    monkeypatch.setattr(doctor, "NETNS_DIR", netns_dir)
+    monkeypatch.setattr(doctor, "_remove_netns", removed.append)
+    assert doctor.reap_stale_netns() == ["fpdoc-999999999-abc123"]
+    assert removed == ["fpdoc-999999999-abc123"]
+
+
+def test_a_privilege_refusal_points_at_root() -> None:
+    def refused(session: doctor.DoctorSession) -> Check:
+        raise PermissionError(1, "Operation not permitted")
+
+    with doctor.DoctorSession() as session:
+        row = doctor.run_probe("refused", refused, session)
+    assert row.status is Status.FAIL and row.fix == doctor.ROOT_FIX
+
+
+def test_feature_names_follow_the_header_bits() -> None:
+    header = Path("/usr/include/linux/io_uring.h")
+    if not header.exists():
+        pytest.skip("needs linux-libc-dev")
+    bits = re.findall(r"#define IORING_FEAT_(\w+)\s+\(1U << (\d+)\)", header.read_text())
+    assert bits
+    for name, bit in bits:
+        assert doctor.IORING_FEATS[int(bit)] == name
