@@ -13,6 +13,7 @@ from fastpath.errors import FastpathError
 # Each module exposes register(subparsers); handlers are set with set_defaults(func=...).
 COMMAND_MODULES = (
     "fastpath.doctor",
+    "fastpath.demo",
     "fastpath.netns.cli",
     "fastpath.bpf.cli",
     "fastpath.bench.cli",
