@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "fastpath.bpf.cli",
     "fastpath.bench.cli",
     "fastpath.dpdk.cli",
+    "fastpath.uring.cli",
 )
 
 EPILOG = """\

@@ -1,0 +1,166 @@
+"""fastpath-echo-bench: measures both engines with every reply verified, and catches an
+echo server that corrupts, drops or closes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from fastpath.uring.native import ServerProcess, find_binary
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=("native", "python"))
+def engine(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@contextlib.contextmanager
+def server(engine: str) -> Iterator[ServerProcess]:
+    argv = [sys.executable, "-m", "fastpath.cli", "uring", "serve", "--engine", engine, "--port", "0"]
+    with ServerProcess(argv) as srv:
+        yield srv
+
+
+@pytest.fixture
+def bench() -> str:
+    try:
+        return str(find_binary("fastpath-echo-bench"))
+    except Exception as exc:  # noqa: BLE001 - reported as the skip reason
+        pytest.skip(f"fastpath-echo-bench unavailable: {exc}")
+
+
+def run_bench(bench: str, port: int, *args: str, timeout: float = 60) -> tuple[int, dict, str]:
+    r = subprocess.run([bench, "--port", str(port), *args], capture_output=True, text=True,
+                       timeout=timeout)
+    report = json.loads(r.stdout) if r.stdout.strip() else {}
+    return r.returncode, report, r.stderr
+
+
+def test_bench_measures_both_engines(bench, engine):
+    with server(engine) as srv:
+        rc, rep, err = run_bench(bench, srv.port, "--connections", "20", "--size", "100",
+                                 "--depth", "4", "--duration", "1", "--warmup", "0.3")
+        assert rc == 0, err
+        assert rep["ok"] is True and rep["verify_failures"] == 0 and rep["connection_errors"] == 0
+        assert rep["requests"] > 100 and rep["req_per_s"] > 0 and rep["mb_per_s"] > 0
+        assert rep["bytes"] == rep["requests"] * 100
+        lat = rep["latency_us"]
+        assert 0 < lat["p50"] <= lat["p99"] <= lat["p999"]
+        assert lat["p999"] <= lat["max"] * 1.02 + 1  # bucket upper edges may round up
+        st = srv.stats()
+        assert st["bytes_in"] >= rep["bytes"]
+
+
+def test_bench_large_messages_byte_exact(bench):
+    with server("native") as srv:
+        rc, rep, err = run_bench(bench, srv.port, "--connections", "3", "--size", str(1 << 20),
+                                 "--depth", "2", "--duration", "1", "--warmup", "0")
+        assert rc == 0, err
+        assert rep["requests"] >= 3 and rep["verify_failures"] == 0
+
+
+@contextlib.contextmanager
+def fake_server(handle: Callable[[socket.socket], None]) -> Iterator[int]:
+    """A loopback TCP server running `handle` per connection; torn down on exit."""
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(64)
+    lsock.settimeout(0.2)
+    stop = threading.Event()
+    conns: list[socket.socket] = []
+
+    def accept_loop() -> None:
+        while not stop.is_set():
+            try:
+                c, _ = lsock.accept()
+            except (TimeoutError, OSError):
+                continue
+            conns.append(c)
+            threading.Thread(target=handle, args=(c,), daemon=True).start()
+
+    t = threading.Thread(target=accept_loop, daemon=True)
+    t.start()
+    try:
+        yield lsock.getsockname()[1]
+    finally:
+        stop.set()
+        t.join(5)
+        lsock.close()
+        for c in conns:
+            with contextlib.suppress(OSError):
+                c.close()
+
+
+def _corrupting_echo(c: socket.socket) -> None:
+    seen = 0
+    with contextlib.suppress(OSError):
+        while True:
+            data = bytearray(c.recv(65536))
+            if not data:
+                return
+            if seen <= 5000 < seen + len(data):
+                data[5000 - seen] ^= 0x01  # one flipped bit, once
+            seen += len(data)
+            c.sendall(data)
+
+
+def _closing_echo(c: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        c.recv(10)
+        c.close()
+
+
+def test_bench_detects_a_flipped_bit(bench):
+    with fake_server(_corrupting_echo) as port:
+        rc, rep, err = run_bench(bench, port, "--connections", "1", "--size", "1000",
+                                 "--duration", "0.5", "--warmup", "0")
+    assert rc == 1
+    assert rep["verify_failures"] == 1 and rep["ok"] is False
+    assert "differ" in err and len(err.strip().splitlines()) == 1
+
+
+def test_bench_detects_a_closing_server(bench):
+    with fake_server(_closing_echo) as port:
+        rc, rep, err = run_bench(bench, port, "--connections", "2", "--duration", "0.5",
+                                 "--warmup", "0")
+    assert rc == 1
+    assert rep["connection_errors"] == 2 and rep["ok"] is False
+    assert "closed" in err or "reset" in err.lower()
+
+
+def test_bench_connection_refused(bench):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, not listening: connect is refused
+        rc, rep, err = run_bench(bench, port, "--duration", "0.5")
+    assert rc == 1 and rep == {}
+    assert "connect to 127.0.0.1 port" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        ((), "--port is required"),
+        (("--port", "0"), "--port 0"),
+        (("--port", "1", "--size", "0"), "--size 0"),
+        (("--port", "1", "--depth", "2000"), "--depth 2000"),
+        (("--port", "1", "--connections", "0"), "--connections 0"),
+        (("--port", "1", "--duration", "0"), "--duration 0"),
+        (("--port", "1", "--addr", "::g"), "--addr ::g"),
+        (("--port", "1", "--what"), "unknown option --what"),
+    ],
+)
+def test_bench_bad_options(bench, args, needle):
+    r = subprocess.run([bench, *args], capture_output=True, text=True, timeout=10)
+    assert r.returncode == 2 and r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0]
