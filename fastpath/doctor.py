@@ -33,7 +33,6 @@ import socket
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -42,11 +41,14 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from fastpath.bpf import syscall
+from fastpath.bpf.loader import captured_stderr
 from fastpath.errors import FastpathError
+from fastpath.netns.namespaces import NETNS_RUN_DIR, netns_context
 
 ROOT = Path("/")
 NETNS_PREFIX = "fpdoc"
-NETNS_DIR = Path("/run/netns")
+NETNS_DIR = Path(NETNS_RUN_DIR)
 SETUP_HOST = "scripts/setup-host.sh"
 
 # ---------------------------------------------------------------------------------------
@@ -179,120 +181,7 @@ def _pkg_config(*args: str) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------
-# Syscalls through ctypes (libbpf and liburing internals are not exported to Python)
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-CLONE_NEWNET = 0x40000000
-
-_BPF_SYSCALL = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390x": 351}
-NR_IO_URING_SETUP = 425
-NR_IO_URING_ENTER = 426
-NR_IO_URING_REGISTER = 427
-
-
-def _syscall(nr: int, *args: Any) -> int:
-    res = _libc.syscall(ctypes.c_long(nr), *args)
-    if res < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return int(res)
-
-
-def _bpf(cmd: int, attr: ctypes.Structure) -> int:
-    nr = _BPF_SYSCALL.get(platform.machine())
-    if nr is None:
-        raise OSError(errno.ENOSYS, f"bpf() syscall number unknown on {platform.machine()}")
-    return _syscall(nr, ctypes.c_int(cmd), ctypes.byref(attr), ctypes.c_uint(ctypes.sizeof(attr)))
-
-
-BPF_PROG_TEST_RUN = 10
-BPF_OBJ_GET_INFO_BY_FD = 15
-BPF_LINK_CREATE = 28
-BPF_XDP = 37  # enum bpf_attach_type
-
-
-class _TestRunAttr(ctypes.Structure):
-    _fields_ = [
-        ("prog_fd", ctypes.c_uint32),
-        ("retval", ctypes.c_uint32),
-        ("data_size_in", ctypes.c_uint32),
-        ("data_size_out", ctypes.c_uint32),
-        ("data_in", ctypes.c_uint64),
-        ("data_out", ctypes.c_uint64),
-        ("repeat", ctypes.c_uint32),
-        ("duration", ctypes.c_uint32),
-        ("ctx_size_in", ctypes.c_uint32),
-        ("ctx_size_out", ctypes.c_uint32),
-        ("ctx_in", ctypes.c_uint64),
-        ("ctx_out", ctypes.c_uint64),
-        ("flags", ctypes.c_uint32),
-        ("cpu", ctypes.c_uint32),
-        ("batch_size", ctypes.c_uint32),
-    ]
-
-
-class _LinkCreateAttr(ctypes.Structure):
-    _fields_ = [
-        ("prog_fd", ctypes.c_uint32),
-        ("target_ifindex", ctypes.c_uint32),
-        ("attach_type", ctypes.c_uint32),
-        ("flags", ctypes.c_uint32),
-        ("_tail", ctypes.c_uint64 * 4),
-    ]
-
-
-class _InfoByFdAttr(ctypes.Structure):
-    _fields_ = [("bpf_fd", ctypes.c_uint32), ("info_len", ctypes.c_uint32), ("info", ctypes.c_uint64)]
-
-
-def bpf_prog_test_run(prog_fd: int, packet: bytes, repeat: int = 1) -> tuple[int, bytes, int]:
-    """Run a loaded program on `packet`: (return code, packet after the program, ns per run)."""
-    data_in = ctypes.create_string_buffer(packet, len(packet))
-    data_out = ctypes.create_string_buffer(len(packet) + 256)
-    attr = _TestRunAttr(
-        prog_fd=prog_fd,
-        data_size_in=len(packet),
-        data_size_out=len(data_out),
-        data_in=ctypes.addressof(data_in),
-        data_out=ctypes.addressof(data_out),
-        repeat=repeat,
-    )
-    _bpf(BPF_PROG_TEST_RUN, attr)
-    return attr.retval, data_out.raw[: attr.data_size_out], attr.duration
-
-
-def bpf_prog_id(prog_fd: int) -> int:
-    """The kernel-wide id of a loaded program (struct bpf_prog_info.id)."""
-    info = (ctypes.c_uint32 * 2)()  # bpf_prog_info starts with type, id
-    attr = _InfoByFdAttr(bpf_fd=prog_fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info))
-    _bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
-    return int(info[1])
-
-
-def bpf_link_create_xdp(prog_fd: int, ifindex: int, flags: int = 0) -> int:
-    """BPF_LINK_CREATE with BPF_XDP in the calling thread's namespace; closing the fd detaches."""
-    attr = _LinkCreateAttr(prog_fd=prog_fd, target_ifindex=ifindex, attach_type=BPF_XDP, flags=flags)
-    return _bpf(BPF_LINK_CREATE, attr)
-
-
-@contextmanager
-def _captured_stderr() -> Iterator[list[str]]:
-    """Collect what C code (bcc, the verifier log) writes to fd 2; the text lands in the list."""
-    sink: list[str] = []
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield sink
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            sink.append(tmp.read().decode(errors="replace"))
-
+# Failures and logs
 
 ROOT_FIX = "run as root (sudo fastpath doctor); see the privileges row"
 
@@ -302,12 +191,12 @@ def _needs_root(exc: BaseException) -> bool:
     if isinstance(exc, PermissionError) or getattr(exc, "errno", None) == errno.EPERM:
         return True
     text = str(exc)
-    return "Operation not permitted" in text or "super-user" in text
+    return any(words in text for words in ("Operation not permitted", "super-user", "run as root"))
 
 
-def _last_lines(text: str, n: int = 3) -> str:
-    """The informative part of a tool's log: its first errors, else its last lines."""
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+def _last_lines(log: Sequence[str], n: int = 3) -> str:
+    """The informative part of a tool's log lines: its first errors, else its last lines."""
+    lines = [ln.strip() for ln in log if ln.strip()]
     errors = [ln for ln in lines if "error:" in ln]
     return " | ".join(errors[:2] if errors else lines[-n:])
 
@@ -320,62 +209,32 @@ def _netns_name() -> str:
     return f"{NETNS_PREFIX}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
-def _remove_netns(name: str) -> None:
-    from pyroute2 import netns
-
-    try:
-        netns.remove(name)
-    except OSError:
-        path = NETNS_DIR / name
-        _libc.umount2(str(path).encode(), 2)  # MNT_DETACH
-        path.unlink(missing_ok=True)
-
-
 @contextmanager
 def temp_netns() -> Iterator[str]:
     """A uniquely named namespace under /run/netns that is removed on exit, whatever happens."""
     from pyroute2 import netns
+
+    from fastpath.netns.builder import remove_netns
 
     name = _netns_name()
     try:
         netns.create(name)
         yield name
     finally:
-        if (NETNS_DIR / name).exists():
-            _remove_netns(name)
-
-
-@contextmanager
-def in_netns(name: str) -> Iterator[None]:
-    """Move the calling thread into namespace `name` and back; sockets opened inside stay there."""
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    try:
-        target = os.open(NETNS_DIR / name, os.O_RDONLY)
-        try:
-            if _libc.setns(target, CLONE_NEWNET) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, f"setns into {name}: {os.strerror(err)}")
-        finally:
-            os.close(target)
-        try:
-            yield
-        finally:
-            if _libc.setns(own, CLONE_NEWNET) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, f"cannot return to the original namespace: {os.strerror(err)}")
-    finally:
-        os.close(own)
+        remove_netns(name)
 
 
 def reap_stale_netns() -> list[str]:
     """Remove scratch namespaces left by doctor runs that were killed (their pid is gone)."""
+    from fastpath.netns.builder import remove_netns
+
     removed = []
     for path in NETNS_DIR.glob(f"{NETNS_PREFIX}-*-*"):
         match = re.fullmatch(rf"{NETNS_PREFIX}-(\d+)-[0-9a-f]+", path.name)
         if match and not Path(f"/proc/{match[1]}").exists():
             try:
-                _remove_netns(path.name)
-            except OSError:
+                remove_netns(path.name)
+            except (FastpathError, OSError):
                 continue  # not ours to remove (no privilege): the probes still run
             removed.append(path.name)
     return removed
@@ -560,13 +419,13 @@ class DoctorSession:
 
                 t1 = time.monotonic()
                 failure: Exception | None = None
-                with _captured_stderr() as log:
+                with captured_stderr() as log:
                     try:
                         bpf = bcc.BPF(text=PROBE_BPF_TEXT.encode(), cflags=PROBE_BPF_CFLAGS)
                     except Exception as exc:
                         failure = exc
                 if failure is not None:
-                    raise RuntimeError(f"{failure}: {_last_lines(log[0])}") from failure
+                    raise RuntimeError(f"{failure}: {_last_lines(log)}") from failure
                 t2 = time.monotonic()
                 self._stack.callback(bpf.cleanup)
                 version = getattr(bcc, "__version__", "?")
@@ -581,12 +440,12 @@ class DoctorSession:
         import bcc
 
         probe = self.probe_bpf()
-        with _captured_stderr() as log:
+        with captured_stderr() as log:
             try:
                 return probe.bpf.load_func(func.encode(), bcc.BPF.XDP)
             except Exception as exc:
                 failure = exc
-        raise RuntimeError(f"{failure}: {_last_lines(log[0])}") from failure
+        raise RuntimeError(f"{failure}: {_last_lines(log)}") from failure
 
     def netns(self) -> str:
         """The session's scratch namespace."""
@@ -597,29 +456,20 @@ class DoctorSession:
     def veth(self) -> tuple[str, int]:
         """(ifname, ifindex) of one end of a veth pair inside the scratch namespace."""
         if self._veth is None:
-            from pyroute2 import IPRoute
+            from fastpath.netns.builder import iproute_in
 
-            name = self.netns()
-            with in_netns(name):
-                ipr = IPRoute()
-            try:
+            with iproute_in(self.netns()) as ipr:
                 ipr.link("add", ifname="fpdoc0", kind="veth", peer="fpdoc1")
                 self._veth = ("fpdoc0", ipr.link_lookup(ifname="fpdoc0")[0])
-            finally:
-                ipr.close()
         return self._veth
 
     def xdp_state(self) -> tuple[str | None, int | None]:
         """(attach mode as `ip link` names it, program id) of the session veth."""
-        from pyroute2 import IPRoute
+        from fastpath.netns.builder import iproute_in
 
         _, ifindex = self.veth()
-        with in_netns(self.netns()):
-            ipr = IPRoute()
-        try:
+        with iproute_in(self.netns()) as ipr:
             link = ipr.get_links(ifindex)[0]
-        finally:
-            ipr.close()
         xdp = link.get_attr("IFLA_XDP")
         if xdp is None:
             return None, None
@@ -831,7 +681,7 @@ def probe_bcc(session: DoctorSession | None = None) -> Check:
             import_s=round(probe.import_s, 4),
             compile_s=round(probe.compile_s, 4),
             load_s=round(load_s, 5),
-            prog_id=bpf_prog_id(fn.fd),
+            prog_id=syscall.prog_info(fn.fd).id,
         )
 
 
@@ -847,9 +697,6 @@ def _maybe_session(session: DoctorSession | None) -> Iterator[DoctorSession]:
 # ---------------------------------------------------------------------------------------
 # XDP
 
-XDP_FLAGS_SKB_MODE = 1 << 1
-XDP_FLAGS_DRV_MODE = 1 << 2
-
 
 def _probe_xdp_mode(session: DoctorSession | None, name: str, flags: int, want: str) -> Check:
     import bcc
@@ -862,17 +709,17 @@ def _probe_xdp_mode(session: DoctorSession | None, name: str, flags: int, want: 
         fn = s.load_xdp("doctor_pass")
         ifname, _ = s.veth()
         try:
-            with in_netns(s.netns()):
+            with netns_context(s.netns()):
                 bcc.BPF.attach_xdp(ifname.encode(), fn, flags)
         except Exception as exc:
             return _fail(name, f"attach to veth failed: {exc}", fix_for[want])
         try:
             mode, prog_id = s.xdp_state()
         finally:
-            with in_netns(s.netns()):
+            with netns_context(s.netns()):
                 bcc.BPF.remove_xdp(ifname.encode(), flags)
         after, _ = s.xdp_state()
-        expected_id = bpf_prog_id(fn.fd)
+        expected_id = syscall.prog_info(fn.fd).id
         data = {"mode": mode, "prog_id": prog_id, "detached": after is None}
         if mode != want or prog_id != expected_id:
             return _fail(
@@ -892,11 +739,11 @@ def _probe_xdp_mode(session: DoctorSession | None, name: str, flags: int, want: 
 
 
 def probe_xdp_native(session: DoctorSession | None = None) -> Check:
-    return _probe_xdp_mode(session, "xdp-native", XDP_FLAGS_DRV_MODE, "xdp")
+    return _probe_xdp_mode(session, "xdp-native", syscall.XDP_FLAGS_DRV_MODE, "xdp")
 
 
 def probe_xdp_generic(session: DoctorSession | None = None) -> Check:
-    return _probe_xdp_mode(session, "xdp-generic", XDP_FLAGS_SKB_MODE, "xdpgeneric")
+    return _probe_xdp_mode(session, "xdp-generic", syscall.XDP_FLAGS_SKB_MODE, "xdpgeneric")
 
 
 def probe_xdp_link(session: DoctorSession | None = None) -> Check:
@@ -905,12 +752,12 @@ def probe_xdp_link(session: DoctorSession | None = None) -> Check:
         fn = s.load_xdp("doctor_pass")
         _, ifindex = s.veth()
         try:
-            with in_netns(s.netns()):
-                link_fd = bpf_link_create_xdp(fn.fd, ifindex)
-        except OSError as exc:
+            with netns_context(s.netns()):
+                link_fd = syscall.xdp_link_create(fn.fd, ifindex, 0)
+        except syscall.BpfError as exc:
             return _warn(
                 name,
-                f"BPF_LINK_CREATE(BPF_XDP) failed: {exc.strerror}",
+                f"BPF_LINK_CREATE(BPF_XDP) failed: {os.strerror(exc.errno)}",
                 "needs Linux 5.9+; without it replace programs with netlink XDP_FLAGS_REPLACE (5.7+)",
                 errno=exc.errno,
             )
@@ -920,7 +767,7 @@ def probe_xdp_link(session: DoctorSession | None = None) -> Check:
             os.close(link_fd)
         after, _ = s.xdp_state()
         data = {"mode": mode, "prog_id": prog_id, "detached_on_close": after is None}
-        if prog_id != bpf_prog_id(fn.fd):
+        if prog_id != syscall.prog_info(fn.fd).id:
             return _fail(
                 name, f"link created but the veth reports prog {prog_id}", "report a kernel bug", **data
             )
@@ -939,26 +786,26 @@ def probe_xdp_test_run(session: DoctorSession | None = None) -> Check:
     with _maybe_session(session) as s:
         fn = s.load_xdp("doctor_pass")
         try:
-            retval, _, duration = bpf_prog_test_run(fn.fd, syn_packet(), repeat=100)
-        except OSError as exc:
+            run = syscall.prog_test_run(fn.fd, syn_packet(), repeat=100)
+        except syscall.BpfError as exc:
             return _fail(
                 name,
-                f"BPF_PROG_TEST_RUN failed: {exc.strerror}",
+                f"BPF_PROG_TEST_RUN failed: {os.strerror(exc.errno)}",
                 "needs Linux 4.12+ with CONFIG_BPF_SYSCALL; tests/bpf cannot run",
                 errno=exc.errno,
             )
-        if retval != XDP_PASS:
+        if run.retval != XDP_PASS:
             return _fail(
                 name,
-                f"program returned {retval}, expected XDP_PASS ({XDP_PASS})",
+                f"program returned {run.retval}, expected XDP_PASS ({XDP_PASS})",
                 "report a kernel bug",
-                retval=retval,
+                retval=run.retval,
             )
         return _ok(
             name,
-            f"XDP_PASS program returned {retval} on a 74-byte SYN ({duration} ns/run)",
-            retval=retval,
-            ns_per_run=duration,
+            f"XDP_PASS program returned {run.retval} on a 74-byte SYN ({run.duration_ns} ns/run)",
+            retval=run.retval,
+            ns_per_run=run.duration_ns,
         )
 
 
@@ -970,9 +817,9 @@ def _cookie_round_trip(s: DoctorSession, func: str, family: int) -> tuple[bool, 
             raise  # not about the helpers (privileges, bcc): the runner reports it
         return False, "kernel lacks the helper (verifier: unknown func)"
     try:
-        retval, _, _ = bpf_prog_test_run(fn.fd, syn_packet(family))
-    except OSError as exc:
-        return True, f"loaded; round trip not run ({exc.strerror})"
+        retval = syscall.prog_test_run(fn.fd, syn_packet(family)).retval
+    except syscall.BpfError as exc:
+        return True, f"loaded; round trip not run ({os.strerror(exc.errno)})"
     meaning = {
         XDP_TX: "cookie issued and accepted, forged one rejected",
         XDP_PASS: "forged cookie accepted",
@@ -1005,6 +852,20 @@ def probe_syncookie_helpers(session: DoctorSession | None = None) -> Check:
 
 # ---------------------------------------------------------------------------------------
 # io_uring, through raw syscalls so the probe depends on the kernel alone
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+NR_IO_URING_SETUP = 425
+NR_IO_URING_ENTER = 426
+NR_IO_URING_REGISTER = 427
+
+
+def _syscall(nr: int, *args: Any) -> int:
+    res = _libc.syscall(ctypes.c_long(nr), *args)
+    if res < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return int(res)
 
 
 class _SqOffsets(ctypes.Structure):
@@ -1616,28 +1477,24 @@ def probe_dpdk_pmds(libdir: Path | None = None) -> Check:
 
 def probe_tunnels(session: DoctorSession | None = None, root: Path = ROOT) -> Check:
     name = "ipip-gre"
-    from pyroute2 import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
+
+    from fastpath.netns.builder import iproute_in
 
     kinds = {
         "ipip": {"ipip_local": "192.0.2.1", "ipip_remote": "192.0.2.2"},
         "gre": {"gre_local": "192.0.2.1", "gre_remote": "192.0.2.2"},
     }
     results: dict[str, str] = {}
-    with _maybe_session(session) as s:
-        with in_netns(s.netns()):
-            ipr = IPRoute()
-        try:
-            for kind, attrs in kinds.items():
-                ifname = f"fpdoc-{kind}"
-                try:
-                    ipr.link("add", ifname=ifname, kind=kind, **attrs)
-                    results[kind] = "ok"
-                    ipr.link("del", ifname=ifname)
-                except NetlinkError as exc:
-                    results[kind] = os.strerror(exc.code)
-        finally:
-            ipr.close()
+    with _maybe_session(session) as s, iproute_in(s.netns()) as ipr:
+        for kind, attrs in kinds.items():
+            ifname = f"fpdoc-{kind}"
+            try:
+                ipr.link("add", ifname=ifname, kind=kind, **attrs)
+                results[kind] = "ok"
+                ipr.link("del", ifname=ifname)
+            except NetlinkError as exc:
+                results[kind] = os.strerror(exc.code)
     missing = [k for k, v in results.items() if v != "ok"]
     detail = ", ".join(f"{k}: {v}" for k, v in results.items())
     if not missing:
@@ -1692,13 +1549,13 @@ def probe_synproxy(session: DoctorSession | None = None) -> Check:
             "apt install nftables iptables",
             **data,
         )
-    with _maybe_session(session) as s, in_netns(s.netns()):
+    with _maybe_session(session) as s, netns_context(s.netns()):
         # Children inherit the thread's namespace: these rules never touch the host's tables.
         if nft is not None:
             data["nft_version"] = _run([nft, "--version"])[1]
             rc, _, err = _run([nft, "-f", "-"], stdin=SYNPROXY_NFT)
             data["nft_synproxy"] = rc == 0
-            data["nft_error"] = _last_lines(err, 1) if rc else None
+            data["nft_error"] = _last_lines(err.splitlines(), 1) if rc else None
             if rc == 0:
                 deleted = _run([nft, "delete", "table", "inet", "fpdoc"])[0] == 0
                 data["nft_cleaned"] = deleted
@@ -1706,7 +1563,7 @@ def probe_synproxy(session: DoctorSession | None = None) -> Check:
             data["iptables_version"] = _run([iptables, "-V"])[1]
             rc, _, err = _run([iptables, *IPTABLES_SYNPROXY])
             data["iptables_synproxy"] = rc == 0
-            data["iptables_error"] = _last_lines(err, 1) if rc else None
+            data["iptables_error"] = _last_lines(err.splitlines(), 1) if rc else None
             if rc == 0:
                 _run([iptables, "-w", "-F", "INPUT"])
     have = [t for t in ("nft", "iptables") if data.get(f"{t}_synproxy")]

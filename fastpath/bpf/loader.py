@@ -52,7 +52,7 @@ class ProgramSpec:
 
 
 @contextlib.contextmanager
-def _captured_stderr() -> Iterator[list[str]]:
+def captured_stderr() -> Iterator[list[str]]:
     """Collect what libbcc and clang print on fd 2 (the C side bypasses sys.stderr)."""
     lines: list[str] = []
     with tempfile.TemporaryFile(mode="w+b") as tmp:
@@ -137,7 +137,7 @@ def load(
         raise FastpathError(f"BPF source {spec.source_path} not found",
                             fix="run from a fastpath checkout or set FASTPATH_BPF_DIR")
     cflags = build_cflags(spec, defines or {}, pin_dir)
-    with _captured_stderr() as out:
+    with captured_stderr() as out:
         try:
             bpf = BPF(src_file=str(spec.source_path).encode(), cflags=cflags)
         except Exception as exc:  # bcc raises bare Exception
@@ -150,7 +150,7 @@ def load(
         if any("kconfig.h" in ln or "kernel headers" in ln.lower() for ln in out):
             hint = "; kernel headers missing: run scripts/setup-host.sh"
         raise FastpathError(f"compiling {spec.name} failed: {_tail(out)}{hint}") from error
-    with _captured_stderr() as out:
+    with captured_stderr() as out:
         try:
             fn = bpf.load_func(spec.entry.encode(), getattr(BPF, prog_type))
         except Exception as exc:

@@ -1,8 +1,10 @@
 """The bpf(2) system call through ctypes.
 
 Pinned objects are opened, read and updated here without bcc, so a second CLI process
-reads a running program's maps without compiling anything. Layouts follow
-include/uapi/linux/bpf.h (`union bpf_attr` and the `bpf_*_info` structs).
+reads a running program's maps without compiling anything. Each variant of `union bpf_attr`
+and each `bpf_*_info` struct used here is a ctypes Structure named after its member in
+include/uapi/linux/bpf.h; tests/unit/test_bpf_abi.py compiles that header and checks every
+field's offset and size, and every constant below, so the two cannot drift.
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ import ctypes
 import errno
 import os
 import platform
-import struct
 from dataclasses import dataclass
 
-_SYS_BPF = {"x86_64": 321, "aarch64": 280}.get(platform.machine(), 321)
+_SYS_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390x": 351}.get(
+    platform.machine(), 321
+)
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
@@ -60,7 +63,139 @@ MAP_TYPES = {
 }
 PERCPU_MAP_TYPES = {5, 6, 10}
 
-_ATTR_SIZE = 144
+_u32 = ctypes.c_uint32
+_u64 = ctypes.c_uint64  # __aligned_u64: ctypes aligns it to 8 on every 64-bit ABI
+
+# -- union bpf_attr: one Structure per variant used --------------------------------------
+# Variants that are anonymous in the header (map elements, pin/get, get fd by id) are
+# named here after their commands; their fields keep the header's names.
+
+
+class _ValueOrNextKey(ctypes.Union):
+    _fields_ = [("value", _u64), ("next_key", _u64)]
+
+
+class _MapElemAttr(ctypes.Structure):
+    """BPF_MAP_{LOOKUP,UPDATE,DELETE}_ELEM, BPF_MAP_GET_NEXT_KEY."""
+
+    _anonymous_ = ("_value",)
+    _fields_ = [("map_fd", _u32), ("key", _u64), ("_value", _ValueOrNextKey), ("flags", _u64)]
+
+
+class _ObjAttr(ctypes.Structure):
+    """BPF_OBJ_PIN, BPF_OBJ_GET."""
+
+    _fields_ = [("pathname", _u64), ("bpf_fd", _u32), ("file_flags", _u32)]
+
+
+class _TestRunAttr(ctypes.Structure):
+    """BPF_PROG_TEST_RUN: `test`."""
+
+    _fields_ = [
+        ("prog_fd", _u32),
+        ("retval", _u32),
+        ("data_size_in", _u32),
+        ("data_size_out", _u32),
+        ("data_in", _u64),
+        ("data_out", _u64),
+        ("repeat", _u32),
+        ("duration", _u32),
+        ("ctx_size_in", _u32),
+        ("ctx_size_out", _u32),
+        ("ctx_in", _u64),
+        ("ctx_out", _u64),
+        ("flags", _u32),
+        ("cpu", _u32),
+        ("batch_size", _u32),
+    ]
+
+
+class _ObjectId(ctypes.Union):
+    _fields_ = [("prog_id", _u32), ("map_id", _u32), ("link_id", _u32)]
+
+
+class _GetFdByIdAttr(ctypes.Structure):
+    """BPF_{PROG,MAP,LINK}_GET_FD_BY_ID."""
+
+    _anonymous_ = ("_id",)
+    _fields_ = [("_id", _ObjectId), ("next_id", _u32), ("open_flags", _u32)]
+
+
+class _InfoByFdAttr(ctypes.Structure):
+    """BPF_OBJ_GET_INFO_BY_FD: `info`."""
+
+    _fields_ = [("bpf_fd", _u32), ("info_len", _u32), ("info", _u64)]
+
+
+class _LinkCreateAttr(ctypes.Structure):
+    """BPF_LINK_CREATE: `link_create`, up to the per-attach-type tail XDP does not use."""
+
+    _fields_ = [("prog_fd", _u32), ("target_ifindex", _u32), ("attach_type", _u32), ("flags", _u32)]
+
+
+class _LinkUpdateAttr(ctypes.Structure):
+    """BPF_LINK_UPDATE: `link_update`."""
+
+    _fields_ = [("link_fd", _u32), ("new_prog_fd", _u32), ("flags", _u32), ("old_prog_fd", _u32)]
+
+
+class _LinkDetachAttr(ctypes.Structure):
+    """BPF_LINK_DETACH: `link_detach`."""
+
+    _fields_ = [("link_fd", _u32)]
+
+
+# -- struct bpf_{map,prog,link}_info: the leading fields, which every kernel since 5.x has --
+
+
+class _BpfMapInfo(ctypes.Structure):
+    _fields_ = [
+        ("type", _u32),
+        ("id", _u32),
+        ("key_size", _u32),
+        ("value_size", _u32),
+        ("max_entries", _u32),
+        ("map_flags", _u32),
+        ("name", ctypes.c_char * 16),
+        ("ifindex", _u32),
+        ("btf_vmlinux_value_type_id", _u32),
+        ("netns_dev", _u64),
+        ("netns_ino", _u64),
+        ("btf_id", _u32),
+        ("btf_key_type_id", _u32),
+        ("btf_value_type_id", _u32),
+    ]
+
+
+class _BpfProgInfo(ctypes.Structure):
+    _fields_ = [
+        ("type", _u32),
+        ("id", _u32),
+        ("tag", ctypes.c_ubyte * 8),
+        ("jited_prog_len", _u32),
+        ("xlated_prog_len", _u32),
+        ("jited_prog_insns", _u64),
+        ("xlated_prog_insns", _u64),
+        ("load_time", _u64),
+        ("created_by_uid", _u32),
+        ("nr_map_ids", _u32),
+        ("map_ids", _u64),
+        ("name", ctypes.c_char * 16),
+    ]
+
+
+class _XdpLinkInfo(ctypes.Structure):
+    _fields_ = [("ifindex", _u32)]
+
+
+class _LinkInfoDetails(ctypes.Union):
+    # The header's union is 8-byte aligned and 48 bytes on current kernels (perf_event).
+    _fields_ = [("xdp", _XdpLinkInfo), ("_raw", _u64 * 6)]
+
+
+class _BpfLinkInfo(ctypes.Structure):
+    _anonymous_ = ("_details",)
+    _fields_ = [("type", _u32), ("id", _u32), ("prog_id", _u32), ("_details", _LinkInfoDetails)]
 
 
 class BpfError(OSError):
@@ -71,17 +206,13 @@ class BpfError(OSError):
         self.what = what
 
 
-def _call(cmd: int, attr: ctypes.Array[ctypes.c_char], what: str) -> int:
-    ret = _libc.syscall(_SYS_BPF, cmd, attr, _ATTR_SIZE)
+def _call(cmd: int, attr: ctypes.Structure, what: str) -> int:
+    ret = _libc.syscall(
+        ctypes.c_long(_SYS_BPF), ctypes.c_int(cmd), ctypes.byref(attr), ctypes.c_uint(ctypes.sizeof(attr))
+    )
     if ret < 0:
         raise BpfError(ctypes.get_errno(), what)
     return int(ret)
-
-
-def _attr(fmt: str, *values: int) -> ctypes.Array[ctypes.c_char]:
-    buf = ctypes.create_string_buffer(_ATTR_SIZE)
-    struct.pack_into(fmt, buf, 0, *values)
-    return buf
 
 
 def _addr(obj: ctypes.Array[ctypes.c_char] | ctypes.Structure | ctypes.Array[ctypes.c_ubyte] | None) -> int:
@@ -92,20 +223,20 @@ def _addr(obj: ctypes.Array[ctypes.c_char] | ctypes.Structure | ctypes.Array[cty
 
 def obj_pin(fd: int, path: str) -> None:
     name = ctypes.create_string_buffer(os.fsencode(path))
-    _call(OBJ_PIN, _attr("=QI", ctypes.addressof(name), fd), f"pin {path}")
+    _call(OBJ_PIN, _ObjAttr(pathname=ctypes.addressof(name), bpf_fd=fd), f"pin {path}")
 
 
 def obj_get(path: str) -> int:
     """Open a pinned program, map or link; the caller owns the returned fd."""
     name = ctypes.create_string_buffer(os.fsencode(path))
-    return _call(OBJ_GET, _attr("=QI", ctypes.addressof(name), 0), f"open pinned {path}")
+    return _call(OBJ_GET, _ObjAttr(pathname=ctypes.addressof(name)), f"open pinned {path}")
 
 
 # -- map elements --------------------------------------------------------------------------
 
 def map_lookup(fd: int, key: ctypes.Array[ctypes.c_char], value: ctypes.Array[ctypes.c_char]) -> bool:
     """Fill `value` with the element at `key`; False when there is none."""
-    attr = _attr("=I4xQQQ", fd, _addr(key), _addr(value), 0)
+    attr = _MapElemAttr(map_fd=fd, key=_addr(key), value=_addr(value))
     try:
         _call(MAP_LOOKUP_ELEM, attr, "map lookup")
     except BpfError as exc:
@@ -118,13 +249,14 @@ def map_lookup(fd: int, key: ctypes.Array[ctypes.c_char], value: ctypes.Array[ct
 def map_update(
     fd: int, key: ctypes.Array[ctypes.c_char], value: ctypes.Array[ctypes.c_char], flags: int = BPF_ANY
 ) -> None:
-    _call(MAP_UPDATE_ELEM, _attr("=I4xQQQ", fd, _addr(key), _addr(value), flags), "map update")
+    attr = _MapElemAttr(map_fd=fd, key=_addr(key), value=_addr(value), flags=flags)
+    _call(MAP_UPDATE_ELEM, attr, "map update")
 
 
 def map_delete(fd: int, key: ctypes.Array[ctypes.c_char]) -> bool:
     """Delete `key`; False when it was not there."""
     try:
-        _call(MAP_DELETE_ELEM, _attr("=I4xQQ", fd, _addr(key), 0), "map delete")
+        _call(MAP_DELETE_ELEM, _MapElemAttr(map_fd=fd, key=_addr(key)), "map delete")
     except BpfError as exc:
         if exc.errno == errno.ENOENT:
             return False
@@ -136,8 +268,9 @@ def map_next_key(
     fd: int, key: ctypes.Array[ctypes.c_char] | None, next_key: ctypes.Array[ctypes.c_char]
 ) -> bool:
     """Fill `next_key` with the key after `key` (the first key when `key` is None)."""
+    attr = _MapElemAttr(map_fd=fd, key=_addr(key), next_key=_addr(next_key))
     try:
-        _call(MAP_GET_NEXT_KEY, _attr("=I4xQQ", fd, _addr(key), _addr(next_key)), "map next key")
+        _call(MAP_GET_NEXT_KEY, attr, "map next key")
     except BpfError as exc:
         if exc.errno == errno.ENOENT:
             return False
@@ -182,52 +315,48 @@ class LinkInfo:
     ifindex: int
 
 
-def _info(fd: int, size: int) -> bytes:
-    info = ctypes.create_string_buffer(size)
-    _call(OBJ_GET_INFO_BY_FD, _attr("=IIQ", fd, size, ctypes.addressof(info)), "object info")
-    return info.raw
+def _info(fd: int, info: ctypes.Structure) -> None:
+    attr = _InfoByFdAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info))
+    _call(OBJ_GET_INFO_BY_FD, attr, "object info")
 
 
 def map_info(fd: int) -> MapInfo:
-    raw = _info(fd, 80)
-    mtype, mid, ksize, vsize, maxe, flags = struct.unpack_from("=6I", raw, 0)
-    name = raw[24:40].split(b"\0", 1)[0].decode()
-    return MapInfo(mtype, mid, ksize, vsize, maxe, flags, name)
+    i = _BpfMapInfo()
+    _info(fd, i)
+    return MapInfo(i.type, i.id, i.key_size, i.value_size, i.max_entries, i.map_flags, i.name.decode())
 
 
 def prog_info(fd: int) -> ProgInfo:
-    raw = _info(fd, 80)
-    ptype, pid = struct.unpack_from("=II", raw, 0)
-    tag = raw[8:16].hex()
-    name = raw[64:80].split(b"\0", 1)[0].decode()
-    return ProgInfo(ptype, pid, tag, name)
+    i = _BpfProgInfo()
+    _info(fd, i)
+    return ProgInfo(i.type, i.id, bytes(i.tag).hex(), i.name.decode())
 
 
 def link_info(fd: int) -> LinkInfo:
-    raw = _info(fd, 64)
-    ltype, lid, prog_id = struct.unpack_from("=III", raw, 0)
-    (ifindex,) = struct.unpack_from("=I", raw, 16)
-    return LinkInfo(ltype, lid, prog_id, ifindex)
+    i = _BpfLinkInfo()
+    _info(fd, i)
+    return LinkInfo(i.type, i.id, i.prog_id, i.xdp.ifindex)
 
 
 def prog_fd_by_id(prog_id: int) -> int:
-    return _call(PROG_GET_FD_BY_ID, _attr("=I", prog_id), f"open program id {prog_id}")
+    return _call(PROG_GET_FD_BY_ID, _GetFdByIdAttr(prog_id=prog_id), f"open program id {prog_id}")
 
 
 # -- links ---------------------------------------------------------------------------------
 
 def xdp_link_create(prog_fd: int, ifindex: int, flags: int) -> int:
     """Attach an XDP program to `ifindex` (resolved in the calling thread's netns)."""
-    return _call(LINK_CREATE, _attr("=IIII", prog_fd, ifindex, BPF_XDP, flags), "attach XDP link")
+    attr = _LinkCreateAttr(prog_fd=prog_fd, target_ifindex=ifindex, attach_type=BPF_XDP, flags=flags)
+    return _call(LINK_CREATE, attr, "attach XDP link")
 
 
 def link_update(link_fd: int, new_prog_fd: int) -> None:
     """Swap the program behind a link in one step: no packet sees no program."""
-    _call(LINK_UPDATE, _attr("=III", link_fd, new_prog_fd, 0), "replace program on link")
+    _call(LINK_UPDATE, _LinkUpdateAttr(link_fd=link_fd, new_prog_fd=new_prog_fd), "replace program on link")
 
 
 def link_detach(link_fd: int) -> None:
-    _call(LINK_DETACH, _attr("=I", link_fd), "detach link")
+    _call(LINK_DETACH, _LinkDetachAttr(link_fd=link_fd), "detach link")
 
 
 # -- BPF_PROG_TEST_RUN ---------------------------------------------------------------------
@@ -244,14 +373,16 @@ def prog_test_run(prog_fd: int, data: bytes, repeat: int = 1, out_size: int | No
     size_out = out_size if out_size is not None else len(data) + 256
     data_in = ctypes.create_string_buffer(bytes(data), len(data))
     data_out = ctypes.create_string_buffer(size_out)
-    attr = _attr(
-        "=IIIIQQII",
-        prog_fd, 0, len(data), size_out, ctypes.addressof(data_in), ctypes.addressof(data_out),
-        max(repeat, 1), 0,
+    attr = _TestRunAttr(
+        prog_fd=prog_fd,
+        data_size_in=len(data),
+        data_size_out=size_out,
+        data_in=ctypes.addressof(data_in),
+        data_out=ctypes.addressof(data_out),
+        repeat=max(repeat, 1),
     )
     _call(PROG_TEST_RUN, attr, "BPF_PROG_TEST_RUN")
-    _, retval, _, got_out, _, _, _, duration = struct.unpack_from("=IIIIQQII", attr, 0)
-    return TestRunResult(retval, data_out.raw[: min(got_out, size_out)], duration)
+    return TestRunResult(attr.retval, data_out.raw[: min(attr.data_size_out, size_out)], attr.duration)
 
 
 def possible_cpus() -> int:
