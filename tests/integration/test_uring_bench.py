@@ -1,10 +1,12 @@
 """fastpath-echo-bench: measures both engines with every reply verified, and catches an
-echo server that corrupts, drops or closes."""
+echo server that corrupts, drops or closes; and the `echo` benchmark scenario built on it,
+run through the runner API."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -164,3 +166,91 @@ def test_bench_bad_options(bench, args, needle):
     assert r.returncode == 2 and r.stdout == ""
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0]
+
+
+# --- `fastpath bench echo` through the runner ------------------------------------------------------
+
+
+def _children_of(pid: int) -> set[int]:
+    """Every live process (zombies included) whose parent is `pid`."""
+    out: set[int] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                text = f.read()
+        except OSError:
+            continue  # exited meanwhile
+        if int(text[text.rindex(")") + 2:].split()[1]) == pid:
+            out.add(int(entry))
+    return out
+
+
+def _session_members(sid: int) -> set[int]:
+    out: set[int] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                text = f.read()
+        except OSError:
+            continue
+        if int(text[text.rindex(")") + 2:].split()[3]) == sid:
+            out.add(int(entry))
+    return out
+
+
+def test_echo_scenario_quick_run_measures_every_contender(tmp_path, monkeypatch):
+    """`fastpath bench echo --quick` through the runner API: every contender yields real
+    numbers at every grid point, the reports are written, and no server or load
+    generator outlives the run."""
+    for name in ("fastpath-echo-bench", "fastpath-epoll-echo", "fastpath-uring-echo"):
+        try:
+            find_binary(name)
+        except Exception as exc:  # noqa: BLE001 - reported as the skip reason
+            pytest.skip(f"{name} unavailable: {exc}")
+    pytest.importorskip("uvloop", reason="uvloop is a bench extra: pip install -e '.[bench]'")
+    from fastpath.bench.registry import load_scenario
+    from fastpath.bench.report import write_reports
+    from fastpath.bench.runner import run_scenario
+    from fastpath.bench.scenarios import echo as echo_scenario
+
+    started: list[int] = []
+
+    class RecordingServer(ServerProcess):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            started.append(self.pid)
+
+    monkeypatch.setattr(echo_scenario, "ServerProcess", RecordingServer)
+    children_before = _children_of(os.getpid())
+    logs: list[str] = []
+    result = run_scenario(load_scenario("echo"), quick=True, repeat=1, log=logs.append)
+    files = write_reports(result, tmp_path)
+
+    assert result.skipped == {}, result.skipped
+    assert result.contenders == ["native", "python", "epoll", "asyncio", "uvloop"]
+    points = [echo_scenario.point_name(c, s) for c, s in echo_scenario.POINTS]
+    assert "c100_s128" in points and len(points) == 13
+    for contender in result.contenders:
+        for p in points:
+            rps = result.values(f"rps_{p}", contender)
+            p99 = result.values(f"p99_{p}", contender)
+            cpu = result.values(f"cpu_{p}", contender)
+            assert len(rps) == 1 and rps[0] > 0, (contender, p, rps)
+            assert p99[0] > 0, (contender, p, p99)
+            assert cpu[0] >= 0, (contender, p, cpu)
+        assert result.values("cpu_c100_s128", contender)[0] > 0, contender
+    assert {t.target.contender for t in result.targets} == {"native", "python"}
+    assert files["markdown"].exists() and files["json"].exists()
+    assert (tmp_path / "echo-rps_c100_s128.png").stat().st_size > 0
+    assert any("pinned" in line or "share" in line for line in logs)
+
+    # 5 smoke-test starts + 5 measured starts, every one gone with its whole session.
+    assert len(started) == 10, started
+    for pid in started:
+        assert not os.path.exists(f"/proc/{pid}"), f"server {pid} outlived the run"
+        assert not _session_members(pid), f"processes of server {pid}'s session remain"
+    assert _children_of(os.getpid()) <= children_before, "a child process outlived the run"

@@ -1,8 +1,13 @@
 """Both echo engines (native binary, Python on fastpath's bindings) under real traffic on
 loopback: byte-exact echo, pipelining, split writes, 1000 connections, half-close, resets,
 slow readers with bounded memory, ENOBUFS, a low `ulimit -n`, SIGTERM under load, and bad
-input. Every server runs through `fastpath uring serve` (so the native engine's supervision
-is exercised too) and is killed by its context manager whatever happens."""
+input. Every engine runs through `fastpath uring serve` (so the native engine's supervision
+is exercised too) and is killed by its context manager whatever happens.
+
+The `server_kind` tests also run the epoll baseline, fastpath-epoll-echo (the binary
+itself: it is no engine of `fastpath uring serve`), since it speaks the same ready/stats
+protocol; the io_uring-only behaviour (provided buffers, ENOBUFS, SQPOLL,
+--conn-max-bytes) stays on `engine`, and the baseline's own bounds are tested at the end."""
 
 from __future__ import annotations
 
@@ -27,6 +32,8 @@ from fastpath.uring.native import ServerProcess, find_binary
 pytestmark = pytest.mark.integration
 
 ENGINES = ("native", "python")
+SERVER_KINDS = (*ENGINES, "epoll")  # the io_uring engines and the epoll baseline
+EPOLL_BINARY = "fastpath-epoll-echo"
 PYTHON = sys.executable
 STOP_BOUND_S = 8.0  # drain (2 s default) + join slack + interpreter exit
 
@@ -41,7 +48,21 @@ def engine(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
+@pytest.fixture(params=SERVER_KINDS)
+def server_kind(request: pytest.FixtureRequest) -> str:
+    """An io_uring engine or the epoll baseline."""
+    if request.param != "python":
+        name = EPOLL_BINARY if request.param == "epoll" else "fastpath-uring-echo"
+        try:
+            find_binary(name)
+        except Exception as exc:  # noqa: BLE001 - reported as the skip reason
+            pytest.skip(f"{name} unavailable: {exc}")
+    return request.param
+
+
 def serve_argv(engine: str, *extra: str) -> list[str]:
+    if engine == "epoll":
+        return [str(find_binary(EPOLL_BINARY)), "--port", "0", *extra]
     return [PYTHON, "-m", "fastpath.cli", "uring", "serve", "--engine", engine, "--port", "0", *extra]
 
 
@@ -158,28 +179,28 @@ def test_ready_line_and_stats(engine):
         assert srv.final_stats is not None and srv.final_stats["final"] is True
 
 
-def test_random_payloads_1b_to_1mib_byte_exact(engine):
+def test_random_payloads_1b_to_1mib_byte_exact(server_kind):
     rng = random.Random(5)
     sizes = [1, 2, 63, 64, 4095, 4096, 4097, 65535, 65536, 300_000, 1 << 20]
     sizes += [rng.randint(1, 1 << 20) for _ in range(6)]
-    with server(engine) as srv, connect(srv) as s:
+    with server(server_kind) as srv, connect(srv) as s:
         for n in sizes:
             payload = rng.randbytes(n)
             assert exchange(s, payload) == payload, f"mismatch at size {n}"
 
 
-def test_pipelined_requests_come_back_in_order(engine):
+def test_pipelined_requests_come_back_in_order(server_kind):
     msgs = [struct.pack("!I", i) + bytes([i % 251]) * 96 for i in range(2000)]
     stream = b"".join(msgs)
-    with server(engine) as srv, connect(srv) as s:
+    with server(server_kind) as srv, connect(srv) as s:
         s.sendall(stream)  # every request before reading any reply
         got = exchange(s, b"", expect=len(stream))
         assert got == stream
 
 
-def test_payload_split_across_many_writes(engine):
+def test_payload_split_across_many_writes(server_kind):
     payload = random.Random(7).randbytes(48_000)
-    with server(engine) as srv, connect(srv) as s:
+    with server(server_kind) as srv, connect(srv) as s:
         reader_out: list[bytes] = []
         t = threading.Thread(target=lambda: reader_out.append(_recv_exact(s, len(payload))))
         t.start()
@@ -200,9 +221,9 @@ def _recv_exact(sock: socket.socket, n: int, timeout: float = 20.0) -> bytes:
     return bytes(out)
 
 
-def test_1000_concurrent_connections(engine):
+def test_1000_concurrent_connections(server_kind):
     n = 1000
-    with server(engine) as srv:
+    with server(server_kind) as srv:
         socks = []
         try:
             for _ in range(n):
@@ -232,9 +253,9 @@ def test_1000_concurrent_connections(engine):
         wait_idle(srv, n, 20)
 
 
-def test_half_close_gets_everything_then_eof(engine):
+def test_half_close_gets_everything_then_eof(server_kind):
     payload = random.Random(11).randbytes(700_000)  # more than the per-connection bound
-    with server(engine) as srv, connect(srv) as s:
+    with server(server_kind) as srv, connect(srv) as s:
         out: list[bytes] = []
         t = threading.Thread(target=lambda: out.append(read_until_eof(s)))
         t.start()
@@ -247,8 +268,8 @@ def test_half_close_gets_everything_then_eof(engine):
         assert st["recv_errors"] == 0 and st["send_errors"] == 0
 
 
-def test_client_reset_mid_transfer(engine):
-    with server(engine) as srv:
+def test_client_reset_mid_transfer(server_kind):
+    with server(server_kind) as srv:
         for _ in range(20):
             s = connect(srv)
             s.setblocking(False)
@@ -325,10 +346,11 @@ def test_slow_readers_bounded_memory(engine):
         assert st["bytes_queued"] == 0
 
 
-def test_slow_reader_gets_everything_after_pause(engine):
+def test_slow_reader_gets_everything_after_pause(server_kind):
     payload = random.Random(3).randbytes(6 << 20)
-    extra = ("--conn-max-bytes", str(64 * 1024))
-    with server(engine, *extra) as srv, connect(srv) as s:
+    # epoll pauses at its one pending buffer; the io_uring engines at --conn-max-bytes.
+    extra = () if server_kind == "epoll" else ("--conn-max-bytes", str(64 * 1024))
+    with server(server_kind, *extra) as srv, connect(srv) as s:
         out: list[bytes] = []
 
         def slow_read() -> None:
@@ -342,7 +364,10 @@ def test_slow_reader_gets_everything_after_pause(engine):
         assert out and out[0] == payload
         st = srv.stats()
         assert st["backpressure_pauses"] >= 1
-        assert st["short_sends"] >= 0
+        if server_kind == "epoll":  # the pause came from a partial write, kept and finished
+            assert st["short_sends"] >= 1
+        else:
+            assert st["short_sends"] >= 0
 
 
 def test_buffer_pool_exhaustion_rearms_after_enobufs(engine):
@@ -373,20 +398,20 @@ def test_buffer_pool_exhaustion_rearms_after_enobufs(engine):
         wait_idle(srv, 40)
 
 
-def test_ipv6_loopback(engine):
+def test_ipv6_loopback(server_kind):
     try:
         with socket.socket(socket.AF_INET6) as probe:
             probe.bind(("::1", 0))
     except OSError as exc:
         pytest.skip(f"no IPv6 loopback here: {exc}")
-    with server(engine, "--addr", "::1") as srv:
+    with server(server_kind, "--addr", "::1") as srv:
         assert srv.ready["addr"] == "::1"
         with socket.create_connection(("::1", srv.port), timeout=5) as s:
             assert exchange(s, b"v6 echo") == b"v6 echo"
 
 
-def test_two_threads_share_the_port(engine):
-    with server(engine, "--threads", "2") as srv:
+def test_two_threads_share_the_port(server_kind):
+    with server(server_kind, "--threads", "2") as srv:
         assert srv.ready["threads"] == 2
         socks = [connect(srv) for _ in range(64)]
         try:
@@ -409,8 +434,8 @@ def test_sqpoll(engine):
             assert exchange(s, payload) == payload
 
 
-def test_stats_interval(engine):
-    with server(engine, "--stats-interval", "0.2") as srv:
+def test_stats_interval(server_kind):
+    with server(server_kind, "--stats-interval", "0.2") as srv:
         first = srv._expect("stats", 5)
         second = srv._expect("stats", 5)
         assert second["uptime_s"] > first["uptime_s"]
@@ -423,11 +448,11 @@ def _low_nofile() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
 
 
-def test_accept_under_low_ulimit(engine):
+def test_accept_under_low_ulimit(server_kind):
     """RLIMIT_NOFILE 64: accept hits EMFILE; accepted connections keep echoing, the rest
     are accepted once descriptors free up."""
     n = 120
-    with server(engine, preexec_fn=_low_nofile) as srv:
+    with server(server_kind, preexec_fn=_low_nofile) as srv:
         socks = [socket.create_connection(srv.address, timeout=10) for _ in range(n)]
         try:
             msgs = {s: b"m%03d" % i for i, s in enumerate(socks)}
@@ -474,8 +499,8 @@ def _collect_echoes(socks: list[socket.socket], msgs: dict, timeout: float) -> l
     return [s for s, data in got.items() if len(data) == len(msgs[s])]
 
 
-def test_no_fd_leak_after_churn(engine):
-    with server(engine) as srv:
+def test_no_fd_leak_after_churn(server_kind):
+    with server(server_kind) as srv:
         pid = server_pid(srv)
         base = fd_count(pid)
         for i in range(150):
@@ -496,8 +521,8 @@ def test_no_fd_leak_after_churn(engine):
         assert fd_count(pid) == base
 
 
-def test_sigterm_under_load_drains_and_exits_zero(engine):
-    with server(engine) as srv:
+def test_sigterm_under_load_drains_and_exits_zero(server_kind):
+    with server(server_kind) as srv:
         pid = server_pid(srv)
         stop = threading.Event()
         errors: list[str] = []
@@ -539,8 +564,8 @@ def test_sigterm_under_load_drains_and_exits_zero(engine):
         assert not os.path.exists(f"/proc/{pid}"), "server process still exists"
 
 
-def test_sigint_stops_an_idle_server(engine):
-    with server(engine) as srv:
+def test_sigint_stops_an_idle_server(server_kind):
+    with server(server_kind) as srv:
         assert srv.stop(signal.SIGINT, timeout=STOP_BOUND_S) == 0
 
 
@@ -552,6 +577,14 @@ def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=30)
 
 
+def _run_server(kind: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """An engine through `fastpath uring serve`, the epoll baseline as its binary."""
+    if kind == "epoll":
+        return subprocess.run([str(find_binary(EPOLL_BINARY)), *args],
+                              capture_output=True, text=True, timeout=30)
+    return _run_cli("--engine", kind, *args)
+
+
 def _one_error_line(stderr: str) -> str:
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1, f"expected one line, got: {stderr!r}"
@@ -559,21 +592,21 @@ def _one_error_line(stderr: str) -> str:
     return lines[0]
 
 
-def test_port_in_use(engine):
+def test_port_in_use(server_kind):
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen(1)
         port = holder.getsockname()[1]
-        r = _run_cli("--engine", engine, "--port", str(port))
+        r = _run_server(server_kind, "--port", str(port))
         assert r.returncode != 0
         line = _one_error_line(r.stderr)
         assert f"port {port}" in line and "in use" in line
 
 
-def test_port_held_by_a_reuseport_server_is_reported(engine):
+def test_port_held_by_a_reuseport_server_is_reported(server_kind):
     """A second server must not silently join another's SO_REUSEPORT group."""
-    with server(engine) as first:
-        r = _run_cli("--engine", engine, "--port", str(first.port))
+    with server(server_kind) as first:
+        r = _run_server(server_kind, "--port", str(first.port))
         assert r.returncode != 0
         assert "in use" in _one_error_line(r.stderr)
 
@@ -632,3 +665,145 @@ def test_native_binary_help():
     binary = find_binary()
     r = subprocess.run([str(binary), "--help"], capture_output=True, text=True, timeout=10)
     assert r.returncode == 0 and "--conn-max-bytes" in r.stdout and "example:" in r.stdout
+
+
+# --- the epoll baseline's own behaviour ---------------------------------------------------------
+
+
+@pytest.fixture
+def epoll_binary() -> str:
+    try:
+        return str(find_binary(EPOLL_BINARY))
+    except Exception as exc:  # noqa: BLE001 - reported as the skip reason
+        pytest.skip(f"{EPOLL_BINARY} unavailable: {exc}")
+
+
+def test_epoll_ready_line_stats_and_sigterm(epoll_binary):
+    with server("epoll") as srv:
+        assert srv.ready["engine"] == "epoll" and srv.port > 0
+        assert srv.ready["pid"] == srv.pid and srv.ready["threads"] == 1
+        with connect(srv) as s:
+            assert exchange(s, b"hello") == b"hello"
+        st = wait_idle(srv, 1)
+        assert st["connections_closed"] == 1 and st["bytes_in"] == st["bytes_out"] == 5
+        assert st["epoll_waits"] > 0 and st["recv_errors"] == st["send_errors"] == 0
+        assert srv.stop(signal.SIGTERM, timeout=STOP_BOUND_S) == 0
+        assert srv.final_stats is not None and srv.final_stats["final"] is True
+        assert not os.path.exists(f"/proc/{srv.pid}")
+
+
+def _small_rcvbuf_connection(srv: ServerProcess) -> socket.socket:
+    """A client whose receive buffer is tiny, so the server's writes fall short at once."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: sets the window
+    s.settimeout(5)
+    s.connect(srv.address)
+    return s
+
+
+def test_epoll_partial_writes_come_back_byte_exact(epoll_binary):
+    """A reader that starts late and takes 4 KiB at a time: once the server's socket
+    send buffer is full (it grows to tcp_wmem's 4 MiB at most) its sends fall short,
+    each remainder is kept and finished, and every byte comes back in order."""
+    payload = random.Random(21).randbytes(12 << 20)
+    with server("epoll", "--buffer-size", "65536") as srv, _small_rcvbuf_connection(srv) as s:
+        out = bytearray()
+
+        def slow_read() -> None:
+            s.settimeout(60)
+            time.sleep(0.5)  # let the server's send buffer fill first
+            while len(out) < len(payload):
+                data = s.recv(4096)
+                if not data:
+                    return
+                out.extend(data)
+
+        t = threading.Thread(target=slow_read)
+        t.start()
+        s.sendall(payload)
+        t.join(90)
+        assert not t.is_alive(), f"echo stalled at {len(out)} of {len(payload)} bytes"
+        assert bytes(out) == payload
+        st = srv.stats()
+        assert st["short_sends"] >= 1 and st["backpressure_pauses"] >= 1
+        assert st["sends"] > st["messages"]  # remainders went out in sends of their own
+        assert st["bytes_in"] == st["bytes_out"] == len(payload)
+
+
+def test_epoll_slow_readers_bounded_memory(epoll_binary):
+    """Clients that push and never read: each costs the server at most one pending buffer
+    (--buffer-size), however much they push; RSS grows by less than 8 MiB for 21 of them."""
+    bufsize = 4096
+    with server("epoll", "--buffer-size", str(bufsize)) as srv:
+        pid = server_pid(srv)
+        base = rss_kib(pid)
+        socks = [connect(srv) for _ in range(21)]
+        try:
+            pushed = _push_until_stalled(socks)
+            st = srv.stats()
+            assert pushed > 21 * bufsize
+            assert st["backpressure_pauses"] >= 21, st
+            assert 0 < st["bytes_queued"] <= 21 * bufsize, st
+            grown = rss_kib(pid) - base
+            assert grown < 8 * 1024, f"RSS grew {grown} KiB"
+        finally:
+            for s in socks:
+                s.close()
+        st = wait_idle(srv, 21, 20)
+        assert st["bytes_queued"] == 0
+
+
+def test_epoll_sigterm_with_a_stalled_reader_exits_after_the_drain(epoll_binary):
+    """A client that never reads keeps an echo pending: SIGTERM waits --drain-ms for it,
+    then closes the connection anyway and exits 0; what the client then reads is an exact
+    prefix of what it sent."""
+    payload = random.Random(5).randbytes(8 << 20)
+    with server("epoll", "--drain-ms", "300") as srv, connect(srv) as s:
+        s.setblocking(False)
+        sent = 0
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and sent < len(payload):
+            try:
+                sent += s.send(payload[sent:sent + (1 << 16)])
+            except BlockingIOError:
+                if srv.stats()["bytes_queued"] > 0:
+                    break
+                time.sleep(0.01)
+        assert srv.stats()["bytes_queued"] > 0, "the server never had an echo pending"
+        t0 = time.monotonic()
+        assert srv.stop(signal.SIGTERM, timeout=STOP_BOUND_S) == 0
+        assert 0.25 < time.monotonic() - t0 < STOP_BOUND_S
+        assert srv.final_stats is not None and srv.final_stats["connections_open"] == 0
+        s.setblocking(True)
+        s.settimeout(10)
+        got = bytearray()
+        with contextlib.suppress(ConnectionResetError):
+            while data := s.recv(1 << 20):
+                got += data
+        assert got and payload.startswith(bytes(got))
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("--addr", "nope"), "--addr nope"),
+        (("--port", "70000"), "--port 70000"),
+        (("--threads", "0"), "--threads 0"),
+        (("--buffer-size", "10"), "--buffer-size 10"),
+        (("--drain-ms", "-1"), "--drain-ms -1"),
+        (("--stats-interval", "x"), "--stats-interval x"),
+        (("--bogus",), "unknown option --bogus"),
+        (("--port",), "needs a value"),
+        (("extra",), "unexpected argument extra"),
+        (("--port", "0", "--addr", "192.0.2.1"), "not configured on this host"),
+    ],
+)
+def test_epoll_binary_validates_its_options(epoll_binary, args, needle):
+    r = subprocess.run([epoll_binary, *args], capture_output=True, text=True, timeout=10)
+    assert r.returncode != 0 and r.stdout == ""
+    assert needle in _one_error_line(r.stderr)
+
+
+def test_epoll_binary_help(epoll_binary):
+    r = subprocess.run([epoll_binary, "--help"], capture_output=True, text=True, timeout=10)
+    assert r.returncode == 0 and "--buffer-size" in r.stdout and "example:" in r.stdout

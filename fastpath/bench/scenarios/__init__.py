@@ -46,4 +46,5 @@ from __future__ import annotations
 # a scenario is listed or run).
 SCENARIOS: dict[str, str] = {
     "counter": "fastpath.bench.scenarios.counter",
+    "echo": "fastpath.bench.scenarios.echo",
 }
