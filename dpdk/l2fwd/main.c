@@ -7,8 +7,10 @@
  * explicitly with --portmap. By default the Ethernet header is rewritten: destination
  * 02:00:00:00:00:<egress port id>, source = the egress port's MAC.
  *
- * Techniques: burst RX (MAX_PKT_BURST) into per-port TX buffers that are flushed when full
- * or every BURST_TX_DRAIN_US; one RX queue per port, up to --rx-queues-per-lcore ports
+ * Techniques: burst RX (MAX_PKT_BURST); a full burst is sent as it is, partial bursts
+ * gather in per-port TX buffers flushed when full or every BURST_TX_DRAIN_US; headers prefetched PREFETCH_OFFSET frames ahead when MACs are
+ * rewritten; the ring sizes the PMD prefers (else RX/TX_DESC_DEFAULT) and one mbuf pool
+ * sized from them; one RX queue per port, up to --rx-queues-per-lcore ports
  * polled by each lcore; counters written by exactly one lcore each (relaxed atomics, no
  * locks). Instead of redrawing a screen, the main lcore prints one JSON object per line on
  * stdout: a "ready" event once every port is started, a "stats" event every period with
@@ -51,11 +53,14 @@
 #include <rte_prefetch.h>
 #include <rte_version.h>
 
-/* Descriptors per RX and TX ring; rte_eth_dev_adjust_nb_rx_tx_desc() clamps to the PMD. */
+/* Descriptors per RX and TX ring when the PMD states no preference of its own (a PMD's
+ * preferred size wins, as in testpmd); rte_eth_dev_adjust_nb_rx_tx_desc() clamps either. */
 #define RX_DESC_DEFAULT 1024
 #define TX_DESC_DEFAULT 1024
 /* Frames fetched per rte_eth_rx_burst() and held per TX buffer before a send. */
 #define MAX_PKT_BURST 32
+/* When rewriting MACs, frames this far ahead in a burst are prefetched. */
+#define PREFETCH_OFFSET 3
 /* A partly filled TX buffer is sent after this long, so a trickle is not held back. */
 #define BURST_TX_DRAIN_US 100
 /* Per-lcore mbuf cache of the pool; the pool is sized so every ring can be full at once. */
@@ -113,6 +118,8 @@ static struct rte_eth_dev_tx_buffer *tx_buffer[RTE_MAX_ETHPORTS];
 static struct port_stats stats[RTE_MAX_ETHPORTS];
 static struct lcore_conf lcore_conf[RTE_MAX_LCORE];
 static uint16_t port_lcore[RTE_MAX_ETHPORTS];
+static uint16_t port_rxd[RTE_MAX_ETHPORTS];
+static uint16_t port_txd[RTE_MAX_ETHPORTS];
 
 /* Counters have one writer each; relaxed atomics keep the stats reader race-free. */
 static inline void counter_add(uint64_t *counter, uint64_t n)
@@ -235,8 +242,9 @@ static void print_ready(void)
 		rte_eth_link_get_nowait(port, &link);
 		printf("%s{\"port\":%u,\"name\":", first ? "" : ",", port);
 		json_string(name);
-		printf(",\"mac\":\"%s\",\"dst_port\":%u,\"lcore\":%u,\"link_up\":%s}", mac,
-		       dst_port[port], port_lcore[port],
+		printf(",\"mac\":\"%s\",\"dst_port\":%u,\"lcore\":%u,\"rx_desc\":%u,"
+		       "\"tx_desc\":%u,\"link_up\":%s}", mac, dst_port[port], port_lcore[port],
+		       port_rxd[port], port_txd[port],
 		       link.link_status == RTE_ETH_LINK_UP ? "true" : "false");
 		first = false;
 	}
@@ -244,14 +252,45 @@ static void print_ready(void)
 	fflush(stdout);
 }
 
-static void rewrite_mac(struct rte_mbuf *m, uint16_t out_port)
+/* Destination 02:00:00:00:00:<egress port>, source the egress port's MAC, for a burst. */
+static void rewrite_macs(struct rte_mbuf **pkts, uint16_t n, uint16_t out_port)
 {
 	static const uint8_t prefix[] = DST_MAC_PREFIX;
-	struct rte_ether_hdr *eth = rte_pktmbuf_mtod(m, struct rte_ether_hdr *);
+	uint16_t j;
 
-	memcpy(eth->dst_addr.addr_bytes, prefix, sizeof(prefix));
-	eth->dst_addr.addr_bytes[5] = (uint8_t)out_port;
-	rte_ether_addr_copy(&port_mac[out_port], &eth->src_addr);
+	for (j = 0; j < n && j < PREFETCH_OFFSET; j++)
+		rte_prefetch0(rte_pktmbuf_mtod(pkts[j], void *));
+	for (j = 0; j < n; j++) {
+		struct rte_ether_hdr *eth = rte_pktmbuf_mtod(pkts[j], struct rte_ether_hdr *);
+
+		if (j + PREFETCH_OFFSET < n)
+			rte_prefetch0(rte_pktmbuf_mtod(pkts[j + PREFETCH_OFFSET], void *));
+		memcpy(eth->dst_addr.addr_bytes, prefix, sizeof(prefix));
+		eth->dst_addr.addr_bytes[5] = (uint8_t)out_port;
+		rte_ether_addr_copy(&port_mac[out_port], &eth->src_addr);
+	}
+}
+
+/*
+ * A full burst with nothing buffered before it goes out in one rte_eth_tx_burst(), what
+ * the port refuses is dropped and counted; a partial burst joins the port's TX buffer, so
+ * a trickle still leaves in batches (one system call per batch on af_packet).
+ */
+static void send_burst(uint16_t out, struct rte_mbuf **pkts, uint16_t n)
+{
+	struct rte_eth_dev_tx_buffer *buffer = tx_buffer[out];
+	uint16_t sent = 0, j;
+
+	if (buffer->length == 0 && n == MAX_PKT_BURST) {
+		sent = rte_eth_tx_burst(out, 0, pkts, n);
+		if (unlikely(sent < n))
+			tx_error_count(pkts + sent, n - sent, &stats[out].dropped);
+	} else {
+		for (j = 0; j < n; j++)
+			sent += rte_eth_tx_buffer(out, 0, buffer, pkts[j]);
+	}
+	if (sent > 0)
+		counter_add(&stats[out].tx, sent);
 }
 
 /* The per-lcore loop: drain TX buffers on a timer, poll owned ports, forward in bursts. */
@@ -265,6 +304,7 @@ static int forward_loop(__rte_unused void *arg)
 	const uint64_t hz = rte_get_timer_hz();
 	const uint64_t period_tsc = (uint64_t)(cfg.period_s * (double)hz);
 	const uint64_t start_tsc = rte_get_timer_cycles();
+	const bool mac_updating = cfg.mac_updating;
 	uint64_t prev_drain = start_tsc, prev_stats = start_tsc, seq = 0;
 	struct rte_mbuf *burst[MAX_PKT_BURST];
 
@@ -294,22 +334,14 @@ static int forward_loop(__rte_unused void *arg)
 			uint16_t in = qconf->rx_port_list[i];
 			uint16_t out = dst_port[in];
 			uint16_t n = rte_eth_rx_burst(in, 0, burst, MAX_PKT_BURST);
-			uint16_t j;
 
 			if (n == 0)
 				continue;
 			received += n;
 			counter_add(&stats[in].rx, n);
-			for (j = 0; j < n; j++) {
-				uint16_t sent;
-
-				rte_prefetch0(rte_pktmbuf_mtod(burst[j], void *));
-				if (cfg.mac_updating)
-					rewrite_mac(burst[j], out);
-				sent = rte_eth_tx_buffer(out, 0, tx_buffer[out], burst[j]);
-				if (sent > 0)
-					counter_add(&stats[out].tx, sent);
-			}
+			if (mac_updating)
+				rewrite_macs(burst, n, out);
+			send_burst(out, burst, n);
 		}
 		if (received == 0 && cfg.idle_sleep_us > 0)
 			rte_delay_us_sleep(cfg.idle_sleep_us);
@@ -570,10 +602,32 @@ static int assign_lcores(void)
 	return 0;
 }
 
+/* Ring sizes of a port: the PMD's preferred sizes, else the defaults, clamped to its limits. */
+static int port_rings(uint16_t port)
+{
+	struct rte_eth_dev_info info;
+	int ret;
+
+	ret = rte_eth_dev_info_get(port, &info);
+	if (ret != 0) {
+		report_error("port %u: cannot get device info: %s", port, rte_strerror(-ret));
+		return -1;
+	}
+	port_rxd[port] = info.default_rxportconf.ring_size ? info.default_rxportconf.ring_size
+							     : RX_DESC_DEFAULT;
+	port_txd[port] = info.default_txportconf.ring_size ? info.default_txportconf.ring_size
+							     : TX_DESC_DEFAULT;
+	ret = rte_eth_dev_adjust_nb_rx_tx_desc(port, &port_rxd[port], &port_txd[port]);
+	if (ret < 0) {
+		report_error("port %u: cannot fit ring sizes: %s", port, rte_strerror(-ret));
+		return -1;
+	}
+	return 0;
+}
+
 static int port_setup(uint16_t port, struct rte_mempool *pool)
 {
 	struct rte_eth_conf conf = {.txmode = {.mq_mode = RTE_ETH_MQ_TX_NONE}};
-	uint16_t nb_rxd = RX_DESC_DEFAULT, nb_txd = TX_DESC_DEFAULT;
 	int socket = rte_eth_dev_socket_id(port);
 	struct rte_eth_dev_info info;
 	struct rte_eth_rxconf rxq;
@@ -594,11 +648,6 @@ static int port_setup(uint16_t port, struct rte_mempool *pool)
 		report_error("port %u: cannot configure: %s", port, rte_strerror(-ret));
 		return -1;
 	}
-	ret = rte_eth_dev_adjust_nb_rx_tx_desc(port, &nb_rxd, &nb_txd);
-	if (ret < 0) {
-		report_error("port %u: cannot fit ring sizes: %s", port, rte_strerror(-ret));
-		return -1;
-	}
 	ret = rte_eth_macaddr_get(port, &port_mac[port]);
 	if (ret < 0) {
 		report_error("port %u: cannot read MAC address: %s", port, rte_strerror(-ret));
@@ -606,14 +655,14 @@ static int port_setup(uint16_t port, struct rte_mempool *pool)
 	}
 	rxq = info.default_rxconf;
 	rxq.offloads = conf.rxmode.offloads;
-	ret = rte_eth_rx_queue_setup(port, 0, nb_rxd, (unsigned int)socket, &rxq, pool);
+	ret = rte_eth_rx_queue_setup(port, 0, port_rxd[port], (unsigned int)socket, &rxq, pool);
 	if (ret < 0) {
 		report_error("port %u: cannot set up RX queue: %s", port, rte_strerror(-ret));
 		return -1;
 	}
 	txq = info.default_txconf;
 	txq.offloads = conf.txmode.offloads;
-	ret = rte_eth_tx_queue_setup(port, 0, nb_txd, (unsigned int)socket, &txq);
+	ret = rte_eth_tx_queue_setup(port, 0, port_txd[port], (unsigned int)socket, &txq);
 	if (ret < 0) {
 		report_error("port %u: cannot set up TX queue: %s", port, rte_strerror(-ret));
 		return -1;
@@ -652,7 +701,7 @@ int main(int argc, char **argv)
 {
 	struct rte_mempool *pool = NULL;
 	int ret, n_ports, exit_code = EXIT_FAILURE;
-	unsigned int nb_mbufs;
+	unsigned int nb_mbufs = 0;
 	uint16_t port;
 
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -684,11 +733,16 @@ int main(int argc, char **argv)
 	if (n_ports < 0 || assign_lcores() != 0)
 		goto out_eal;
 
-	/* 4. One mbuf pool, big enough for every ring, burst and lcore cache at once. */
-	nb_mbufs = RTE_MAX((unsigned int)n_ports * (RX_DESC_DEFAULT + TX_DESC_DEFAULT +
-						   MAX_PKT_BURST +
-						   rte_lcore_count() * MEMPOOL_CACHE_SIZE),
-			   MIN_MBUFS);
+	/* 4. Ring sizes, then one mbuf pool big enough for every ring, burst and cache at once. */
+	for (port = 0; port < RTE_MAX_ETHPORTS; port++) {
+		if (!port_mapped[port])
+			continue;
+		if (port_rings(port) != 0)
+			goto out_eal;
+		nb_mbufs += port_rxd[port] + port_txd[port] + MAX_PKT_BURST +
+			    rte_lcore_count() * MEMPOOL_CACHE_SIZE;
+	}
+	nb_mbufs = RTE_MAX(nb_mbufs, MIN_MBUFS);
 	pool = rte_pktmbuf_pool_create("l2fwd_pool", nb_mbufs, MEMPOOL_CACHE_SIZE, 0,
 				       RTE_MBUF_DEFAULT_BUF_SIZE, (int)rte_socket_id());
 	if (pool == NULL) {

@@ -21,8 +21,10 @@ examples:
   fastpath dpdk hugepages reserve 512M     raise the 2M pool (system-wide total) to 512 MiB
   fastpath dpdk hugepages reserve 1G --pagesize 1G --node 0
   fastpath dpdk hugepages release          give back only what fastpath reserved
+  fastpath dpdk hugepages clean --dry-run  stale DPDK hugepage files no process maps or locks
   fastpath dpdk devices                    PCI NICs, their drivers and why they are in use
   fastpath dpdk bind 0000:03:00.0 --driver vfio-pci --dry-run
+  fastpath dpdk bind eth1 --netns lab-fwd --driver vfio-pci --dry-run
   fastpath dpdk restore 0000:03:00.0       back to the driver it had
   fastpath dpdk l2fwd run --vdev null --vdev null --duration 5
   fastpath dpdk l2fwd run --netns lab-fwd --vdev af_packet:veth0 --vdev af_packet:veth1 --json
@@ -59,6 +61,8 @@ def register(subparsers: Any) -> None:
 
     p = sub.add_parser("devices", help="PCI network devices, drivers, IOMMU groups, kernel use")
     p.add_argument("--all", action="store_true", help="every PCI device, not only NICs")
+    p.add_argument("--netns", metavar="NAME",
+                   help="also show the interfaces that NICs have in this network namespace")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_devices)
 
@@ -71,6 +75,8 @@ def register(subparsers: Any) -> None:
                         "(never when it carries the SSH session or is a bond/bridge member)")
     p.add_argument("--noiommu", action="store_true",
                    help="allow vfio's unsafe no-IOMMU mode for a device with no IOMMU group")
+    p.add_argument("--netns", metavar="NAME",
+                   help="DEV is an interface in this network namespace")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=cmd_bind)
 
@@ -78,6 +84,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("dev", metavar="DEV")
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--force", action="store_true")
+    p.add_argument("--netns", metavar="NAME",
+                   help="DEV is an interface in this network namespace")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_unbind)
 
@@ -157,6 +165,20 @@ def _register_hugepages(sub: Any) -> None:
     p.add_argument("path", nargs="?")
     common(p, node=False)
     p.set_defaults(func=cmd_hp_unmount)
+    p = hsub.add_parser(
+        "clean",
+        help="remove stale DPDK hugepage files (no process maps or locks them)",
+        description=(
+            "Remove hugepage files that crashed DPDK processes left in hugetlbfs mounts: files "
+            "named <prefix>map_<n> that no process maps (/proc/*/maps) and nobody locks. "
+            "Other files in the mounts are never touched."
+        ),
+    )
+    p.add_argument("--dry-run", action="store_true", help="list what would be removed")
+    p.add_argument("--prefix", help="only files of this DPDK --file-prefix")
+    p.add_argument("--mount", metavar="PATH", help="only this hugetlbfs mount")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_hp_clean)
 
 
 def _help(parser: argparse.ArgumentParser) -> int:
@@ -171,6 +193,17 @@ def _host(args: argparse.Namespace) -> Host:
 def _net(host: Host) -> devbind.NetState:
     # A fake tree has no netlink behind it: its interfaces have no addresses or routes.
     return devbind.NetlinkState() if host.is_real else devbind.StaticNetState()
+
+
+def _links(args: argparse.Namespace, host: Host) -> devbind.Links | None:
+    """The interfaces of --netns NAME, read over netlink."""
+    netns = getattr(args, "netns", None)
+    if netns is None:
+        return None
+    if not host.is_real:
+        raise FastpathError("--netns reads a live network namespace; it cannot be combined "
+                            "with a fake --root tree")
+    return devbind.NetlinkLinks(netns)
 
 
 # ---------------------------------------------------------------- build
@@ -252,7 +285,8 @@ def cmd_hp_show(args: argparse.Namespace) -> int:
             prefixes = sorted({f.split("map_")[0] for f in m["stale_files"]})
             info(f"{len(m['stale_files'])} stale hugepage files in {m['path']} (no process "
                  f"holds them; from crashed DPDK runs, prefixes {', '.join(prefixes)}); "
-                 f"they pin {hugepages.format_bytes(m['stale_bytes'])}: remove them with rm")
+                 f"they pin {hugepages.format_bytes(m['stale_bytes'])}: remove them with "
+                 f"'fastpath dpdk hugepages clean'")
     return 0
 
 
@@ -300,23 +334,59 @@ def cmd_hp_unmount(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hp_clean(args: argparse.Namespace) -> int:
+    host = _host(args)
+    result = hugepages.clean(host, dry_run=args.dry_run, prefix=args.prefix,
+                             mount_path=args.mount)
+    if args.json:
+        print_json({**result.to_json(), "dry_run": args.dry_run})
+        return 0
+    if not result.mounts:
+        info("no hugetlbfs mount: nothing to clean")
+        return 0
+    if result.stale:
+        print_table(["file", "prefix", "size", "action"],
+                    [[f.path, f.prefix, hugepages.format_bytes(f.size),
+                      "removed" if f.removed else "would remove"] for f in result.stale])
+    size = hugepages.format_bytes(result.stale_bytes)
+    if not result.stale:
+        info(f"no stale DPDK hugepage files in {', '.join(result.mounts)}")
+    elif args.dry_run:
+        info(f"would remove {len(result.stale)} stale files ({size}); run without --dry-run")
+    else:
+        info(f"removed {len(result.stale)} stale files, {size} of hugepages freed")
+    if result.in_use:
+        info(f"{result.in_use} DPDK hugepage files are in use by running processes and stay")
+    if result.foreign:
+        info(f"{len(result.foreign)} unused files not named like DPDK's stay "
+             f"({result.foreign[0]}...): other programs keep data in hugetlbfs on purpose")
+    return 0
+
+
 # ---------------------------------------------------------------- devices and binding
 
 
-def _kernel_use(host: Host, net: devbind.NetState, dev: devbind.PciDevice) -> list[str]:
-    refusals = devbind.interface_refusals(host, net, dict(os.environ), dev)
+def _kernel_use(host: Host, net: devbind.NetState, dev: devbind.PciDevice,
+                other: devbind.NetState | None = None) -> list[str]:
+    refusals = devbind.interface_refusals(host, net, dict(os.environ), dev, other)
     return [r.reason.split(";")[0] for r in refusals]
+
+
+def _ifname(iface: devbind.Interface) -> str:
+    return iface.name if iface.netns is None else f"{iface.name} (netns {iface.netns})"
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
     host = _host(args)
-    devices = devbind.list_devices(host, network_only=not args.all)
+    links = _links(args, host)
+    devices = devbind.list_devices(host, network_only=not args.all, links=links)
     net = _net(host)
+    other = devbind.NetlinkState(links.netns) if links is not None else None
     drivers = {d: devbind.driver_loaded(host, d) for d in devbind.DPDK_DRIVERS}
     iommu = bool(host.listdir("/sys/kernel/iommu_groups"))
     if args.json:
         print_json({
-            "devices": [{**d.to_json(), "kernel_use": _kernel_use(host, net, d)}
+            "devices": [{**d.to_json(), "kernel_use": _kernel_use(host, net, d, other)}
                         for d in devices],
             "drivers_loaded": drivers,
             "iommu_groups": iommu,
@@ -329,8 +399,8 @@ def cmd_devices(args: argparse.Namespace) -> int:
         print_table(
             ["PCI address", "device", "driver", "interfaces", "IOMMU group", "kernel use"],
             [[d.address, f"{d.vendor}:{d.device} {d.class_name}", d.driver or "-",
-              ", ".join(d.interface_names) or "-", d.iommu_group or "none",
-              "; ".join(_kernel_use(host, net, d)) or "free"] for d in devices],
+              ", ".join(_ifname(i) for i in d.interfaces) or "-", d.iommu_group or "none",
+              "; ".join(_kernel_use(host, net, d, other)) or "free"] for d in devices],
         )
     loaded = ", ".join(f"{k} {'loaded' if v else 'not loaded'}" for k, v in drivers.items())
     info(f"DPDK drivers: {loaded}; IOMMU: {'on' if iommu else 'off (no IOMMU groups)'}")
@@ -376,13 +446,14 @@ def _finish(plan: devbind.Plan, args: argparse.Namespace, host: Host) -> int:
 def cmd_bind(args: argparse.Namespace) -> int:
     host = _host(args)
     plan = devbind.plan_bind(args.dev, args.driver, host=host, net=_net(host), force=args.force,
-                             noiommu=args.noiommu)
+                             noiommu=args.noiommu, links=_links(args, host))
     return _finish(plan, args, host)
 
 
 def cmd_unbind(args: argparse.Namespace) -> int:
     host = _host(args)
-    plan = devbind.plan_unbind(args.dev, host=host, net=_net(host), force=args.force)
+    plan = devbind.plan_unbind(args.dev, host=host, net=_net(host), force=args.force,
+                               links=_links(args, host))
     return _finish(plan, args, host)
 
 

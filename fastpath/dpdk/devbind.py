@@ -11,6 +11,12 @@ Before any sysfs write, every refusal is checked and reported together:
 Binding uses driver_override + drivers_probe, then reads the driver link back. The driver a
 device had is kept in /run/fastpath/dpdk/bindings.json so `restore` can return to it. All
 file access goes through one `Host` root, so tests drive a fake sysfs tree.
+
+An interface in another network namespace (`--netns NS`) is invisible in our /sys/class/net;
+it is found over netlink in NS (its parent device, state, master), its addresses and routes
+are read there too, and the PCI device behind it through /sys/bus, which every namespace
+shares. The SSH check looks at this namespace's interfaces only: our session's sockets and routes
+live here, so an interface of NS carries it only when this namespace routes through NS.
 """
 
 from __future__ import annotations
@@ -76,13 +82,25 @@ class NetState(Protocol):
     def egress_interface(self, dst: str) -> str | None: ...
 
 
+def _iproute(netns: str | None) -> Any:
+    """A pyroute2 IPRoute bound to `netns` (None: the current namespace)."""
+    from pyroute2 import IPRoute
+
+    if netns is None:
+        return IPRoute()
+    from fastpath.netns.namespaces import netns_context, netns_exists
+
+    if not netns_exists(netns):
+        raise FastpathError(f"no network namespace {netns!r} (see 'ip netns list')")
+    with netns_context(netns):
+        return IPRoute()  # the socket stays in the namespace it was made in
+
+
 class NetlinkState:
-    """NetState of the current network namespace, read with pyroute2."""
+    """NetState of one network namespace (None: the current one), read with pyroute2."""
 
-    def __init__(self) -> None:
-        from pyroute2 import IPRoute
-
-        self._ipr = IPRoute()
+    def __init__(self, netns: str | None = None) -> None:
+        self._ipr = _iproute(netns)
 
     def close(self) -> None:
         self._ipr.close()
@@ -163,6 +181,7 @@ class Interface:
     up: bool
     master: str | None
     master_kind: str | None  # "bond" or "bridge"
+    netns: str | None = None  # None: this namespace; else the one --netns named
 
 
 @dataclass
@@ -194,6 +213,85 @@ class PciDevice:
         return d
 
 
+class Links(Protocol):
+    """The interfaces of one network namespace other than the one whose sysfs we read."""
+
+    netns: str
+
+    def names(self) -> list[str]: ...
+
+    def interface(self, name: str) -> Interface: ...
+
+    def parent(self, name: str) -> tuple[str, str] | None:
+        """(bus, device name) of the device behind `name`, e.g. ("pci", "0000:03:00.0")."""
+        ...
+
+
+class NetlinkLinks:
+    """Links of a network namespace, read over netlink."""
+
+    def __init__(self, netns: str) -> None:
+        self.netns = netns
+        ipr = _iproute(netns)
+        try:
+            self._links = {str(m.get_attr("IFLA_IFNAME")): m for m in ipr.get_links()}
+        finally:
+            ipr.close()
+        self._by_index = {m["index"]: m for m in self._links.values()}
+
+    def names(self) -> list[str]:
+        return sorted(self._links)
+
+    def _kind(self, msg: Any) -> str | None:
+        info = msg.get_attr("IFLA_LINKINFO")
+        return str(info.get_attr("IFLA_INFO_KIND")) if info is not None else None
+
+    def interface(self, name: str) -> Interface:
+        msg = self._links[name]
+        master = self._by_index.get(msg.get_attr("IFLA_MASTER") or -1)
+        kind = None
+        if master is not None:
+            kind = self._kind(master)
+            kind = kind if kind in ("bond", "bridge") else "master"
+        return Interface(name=name, up=bool(msg["flags"] & IFF_UP),
+                         master=str(master.get_attr("IFLA_IFNAME")) if master is not None else None,
+                         master_kind=kind, netns=self.netns)
+
+    def parent(self, name: str) -> tuple[str, str] | None:
+        msg = self._links[name]
+        bus, dev = msg.get_attr("IFLA_PARENT_DEV_BUS_NAME"), msg.get_attr("IFLA_PARENT_DEV_NAME")
+        return (str(bus), str(dev)) if bus and dev else None
+
+
+@dataclass
+class StaticLinks:
+    """Links from dicts, for unit tests against a fake sysfs tree."""
+
+    netns: str
+    interfaces: dict[str, Interface] = field(default_factory=dict)
+    parents: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    def names(self) -> list[str]:
+        return sorted(self.interfaces)
+
+    def interface(self, name: str) -> Interface:
+        return self.interfaces[name]
+
+    def parent(self, name: str) -> tuple[str, str] | None:
+        return self.parents.get(name)
+
+
+def bdf_of_parent(host: Host, parent: tuple[str, str] | None) -> str | None:
+    """The PCI address behind a netlink parent device ("pci", BDF) or ("virtio", "virtio2")."""
+    if parent is None:
+        return None
+    bus, dev = parent
+    if bus == "pci":
+        return normalize_bdf(dev)
+    path = host.path(f"/sys/bus/{bus}/devices/{dev}")
+    return _bdf_of_path(os.path.realpath(path)) if path.exists() else None
+
+
 def _bdf_of_path(real: str) -> str | None:
     """The nearest PCI address in a resolved sysfs device path (walks up through virtioN)."""
     for part in reversed(Path(real).parts):
@@ -202,15 +300,23 @@ def _bdf_of_path(real: str) -> str | None:
     return None
 
 
-def interfaces_by_bdf(host: Host) -> dict[str, list[str]]:
+def _sysfs_bdf(host: Host, name: str) -> str | None:
+    dev = host.path(f"{CLASS_NET}/{name}/device")
+    return _bdf_of_path(os.path.realpath(dev)) if dev.exists() else None
+
+
+def interfaces_by_bdf(host: Host, links: Links | None = None) -> dict[str, list[str]]:
+    """PCI address -> interface names, from our sysfs and from `links` (another netns)."""
     found: dict[str, list[str]] = {}
     for name in host.listdir(CLASS_NET):
-        dev = host.path(f"{CLASS_NET}/{name}/device")
-        if not dev.exists():
-            continue
-        bdf = _bdf_of_path(os.path.realpath(dev))
+        bdf = _sysfs_bdf(host, name)
         if bdf is not None:
             found.setdefault(bdf, []).append(name)
+    if links is not None:
+        for name in links.names():
+            bdf = bdf_of_parent(host, links.parent(name))
+            if bdf is not None and name not in found.get(bdf, []):
+                found.setdefault(bdf, []).append(name)
     return found
 
 
@@ -232,11 +338,20 @@ def read_interface(host: Host, name: str) -> Interface:
     return Interface(name=name, up=up, master=master, master_kind=kind)
 
 
-def read_device(host: Host, bdf: str, ifmap: dict[str, list[str]] | None = None) -> PciDevice:
+def read_device(host: Host, bdf: str, ifmap: dict[str, list[str]] | None = None,
+                links: Links | None = None) -> PciDevice:
     base = f"{PCI_DEVICES}/{bdf}"
     if not host.exists(base):
         raise FastpathError(f"no PCI device {bdf}; list them with 'fastpath dpdk devices'")
-    ifmap = interfaces_by_bdf(host) if ifmap is None else ifmap
+    ifmap = interfaces_by_bdf(host, links) if ifmap is None else ifmap
+    in_links = set(links.names()) if links is not None else set()
+
+    def interface(name: str) -> Interface:
+        # A name can exist here and in the other namespace: ours only if it is this device.
+        if links is not None and name in in_links and _sysfs_bdf(host, name) != bdf:
+            return links.interface(name)
+        return read_interface(host, name)
+
     numa = host.read_or(f"{base}/numa_node", "-1")
     return PciDevice(
         address=bdf,
@@ -246,23 +361,36 @@ def read_device(host: Host, bdf: str, ifmap: dict[str, list[str]] | None = None)
         driver=host.link_name(f"{base}/driver"),
         iommu_group=host.link_name(f"{base}/iommu_group"),
         numa_node=int(numa) if numa.lstrip("-").isdigit() and int(numa) >= 0 else None,
-        interfaces=[read_interface(host, n) for n in ifmap.get(bdf, [])],
+        interfaces=[interface(n) for n in ifmap.get(bdf, [])],
     )
 
 
-def list_devices(host: Host = REAL_HOST, network_only: bool = True) -> list[PciDevice]:
-    ifmap = interfaces_by_bdf(host)
-    devices = [read_device(host, bdf, ifmap) for bdf in host.listdir(PCI_DEVICES)]
+def list_devices(host: Host = REAL_HOST, network_only: bool = True,
+                 links: Links | None = None) -> list[PciDevice]:
+    ifmap = interfaces_by_bdf(host, links)
+    devices = [read_device(host, bdf, ifmap, links) for bdf in host.listdir(PCI_DEVICES)]
     return [d for d in devices if d.is_network or not network_only]
 
 
-def resolve(host: Host, dev: str) -> PciDevice:
-    """DEV is a PCI address or an interface name."""
+def resolve(host: Host, dev: str, links: Links | None = None) -> PciDevice:
+    """DEV is a PCI address or an interface name (of namespace `links.netns` if given)."""
     bdf = normalize_bdf(dev)
     if bdf is not None:
-        return read_device(host, bdf)
+        return read_device(host, bdf, links=links)
     if not re.fullmatch(r"[^/\s]{1,15}", dev):
         raise FastpathError(f"{dev!r} is neither a PCI address (0000:03:00.0) nor an interface name")
+    if links is not None:
+        if dev not in links.names():
+            raise FastpathError(f"no interface {dev!r} in network namespace {links.netns} "
+                                f"(see 'ip -n {links.netns} link')")
+        bdf = bdf_of_parent(host, links.parent(dev))
+        if bdf is None:
+            raise FastpathError(
+                f"{dev} in namespace {links.netns} is a virtual interface with no PCI device "
+                f"behind it; DPDK reaches it with 'fastpath dpdk l2fwd run --netns "
+                f"{links.netns} --vdev af_packet:{dev}' instead of binding"
+            )
+        return read_device(host, bdf, links=links)
     link = host.path(f"{CLASS_NET}/{dev}")
     if not link.exists():
         # A NIC on vfio-pci has no interface any more: find it by the name it had.
@@ -385,25 +513,28 @@ class Plan:
 
 
 def interface_refusals(
-    host: Host, net: NetState, env: dict[str, str], device: PciDevice
+    host: Host, net: NetState, env: dict[str, str], device: PciDevice,
+    other: NetState | None = None,
 ) -> list[Refusal]:
-    """Why taking this device away from the kernel would break something."""
+    """Why taking this device away from the kernel would break something. `net` reads this
+    namespace, `other` the namespace of interfaces found with --netns."""
     refusals = []
-    names = device.interface_names
+    names = [i.name for i in device.interfaces if i.netns is None]
     for name in sorted(ssh_interfaces(host, net, env, names)):
         refusals.append(Refusal(f"{name} carries the current SSH session; binding it would "
                                 f"cut this machine off"))
     for iface in device.interfaces:
+        state = other if iface.netns is not None and other is not None else net
         if iface.master is not None:
             refusals.append(Refusal(
                 f"{iface.name} is a {iface.master_kind} member of {iface.master}; remove it "
                 f"first (ip link set {iface.name} nomaster)"))
-        addrs = net.addresses(iface.name)
+        addrs = state.addresses(iface.name)
         if addrs:
             refusals.append(Refusal(
                 f"{iface.name} has addresses ({', '.join(addrs)}); remove them or use --force",
                 overridable=True))
-        routes = net.routes(iface.name)
+        routes = state.routes(iface.name)
         if routes:
             refusals.append(Refusal(
                 f"{iface.name} has routes ({', '.join(routes)}); remove them or use --force",
@@ -473,6 +604,20 @@ def _save_binding(host: Host, bdf: str, record: dict[str, Any] | None) -> None:
         os.replace(tmp, path)
 
 
+def _other_net(links: Links | None, other: NetState | None) -> NetState | None:
+    if other is not None or links is None:
+        return other
+    return NetlinkState(links.netns)
+
+
+def _warn_if_leaving(plan: Plan) -> None:
+    for iface in plan.device.interfaces:
+        if iface.netns is not None:
+            plan.warnings.append(
+                f"{iface.name} leaves namespace {iface.netns} for good: after 'fastpath dpdk "
+                f"restore' the kernel makes the interface anew in the root namespace")
+
+
 def plan_bind(
     dev: str,
     driver: str,
@@ -482,15 +627,20 @@ def plan_bind(
     env: dict[str, str] | None = None,
     force: bool = False,
     noiommu: bool = False,
+    links: Links | None = None,
+    other: NetState | None = None,
 ) -> Plan:
+    """`links`: also look DEV up in that namespace; `other` reads its addresses and routes."""
     if driver not in DPDK_DRIVERS:
         raise FastpathError(f"unknown driver {driver!r}: choose {' or '.join(DPDK_DRIVERS)}")
-    device = resolve(host, dev)
+    device = resolve(host, dev, links)
     plan = Plan("bind", device, driver, forced=force)
     if device.driver == driver:
         plan.nothing_to_do = True
         return plan
     net = net if net is not None else NetlinkState()
+    other = _other_net(links, other)
+    _warn_if_leaving(plan)
     env = dict(os.environ) if env is None else env
     if not device.is_network:
         plan.warnings.append(f"{device.address} is a {device.class_name} device, not a NIC")
@@ -507,7 +657,7 @@ def plan_bind(
         plan.writes += writes
     else:
         plan.warnings.append("uio_pci_generic gives the device unchecked DMA (no IOMMU)")
-    plan.refusals += interface_refusals(host, net, env, device)
+    plan.refusals += interface_refusals(host, net, env, device, other)
     base = f"{PCI_DEVICES}/{device.address}"
     plan.writes.append(Write(f"{base}/driver_override", driver))
     if device.driver is not None:
@@ -523,15 +673,19 @@ def plan_unbind(
     net: NetState | None = None,
     env: dict[str, str] | None = None,
     force: bool = False,
+    links: Links | None = None,
+    other: NetState | None = None,
 ) -> Plan:
-    device = resolve(host, dev)
+    device = resolve(host, dev, links)
     plan = Plan("unbind", device, None, forced=force)
     if device.driver is None:
         plan.nothing_to_do = True
         return plan
     net = net if net is not None else NetlinkState()
+    other = _other_net(links, other)
+    _warn_if_leaving(plan)
     env = dict(os.environ) if env is None else env
-    plan.refusals += interface_refusals(host, net, env, device)
+    plan.refusals += interface_refusals(host, net, env, device, other)
     plan.writes.append(Write(f"{PCI_DRIVERS}/{device.driver}/unbind", device.address))
     return plan
 

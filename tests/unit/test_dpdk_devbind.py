@@ -473,3 +473,99 @@ def test_cli_devices_says_when_there_is_no_nic(tmp_path: Path,
     assert "vfio-pci not loaded" in err
     assert main(["dpdk", "--root", str(h.root), "devices", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["devices"] == []
+
+
+# ---------------------------------------------------------------- --netns
+
+
+def in_fwd(name: str, *, up: bool = False, master: str | None = None,
+           kind: str | None = None) -> devbind.Interface:
+    return devbind.Interface(name, up, master, kind, netns="fwd")
+
+
+@pytest.fixture
+def netns_host(tmp_path: Path) -> tuple[FakeKernel, devbind.StaticLinks]:
+    """Fake tree: eth1 on NIC here; NIC2's interface lives in namespace fwd, also named eth1
+    (invisible in our /sys/class/net), NIC3's (virtio) is eth9 in fwd, veth0 in fwd has no
+    device."""
+    h = fake_host(tmp_path, native={NIC: "ixgbe", NIC2: "ixgbe", "0000:05:00.0": "virtio-pci"})
+    add_driver(h, "vfio-pci")
+    add_device(h, NIC, driver="ixgbe", group="7", ifaces=("eth1",))
+    add_device(h, NIC2, driver="ixgbe", group="8")
+    dev3 = add_device(h, "0000:05:00.0", driver="virtio-pci", group="9")
+    (dev3 / "virtio3").mkdir()
+    h.path("/sys/bus/virtio/devices").mkdir(parents=True)
+    h.path("/sys/bus/virtio/devices/virtio3").symlink_to(dev3 / "virtio3")
+    links = devbind.StaticLinks(
+        "fwd",
+        interfaces={"eth1": in_fwd("eth1", up=True), "eth9": in_fwd("eth9"),
+                    "veth0": in_fwd("veth0", up=True)},
+        parents={"eth1": ("pci", NIC2), "eth9": ("virtio", "virtio3")},
+    )
+    return h, links
+
+
+def test_netns_interface_resolves_through_its_parent_device(
+        netns_host: tuple[FakeKernel, devbind.StaticLinks]) -> None:
+    host, links = netns_host
+    dev = devbind.resolve(host, "eth1", links)
+    assert dev.address == NIC2 and dev.interfaces == [in_fwd("eth1", up=True)]
+    assert devbind.resolve(host, "eth1").address == NIC  # without --netns: ours
+    assert devbind.resolve(host, "eth9", links).address == "0000:05:00.0"
+    with pytest.raises(FastpathError, match="veth0 in namespace fwd is a virtual interface"):
+        devbind.resolve(host, "veth0", links)
+    with pytest.raises(FastpathError, match="no interface 'eth7' in network namespace fwd"):
+        devbind.resolve(host, "eth7", links)
+    with pytest.raises(FastpathError, match="no PCI device or interface named 'eth9'"):
+        devbind.resolve(host, "eth9")
+
+
+def test_list_devices_shows_both_namespaces_apart(
+        netns_host: tuple[FakeKernel, devbind.StaticLinks]) -> None:
+    host, links = netns_host
+    by_bdf = {d.address: d.interfaces for d in devbind.list_devices(host, links=links)}
+    assert by_bdf[NIC] == [devbind.Interface("eth1", False, None, None)]
+    assert by_bdf[NIC2] == [in_fwd("eth1", up=True)]
+    assert by_bdf["0000:05:00.0"] == [in_fwd("eth9")]
+    assert {d.address: d.interfaces for d in devbind.list_devices(host)}[NIC2] == []
+
+
+def test_bind_in_netns_checks_that_namespace(
+        netns_host: tuple[FakeKernel, devbind.StaticLinks]) -> None:
+    """Addresses and routes come from the other namespace's state, `up` from its links; the
+    SSH check ignores it (our session's routes say eth1, but that is our eth1)."""
+    host, links = netns_host
+    ours = StaticNetState(addrs={"eth1": ["10.0.0.5/24"]}, egress={"10.0.0.9": "eth1"})
+    theirs = StaticNetState(addrs={"eth1": ["192.0.2.1/24"]}, route_table={"eth1": ["default"]})
+    env = {"SSH_CONNECTION": "10.0.0.9 50000 10.0.0.5 22"}
+    plan = devbind.plan_bind("eth1", "vfio-pci", host=host, net=ours, env=env,
+                             links=links, other=theirs)
+    reasons = [r.reason for r in plan.refusals]
+    assert plan.device.address == NIC2
+    assert any("192.0.2.1/24" in r for r in reasons) and any("default" in r for r in reasons)
+    assert any("eth1 is up" in r for r in reasons)
+    assert not any("SSH" in r or "10.0.0.5" in r for r in reasons)
+    assert all(r.overridable for r in plan.refusals)
+    assert any("leaves namespace fwd" in w for w in plan.warnings)
+    # The same device through our own eth1 (NIC): our state, and the SSH session blocks it.
+    mine = devbind.plan_bind("eth1", "vfio-pci", host=host, net=ours, env=env, other=theirs)
+    assert mine.device.address == NIC
+    assert any("carries the current SSH session" in r.reason for r in mine.blocking)
+
+
+def test_unbind_in_netns_refuses_a_bridge_member(
+        netns_host: tuple[FakeKernel, devbind.StaticLinks]) -> None:
+    host, links = netns_host
+    links.interfaces["eth9"] = in_fwd("eth9", master="br0", kind="bridge")
+    plan = devbind.plan_unbind("eth9", host=host, net=QUIET, env=NO_SSH, links=links,
+                               other=QUIET, force=True)
+    assert [r.reason for r in plan.blocking] == [
+        "eth9 is a bridge member of br0; remove it first (ip link set eth9 nomaster)"]
+
+
+def test_cli_netns_needs_the_live_system(host: FakeKernel,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["dpdk", "--root", str(host.root), "bind", "eth1", "--driver", "vfio-pci",
+               "--netns", "fwd", "--dry-run"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and "cannot be combined with a fake --root" in err[0]

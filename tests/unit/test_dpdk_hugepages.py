@@ -447,3 +447,164 @@ def test_real_sysfs_1g_page_granted_or_explained(ledger: hp.Ledger) -> None:
     finally:
         if hp.read_pool(REAL_HOST, KB_1G).total != start:
             REAL_HOST.write(f"{hp.pool_dir(KB_1G, None)}/nr_hugepages", str(start))
+
+
+# ---------------------------------------------------------------- clean
+
+
+def maps_line(path: str, st: os.stat_result | None = None) -> str:
+    """A /proc/<pid>/maps line as the kernel writes it for a shared file mapping."""
+    dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}" if st else "00:00"
+    ino = st.st_ino if st else 1
+    return f"7f1c00000000-7f1c00200000 rw-s 00000000 {dev} {ino}                   {path}\n"
+
+
+def fake_process(host: Host, pid: int, lines: list[str]) -> None:
+    d = host.path(f"/proc/{pid}")
+    d.mkdir(parents=True)
+    anon = "7ffd0000-7ffd2000 rw-p 00000000 00:00 0                          [stack]\n"
+    (d / "maps").write_text(anon + "".join(lines))
+
+
+@pytest.fixture
+def huge_files(host: FakeHugeKernel, locked_file: Path) -> dict[str, Path]:
+    """/dev/hugepages with: two stale files of prefix "dead", one of "old"; rtemap_0 locked
+    (locked_file); livemap_0 mapped by pid 4242 under another path (another mount
+    namespace: found by device and inode); bypath_map_0 mapped by path by pid 77; and
+    qemu-ram, unused but not named like DPDK's."""
+    base = host.path("/dev/hugepages")
+    files = {name: base / name for name in ("deadmap_0", "deadmap_1", "oldmap_5", "livemap_0",
+                                            "bypath_map_0", "qemu-ram")}
+    for i, p in enumerate(files.values()):
+        p.write_bytes(b"h" * (4096 * (i + 1)))
+    files["rtemap_0"] = locked_file
+    fake_process(host, 4242, [maps_line("/mnt/elsewhere/livemap_0", files["livemap_0"].stat())])
+    fake_process(host, 77, [maps_line("/dev/hugepages/bypath_map_0")])
+    (host.path("/proc/self")).mkdir()  # not a pid: ignored
+    return files
+
+
+def test_parse_maps_line() -> None:
+    st = os.stat("/")
+    assert hp.parse_maps_line(maps_line("/dev/hugepages/a", st)) == (
+        st.st_dev, st.st_ino, "/dev/hugepages/a")
+    assert hp.parse_maps_line(
+        "7f00-7f01 rw-s 00000000 00:2f 99 /dev/hugepages/x (deleted)\n"
+    ) == (os.makedev(0, 0x2F), 99, "/dev/hugepages/x")
+    assert hp.parse_maps_line("7ffd0000-7ffd2000 rw-p 00000000 00:00 0   [stack]") is None
+    assert hp.parse_maps_line("garbage") is None
+    assert hp.parse_maps_line("7f00-7f01 rw-s 00000000 zz:2f 99 /x") is None
+
+
+def test_clean_dry_run_lists_only_unused_dpdk_files(host: FakeHugeKernel,
+                                                    huge_files: dict[str, Path]) -> None:
+    """Fake tree: the dry run names exactly the three stale DPDK files and removes none."""
+    result = hp.clean(host, dry_run=True)
+    assert [(f.path, f.prefix, f.removed) for f in result.stale] == [
+        ("/dev/hugepages/deadmap_0", "dead", False),
+        ("/dev/hugepages/deadmap_1", "dead", False),
+        ("/dev/hugepages/oldmap_5", "old", False),
+    ]
+    assert result.stale_bytes == 4096 * (1 + 2 + 3)
+    assert result.in_use == 3  # rtemap_0 locked, livemap_0 and bypath_map_0 mapped
+    assert result.foreign == ["/dev/hugepages/qemu-ram"]
+    assert all(p.exists() for p in huge_files.values())
+
+
+def test_clean_removes_stale_files_and_keeps_the_rest(host: FakeHugeKernel,
+                                                      huge_files: dict[str, Path]) -> None:
+    result = hp.clean(host)
+    assert [f.path.rsplit("/", 1)[1] for f in result.stale if f.removed] == [
+        "deadmap_0", "deadmap_1", "oldmap_5"]
+    left = sorted(p.name for p in host.path("/dev/hugepages").iterdir())
+    assert left == ["bypath_map_0", "livemap_0", "qemu-ram", "rtemap_0"]
+    assert hp.clean(host).stale == []  # nothing left to do the second time
+
+
+def test_clean_one_prefix_and_one_mount(host: FakeHugeKernel,
+                                        huge_files: dict[str, Path]) -> None:
+    result = hp.clean(host, prefix="old", mount_path="/dev/hugepages/")
+    assert [f.path for f in result.stale] == ["/dev/hugepages/oldmap_5"]
+    assert not huge_files["oldmap_5"].exists() and huge_files["deadmap_0"].exists()
+    with pytest.raises(FastpathError, match="/mnt/nothing is not a hugetlbfs mount"):
+        hp.clean(host, mount_path="/mnt/nothing")
+
+
+def test_clean_keeps_a_file_locked_after_the_scan(host: FakeHugeKernel,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A DPDK process that takes a file between the scan and the unlink keeps it: the
+    unlink happens under an exclusive lock, which fails while the file is locked."""
+    late = host.path("/dev/hugepages/latemap_0")
+    late.write_bytes(b"l")
+    holder: list[int] = []
+
+    def scan_then_lock(h: Host, mount_path: str, mapped: hp.MappedFiles | None = None
+                       ) -> list[hp.HugeFile]:
+        files = [hp.HugeFile("latemap_0", 1, False)]
+        fd = os.open(late, os.O_RDONLY)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        holder.append(fd)
+        return files
+
+    monkeypatch.setattr(hp, "list_files", scan_then_lock)
+    try:
+        result = hp.clean(host)
+    finally:
+        for fd in holder:
+            os.close(fd)
+    assert result.stale == [] and result.in_use == 1 and late.exists()
+
+
+def test_unreadable_maps_of_a_hugepage_user_stop_clean(host: FakeHugeKernel,
+                                                       huge_files: dict[str, Path],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Maps even root may not read: harmless for a process that maps no hugepages (its
+    status says HugetlbPages: 0 kB), but clean removes nothing while one that does hides."""
+    for pid, kb in ((9, 0), (10, 4096)):
+        fake_process(host, pid, [])
+        host.path(f"/proc/{pid}/status").write_text(f"Name:\tproc{pid}\nHugetlbPages:\t{kb} kB\n")
+    real_read = Path.read_text
+
+    def deny(self: Path, *a: object, **kw: object) -> str:
+        if self.name == "maps" and self.parent.name in ("9", "10"):
+            raise PermissionError(13, "Permission denied")
+        return real_read(self, *a, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "read_text", deny)
+    assert hp.mapped_files(host).hidden == {10: "proc10, 4096 kB"}
+    assert hp.show(host)["mounts"][0]["files_in_use"] == 3  # show still works
+    with pytest.raises(FastpathError, match=r"cannot read /proc/10/maps \(proc10, 4096 kB"):
+        hp.clean(host)
+    assert huge_files["deadmap_0"].exists()
+    host.path("/proc/10/status").write_text("Name:\tproc10\n")  # unknown use: also refused
+    with pytest.raises(FastpathError, match="hugepage use unknown"):
+        hp.clean(host, dry_run=True)
+    host.path("/proc/10/status").write_text("Name:\tproc10\nHugetlbPages:\t0 kB\n")
+    assert len(hp.clean(host).stale) == 3
+
+
+def test_show_counts_mapped_files_as_in_use(host: FakeHugeKernel, ledger: hp.Ledger,
+                                            huge_files: dict[str, Path]) -> None:
+    (mount,) = hp.show(host, ledger)["mounts"]
+    assert mount["files_in_use"] == 3
+    assert mount["stale_files"] == ["deadmap_0", "deadmap_1", "oldmap_5", "qemu-ram"]
+
+
+def test_cli_clean(host: FakeHugeKernel, huge_files: dict[str, Path],
+                   capsys: pytest.CaptureFixture[str]) -> None:
+    root = ["dpdk", "--root", str(host.root), "hugepages", "clean"]
+    assert main([*root, "--dry-run", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["dry_run"] is True and len(data["stale"]) == 3 and data["in_use"] == 3
+    assert data["left_alone"] == ["/dev/hugepages/qemu-ram"]
+    assert main([*root, "--dry-run"]) == 0
+    out = capsys.readouterr()
+    assert "would remove 3 stale files (24 KiB)" in out.err and "would remove" in out.out
+    assert huge_files["deadmap_0"].exists()
+    assert main(root) == 0
+    err = capsys.readouterr().err
+    assert "removed 3 stale files, 24 KiB of hugepages freed" in err
+    assert "3 DPDK hugepage files are in use" in err and "qemu-ram" in err
+    assert not huge_files["deadmap_0"].exists()
+    assert main(root) == 0
+    assert "no stale DPDK hugepage files in /dev/hugepages" in capsys.readouterr().err

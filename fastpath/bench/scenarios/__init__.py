@@ -47,4 +47,5 @@ from __future__ import annotations
 SCENARIOS: dict[str, str] = {
     "counter": "fastpath.bench.scenarios.counter",
     "echo": "fastpath.bench.scenarios.echo",
+    "l2fwd": "fastpath.bench.scenarios.l2fwd",
 }
