@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "fastpath.bench.cli",
     "fastpath.dpdk.cli",
     "fastpath.uring.cli",
+    "fastpath.xdp.lb_cli",
 )
 
 EPILOG = """\

@@ -18,7 +18,7 @@ packages=(
   linux-headers-amd64 liburing-dev liburing2
   dpdk dpdk-dev libdpdk-dev meson ninja-build pkg-config
   iproute2 iputils-ping nftables iptables ethtool netsniff-ng hping3 iperf3 tcpdump
-  python3-venv python3-pip gcc make
+  haproxy python3-venv python3-pip gcc make
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -48,4 +48,6 @@ SCENARIOS: dict[str, str] = {
     "counter": "fastpath.bench.scenarios.counter",
     "echo": "fastpath.bench.scenarios.echo",
     "l2fwd": "fastpath.bench.scenarios.l2fwd",
+    "lb": "fastpath.bench.scenarios.lb",
+    "lb-packet": "fastpath.bench.scenarios.lb",
 }

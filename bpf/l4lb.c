@@ -1,0 +1,738 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * l4lb - XDP layer-4 load balancer: VIPs (address, port, TCP/UDP, IPv4/IPv6) spread over
+ * backends by a weighted Maglev ring, flows pinned by conntrack, forwarded per VIP by
+ * direct routing at L2 (dsr), destination NAT with reverse translation (nat), or
+ * IPv4-in-IPv4 / IPv6-in-IPv6 encapsulation (ipip, Katran-compatible DSR).
+ *
+ * Techniques:
+ * - The control plane (fastpath/xdp/lb.py) computes each VIP's Maglev table and writes it
+ *   into the idle one of the VIP's two rings, then replaces the VIP entry (a hash map
+ *   element, swapped whole under RCU) to flip `ring`: a packet sees the old table or the
+ *   new one, never a half-written one.
+ * - conntrack is an LRU hash with per-CPU LRU lists (BPF_F_NO_COMMON_LRU, as Katran): no
+ *   shared lock on the fast path, yet a flow is found whichever CPU its packets land on.
+ *   A TCP SYN always goes through the ring (a new connection is a new flow), so a drained
+ *   backend gets no new connections while established ones stay.
+ * - NAT rewrites address and port with incremental checksums (RFC 1624), v4 and v6;
+ *   replies from backends are translated back through `nat_reverse` and handed to the
+ *   kernel to route to the client.
+ * - Defined verdicts (tests/bpf/test_l4lb.py pins each): non-IP, non-VIP and broken IP
+ *   headers pass untouched; fragments, truncated L4 headers and unsupported protocols or
+ *   IPv6 extension headers to a VIP address drop with a counter; IPv4 options are parsed
+ *   past and balanced; ICMP errors quoting a VIP flow follow the flow to its backend
+ *   (dsr, ipip) or drop (nat); other ICMP passes.
+ * - Per-CPU counters per VIP, per backend and global: no atomics on the fast path.
+ * - Everything is reached through maps, so the program can later run as a tail-call target
+ *   behind a dispatcher (e.g. after the SYN guard) without change.
+ *
+ * Minimum kernel: 5.11 (bpf_ktime_get_coarse_ns; XDP bpf_link needs 5.9).
+ * Usage: fastpath lb attach IFACE [--netns NS]; fastpath lb vip add 10.0.0.10:80/tcp;
+ *        fastpath lb backend add 10.0.0.10:80/tcp 10.0.0.21
+ * Manual test: fastpath lb attach eth0 && fastpath lb vip add 10.9.0.1:80/tcp --mode dsr &&
+ *        fastpath lb backend add 10.9.0.1:80/tcp 10.0.0.2 && fastpath lb stats
+ */
+#include <uapi/linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <linux/icmp.h>
+#include <linux/icmpv6.h>
+
+#include "fastpath.h"
+#include "l4lb.h"
+
+/* VIPs the maps hold (the rings take LB_MAX_VIPS * 2 * LB_RING_SIZE * 4 bytes). */
+#ifndef LB_MAX_VIPS
+#define LB_MAX_VIPS 32
+#endif
+
+/* VIP-backend pairs the maps hold. */
+#ifndef LB_MAX_BACKENDS
+#define LB_MAX_BACKENDS 4096
+#endif
+
+/* Maglev table size per VIP: a prime. */
+#ifndef LB_RING_SIZE
+#define LB_RING_SIZE 65537
+#endif
+
+/* Flows conntrack (and nat_reverse) hold before the least recently used are evicted. */
+#ifndef LB_CONNTRACK_SIZE
+#define LB_CONNTRACK_SIZE 131072
+#endif
+
+/* Seed of the flow hash; fastpath/xdp/lb.py computes the same hash for `lb explain`. */
+#ifndef LB_HASH_SEED
+#define LB_HASH_SEED 0
+#endif
+
+/* Largest IP packet (bytes) an encapsulated packet may become; larger ones drop. */
+#ifndef LB_MAX_PACKET
+#define LB_MAX_PACKET 1500
+#endif
+
+/* Outer IPv4 source of ipip: these 16 bits (172.16) then 16 bits of flow entropy. */
+#ifndef LB_IPIP_V4_PREFIX
+#define LB_IPIP_V4_PREFIX 0xac10
+#endif
+
+/* Outer IPv6 source of ipip: these 32 bits (0100::, the discard prefix), 64 zero bits,
+ * then 32 bits of flow entropy. */
+#ifndef LB_IPIP_V6_PREFIX
+#define LB_IPIP_V6_PREFIX 0x01000000
+#endif
+
+#define LB_NSEC_PER_SEC 1000000000ULL
+#define IP_MF 0x2000
+#define IP_OFFSET 0x1fff
+#define IPPROTO_FRAGMENT_HDR 44
+
+FP_MAP_F("hash", struct lb_vip_key, struct lb_vip, vips, LB_MAX_VIPS, BPF_F_NO_PREALLOC);
+FP_MAP("hash", struct lb_addr_key, __u32, vip_addrs, LB_MAX_VIPS);
+FP_MAP("array", u32, u32, rings, LB_MAX_VIPS * 2 * LB_RING_SIZE);
+FP_MAP("array", u32, struct lb_backend, backends, LB_MAX_BACKENDS);
+FP_MAP_F("lru_hash", struct lb_flow_key, struct lb_flow, conntrack, LB_CONNTRACK_SIZE,
+	 BPF_F_NO_COMMON_LRU);
+FP_MAP_F("lru_hash", struct lb_flow_key, struct lb_vip_key, nat_reverse, LB_CONNTRACK_SIZE,
+	 BPF_F_NO_COMMON_LRU);
+FP_MAP("percpu_array", u32, struct lb_vip_stats, vip_stats, LB_MAX_VIPS);
+FP_MAP("percpu_array", u32, struct lb_backend_stats, backend_stats, LB_MAX_BACKENDS);
+FP_MAP("percpu_array", u32, struct lb_counter, stats, LB_STAT_MAX);
+FP_MAP("array", u32, struct lb_config, config, 1);
+
+/* What the parsers found, and so what the program does next. */
+enum next_step {
+	NEXT_L4,         /* TCP/UDP with a complete header: balance, or reverse NAT */
+	NEXT_L4_SHORT,   /* ports known, header truncated: drop if it is for a VIP */
+	NEXT_NO_PORTS,   /* TCP/UDP too short to hold ports: drop if to a VIP address */
+	NEXT_ICMP_ERR,   /* ICMP error quoting a packet; `flow` is the quoted flow reversed */
+	NEXT_ICMP_OTHER, /* any other ICMP: pass */
+	NEXT_FRAG,       /* a fragment: drop if to a VIP address */
+	NEXT_OTHER,      /* another protocol or an IPv6 extension header */
+	NEXT_MALFORMED,  /* IP header the kernel should judge: pass */
+};
+
+struct pkt {
+	struct lb_flow_key flow;  /* client -> VIP */
+	__u16 l4_off;             /* L4 header offset from the start of the frame */
+	__u16 ip_len;             /* whole IP packet, header included (what ipip wraps) */
+	__u8 tos;                 /* IPv4 TOS / IPv6 traffic class, copied to the outer header */
+	__u8 syn;                 /* TCP SYN without ACK: a new connection */
+	__u8 icmp;                /* an ICMP error being forwarded: never recorded */
+	__u8 pad;
+};
+
+/* ---- jhash (include/linux/jhash.h), mirrored by fastpath/xdp/lb.py ---- */
+
+#define LB_JHASH_INITVAL 0xdeadbeef
+
+static __always_inline __u32 lb_rol32(__u32 word, unsigned int shift)
+{
+	return (word << shift) | (word >> (32 - shift));
+}
+
+#define lb_jhash_mix(a, b, c)                                 \
+	{                                                    \
+		a -= c; a ^= lb_rol32(c, 4);  c += b;           \
+		b -= a; b ^= lb_rol32(a, 6);  a += c;           \
+		c -= b; c ^= lb_rol32(b, 8);  b += a;           \
+		a -= c; a ^= lb_rol32(c, 16); c += b;           \
+		b -= a; b ^= lb_rol32(a, 19); a += c;           \
+		c -= b; c ^= lb_rol32(b, 4);  b += a;           \
+	}
+
+#define lb_jhash_final(a, b, c)                               \
+	{                                                    \
+		c ^= b; c -= lb_rol32(b, 14);                   \
+		a ^= c; a -= lb_rol32(c, 11);                   \
+		b ^= a; b -= lb_rol32(a, 25);                   \
+		c ^= b; c -= lb_rol32(b, 16);                   \
+		a ^= c; a -= lb_rol32(c, 4);                    \
+		b ^= a; b -= lb_rol32(a, 14);                   \
+		c ^= b; c -= lb_rol32(b, 24);                   \
+	}
+
+static __always_inline __u32 lb_jhash_2words(__u32 a, __u32 b, __u32 initval)
+{
+	__u32 c = 0;
+
+	initval += LB_JHASH_INITVAL + (2 << 2);
+	a += initval;
+	b += initval;
+	c += initval;
+	lb_jhash_final(a, b, c);
+	return c;
+}
+
+static __always_inline __u32 lb_jhash_4words(const __u32 *k, __u32 initval)
+{
+	__u32 a, b, c;
+
+	a = b = c = LB_JHASH_INITVAL + (4 << 2) + initval;
+	a += k[0];
+	b += k[1];
+	c += k[2];
+	lb_jhash_mix(a, b, c);
+	a += k[3];
+	lb_jhash_final(a, b, c);
+	return c;
+}
+
+/* The Maglev slot hash of a client -> VIP flow. */
+static __always_inline __u32 flow_hash(const struct lb_flow_key *f, int src_only)
+{
+	__u32 ports = src_only ? 0 : ((__u32)f->dport << 16) | f->sport;
+	__u32 src = f->family == 4 ? f->src[0] : lb_jhash_4words(f->src, LB_HASH_SEED);
+
+	return lb_jhash_2words(src, ports, LB_HASH_SEED);
+}
+
+/* ---- checksums: RFC 1624 incremental update, HC' = ~(~HC + ~m + m') ---- */
+
+static __always_inline __u16 lb_csum_fold(__u64 s)
+{
+	s = (s & 0xffffffff) + (s >> 32);
+	s = (s & 0xffffffff) + (s >> 32);
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return (__u16)s;
+}
+
+static __always_inline __u64 diff4(__u32 from, __u32 to)
+{
+	return (__u64)(__u32)~from + to;
+}
+
+static __always_inline __u64 diff2(__u16 from, __u16 to)
+{
+	return (__u64)(__u16)~from + to;
+}
+
+static __always_inline __u16 csum_apply(__u16 check, __u64 diff)
+{
+	return (__u16)~lb_csum_fold((__u64)(__u16)~check + diff);
+}
+
+static __always_inline __u64 diff_addr(const __be32 *from, const __be32 *to, int family)
+{
+	__u64 d = diff4(from[0], to[0]);
+
+	if (family == 6)
+		d += diff4(from[1], to[1]) + diff4(from[2], to[2]) + diff4(from[3], to[3]);
+	return d;
+}
+
+static __always_inline __u16 ipv4_csum(const __u16 *w)
+{
+	__u64 s = 0;
+
+#pragma unroll
+	for (int i = 0; i < 10; i++)
+		s += w[i];
+	return (__u16)~lb_csum_fold(s);
+}
+
+/* ---- counters ---- */
+
+static __always_inline int count(__u32 stat, __u64 len, int verdict)
+{
+	struct lb_counter *c = stats.lookup(&stat);
+
+	if (c) {
+		c->packets++;
+		c->bytes += len;
+	}
+	return verdict;
+}
+
+static __always_inline int is_vip_addr(const struct lb_flow_key *f)
+{
+	struct lb_addr_key k;
+
+	__builtin_memset(&k, 0, sizeof(k));
+	__builtin_memcpy(k.addr, f->dst, sizeof(k.addr));
+	k.family = f->family;
+	return vip_addrs.lookup(&k) != NULL;
+}
+
+/* ---- parsing: every read bounds-checked against data_end ---- */
+
+static __always_inline int parse_ports(void *l4, void *data_end, struct pkt *p)
+{
+	__be16 *ports = l4;
+
+	if ((void *)(ports + 2) > data_end)
+		return NEXT_NO_PORTS;
+	p->flow.sport = ports[0];
+	p->flow.dport = ports[1];
+	if (p->flow.proto == IPPROTO_TCP) {
+		struct tcphdr *tcp = l4;
+
+		if ((void *)(tcp + 1) > data_end || tcp->doff < 5)
+			return NEXT_L4_SHORT;
+		p->syn = tcp->syn && !tcp->ack;
+	} else if ((void *)((struct udphdr *)l4 + 1) > data_end) {
+		return NEXT_L4_SHORT;
+	}
+	return NEXT_L4;
+}
+
+static __always_inline int parse_icmp4(void *l4, void *data_end, struct pkt *p)
+{
+	struct icmphdr *icmp = l4;
+	struct iphdr *in = (void *)(icmp + 1);
+	__be16 *ports = (void *)(in + 1);
+
+	if ((void *)(ports + 2) > data_end)
+		return NEXT_ICMP_OTHER;
+	if (icmp->type != ICMP_DEST_UNREACH && icmp->type != ICMP_TIME_EXCEEDED)
+		return NEXT_ICMP_OTHER;
+	if (in->version != 4 || in->ihl != 5 ||
+	    (in->protocol != IPPROTO_TCP && in->protocol != IPPROTO_UDP))
+		return NEXT_ICMP_OTHER;
+	/* Only errors sent to the address the quoted packet came from: the VIP. */
+	if (in->saddr != p->flow.dst[0])
+		return NEXT_ICMP_OTHER;
+	/* The quoted packet went VIP -> client; the flow is its reverse. */
+	p->flow.proto = in->protocol;
+	p->flow.src[0] = in->daddr;
+	p->flow.sport = ports[1];
+	p->flow.dport = ports[0];
+	return NEXT_ICMP_ERR;
+}
+
+static __always_inline int parse_v4(void *data, void *data_end, struct pkt *p)
+{
+	struct iphdr *ip = data + sizeof(struct ethhdr);
+	__u32 hlen;
+	__u16 tot;
+
+	if ((void *)(ip + 1) > data_end || ip->version != 4 || ip->ihl < 5)
+		return NEXT_MALFORMED;
+	hlen = ip->ihl * 4;
+	tot = bpf_ntohs(ip->tot_len);
+	if (tot < hlen || (void *)ip + tot > data_end)
+		return NEXT_MALFORMED;
+	p->flow.family = 4;
+	p->flow.proto = ip->protocol;
+	p->flow.src[0] = ip->saddr;
+	p->flow.dst[0] = ip->daddr;
+	p->tos = ip->tos;
+	p->ip_len = tot;
+	if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET))
+		return NEXT_FRAG;
+	p->l4_off = sizeof(struct ethhdr) + hlen;
+	if (ip->protocol == IPPROTO_ICMP)
+		return parse_icmp4((void *)ip + hlen, data_end, p);
+	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
+		return NEXT_OTHER;
+	return parse_ports((void *)ip + hlen, data_end, p);
+}
+
+static __always_inline int same6(const __be32 *a, const __be32 *b)
+{
+	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3];
+}
+
+static __always_inline int parse_icmp6(void *l4, void *data_end, struct pkt *p)
+{
+	struct icmp6hdr *icmp = l4;
+	struct ipv6hdr *in = (void *)(icmp + 1);
+	__be16 *ports = (void *)(in + 1);
+	__u8 type;
+
+	if ((void *)(ports + 2) > data_end)
+		return NEXT_ICMP_OTHER;
+	type = icmp->icmp6_type;
+	if (type != ICMPV6_DEST_UNREACH && type != ICMPV6_PKT_TOOBIG &&
+	    type != ICMPV6_TIME_EXCEED && type != ICMPV6_PARAMPROB)
+		return NEXT_ICMP_OTHER;
+	if (in->nexthdr != IPPROTO_TCP && in->nexthdr != IPPROTO_UDP)
+		return NEXT_ICMP_OTHER;
+	if (!same6((__be32 *)&in->saddr, p->flow.dst))
+		return NEXT_ICMP_OTHER;
+	p->flow.proto = in->nexthdr;
+	__builtin_memcpy(p->flow.src, &in->daddr, 16);
+	p->flow.sport = ports[1];
+	p->flow.dport = ports[0];
+	return NEXT_ICMP_ERR;
+}
+
+static __always_inline int parse_v6(void *data, void *data_end, struct pkt *p)
+{
+	struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
+	__u16 plen;
+
+	if ((void *)(ip6 + 1) > data_end || ip6->version != 6)
+		return NEXT_MALFORMED;
+	plen = bpf_ntohs(ip6->payload_len);
+	if ((void *)(ip6 + 1) + plen > data_end)
+		return NEXT_MALFORMED;
+	p->flow.family = 6;
+	p->flow.proto = ip6->nexthdr;
+	__builtin_memcpy(p->flow.src, &ip6->saddr, 16);
+	__builtin_memcpy(p->flow.dst, &ip6->daddr, 16);
+	p->tos = (ip6->priority << 4) | (ip6->flow_lbl[0] >> 4);
+	p->ip_len = sizeof(struct ipv6hdr) + plen;
+	p->l4_off = sizeof(struct ethhdr) + sizeof(struct ipv6hdr);
+	switch (ip6->nexthdr) {
+	case IPPROTO_TCP:
+	case IPPROTO_UDP:
+		return parse_ports(ip6 + 1, data_end, p);
+	case IPPROTO_ICMPV6:
+		return parse_icmp6(ip6 + 1, data_end, p);
+	case IPPROTO_FRAGMENT_HDR:
+		return NEXT_FRAG;
+	default:
+		return NEXT_OTHER;
+	}
+}
+
+/* ---- rewriting ---- */
+
+/* Rewrite the destination (dir 0) or source (dir 1) address and port of the IP packet at
+ * the start of the frame, fixing the IPv4 header and the TCP/UDP checksums. */
+static __always_inline int rewrite(struct xdp_md *ctx, const struct pkt *p, const __be32 *addr,
+				   __be16 port, int dir)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	void *l4 = data + (p->l4_off & 0x7f);
+	__be32 *old;
+	__u64 adiff;
+	__u16 c;
+
+	if (p->flow.family == 4) {
+		struct iphdr *ip = data + sizeof(struct ethhdr);
+
+		if ((void *)(ip + 1) > data_end)
+			return -1;
+		old = dir ? &ip->saddr : &ip->daddr;
+		adiff = diff4(*old, addr[0]);
+		ip->check = csum_apply(ip->check, adiff);
+		*old = addr[0];
+	} else {
+		struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
+
+		if ((void *)(ip6 + 1) > data_end)
+			return -1;
+		old = dir ? (__be32 *)&ip6->saddr : (__be32 *)&ip6->daddr;
+		adiff = diff_addr(old, addr, 6);
+		__builtin_memcpy(old, addr, 16);
+	}
+	if (p->flow.proto == IPPROTO_TCP) {
+		struct tcphdr *tcp = l4;
+		__be16 *pp;
+
+		if ((void *)(tcp + 1) > data_end)
+			return -1;
+		pp = dir ? &tcp->source : &tcp->dest;
+		tcp->check = csum_apply(tcp->check, adiff + diff2(*pp, port));
+		*pp = port;
+	} else {
+		struct udphdr *udp = l4;
+		__be16 *pp;
+
+		if ((void *)(udp + 1) > data_end)
+			return -1;
+		pp = dir ? &udp->source : &udp->dest;
+		/* A zero IPv4 UDP checksum means "none" and stays so; 0 is sent as 0xffff. */
+		if (udp->check || p->flow.family == 6) {
+			c = csum_apply(udp->check, adiff + diff2(*pp, port));
+			udp->check = c ? c : 0xffff;
+		}
+		*pp = port;
+	}
+	return 0;
+}
+
+static __always_inline int set_macs(struct xdp_md *ctx, const __u8 *dst)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > data_end)
+		return -1;
+	/* The frame was addressed to this interface: its destination is our own MAC. */
+	__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, dst, ETH_ALEN);
+	return 0;
+}
+
+static __always_inline int encap(struct xdp_md *ctx, const struct pkt *p,
+				 const struct lb_backend *be, __u64 len)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	__u8 ours[ETH_ALEN];
+	__u32 entropy;
+
+	if ((void *)(eth + 1) > data_end)
+		return count(LB_STAT_DROP_ERROR, len, XDP_DROP);
+	__builtin_memcpy(ours, eth->h_dest, ETH_ALEN);
+	if (p->flow.family == 4) {
+		struct iphdr *o;
+
+		if (p->ip_len + sizeof(struct iphdr) > LB_MAX_PACKET)
+			return count(LB_STAT_DROP_TOO_BIG, len, XDP_DROP);
+		if (bpf_xdp_adjust_head(ctx, 0 - (int)sizeof(struct iphdr)))
+			return count(LB_STAT_DROP_ERROR, len, XDP_DROP);
+		data = (void *)(long)ctx->data;
+		data_end = (void *)(long)ctx->data_end;
+		eth = data;
+		o = data + sizeof(struct ethhdr);
+		if ((void *)(o + 1) > data_end)
+			return count(LB_STAT_DROP_ERROR, len, XDP_DROP);
+		__builtin_memcpy(eth->h_dest, be->mac, ETH_ALEN);
+		__builtin_memcpy(eth->h_source, ours, ETH_ALEN);
+		eth->h_proto = bpf_htons(ETH_P_IP);
+		entropy = (bpf_ntohl(p->flow.src[0]) ^ bpf_ntohs(p->flow.sport)) & 0xffff;
+		*(__u8 *)o = 0x45;
+		o->tos = p->tos;
+		o->tot_len = bpf_htons(p->ip_len + sizeof(struct iphdr));
+		o->id = 0;
+		o->frag_off = 0;
+		o->ttl = 64;
+		o->protocol = IPPROTO_IPIP;
+		o->check = 0;
+		o->saddr = bpf_htonl(((__u32)LB_IPIP_V4_PREFIX << 16) | entropy);
+		o->daddr = be->addr[0];
+		o->check = ipv4_csum((__u16 *)o);
+	} else {
+		struct ipv6hdr *o;
+		__be32 *src;
+
+		if (p->ip_len + sizeof(struct ipv6hdr) > LB_MAX_PACKET)
+			return count(LB_STAT_DROP_TOO_BIG, len, XDP_DROP);
+		if (bpf_xdp_adjust_head(ctx, 0 - (int)sizeof(struct ipv6hdr)))
+			return count(LB_STAT_DROP_ERROR, len, XDP_DROP);
+		data = (void *)(long)ctx->data;
+		data_end = (void *)(long)ctx->data_end;
+		eth = data;
+		o = data + sizeof(struct ethhdr);
+		if ((void *)(o + 1) > data_end)
+			return count(LB_STAT_DROP_ERROR, len, XDP_DROP);
+		__builtin_memcpy(eth->h_dest, be->mac, ETH_ALEN);
+		__builtin_memcpy(eth->h_source, ours, ETH_ALEN);
+		eth->h_proto = bpf_htons(ETH_P_IPV6);
+		*(__u32 *)o = bpf_htonl((6u << 28) | ((__u32)p->tos << 20));
+		o->payload_len = bpf_htons(p->ip_len);
+		o->nexthdr = IPPROTO_IPV6;
+		o->hop_limit = 64;
+		src = (__be32 *)&o->saddr;
+		src[0] = bpf_htonl(LB_IPIP_V6_PREFIX);
+		src[1] = 0;
+		src[2] = 0;
+		src[3] = p->flow.src[3] ^ bpf_htonl(bpf_ntohs(p->flow.sport));
+		__builtin_memcpy(&o->daddr, be->addr, 16);
+	}
+	return XDP_TX;
+}
+
+/* ---- balancing ---- */
+
+static __always_inline void record_reverse(const struct pkt *p, const struct lb_backend *be)
+{
+	struct lb_flow_key rk;
+	struct lb_vip_key vk;
+
+	__builtin_memset(&rk, 0, sizeof(rk));
+	__builtin_memset(&vk, 0, sizeof(vk));
+	__builtin_memcpy(rk.src, be->addr, 16);
+	__builtin_memcpy(rk.dst, p->flow.src, 16);
+	rk.sport = be->port ? be->port : p->flow.dport;
+	rk.dport = p->flow.sport;
+	rk.proto = p->flow.proto;
+	rk.family = p->flow.family;
+	__builtin_memcpy(vk.addr, p->flow.dst, 16);
+	vk.port = p->flow.dport;
+	vk.proto = p->flow.proto;
+	vk.family = p->flow.family;
+	nat_reverse.update(&rk, &vk);
+}
+
+static __always_inline int balance(struct xdp_md *ctx, struct pkt *p, const struct lb_vip *vip,
+				   __u64 len)
+{
+	__u32 vidx = vip->index;
+	struct lb_vip_stats *vs = vip_stats.lookup(&vidx);
+	struct lb_backend_stats *bs;
+	struct lb_backend *be = NULL;
+	struct lb_flow *f;
+	__u32 bid = 0;
+	__u32 key;
+	__u32 *slot;
+	int new_flow = 0;
+
+	if (vs) {
+		vs->packets++;
+		vs->bytes += len;
+	}
+	if (!p->syn) {
+		f = conntrack.lookup(&p->flow);
+		if (f) {
+			bid = f->backend;
+			be = backends.lookup(&bid);
+			if (be && (be->flags & LB_BACKEND_F_EXISTS) && be->vip == vidx) {
+				__u64 now = bpf_ktime_get_coarse_ns();
+
+				if (vs)
+					vs->lru_hits++;
+				if (now - f->atime > LB_NSEC_PER_SEC && !p->icmp) {
+					f->atime = now;
+					/* nat_reverse is an LRU of its own: keep the pair together. */
+					if (vip->mode == LB_MODE_NAT)
+						record_reverse(p, be);
+				}
+			} else {
+				be = NULL;
+			}
+		}
+		if (!be && vs)
+			vs->lru_misses++;
+	}
+	if (!be) {
+		if (vip->backends == 0 || vidx >= LB_MAX_VIPS)
+			goto no_backend;
+		key = (vidx * 2 + (vip->ring & 1)) * LB_RING_SIZE +
+		      flow_hash(&p->flow, vip->flags & LB_VIP_F_HASH_SRC_ONLY) % LB_RING_SIZE;
+		slot = rings.lookup(&key);
+		if (!slot || *slot == LB_NO_BACKEND)
+			goto no_backend;
+		bid = *slot;
+		be = backends.lookup(&bid);
+		if (!be || !(be->flags & LB_BACKEND_F_EXISTS))
+			goto no_backend;
+		if (!p->icmp) {
+			struct lb_flow nf = { .backend = bid, .atime = bpf_ktime_get_coarse_ns() };
+
+			conntrack.update(&p->flow, &nf);
+			if (vip->mode == LB_MODE_NAT)
+				record_reverse(p, be);
+			new_flow = 1;
+			if (vs)
+				vs->new_flows++;
+		}
+	}
+	bs = backend_stats.lookup(&bid);
+	if (bs) {
+		bs->packets++;
+		bs->bytes += len;
+		bs->new_flows += new_flow;
+	}
+	if (p->icmp)
+		count(LB_STAT_ICMP_FORWARDED, len, 0);
+
+	if (vip->mode == LB_MODE_IPIP)
+		return encap(ctx, p, be, len);
+	if (vip->mode == LB_MODE_NAT &&
+	    rewrite(ctx, p, be->addr, be->port ? be->port : p->flow.dport, 0))
+		return count(LB_STAT_DROP_ERROR, len, XDP_DROP);
+	if (set_macs(ctx, be->mac))
+		return count(LB_STAT_DROP_ERROR, len, XDP_DROP);
+	return XDP_TX;
+
+no_backend:
+	if (vs)
+		vs->no_backend++;
+	return count(LB_STAT_DROP_NO_BACKEND, len, XDP_DROP);
+}
+
+/* A reply from a nat backend (backend -> client): make it come from the VIP. */
+static __always_inline int reverse_nat(struct xdp_md *ctx, struct pkt *p, __u64 len)
+{
+	struct lb_vip_key *vk = nat_reverse.lookup(&p->flow);
+	__be32 addr[4];
+	__be16 port;
+
+	if (!vk)
+		return count(LB_STAT_PASS_NON_VIP, len, XDP_PASS);
+	__builtin_memcpy(addr, vk->addr, 16);
+	port = vk->port;
+	if (rewrite(ctx, p, addr, port, 1))
+		return count(LB_STAT_DROP_ERROR, len, XDP_DROP);
+	return count(LB_STAT_NAT_REVERSE, len, XDP_PASS);
+}
+
+/* The whole data plane; inlined into the entry point below and, by the benchmark's
+ * harness, into one that restores the frame after each run. */
+static __always_inline int lb_process(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u64 len = data_end - data;
+	struct ethhdr *eth = data;
+	struct lb_vip_key vk;
+	struct lb_vip *vp;
+	struct lb_vip vip;
+	struct lb_config *cfg;
+	struct pkt p;
+	__u32 zero = 0;
+	int next;
+
+	__builtin_memset(&p, 0, sizeof(p));
+	if ((void *)(eth + 1) > data_end)
+		return count(LB_STAT_PASS_NOT_IP, len, XDP_PASS);
+	if (eth->h_proto == bpf_htons(ETH_P_IP))
+		next = parse_v4(data, data_end, &p);
+	else if (eth->h_proto == bpf_htons(ETH_P_IPV6))
+		next = parse_v6(data, data_end, &p);
+	else
+		return count(LB_STAT_PASS_NOT_IP, len, XDP_PASS);
+
+	switch (next) {
+	case NEXT_MALFORMED:
+		return count(LB_STAT_PASS_MALFORMED, len, XDP_PASS);
+	case NEXT_ICMP_OTHER:
+		return count(LB_STAT_PASS_ICMP, len, XDP_PASS);
+	case NEXT_FRAG:
+		if (is_vip_addr(&p.flow))
+			return count(LB_STAT_DROP_FRAGMENT, len, XDP_DROP);
+		return count(LB_STAT_PASS_NON_VIP, len, XDP_PASS);
+	case NEXT_NO_PORTS:
+		if (is_vip_addr(&p.flow))
+			return count(LB_STAT_DROP_MALFORMED, len, XDP_DROP);
+		return count(LB_STAT_PASS_NON_VIP, len, XDP_PASS);
+	case NEXT_OTHER:
+		if (is_vip_addr(&p.flow))
+			return count(LB_STAT_DROP_UNSUPPORTED, len, XDP_DROP);
+		return count(LB_STAT_PASS_NON_VIP, len, XDP_PASS);
+	default:
+		break;
+	}
+
+	__builtin_memset(&vk, 0, sizeof(vk));
+	__builtin_memcpy(vk.addr, p.flow.dst, 16);
+	vk.port = p.flow.dport;
+	vk.proto = p.flow.proto;
+	vk.family = p.flow.family;
+	vp = vips.lookup(&vk);
+	if (!vp) {
+		if (next == NEXT_ICMP_ERR)
+			return count(LB_STAT_PASS_ICMP, len, XDP_PASS);
+		cfg = config.lookup(&zero);
+		if (next == NEXT_L4 && cfg && cfg->nat_vips)
+			return reverse_nat(ctx, &p, len);
+		return count(LB_STAT_PASS_NON_VIP, len, XDP_PASS);
+	}
+	vip = *vp;
+	if (next == NEXT_L4_SHORT)
+		return count(LB_STAT_DROP_MALFORMED, len, XDP_DROP);
+	if (next == NEXT_ICMP_ERR) {
+		if (vip.mode == LB_MODE_NAT)
+			return count(LB_STAT_DROP_UNSUPPORTED, len, XDP_DROP);
+		p.icmp = 1;
+	}
+	return balance(ctx, &p, &vip, len);
+}
+
+int l4lb(struct xdp_md *ctx)
+{
+	return lb_process(ctx);
+}

@@ -1,0 +1,390 @@
+"""Two scenarios for the XDP load balancer (bpf/l4lb.c): `lb-packet` and `lb`.
+
+`lb-packet`: ns/packet through BPF_PROG_TEST_RUN, per forwarding mode, for a flow found in
+conntrack (`ns_hit`) and a non-SYN packet whose flow is not (`ns_miss`: failed lookup,
+Maglev slot, conntrack insert). A test run repeats the program on the same buffer, which a
+balancer rewrites (ipip even grows it), so the program runs inside a harness that saves
+the frame, runs the data plane, shrinks the head back and restores the frame; for
+`ns_miss` it also deletes the flow again. The `harness` contender (the baseline) does all
+of that around an empty data plane, so `value - harness` is the balancer's own cost.
+Katran's published 101-119 ns/packet is the anchor; the target is <= 110 ns for a hit.
+
+`lb`: connections/s and requests/s from one client namespace to a VIP, through a
+balancer namespace on a bridge, to three backend namespaces running fastpath-epoll-echo.
+Contenders, all configured side by side on the same lab and driven by the same clients:
+- `fastpath-dsr`: l4lb in dsr mode (replies go from the backends straight to the client);
+- `fastpath-nat`: l4lb in nat mode (replies come back through the balancer);
+- `nft`: an nftables DNAT load balancer (jhash over source address and port, map to the
+  three backends), the baseline;
+- `haproxy`: HAProxy in TCP mode (roundrobin), a user-space proxy.
+conns/s: two client processes each open, exchange 64 bytes over, and reset connections in
+a loop; req/s: fastpath-echo-bench with 64 connections, one 64-byte message in flight each.
+On a small machine client, balancer and backends share the cores, which compresses every
+ratio towards 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from fastpath.bench import BenchContext, Metric, Scenario, Target, register_scenario
+from fastpath.bpf import loader, testrun, xdp, xdp_count
+from fastpath.errors import CapabilityError, FastpathError
+from fastpath.xdp import lb
+
+# ---------------------------------------------------------------------------------------
+# lb-packet
+
+_HARNESS = r"""
+
+/* ---- benchmark harness (fastpath/bench/scenarios/lb.py) ---- */
+struct bench_frame { __u8 b[FRAME_LEN]; };
+BPF_PERCPU_ARRAY(bench_saved, struct bench_frame, 1);
+
+int l4lb_bench(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	long before = data_end - data;
+	struct bench_frame *s;
+	__u32 zero = 0;
+	int ret, grown;
+
+	s = bench_saved.lookup(&zero);
+	if (!s || data + FRAME_LEN > data_end)
+		return XDP_ABORTED;
+	__builtin_memcpy(s->b, data, FRAME_LEN);
+#ifdef BENCH_NOOP
+	ret = XDP_TX;
+#else
+	ret = lb_process(ctx);
+#endif
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	grown = (int)((data_end - data) - before);
+	if (grown > 0 && bpf_xdp_adjust_head(ctx, grown))
+		return XDP_ABORTED;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	if (data + FRAME_LEN > data_end)
+		return XDP_ABORTED;
+	__builtin_memcpy(data, s->b, FRAME_LEN);
+#ifdef BENCH_FORGET
+	{
+		/* IPv4/TCP without options at fixed offsets: forget the flow again. */
+		struct lb_flow_key k;
+
+		__builtin_memset(&k, 0, sizeof(k));
+		__builtin_memcpy(k.src, s->b + 26, 4);
+		__builtin_memcpy(k.dst, s->b + 30, 4);
+		__builtin_memcpy(&k.sport, s->b + 34, 2);
+		__builtin_memcpy(&k.dport, s->b + 36, 2);
+		k.proto = IPPROTO_TCP;
+		k.family = 4;
+		conntrack.delete(&k);
+	}
+#endif
+	return ret;
+}
+"""
+
+_PACKET_VIPS = {"dsr": "10.1.0.1", "nat": "10.1.0.2", "ipip": "10.1.0.3", "harness": "10.1.0.1"}
+
+
+def _frame(dst: str) -> bytes:
+    """Ethernet + IPv4 + TCP ACK (no options) + 20 bytes, checksums valid."""
+    import struct
+
+    src = ipaddress.IPv4Address("198.51.100.7").packed
+    dsta = ipaddress.IPv4Address(dst).packed
+    payload = b"x" * 20
+    tcp = struct.pack("!HHIIBBHHH", 40000, 80, 1000, 1, 5 << 4, 0x10, 512, 0, 0) + payload
+    ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 1, 0, 64, 6, 0, src, dsta))
+
+    def csum(b: bytes) -> int:
+        if len(b) % 2:
+            b += b"\0"
+        s = sum(struct.unpack(f"!{len(b) // 2}H", b))
+        while s >> 16:
+            s = (s & 0xFFFF) + (s >> 16)
+        return ~s & 0xFFFF
+
+    ip[10:12] = struct.pack("!H", csum(bytes(ip)))
+    pseudo = src + dsta + struct.pack("!BBH", 0, 6, len(tcp))
+    tcp = tcp[:16] + struct.pack("!H", csum(pseudo + tcp)) + tcp[18:]
+    eth = bytes.fromhex("020000000b01" "020000000c01" "0800")
+    return eth + bytes(ip) + tcp
+
+
+@register_scenario
+class LbPacket(Scenario):
+    name = "lb-packet"
+    description = "ns/packet of the XDP load balancer per mode, conntrack hit and miss (BPF_PROG_TEST_RUN)"
+    metrics = [Metric("ns_hit", "ns/packet", "lower"), Metric("ns_miss", "ns/packet", "lower")]
+    baseline = "harness"
+    targets = [Target("ns_hit", "dsr", "<=", 110), Target("ns_hit", "ipip", "<=", 110),
+               Target("ns_hit", "nat", "<=", 110)]
+
+    def contenders(self) -> list[str]:
+        return ["dsr", "nat", "ipip", "harness"]
+
+    def setup(self, ctx: BenchContext) -> None:
+        self._progs: list[loader.LoadedProgram] = []
+        self._maps: list[lb.LbMaps] = []
+        self._run: dict[tuple[str, str], int] = {}
+        src = lb.SPEC.source_path.read_text() + _HARNESS
+        (Path(ctx.workdir) / "l4lb_bench.c").write_text(src)
+        spec = loader.ProgramSpec(name="l4lb_bench", entry="l4lb_bench", maps=(), directory=Path(ctx.workdir))
+        frame_len = len(_frame("10.1.0.1"))
+        defines = {**lb.TUNABLES, "LB_RING_SIZE": 4099, "LB_MAX_VIPS": 4, "FRAME_LEN": frame_len}
+        for kind in ("hit", "miss", "noop-hit", "noop-miss"):
+            extra: dict[str, int | str] = {}
+            if kind.endswith("miss"):
+                extra["BENCH_FORGET"] = 1
+            if kind.startswith("noop"):
+                extra["BENCH_NOOP"] = 1
+            prog = loader.load(spec, {**defines, **extra})
+            self._progs.append(prog)
+            maps = lb.LbMaps.from_program(prog)
+            self._maps.append(maps)
+            bal = lb.Balancer(maps, lb.LbState.for_defines(defines), lambda a: "02:00:00:00:00:aa")
+            for mode in ("dsr", "nat", "ipip"):
+                vip = lb.parse_vip(f"{_PACKET_VIPS[mode]}:80/tcp")
+                bal.add_vip(vip, mode)
+                for i in range(3):
+                    bal.add_backend(vip, ipaddress.ip_address(f"10.0.0.{11 + i}"),
+                                    8080 if mode == "nat" else None)
+            metric = "ns_miss" if kind.endswith("miss") else "ns_hit"
+            for c in self.contenders():
+                if (c == "harness") == kind.startswith("noop"):
+                    self._run[(c, metric)] = prog.prog_fd
+        for (c, _metric), fd in self._run.items():
+            res = testrun.run_xdp(fd, _frame(_PACKET_VIPS[c]))
+            if res.verdict != "XDP_TX":
+                raise FastpathError(f"lb-packet: {c} returned {res.verdict}, expected XDP_TX")
+
+    def measure(self, contender: str, ctx: BenchContext) -> dict[str, float]:
+        frame = _frame(_PACKET_VIPS[contender])
+        out = {}
+        for metric in ("ns_hit", "ns_miss"):
+            res = testrun.run_xdp(self._run[(contender, metric)], frame, repeat=ctx.pick(2_000_000, 20_000))
+            if res.verdict != "XDP_TX":
+                raise FastpathError(f"{contender} returned {res.verdict}")
+            out[metric] = res.ns_per_packet
+        return out
+
+    def teardown(self, ctx: BenchContext) -> None:
+        for m in getattr(self, "_maps", []):
+            m.close()
+        for p in getattr(self, "_progs", []):
+            p.close()
+
+
+# ---------------------------------------------------------------------------------------
+# lb: connections and requests per second through the balancer
+
+CLIENT = "10.20.1.10"
+BACKENDS = {"b1": "10.20.2.11", "b2": "10.20.2.12", "b3": "10.20.2.13"}
+BACKEND_PORT = 8080
+# fastpath-nat's own backend port: its reply translation is keyed by backend address, port
+# and client address, port, so it must not see the replies of nft's flows (same client
+# ports, same backends) as its own.
+NAT_BACKEND_PORT = 8081
+VIPS = {"fastpath-dsr": ("10.20.100.1", 8080), "fastpath-nat": ("10.20.100.2", 80),
+        "nft": ("10.20.100.3", 80), "haproxy": ("10.20.100.4", 80)}
+LAB = "fpbenchlb"
+
+TOPOLOGY: dict[str, Any] = {
+    "name": LAB,
+    "nodes": {
+        "client": {"sysctls": {"net.ipv4.ip_local_port_range": "10000 60999"}},
+        "lb": {"sysctls": {"net.ipv4.ip_forward": 1, "net.ipv4.conf.all.rp_filter": 0,
+                           "net.ipv4.conf.default.rp_filter": 0, "net.ipv4.conf.all.send_redirects": 0,
+                           "net.ipv4.conf.default.send_redirects": 0}},
+        **{n: {"sysctls": {"net.ipv4.conf.all.arp_ignore": 1, "net.ipv4.conf.all.arp_announce": 2,
+                           "net.ipv4.conf.all.rp_filter": 0}} for n in BACKENDS},
+    },
+    "bridges": {"sw0": {}},
+    "links": [*({"endpoints": [f"{n}:eth0", "sw0"], "tx_checksum": False} for n in ("client", *BACKENDS)),
+              {"endpoints": ["lb:eth0", "sw0"], "gro": True, "tx_checksum": False}],
+    "addresses": {"client:eth0": [f"{CLIENT}/24"], "lb:eth0": ["10.20.1.1/24", "10.20.2.1/24"],
+                  **{f"{n}:eth0": [f"{a}/24"] for n, a in BACKENDS.items()}},
+    "routes": {"client": [{"dst": "10.20.100.0/24", "via": "10.20.1.1"}],
+               **{n: [{"dst": "default", "via": "10.20.2.1"}] for n in BACKENDS}},
+}
+
+_NFT = """
+table ip fastpath_bench_lb {
+  chain prerouting {
+    type nat hook prerouting priority dstnat; policy accept;
+    ip daddr %(vip)s tcp dport %(port)d dnat to jhash ip saddr . tcp sport mod 3 map { %(map)s } : %(bport)d
+  }
+}
+"""
+
+_HAPROXY = """
+global
+  maxconn 8000
+defaults
+  mode tcp
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+frontend vip
+  bind %(vip)s:%(port)d
+  default_backend echo
+backend echo
+  balance roundrobin
+%(servers)s
+"""
+
+# Opens, uses (64 bytes each way) and resets connections for `seconds`; prints the count.
+_CHURN = """
+import socket, struct, sys, time
+host, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+msg, n, errors = b"x" * 64, 0, 0
+linger = struct.pack("ii", 1, 0)
+end = time.monotonic() + min(seconds, 60)
+while time.monotonic() < end and n < 5_000_000:
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+    s.settimeout(2)
+    try:
+        s.connect((host, port))
+        s.sendall(msg)
+        got = 0
+        while got < 64:
+            chunk = s.recv(64 - got)
+            if not chunk:
+                raise OSError("closed")
+            got += len(chunk)
+        n += 1
+    except OSError:
+        errors += 1
+    finally:
+        s.close()
+print(n, errors)
+"""
+
+
+@register_scenario
+class LbThroughput(Scenario):
+    name = "lb"
+    description = ("connections/s and requests/s through the XDP load balancer (dsr, nat) vs nftables "
+                   "DNAT and HAProxy, same lab and clients")
+    metrics = [Metric("conns_per_s", "conn/s", "higher"), Metric("reqs_per_s", "req/s", "higher")]
+    baseline = "nft"
+    targets = [Target("conns_per_s", "fastpath-dsr", ">=", 1.5, versus="nft"),
+               Target("reqs_per_s", "fastpath-dsr", ">=", 1.5, versus="nft"),
+               Target("conns_per_s", "fastpath-dsr", ">=", 3.0, versus="haproxy"),
+               Target("reqs_per_s", "fastpath-dsr", ">=", 3.0, versus="haproxy")]
+    repeat, quick_repeat, warmup = 5, 1, 1
+
+    def contenders(self) -> list[str]:
+        return ["fastpath-dsr", "fastpath-nat", "nft", "haproxy"]
+
+    def setup(self, ctx: BenchContext) -> None:
+        from fastpath.netns import Lab, list_labs
+
+        echo = shutil.which("fastpath-epoll-echo") or str(Path(sys.executable).parent / "fastpath-epoll-echo")
+        load = shutil.which("fastpath-echo-bench") or str(Path(sys.executable).parent / "fastpath-echo-bench")
+        if not (Path(echo).exists() and Path(load).exists()):
+            raise CapabilityError("fastpath-epoll-echo / fastpath-echo-bench are not built",
+                                  fix="run scripts/setup-host.sh")
+        if shutil.which("nft") is None:
+            raise CapabilityError("nft is missing", fix="apt-get install nftables")
+        if any(s.name == LAB for s in list_labs()):
+            raise FastpathError(f"a lab {LAB!r} is already up", fix=f"fastpath topo down {LAB}")
+        self._load = load
+        self.lab = Lab.up(TOPOLOGY)
+        lab = self.lab
+        self._ns = lab.netns("lb")
+        self._peer_ns = lab.netns("sw")
+        self._attached: list[tuple[str, str]] = []
+        # XDP_TX'ed frames need an XDP program on the veth peer to be delivered at once.
+        xdp.attach(xdp_count.SPEC, "lb-eth0", self._peer_ns, "native")
+        self._attached.append(("lb-eth0", self._peer_ns))
+        dsr_vip = VIPS["fastpath-dsr"][0]
+        for node in BACKENDS:
+            lab.run(node, ["ip", "addr", "add", f"{dsr_vip}/32", "dev", "lo"])
+            # dsr replies (from the VIP) go straight to the client; everything else via lb
+            lab.run(node, ["ip", "rule", "add", "from", dsr_vip, "lookup", "100"])
+            lab.run(node, ["ip", "route", "add", "10.20.1.0/24", "dev", "eth0", "table", "100"])
+            for port in (BACKEND_PORT, NAT_BACKEND_PORT):
+                lab.spawn(node, [echo, "--addr", "0.0.0.0", "--port", str(port), "--threads", "1"])
+        lab.run("lb", ["sysctl", "-qw", "net.ipv4.conf.eth0.rp_filter=0"])
+        lb.attach("eth0", self._ns, "native", {"LB_RING_SIZE": 4099, "LB_MAX_VIPS": 4})
+        self._attached.append(("eth0", self._ns))
+        with lb.session("eth0", self._ns) as bal:
+            for c, mode in (("fastpath-dsr", "dsr"), ("fastpath-nat", "nat")):
+                addr, port = VIPS[c]
+                vip = lb.parse_vip(f"{addr}:{port}/tcp")
+                bal.add_vip(vip, mode)
+                for a in BACKENDS.values():
+                    bal.add_backend(vip, ipaddress.ip_address(a), NAT_BACKEND_PORT if mode == "nat" else None)
+        vip, port = VIPS["nft"]
+        nmap = ", ".join(f"{i} : {a}" for i, a in enumerate(BACKENDS.values()))
+        lab.run("lb", ["nft", "-f", "-"], input=_NFT % {"vip": vip, "port": port, "map": nmap,
+                                                        "bport": BACKEND_PORT})
+        if shutil.which("haproxy") is None:
+            ctx.skip_contender("haproxy", "haproxy is not installed (apt-get install haproxy)")
+        else:
+            vip, port = VIPS["haproxy"]
+            lab.run("lb", ["ip", "addr", "add", f"{vip}/32", "dev", "lo"])
+            cfg = Path(ctx.workdir) / "haproxy.cfg"
+            servers = "\n".join(f"  server {n} {a}:{BACKEND_PORT}" for n, a in BACKENDS.items())
+            cfg.write_text(_HAPROXY % {"vip": vip, "port": port, "servers": servers})
+            self._haproxy = lab.spawn("lb", ["haproxy", "-db", "-f", str(cfg)])
+        time.sleep(0.5)
+        for c in self.contenders():
+            if c in ctx.skipped:
+                continue
+            n, errors = self._churn(c, 0.3, 1)
+            if n == 0:
+                hint = ""
+                if c == "haproxy":
+                    hint = f"; haproxy said: {' | '.join(self._haproxy.output().strip().splitlines()[-3:])}"
+                raise FastpathError(f"lb: no connection through {c} succeeded ({errors} errors){hint}")
+
+    def _churn(self, contender: str, seconds: float, procs: int) -> tuple[int, int]:
+        addr, port = VIPS[contender]
+        ps = [self.lab.spawn("client", [sys.executable, "-c", _CHURN, addr, str(port), str(seconds)])
+              for _ in range(procs)]
+        n = errors = 0
+        for p in ps:
+            p.wait(seconds + 30)
+            a, b = p.output().split()[:2]
+            n, errors = n + int(a), errors + int(b)
+        return n, errors
+
+    def measure(self, contender: str, ctx: BenchContext) -> dict[str, float]:
+        seconds = ctx.pick(3.0, 0.5)
+        n, errors = self._churn(contender, seconds, 2)
+        if errors > n // 100:
+            raise FastpathError(f"{contender}: {errors} failed connections out of {n + errors}")
+        addr, port = VIPS[contender]
+        res = self.lab.run("client", [self._load, "--addr", addr, "--port", str(port), "--connections", "64",
+                                      "--threads", "2", "--size", "64", "--duration", str(seconds),
+                                      "--warmup", "0.3"], timeout=seconds + 60)
+        out = json.loads(res.stdout)
+        if not out.get("ok"):
+            raise FastpathError(f"{contender}: fastpath-echo-bench reported failures: {res.stdout.strip()}")
+        return {"conns_per_s": n / seconds, "reqs_per_s": float(out["req_per_s"])}
+
+    def teardown(self, ctx: BenchContext) -> None:
+        lab = getattr(self, "lab", None)
+        for ifname, ns in reversed(getattr(self, "_attached", [])):
+            with contextlib.suppress(FastpathError):
+                if ifname == "eth0":
+                    lb.detach(ifname, ns)
+                else:
+                    xdp.detach(ifname, ns)
+        if lab is not None:
+            lab.down()

@@ -1,0 +1,655 @@
+"""bpf/l4lb.c through BPF_PROG_TEST_RUN: golden frames for every forwarding mode (verdict
+and exact output bytes), conntrack hit vs miss, the defined verdicts for everything that is
+not balanced, counters, the header mirror, and a fuzz test of the verdict contract."""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import os
+import re
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_NOP, IPOption_Router_Alert
+from scapy.layers.inet6 import (
+    ICMPv6DestUnreach,
+    ICMPv6EchoRequest,
+    ICMPv6PacketTooBig,
+    IPv6,
+    IPv6ExtHdrFragment,
+    IPv6ExtHdrHopByHop,
+)
+from scapy.layers.l2 import ARP, Dot1Q, Ether
+from scapy.packet import Raw
+
+from fastpath.bpf import loader, testrun
+from fastpath.bpf.maps import layout
+from fastpath.errors import FastpathError
+from fastpath.xdp import lb
+
+pytestmark = pytest.mark.bpf
+
+LB_MAC = "02:00:00:00:0b:01"
+CLIENT_MAC = "02:00:00:00:0c:01"
+CLIENT4 = "198.51.100.7"
+CLIENT6 = "2001:db8:c::7"
+MACS = {
+    "10.0.0.11": "02:00:00:00:00:11", "10.0.0.12": "02:00:00:00:00:12",
+    "10.0.0.21": "02:00:00:00:00:21", "10.0.0.22": "02:00:00:00:00:22",
+    "10.0.0.31": "02:00:00:00:00:31", "10.0.0.41": "02:00:00:00:00:41",
+    "fd00::11": "02:00:00:00:06:11", "fd00::12": "02:00:00:00:06:12",
+    "fd00::21": "02:00:00:00:06:21", "fd00::31": "02:00:00:00:06:31",
+}
+
+VIPS = {
+    # name: (mode, hash, [(backend, weight)])
+    "10.100.0.1:80/tcp": ("dsr", "5tuple", [("10.0.0.11", 1), ("10.0.0.12", 1)]),
+    "10.100.0.1:53/udp": ("dsr", "5tuple", [("10.0.0.11", 1)]),
+    "10.100.0.2:80/tcp": ("nat", "5tuple", [("10.0.0.21:8080", 1), ("10.0.0.22:8080", 1)]),
+    "10.100.0.2:53/udp": ("nat", "5tuple", [("10.0.0.21:5353", 1)]),
+    "10.100.0.3:80/tcp": ("ipip", "5tuple", [("10.0.0.31", 1)]),
+    "10.100.0.3:53/udp": ("ipip", "5tuple", [("10.0.0.31", 1)]),
+    "10.100.0.4:80/tcp": ("dsr", "src", [("10.0.0.11", 1), ("10.0.0.12", 1), ("10.0.0.41", 1)]),
+    "10.100.0.9:80/tcp": ("dsr", "5tuple", []),
+    "[fd00:100::1]:80/tcp": ("dsr", "5tuple", [("fd00::11", 1), ("fd00::12", 1)]),
+    "[fd00:100::1]:53/udp": ("dsr", "5tuple", [("fd00::11", 1)]),
+    "[fd00:100::2]:80/tcp": ("nat", "5tuple", [("[fd00::21]:8080", 1)]),
+    "[fd00:100::2]:53/udp": ("nat", "5tuple", [("[fd00::21]:5353", 1)]),
+    "[fd00:100::3]:80/tcp": ("ipip", "5tuple", [("fd00::31", 1)]),
+    "[fd00:100::3]:53/udp": ("ipip", "5tuple", [("fd00::31", 1)]),
+}
+
+
+def resolver(addr):
+    mac = MACS.get(str(addr))
+    if mac is None:
+        raise FastpathError(f"backend {addr}: cannot resolve its MAC address")
+    return mac
+
+
+class Env:
+    def __init__(self, prog: loader.LoadedProgram) -> None:
+        self.prog = prog
+        self.maps = lb.LbMaps.from_program(prog)
+        self.bal = lb.Balancer(self.maps, lb.LbState.for_defines(prog_defines()), resolver)
+        self._tables: dict[tuple, list[int]] = {}
+        for name, (mode, hsh, backends) in VIPS.items():
+            vip = lb.parse_vip(name)
+            self.bal.add_vip(vip, mode, hsh)
+            for text, weight in backends:
+                addr, port = lb.parse_backend(text)
+                self.bal.add_backend(vip, addr, port, weight)
+
+    def run(self, frame: bytes) -> testrun.RunResult:
+        return testrun.run_xdp(self.prog.prog_fd, frame)
+
+    def pick(self, vip_text: str, client: str, sport: int) -> lb.BackendState:
+        """The backend the Maglev ring gives this flow (computed from Python's side)."""
+        vip = lb.parse_vip(vip_text)
+        vs = self.bal.vip(vip)
+        h = lb.flow_hash(ipaddress.ip_address(client), sport, vip.port, src_only=vs.hash == "src",
+                         seed=self.bal.state.seed)
+        key = (vip_text, tuple(sorted((b.id, b.effective_weight) for b in vs.backends.values())))
+        if key not in self._tables:
+            self._tables[key] = self.bal.table(vs)
+        bid = self._tables[key][h % self.bal.state.table_size]
+        return next(b for b in vs.backends.values() if b.id == bid)
+
+    def counters(self) -> dict[str, int]:
+        return {k: v["packets"] for k, v in self.bal.counters().items()}
+
+    def vip_stats(self, vip_text: str) -> dict:
+        vs = self.bal.vip(lb.parse_vip(vip_text))
+        return {**self.bal.vip_counters(vs),
+                "backends": [{"backend": b.name, **self.bal.backend_counters(b)}
+                             for b in vs.backends.values()]}
+
+
+def prog_defines() -> dict[str, int]:
+    return {**lb.TUNABLES, "LB_HASH_SEED": 12345}
+
+
+@pytest.fixture(scope="module")
+def env():
+    if os.geteuid() != 0:
+        pytest.skip("loading BPF programs needs root")
+    prog = loader.load(lb.SPEC, prog_defines())
+    e = Env(prog)
+    yield e
+    e.maps.close()
+    prog.close()
+
+
+# ---------------------------------------------------------------------------------------
+# frames and their expected rewrites
+
+def eth() -> Ether:
+    return Ether(src=CLIENT_MAC, dst=LB_MAC)
+
+
+def tcp4(dst: str, dport: int, sport: int, flags: str = "S", src: str = CLIENT4, **ip) -> bytes:
+    return bytes(eth() / IP(src=src, dst=dst, **ip) / TCP(sport=sport, dport=dport, flags=flags,
+                                                           seq=1000, window=512) / Raw(b"hello"))
+
+
+def udp4(dst: str, dport: int, sport: int, src: str = CLIENT4, chksum: int | None = None) -> bytes:
+    u = UDP(sport=sport, dport=dport)
+    if chksum is not None:
+        u.chksum = chksum
+    return bytes(eth() / IP(src=src, dst=dst) / u / Raw(b"query"))
+
+
+def tcp6(dst: str, dport: int, sport: int, flags: str = "S", src: str = CLIENT6) -> bytes:
+    return bytes(eth() / IPv6(src=src, dst=dst) / TCP(sport=sport, dport=dport, flags=flags,
+                                                       seq=1000, window=512) / Raw(b"hello"))
+
+
+def udp6(dst: str, dport: int, sport: int, src: str = CLIENT6) -> bytes:
+    return bytes(eth() / IPv6(src=src, dst=dst) / UDP(sport=sport, dport=dport) / Raw(b"query"))
+
+
+def dsr_expected(frame: bytes, mac: str) -> bytes:
+    p = Ether(frame)
+    p.src, p.dst = p.dst, mac
+    return bytes(p)
+
+
+def nat_expected(frame: bytes, mac: str, addr: str, port: int) -> bytes:
+    p = Ether(frame)
+    p.src, p.dst = p.dst, mac
+    ip = p[IP] if IP in p else p[IPv6]
+    ip.dst = addr
+    if IP in p:
+        del p[IP].chksum
+    l4 = p[TCP] if TCP in p else p[UDP]
+    l4.dport = port
+    if not (UDP in p and IP in p and p[UDP].chksum == 0):
+        del l4.chksum
+    return bytes(p)
+
+
+def ipip_expected(frame: bytes, backend: lb.BackendState, client: str, sport: int) -> bytes:
+    p = Ether(frame)
+    inner = bytes(p.payload)
+    src = lb.ipip_source(ipaddress.ip_address(client), sport, prog_defines())
+    if p.type == 0x0800:
+        outer = IP(src=str(src), dst=backend.address, proto=4, ttl=64, id=0, flags=0,
+                   tos=p[IP].tos) / Raw(inner)
+    else:
+        tc = p[IPv6].tc
+        outer = IPv6(src=str(src), dst=backend.address, nh=41, hlim=64, tc=tc, fl=0) / Raw(inner)
+    return bytes(Ether(src=LB_MAC, dst=backend.mac, type=p.type) / outer)
+
+
+def check(env: Env, frame: bytes, verdict: str, expected: bytes | None = None) -> testrun.RunResult:
+    res = env.run(frame)
+    assert res.verdict == verdict
+    if expected is not None:
+        assert res.output.hex() == expected.hex()
+    return res
+
+
+# ---------------------------------------------------------------------------------------
+# the header mirror
+
+def test_header_mirror_matches_bcc_decoded_types(env):
+    for name, (key, value) in lb.MAP_TYPES.items():
+        table = env.prog.table(name)
+        leaf = env.prog.leaf_type(name)
+        assert ctypes.sizeof(table.Key) == ctypes.sizeof(key), name
+        assert ctypes.sizeof(leaf) == ctypes.sizeof(value), name
+        for ours, theirs in ((key, table.Key), (value, leaf)):
+            if hasattr(ours, "_fields_"):
+                assert layout(theirs) == layout(ours), name
+
+
+def test_header_constants_match_python():
+    text = open(lb.SPEC.header_path).read()
+    stats = re.findall(r"LB_STAT_([A-Z_]+) = (\d+),", text)
+    assert [(n.lower(), int(v)) for n, v in stats] == [
+        *[(s, i) for i, s in enumerate(lb.STAT_NAMES)], ("max", lb.LB_STAT_MAX)]
+    modes = re.findall(r"LB_MODE_([A-Z]+) = (\d+),", text)
+    assert {n.lower(): int(v) for n, v in modes} == lb.MODES
+    flag = re.search(r"#define LB_VIP_F_HASH_SRC_ONLY (0x\w+)", text).group(1)
+    assert flag == hex(lb.LB_VIP_F_HASH_SRC_ONLY)
+    assert re.search(r"#define LB_BACKEND_F_EXISTS (0x\w+)", text).group(1) == hex(lb.LB_BACKEND_F_EXISTS)
+    assert int(re.search(r"#define LB_NO_BACKEND (0x\w+)u", text).group(1), 16) == lb.LB_NO_BACKEND
+
+
+def test_c_defaults_are_the_python_tunables():
+    """The #ifndef defaults in l4lb.c and lb.TUNABLES are one set of values."""
+    text = open(lb.SPEC.source_path).read()
+    found = dict(re.findall(r"#ifndef (LB_\w+)\n#define \1 (\w+)", text))
+    assert {k: int(v, 0) for k, v in found.items()} == lb.TUNABLES
+
+
+def test_tunables_reach_the_program(env):
+    assert "-DLB_HASH_SEED=12345" in env.prog.cflags
+    assert env.prog.table("rings").max_entries == lb.TUNABLES["LB_MAX_VIPS"] * 2 * lb.TUNABLES["LB_RING_SIZE"]
+
+
+# ---------------------------------------------------------------------------------------
+# golden frames: each forwarding mode, v4 and v6, TCP and UDP
+
+@pytest.mark.parametrize("vip,make,client", [
+    ("10.100.0.1:80/tcp", lambda sp: tcp4("10.100.0.1", 80, sp), CLIENT4),
+    ("10.100.0.1:53/udp", lambda sp: udp4("10.100.0.1", 53, sp), CLIENT4),
+    ("[fd00:100::1]:80/tcp", lambda sp: tcp6("fd00:100::1", 80, sp), CLIENT6),
+    ("[fd00:100::1]:53/udp", lambda sp: udp6("fd00:100::1", 53, sp), CLIENT6),
+], ids=["v4-tcp", "v4-udp", "v6-tcp", "v6-udp"])
+def test_dsr_rewrites_macs_only(env, vip, make, client):
+    for sport in (40001, 40002, 40003, 40004):
+        frame = make(sport)
+        be = env.pick(vip, client, sport)
+        check(env, frame, "XDP_TX", dsr_expected(frame, be.mac))
+
+
+def test_dsr_literal_bytes(env):
+    """One case spelled out in bytes, independent of scapy's rewriting."""
+    frame = udp4("10.100.0.1", 53, 40000)
+    res = check(env, frame, "XDP_TX")
+    assert res.output[:12] == bytes.fromhex("020000000011" "020000000b01")
+    assert res.output[12:] == frame[12:]
+
+
+@pytest.mark.parametrize("vip,make,client", [
+    ("10.100.0.2:80/tcp", lambda sp: tcp4("10.100.0.2", 80, sp), CLIENT4),
+    ("10.100.0.2:53/udp", lambda sp: udp4("10.100.0.2", 53, sp), CLIENT4),
+    ("10.100.0.2:53/udp", lambda sp: udp4("10.100.0.2", 53, sp, chksum=0), CLIENT4),
+    ("[fd00:100::2]:80/tcp", lambda sp: tcp6("fd00:100::2", 80, sp), CLIENT6),
+    ("[fd00:100::2]:53/udp", lambda sp: udp6("fd00:100::2", 53, sp), CLIENT6),
+], ids=["v4-tcp", "v4-udp", "v4-udp-no-checksum", "v6-tcp", "v6-udp"])
+def test_nat_rewrites_address_port_and_checksums(env, vip, make, client):
+    for sport in (41001, 41002, 41003, 41004, 65535, 1):
+        frame = make(sport)
+        be = env.pick(vip, client, sport)
+        check(env, frame, "XDP_TX", nat_expected(frame, be.mac, be.address, be.port))
+
+
+@pytest.mark.parametrize("fwd,reply,vip_addr", [
+    (lambda: tcp4("10.100.0.2", 80, 42001),
+     lambda be: bytes(Ether(src=be.mac, dst=LB_MAC) / IP(src=be.address, dst=CLIENT4)
+                      / TCP(sport=be.port, dport=42001, flags="SA", seq=7, ack=1001) / Raw(b"hi")),
+     "10.100.0.2"),
+    (lambda: udp4("10.100.0.2", 53, 42002),
+     lambda be: bytes(Ether(src=be.mac, dst=LB_MAC) / IP(src=be.address, dst=CLIENT4)
+                      / UDP(sport=be.port, dport=42002) / Raw(b"answer")),
+     "10.100.0.2"),
+    (lambda: tcp6("fd00:100::2", 80, 42003),
+     lambda be: bytes(Ether(src=be.mac, dst=LB_MAC) / IPv6(src=be.address, dst=CLIENT6)
+                      / TCP(sport=be.port, dport=42003, flags="SA", seq=7, ack=1001) / Raw(b"hi")),
+     "fd00:100::2"),
+], ids=["v4-tcp", "v4-udp", "v6-tcp"])
+def test_nat_replies_are_translated_back_and_passed(env, fwd, reply, vip_addr):
+    frame = fwd()
+    p = Ether(frame)
+    vip_port = (p[TCP] if TCP in p else p[UDP]).dport
+    res = check(env, frame, "XDP_TX")
+    be_addr = str((IP in Ether(res.output) and Ether(res.output)[IP].dst) or Ether(res.output)[IPv6].dst)
+    be = next(b for v in env.bal.state.vips.values() for b in v.backends.values()
+              if b.address == be_addr and v.mode == "nat" and v.port == vip_port)
+    before = env.counters()["nat_reverse"]
+    r = reply(be)
+    want = Ether(r)
+    (want[IP] if IP in want else want[IPv6]).src = vip_addr
+    l4 = want[TCP] if TCP in want else want[UDP]
+    l4.sport = vip_port
+    if IP in want:
+        del want[IP].chksum
+    del l4.chksum
+    check(env, r, "XDP_PASS", bytes(want))
+    assert env.counters()["nat_reverse"] == before + 1
+
+
+def test_reply_without_nat_flow_passes_unchanged(env):
+    frame = bytes(Ether(src=MACS["10.0.0.21"], dst=LB_MAC) / IP(src="10.0.0.21", dst=CLIENT4)
+                  / TCP(sport=8080, dport=9, flags="SA"))
+    check(env, frame, "XDP_PASS", frame)
+
+
+@pytest.mark.parametrize("vip,make,client", [
+    ("10.100.0.3:80/tcp", lambda sp: tcp4("10.100.0.3", 80, sp, tos=0x28), CLIENT4),
+    ("10.100.0.3:53/udp", lambda sp: udp4("10.100.0.3", 53, sp), CLIENT4),
+    ("[fd00:100::3]:80/tcp", lambda sp: tcp6("fd00:100::3", 80, sp), CLIENT6),
+    ("[fd00:100::3]:53/udp", lambda sp: udp6("fd00:100::3", 53, sp), CLIENT6),
+], ids=["v4-tcp", "v4-udp", "v6-tcp", "v6-udp"])
+def test_ipip_encapsulates(env, vip, make, client):
+    for sport in (43001, 0xBEEF):
+        frame = make(sport)
+        be = env.pick(vip, client, sport)
+        check(env, frame, "XDP_TX", ipip_expected(frame, be, client, sport))
+
+
+def test_ipip_v6_traffic_class_is_copied(env):
+    frame = bytes(eth() / IPv6(src=CLIENT6, dst="fd00:100::3", tc=0xb8) / TCP(sport=43100, dport=80))
+    be = env.pick("[fd00:100::3]:80/tcp", CLIENT6, 43100)
+    res = check(env, frame, "XDP_TX", ipip_expected(frame, be, CLIENT6, 43100))
+    assert Ether(res.output)[IPv6].tc == 0xB8
+
+
+def test_ipip_too_big_drops_with_counter(env):
+    frame = bytes(eth() / IP(src=CLIENT4, dst="10.100.0.3") / UDP(sport=43200, dport=53) / Raw(b"x" * 1460))
+    before = env.counters()["drop_too_big"]
+    check(env, frame, "XDP_DROP")
+    assert env.counters()["drop_too_big"] == before + 1
+    fits = bytes(eth() / IP(src=CLIENT4, dst="10.100.0.3") / UDP(sport=43201, dport=53) / Raw(b"x" * 1452))
+    check(env, fits, "XDP_TX")
+
+
+# ---------------------------------------------------------------------------------------
+# conntrack: hit vs miss, drain, delete, SYN
+
+def test_conntrack_keeps_flows_when_the_ring_changes(env):
+    vip = lb.parse_vip("10.100.0.1:80/tcp")
+    sports = range(44000, 44040)
+    first = {}
+    for sp in sports:
+        res = check(env, tcp4("10.100.0.1", 80, sp, flags="S"), "XDP_TX")
+        first[sp] = Ether(res.output).dst
+    assert len(set(first.values())) == 2, "40 flows should use both backends"
+    st0 = env.vip_stats("10.100.0.1:80/tcp")
+    # Weight 1:1 -> 50:1 moves many slots; established packets (ACK) keep their backend.
+    env.bal.set_weight(vip, ipaddress.ip_address("10.0.0.11"), None, 50)
+    try:
+        for sp in sports:
+            res = check(env, tcp4("10.100.0.1", 80, sp, flags="A"), "XDP_TX")
+            assert Ether(res.output).dst == first[sp], sp
+        st1 = env.vip_stats("10.100.0.1:80/tcp")
+        assert st1["lru_hits"] - st0["lru_hits"] == len(sports)
+        assert st1["new_flows"] == st0["new_flows"]
+        # A new connection (SYN) from a flow that was on .12 now follows the new ring.
+        moved = [sp for sp in sports if first[sp] == MACS["10.0.0.12"]
+                 and env.pick("10.100.0.1:80/tcp", CLIENT4, sp).address == "10.0.0.11"]
+        assert moved
+        res = check(env, tcp4("10.100.0.1", 80, moved[0], flags="S"), "XDP_TX")
+        assert Ether(res.output).dst == MACS["10.0.0.11"]
+    finally:
+        env.bal.set_weight(vip, ipaddress.ip_address("10.0.0.11"), None, 1)
+
+
+def test_conntrack_miss_then_hit_counters(env):
+    vs0 = env.vip_stats("10.100.0.1:53/udp")
+    frame = udp4("10.100.0.1", 53, 44100)
+    check(env, frame, "XDP_TX")
+    check(env, frame, "XDP_TX")
+    check(env, frame, "XDP_TX")
+    vs1 = env.vip_stats("10.100.0.1:53/udp")
+    assert vs1["lru_misses"] - vs0["lru_misses"] == 1
+    assert vs1["new_flows"] - vs0["new_flows"] == 1
+    assert vs1["lru_hits"] - vs0["lru_hits"] == 2
+    assert vs1["packets"] - vs0["packets"] == 3
+    assert vs1["bytes"] - vs0["bytes"] == 3 * len(frame)
+    be = next(b for b in vs1["backends"])
+    assert be["packets"] >= 3
+
+
+def test_drained_backend_gets_no_new_flows_but_keeps_old_ones(env):
+    vip = lb.parse_vip("10.100.0.1:80/tcp")
+    on_12 = [sp for sp in range(45000, 45100) if env.pick(str(vip), CLIENT4, sp).address == "10.0.0.12"][:5]
+    for sp in on_12:
+        check(env, tcp4("10.100.0.1", 80, sp, flags="S"), "XDP_TX")
+    env.bal.set_drained(vip, ipaddress.ip_address("10.0.0.12"), None, True)
+    try:
+        for sp in on_12:
+            res = check(env, tcp4("10.100.0.1", 80, sp, flags="PA"), "XDP_TX")
+            assert Ether(res.output).dst == MACS["10.0.0.12"]
+        for sp in range(45100, 45150):
+            res = check(env, tcp4("10.100.0.1", 80, sp, flags="S"), "XDP_TX")
+            assert Ether(res.output).dst == MACS["10.0.0.11"]
+    finally:
+        env.bal.set_drained(vip, ipaddress.ip_address("10.0.0.12"), None, False)
+
+
+def test_deleted_backend_flows_pick_again(env):
+    vip = lb.parse_vip("10.100.0.4:80/tcp")   # source-hash VIP, three backends
+    clients = [f"198.51.100.{i}" for i in range(10, 40)]
+    on_41 = [c for c in clients if env.pick(str(vip), c, 1).address == "10.0.0.41"]
+    assert on_41
+    for c in on_41:
+        res = check(env, tcp4("10.100.0.4", 80, 50000, flags="S", src=c), "XDP_TX")
+        assert Ether(res.output).dst == MACS["10.0.0.41"]
+    env.bal.del_backend(vip, ipaddress.ip_address("10.0.0.41"))
+    try:
+        for c in on_41:
+            res = check(env, tcp4("10.100.0.4", 80, 50000, flags="A", src=c), "XDP_TX")
+            assert Ether(res.output).dst in (MACS["10.0.0.11"], MACS["10.0.0.12"])
+    finally:
+        env.bal.add_backend(vip, ipaddress.ip_address("10.0.0.41"))
+
+
+def test_source_hash_ignores_ports(env):
+    outs = {Ether(check(env, tcp4("10.100.0.4", 80, sp, src="198.51.100.50"), "XDP_TX").output).dst
+            for sp in range(47000, 47030)}
+    assert len(outs) == 1
+
+
+def test_python_explain_agrees_with_the_data_plane(env):
+    vip = lb.parse_vip("10.100.0.2:80/tcp")
+    for sp in range(48000, 48050):
+        res = check(env, tcp4("10.100.0.2", 80, sp, flags="S"), "XDP_TX")
+        got = Ether(res.output)[IP].dst
+        ex = env.bal.explain(ipaddress.ip_address(CLIENT4), sp, vip)
+        assert ex["backend"].startswith(got + ":"), (sp, ex)
+        assert ex["conntrack_backend"] == ex["backend"]
+    ex = env.bal.explain(ipaddress.ip_address(CLIENT4), 48999, vip)
+    assert ex["conntrack_backend"] is None and ex["maglev_backend"] == ex["backend"]
+
+
+def test_no_backend_drops_with_counter(env):
+    before = env.vip_stats("10.100.0.9:80/tcp")["no_backend"]
+    g = env.counters()["drop_no_backend"]
+    check(env, tcp4("10.100.0.9", 80, 49000), "XDP_DROP")
+    check(env, tcp4("10.100.0.9", 80, 49000, flags="A"), "XDP_DROP")
+    assert env.vip_stats("10.100.0.9:80/tcp")["no_backend"] == before + 2
+    assert env.counters()["drop_no_backend"] == g + 2
+
+
+def test_all_drained_drops(env):
+    vip = lb.parse_vip("10.100.0.1:53/udp")
+    env.bal.set_drained(vip, ipaddress.ip_address("10.0.0.11"), None, True)
+    try:
+        check(env, udp4("10.100.0.1", 53, 49100), "XDP_DROP")
+    finally:
+        env.bal.set_drained(vip, ipaddress.ip_address("10.0.0.11"), None, False)
+    check(env, udp4("10.100.0.1", 53, 49101), "XDP_TX")
+
+
+# ---------------------------------------------------------------------------------------
+# defined verdicts for everything that is not balanced
+
+V4 = "10.100.0.1"
+
+
+def icmp4_error(dst: str, quoted: IP, type_: int = 3, code: int = 4, src: str = "192.0.2.254",
+                quote: int = 28) -> bytes:
+    """An ICMP error to `dst` quoting the first 28 bytes of `quoted`, as routers send them."""
+    return bytes(eth() / IP(src=src, dst=dst) / ICMP(type=type_, code=code, nexthopmtu=1400)
+                 / Raw(bytes(quoted)[:quote]))
+
+
+def cut_l4(dst: str, l4: bytes, keep: int, proto: int = 6) -> bytes:
+    """An IP packet whose L4 header is cut after `keep` bytes (the IP length says so too)."""
+    return bytes(eth() / IP(src=CLIENT4, dst=dst, proto=proto) / Raw(l4[:keep]))
+
+
+TCP_HDR = bytes(TCP(sport=1, dport=80))
+DEFINED = [
+    # (description, frame, verdict, global counter that must move)
+    ("arp", bytes(Ether(src=CLIENT_MAC, dst="ff:ff:ff:ff:ff:ff") / ARP(pdst=V4)), "XDP_PASS", "pass_not_ip"),
+    ("vlan tagged to vip", bytes(Ether(src=CLIENT_MAC, dst=LB_MAC) / Dot1Q(vlan=5)
+                                 / IP(src=CLIENT4, dst=V4) / TCP(dport=80)), "XDP_PASS", "pass_not_ip"),
+    ("ethernet header only", bytes(Ether(src=CLIENT_MAC, dst=LB_MAC, type=0x0800)), "XDP_PASS",
+     "pass_malformed"),
+    ("truncated ipv4 header", tcp4(V4, 80, 1)[:14 + 12], "XDP_PASS", "pass_malformed"),
+    ("ipv4 ihl below 5", bytes(eth() / IP(src=CLIENT4, dst=V4, ihl=4) / TCP(dport=80)), "XDP_PASS",
+     "pass_malformed"),
+    ("ipv4 total length beyond frame", bytes(eth() / IP(src=CLIENT4, dst=V4, len=400) / TCP(dport=80)),
+     "XDP_PASS", "pass_malformed"),
+    ("ipv4 version 6 in v4 ethertype", bytes(eth() / IP(src=CLIENT4, dst=V4, version=6) / TCP(dport=80)),
+     "XDP_PASS", "pass_malformed"),
+    ("truncated ipv6 header", bytes(eth() / IPv6(src=CLIENT6, dst="fd00:100::1"))[:40], "XDP_PASS",
+     "pass_malformed"),
+    ("ipv6 payload length beyond frame", bytes(eth() / IPv6(src=CLIENT6, dst="fd00:100::1", plen=900)
+                                              / TCP(dport=80)), "XDP_PASS", "pass_malformed"),
+    ("non-vip tcp", tcp4("192.0.2.1", 80, 1234), "XDP_PASS", "pass_non_vip"),
+    ("vip address, other port", tcp4(V4, 81, 1234), "XDP_PASS", "pass_non_vip"),
+    ("vip address and port, other protocol", udp4(V4, 80, 1234), "XDP_PASS", "pass_non_vip"),
+    ("non-vip ipv6 udp", udp6("2001:db8::1", 53, 1234), "XDP_PASS", "pass_non_vip"),
+    ("first fragment to vip", bytes(eth() / IP(src=CLIENT4, dst=V4, flags="MF") / TCP(dport=80)),
+     "XDP_DROP", "drop_fragment"),
+    ("later fragment to vip", bytes(eth() / IP(src=CLIENT4, dst=V4, frag=100, proto=6) / Raw(b"x" * 24)),
+     "XDP_DROP", "drop_fragment"),
+    ("fragment to non-vip", bytes(eth() / IP(src=CLIENT4, dst="192.0.2.1", flags="MF") / TCP(dport=80)),
+     "XDP_PASS", "pass_non_vip"),
+    ("ipv6 fragment header to vip", bytes(eth() / IPv6(src=CLIENT6, dst="fd00:100::1") / IPv6ExtHdrFragment()
+                                          / TCP(dport=80)), "XDP_DROP", "drop_fragment"),
+    ("ipv6 hop-by-hop to vip", bytes(eth() / IPv6(src=CLIENT6, dst="fd00:100::1") / IPv6ExtHdrHopByHop()
+                                     / TCP(dport=80)), "XDP_DROP", "drop_unsupported"),
+    ("ipv6 hop-by-hop to non-vip", bytes(eth() / IPv6(src=CLIENT6, dst="2001:db8::1") / IPv6ExtHdrHopByHop()
+                                         / TCP(dport=80)), "XDP_PASS", "pass_non_vip"),
+    ("gre to vip address", bytes(eth() / IP(src=CLIENT4, dst=V4, proto=47) / Raw(b"\0" * 8)), "XDP_DROP",
+     "drop_unsupported"),
+    ("gre to non-vip", bytes(eth() / IP(src=CLIENT4, dst="192.0.2.1", proto=47) / Raw(b"\0" * 8)),
+     "XDP_PASS", "pass_non_vip"),
+    ("tcp header cut after ports, to vip", cut_l4(V4, TCP_HDR, 8), "XDP_DROP", "drop_malformed"),
+    ("tcp header cut within ports, to vip", cut_l4(V4, TCP_HDR, 3), "XDP_DROP", "drop_malformed"),
+    ("udp with two bytes, to vip address", bytes(eth() / IP(src=CLIENT4, dst=V4, proto=17) / Raw(b"\0\1")),
+     "XDP_DROP", "drop_malformed"),
+    ("tcp data offset below 5, to vip", bytes(eth() / IP(src=CLIENT4, dst=V4) / TCP(dport=80, dataofs=4)),
+     "XDP_DROP", "drop_malformed"),
+    ("tcp header cut, non-vip", cut_l4("192.0.2.1", TCP_HDR, 8), "XDP_PASS", "pass_non_vip"),
+    ("icmp echo to vip address", bytes(eth() / IP(src=CLIENT4, dst=V4) / ICMP()), "XDP_PASS", "pass_icmp"),
+    ("icmpv6 echo to vip address", bytes(eth() / IPv6(src=CLIENT6, dst="fd00:100::1") / ICMPv6EchoRequest()),
+     "XDP_PASS", "pass_icmp"),
+    ("icmp error quoting a non-vip flow", icmp4_error(
+        "192.0.2.1", IP(src="192.0.2.1", dst=CLIENT4) / TCP(sport=80, dport=1234)), "XDP_PASS", "pass_icmp"),
+    ("icmp error to vip quoting another source", icmp4_error(
+        V4, IP(src="192.0.2.1", dst=CLIENT4) / TCP(sport=80, dport=1234)), "XDP_PASS", "pass_icmp"),
+    ("icmp error quoting a vip's other port", icmp4_error(
+        V4, IP(src=V4, dst=CLIENT4) / TCP(sport=81, dport=1234)), "XDP_PASS", "pass_icmp"),
+    ("icmp error quote cut short", icmp4_error(
+        V4, IP(src=V4, dst=CLIENT4) / TCP(sport=80, dport=1234), quote=22), "XDP_PASS", "pass_icmp"),
+    ("icmp error for nat vip", icmp4_error(
+        "10.100.0.2", IP(src="10.100.0.2", dst=CLIENT4) / TCP(sport=80, dport=1234)), "XDP_DROP",
+     "drop_unsupported"),
+]
+
+
+@pytest.mark.parametrize("desc,frame,verdict,counter", DEFINED, ids=[d[0] for d in DEFINED])
+def test_defined_verdicts(env, desc, frame, verdict, counter):
+    before = env.counters()
+    res = check(env, frame, verdict)
+    if verdict == "XDP_PASS":
+        assert res.output == frame, "passed frames are untouched"
+    after = env.counters()
+    moved = {k for k in after if after[k] != before[k]}
+    assert moved == {counter}, desc
+
+
+def test_ip_options_are_balanced(env):
+    opts = [IPOption_Router_Alert(), IPOption_NOP(), IPOption_NOP(), IPOption_NOP(), IPOption_NOP()]
+    frame = bytes(eth() / IP(src=CLIENT4, dst="10.100.0.1", options=opts) / TCP(sport=50100, dport=80))
+    assert Ether(frame)[IP].ihl > 5
+    be = env.pick("10.100.0.1:80/tcp", CLIENT4, 50100)
+    check(env, frame, "XDP_TX", dsr_expected(frame, be.mac))
+    frame = bytes(eth() / IP(src=CLIENT4, dst="10.100.0.2", options=opts) / TCP(sport=50101, dport=80))
+    be = env.pick("10.100.0.2:80/tcp", CLIENT4, 50101)
+    check(env, frame, "XDP_TX", nat_expected(frame, be.mac, be.address, be.port))
+
+
+def test_icmp_errors_follow_the_flow_to_its_backend(env):
+    # dsr v4: the flow first, then a "fragmentation needed" quoting the VIP's reply to it.
+    res = check(env, tcp4("10.100.0.1", 80, 51000), "XDP_TX")
+    mac = Ether(res.output).dst
+    before = env.counters()["icmp_forwarded"]
+    err = icmp4_error("10.100.0.1", IP(src="10.100.0.1", dst=CLIENT4) / TCP(sport=80, dport=51000))
+    check(env, err, "XDP_TX", dsr_expected(err, mac))
+    assert env.counters()["icmp_forwarded"] == before + 1
+    # ipip v4: encapsulated to the flow's backend
+    be = env.pick("10.100.0.3:80/tcp", CLIENT4, 51001)
+    err = icmp4_error("10.100.0.3", IP(src="10.100.0.3", dst=CLIENT4) / TCP(sport=80, dport=51001),
+                      type_=11, code=0)
+    check(env, err, "XDP_TX", ipip_expected(err, be, CLIENT4, 51001))
+    # dsr v6: packet too big
+    res = check(env, tcp6("fd00:100::1", 80, 51002), "XDP_TX")
+    mac = Ether(res.output).dst
+    err = bytes(eth() / IPv6(src="2001:db8::fe", dst="fd00:100::1") / ICMPv6PacketTooBig(mtu=1280)
+                / IPv6(src="fd00:100::1", dst=CLIENT6) / TCP(sport=80, dport=51002))
+    check(env, err, "XDP_TX", dsr_expected(err, mac))
+    err = bytes(eth() / IPv6(src="2001:db8::fe", dst="fd00:100::1") / ICMPv6DestUnreach()
+                / IPv6(src="fd00:100::1", dst=CLIENT6) / TCP(sport=80, dport=51002))
+    check(env, err, "XDP_TX", dsr_expected(err, mac))
+
+
+def test_pass_counts_bytes(env):
+    frame = tcp4("192.0.2.77", 80, 1)
+    before = env.bal.counters()["pass_non_vip"]
+    check(env, frame, "XDP_PASS", frame)
+    after = env.bal.counters()["pass_non_vip"]
+    assert (after["packets"] - before["packets"], after["bytes"] - before["bytes"]) == (1, len(frame))
+
+
+# ---------------------------------------------------------------------------------------
+# fuzz: no frame yields an out-of-contract verdict
+
+BACKEND_MACS = {bytes.fromhex(m.replace(":", "")) for m in MACS.values()}
+VIP_ADDRS4 = ["10.100.0.1", "10.100.0.2", "10.100.0.3", "10.100.0.4", "10.100.0.9", "192.0.2.1"]
+VIP_ADDRS6 = ["fd00:100::1", "fd00:100::2", "fd00:100::3", "2001:db8::1"]
+
+
+@st.composite
+def frames(draw):
+    kind = draw(st.sampled_from(["raw", "v4", "v6", "reply"]))
+    if kind == "raw":
+        return draw(st.binary(min_size=14, max_size=200))
+    ports = st.sampled_from([53, 80, 81, 8080, 5353, 0, 65535])
+    l4 = draw(st.sampled_from([TCP, UDP, ICMP, None]))
+    if kind in ("v4", "reply"):
+        src = draw(st.sampled_from([CLIENT4, "10.0.0.21", "10.0.0.22"]))
+        ip = IP(src=src, dst=draw(st.sampled_from([*VIP_ADDRS4, CLIENT4])),
+                flags=draw(st.sampled_from([0, 1, 2])), frag=draw(st.sampled_from([0, 0, 0, 3])),
+                ihl=draw(st.sampled_from([None, None, 6, 15])), ttl=draw(st.integers(0, 255)),
+                proto=draw(st.sampled_from([6, 17, 1, 47])))
+        if ip.ihl:
+            ip.options = [IPOption_NOP()] * ((ip.ihl - 5) * 4)
+    else:
+        ip = IPv6(src=CLIENT6, dst=draw(st.sampled_from(VIP_ADDRS6)),
+                  nh=draw(st.sampled_from([6, 17, 58, 44, 0])))
+    pkt = eth() / ip
+    if l4 is TCP:
+        flags = draw(st.sampled_from(["S", "A", "SA", "R"]))
+        pkt = pkt / TCP(sport=draw(ports), dport=draw(ports), flags=flags)
+    elif l4 is UDP:
+        pkt = pkt / UDP(sport=draw(ports), dport=draw(ports))
+    elif l4 is ICMP:
+        pkt = pkt / ICMP(type=draw(st.sampled_from([0, 3, 8, 11]))) / IP(
+            src=draw(st.sampled_from(VIP_ADDRS4)), dst=CLIENT4) / TCP(sport=draw(ports), dport=draw(ports))
+    pkt = pkt / Raw(draw(st.binary(max_size=64)))
+    data = bytes(pkt)
+    cut = draw(st.integers(min_value=14, max_value=len(data)))
+    data = data[:cut]
+    if draw(st.booleans()):
+        i = draw(st.integers(min_value=14, max_value=len(data) - 1)) if len(data) > 14 else 14
+        if i < len(data):
+            data = data[:i] + bytes([draw(st.integers(0, 255))]) + data[i + 1:]
+    return data
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                    HealthCheck.too_slow])
+@given(frame=frames())
+def test_fuzz_verdict_contract(env, frame):
+    before = env.counters()["nat_reverse"]
+    res = env.run(frame)
+    assert res.verdict in ("XDP_PASS", "XDP_DROP", "XDP_TX"), res.verdict
+    if res.verdict == "XDP_PASS":
+        if env.counters()["nat_reverse"] == before:
+            assert res.output == frame
+        else:
+            assert len(res.output) == len(frame) and res.output[:14] == frame[:14]
+    elif res.verdict == "XDP_TX":
+        assert res.output[:6] in BACKEND_MACS
+        assert res.output[6:12] == frame[:6]
+        assert len(res.output) - len(frame) in (0, 20, 40)

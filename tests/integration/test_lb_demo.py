@@ -1,0 +1,36 @@
+"""`fastpath demo lb`: the embedded topology, real connections, weights and drain applied
+half-way, and nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from fastpath.bpf import xdp
+from fastpath.netns import list_labs
+from fastpath.xdp import lb, lb_demo
+
+pytestmark = pytest.mark.integration
+
+
+def test_demo_lb(netns_required):
+    if any(s.name == lb_demo.LAB for s in list_labs()):
+        pytest.skip(f"a lab {lb_demo.LAB} from another run is up")
+    res = subprocess.run([sys.executable, "-m", "fastpath.cli", "demo", "lb", "--seconds", "4", "--json"],
+                         capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    answers = out["answers"]
+    assert {"b1", "b2", "b3"} <= set(answers), answers
+    assert answers.get("error", 0) <= 2, answers
+    status = {b["backend"]: (b["weight"], b["status"]) for b in out["backends"]}
+    assert status == {"10.20.2.11:80": (2, "active"), "10.20.2.12:80": (1, "active"),
+                      "10.20.2.13:80": (1, "drained")}
+    assert sum(b["new_flows"] for b in out["backends"]) >= sum(answers.values()) - answers.get("error", 0)
+    assert not any(s.name == lb_demo.LAB for s in list_labs())
+    ns = f"{lb_demo.LAB}-lb"
+    assert not xdp.pin_dir("eth0", ns).exists() and not lb.state_path("eth0", ns).exists()
+    assert not xdp.pin_dir("lb-eth0", f"{lb_demo.LAB}-sw").exists()
