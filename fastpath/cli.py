@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "fastpath.demo",
     "fastpath.netns.cli",
     "fastpath.bpf.cli",
+    "fastpath.xdp.cli",
     "fastpath.bench.cli",
     "fastpath.dpdk.cli",
     "fastpath.uring.cli",

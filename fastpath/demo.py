@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         epilog="example:\n  fastpath demo counter --seconds 5",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("scenario", nargs="?", default="counter", choices=["counter", "lb"],
+    p.add_argument("scenario", nargs="?", default="counter", choices=["counter", "lb", "synflood"],
                    help="which demo (default: counter)")
     p.add_argument("--seconds", type=float, default=6.0, help="how long traffic runs (1-60)")
     p.add_argument("--json", action="store_true", help="print the final counters as JSON, no live table")
@@ -58,6 +58,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     if not 1 <= args.seconds <= 60:
         raise FastpathError(f"--seconds {args.seconds:g} out of range", fix="use 1 to 60")
+    if args.scenario == "synflood":
+        from fastpath.xdp import flooddemo
+
+        return flooddemo.run(args.seconds, args.json)
     if args.scenario == "lb":
         from fastpath.xdp import lb_demo
 

@@ -96,6 +96,11 @@ def _write_state(att: Attachment) -> None:
     tmp.replace(path)
 
 
+def save_state(att: Attachment) -> None:
+    """Rewrite the state file of `att`, e.g. after a control plane changed its `options`."""
+    _write_state(att)
+
+
 def _ifindex(ifname: str, netns: str | None) -> int:
     if len(ifname) > 15 or not ifname or "/" in ifname:
         raise FastpathError(f"bad interface name {ifname!r}", fix="names are 1-15 characters")

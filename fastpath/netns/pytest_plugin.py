@@ -50,6 +50,7 @@ from fastpath.netns.namespaces import (
 from fastpath.netns.procs import live_processes
 
 REQUIRE_ALL_ENV = "FASTPATH_REQUIRE_ALL"
+RUN_ROOT = os.environ.get("FASTPATH_RUN_ROOT", "/run/fastpath")
 
 # 24 random bits: enough that concurrent sessions on one machine never share a token, short
 # enough that `t<token><n>` stays a 12-character lab name.
@@ -253,6 +254,18 @@ def find_leaks(token: str | None = None) -> list[Leak]:
         if ours(entry):
             path = os.path.join(builder.BPF_PIN_ROOT, entry)
             leaks.append(Leak("BPF pin directory", path, _rmtree(path)))
+
+    # Run-time state of XDP attachments (/run/fastpath/<plane>/<netns>/...).
+    for plane in ("xdp", "lb"):
+        base = os.path.join(RUN_ROOT, plane)
+        try:
+            entries = os.listdir(base)
+        except OSError:
+            continue
+        for entry in entries:
+            if ours(entry):
+                path = os.path.join(base, entry)
+                leaks.append(Leak("run-time state", path, _rmtree(path)))
     return leaks
 
 

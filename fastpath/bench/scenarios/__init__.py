@@ -50,4 +50,6 @@ SCENARIOS: dict[str, str] = {
     "l2fwd": "fastpath.bench.scenarios.l2fwd",
     "lb": "fastpath.bench.scenarios.lb",
     "lb-packet": "fastpath.bench.scenarios.lb",
+    "synflood": "fastpath.bench.scenarios.synflood",
+    "synflood-packet": "fastpath.bench.scenarios.synflood",
 }

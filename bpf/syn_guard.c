@@ -1,0 +1,676 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * syn_guard - keep a TCP service reachable under a spoofed SYN flood, in XDP.
+ *
+ * Dropping every SYN (the textbook XDP program) also shuts out every real client. This
+ * program answers SYNs to protected ports itself: it replies with a SYN-ACK whose sequence
+ * number is a kernel SYN cookie, sent back out with XDP_TX, so a flood never reaches the
+ * TCP stack and costs one pass through this program per packet. A client that really
+ * exists answers with an ACK; its cookie is checked here and the ACK goes on to the
+ * netfilter SYNPROXY rules fastpath installs, which validate the cookie again and open the
+ * real connection to the local server. Later segments of that flow pass on a flow-table hit.
+ *
+ * Layers, in order, each counted per CPU in `stats` (enum sg_stat in syn_guard.h):
+ *   1. allow/deny CIDR lists (LPM tries per family, longest prefix wins) -> PASS / DROP;
+ *   2. per-port mode: cookie (protected) or drop (closed port: SYNs dropped);
+ *   3. per-source SYN token bucket (GCRA in an LRU map) and a temporary ban after
+ *      repeated excess;
+ *   4. SYN cookies for cookie ports, ACK validation, flow table.
+ * Anything that is not TCP to a protected port passes after the parse (and the ACL when
+ * the lists are not empty).
+ *
+ * Techniques: bounds-checked parsing of Ethernet with up to two VLAN tags, IPv4 with
+ * options, IPv6 with a bounded extension-header walk and TCP with options; a parse that
+ * cannot finish drops rather than passes, so no header trick bypasses the guard. Raw
+ * SYN-cookie helpers (bpf_tcp_raw_{gen,check}_syncookie_ipv{4,6}) so cookies need no
+ * listening socket and no conntrack kfuncs (bcc cannot call kfuncs); MSS is in the cookie,
+ * window scale and SACK in the low bits of the timestamp (the kernel's format, which
+ * SYNPROXY decodes); checksums with bpf_csum_diff over headers built on the stack.
+ * Live configuration (rate, burst, ban, cookies on/off, fragment verdict, port modes, ACL)
+ * lives in maps, so changes need no reload. Study reference for the design: the kernel's
+ * xdp_synproxy selftest (tools/testing/selftests/bpf/progs/xdp_synproxy_kern.c).
+ *
+ * Minimum kernel: 6.0 (raw SYN-cookie helpers; also bpf_xdp_load_bytes 5.18, coarse clock 5.11).
+ * Usage: fastpath xdp attach IFACE [--netns NS] [--ports 80,443] [--drop-ports 23]
+ *        [--syn-rate 200/s --syn-burst 400] [--no-cookies]
+ * Manual test: fastpath xdp attach eth0 --ports 8080 && hping3 -S --flood -p 8080 --rand-source
+ *        SERVER & curl http://SERVER:8080/ && fastpath xdp stats eth0
+ */
+#include <uapi/linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/tcp.h>
+
+#include "fastpath.h"
+#include "syn_guard.h"
+
+/* Entries per ACL trie (IPv4 and IPv6 each). */
+#ifndef SG_ACL_MAX
+#define SG_ACL_MAX 16384
+#endif
+
+/* Sources whose SYN rate is tracked; the least recently seen are forgotten first. */
+#ifndef SG_SOURCES_MAX
+#define SG_SOURCES_MAX 65536
+#endif
+
+/* Flows admitted by a valid cookie; size it above the number of concurrent connections. */
+#ifndef SG_FLOWS_MAX
+#define SG_FLOWS_MAX 65536
+#endif
+
+/* MSS advertised in our SYN-ACKs (the control plane sets MTU - 40 and MTU - 60). */
+#ifndef SG_MSS4
+#define SG_MSS4 1460
+#endif
+#ifndef SG_MSS6
+#define SG_MSS6 1440
+#endif
+
+/* Window scale advertised in our SYN-ACKs: must equal the local server's (SYNPROXY does not
+ * translate windows); the control plane computes it from the namespace's tcp_rmem.
+ * 15: window scaling off (net.ipv4.tcp_window_scaling=0). */
+#ifndef SG_WSCALE
+#define SG_WSCALE 7
+#endif
+
+/* Offer timestamps (the only place a cookie can keep wscale and SACK) and SACK; the
+ * control plane mirrors net.ipv4.tcp_timestamps and tcp_sack. */
+#ifndef SG_TIMESTAMPS
+#define SG_TIMESTAMPS 1
+#endif
+#ifndef SG_SACK
+#define SG_SACK 1
+#endif
+
+/* TTL / hop limit of our SYN-ACKs. */
+#ifndef SG_TTL
+#define SG_TTL 64
+#endif
+
+/* IPv6 extension headers walked before giving up (and dropping). */
+#ifndef SG_IPV6_EXT_MAX
+#define SG_IPV6_EXT_MAX 6
+#endif
+
+/* The TCP header must start within this many bytes of the frame, or the frame is dropped. */
+#ifndef SG_HDR_MAX
+#define SG_HDR_MAX 512
+#endif
+
+/* Window over which SYNs above the rate are counted towards a ban. */
+#ifndef SG_BAN_WINDOW_NS
+#define SG_BAN_WINDOW_NS 1000000000ULL
+#endif
+
+/* Helper ids from enum bpf_func_id (Linux 6.0), declared by number for bcc 0.26. */
+#define SG_FUNC_RAW_GEN_V4 204
+#define SG_FUNC_RAW_GEN_V6 205
+#define SG_FUNC_RAW_CHECK_V4 206
+#define SG_FUNC_RAW_CHECK_V6 207
+
+static s64 (*sg_cookie_gen_v4)(void *iph, void *th, u32 th_len) = (void *)SG_FUNC_RAW_GEN_V4;
+static s64 (*sg_cookie_gen_v6)(void *iph, void *th, u32 th_len) = (void *)SG_FUNC_RAW_GEN_V6;
+static long (*sg_cookie_check_v4)(void *iph, void *th) = (void *)SG_FUNC_RAW_CHECK_V4;
+static long (*sg_cookie_check_v6)(void *iph, void *th) = (void *)SG_FUNC_RAW_CHECK_V6;
+
+FP_MAP("percpu_array", u32, struct sg_counter, stats, SG_STAT_MAX);
+FP_MAP("array", u32, struct sg_config, config, 1);
+FP_MAP("array", u32, u32, ports, 65536);
+FP_MAP_F("lpm_trie", struct sg_lpm_v4, u32, acl_v4, SG_ACL_MAX, BPF_F_NO_PREALLOC);
+FP_MAP_F("lpm_trie", struct sg_lpm_v6, u32, acl_v6, SG_ACL_MAX, BPF_F_NO_PREALLOC);
+/* Per-CPU LRU lists: a flood of new sources does not serialise both CPUs on one lock. */
+FP_MAP_F("lru_hash", struct sg_source_key, struct sg_source, sources, SG_SOURCES_MAX,
+	 BPF_F_NO_COMMON_LRU);
+FP_MAP("lru_hash", struct sg_flow_key, struct sg_flow, flows, SG_FLOWS_MAX);
+
+#define SG_ETH_P_8021Q 0x8100
+#define SG_ETH_P_8021AD 0x88A8
+#define SG_IP_MF 0x2000
+#define SG_IP_OFFSET 0x1fff
+#define SG_IP_DF 0x4000
+
+/* TCP option kinds and lengths (RFC 9293, 7323, 2018). */
+#define SG_OPT_EOL 0
+#define SG_OPT_NOP 1
+#define SG_OPT_MSS 2
+#define SG_OPT_WINDOW 3
+#define SG_OPT_SACK_PERM 4
+#define SG_OPT_TIMESTAMP 8
+#define SG_OLEN_MSS 4
+#define SG_OLEN_WINDOW 3
+#define SG_OLEN_SACK_PERM 2
+#define SG_OLEN_TIMESTAMP 10
+
+struct sg_vlan {
+	__be16 tci;
+	__be16 proto;
+};
+
+/* First four bytes of any IPv6 extension header (and all that matters of a fragment one). */
+struct sg_ext {
+	u8 nexthdr;
+	u8 hdrlen;
+	__be16 frag_off;
+};
+
+/* What the parse found; addresses as sg_source_key words (IPv4 mapped). */
+struct sg_pkt {
+	u32 len;     /* frame length */
+	u32 l3off;   /* IP header */
+	u32 l4off;   /* TCP header */
+	u32 l4len;   /* TCP header + payload, per the IP header(s) */
+	u32 saddr[4];
+	u32 daddr[4];
+	u8 v6;
+	u8 frag;     /* first fragment of a fragmented datagram */
+};
+
+/* The SYN-ACK's TCP header with room for 20 bytes of options. */
+struct sg_tcp_reply {
+	__be16 source;
+	__be16 dest;
+	__be32 seq;
+	__be32 ack_seq;
+	__be16 doff_flags;
+	__be16 window;
+	__sum16 check;
+	__be16 urg_ptr;
+	__be32 opt[5];
+};
+
+static __always_inline int sg_done(u32 stat, u32 bytes, int verdict)
+{
+	struct sg_counter *c = stats.lookup(&stat);
+
+	if (c) {
+		c->packets++;
+		c->bytes += bytes;
+	}
+	return verdict;
+}
+
+/* 1 when x == 0, else 0 (x < 2^31), without a branch: the empty asm hides x from clang,
+ * which would otherwise turn this back into a compare-and-jump. */
+static __always_inline u32 sg_hit(u32 x)
+{
+	asm volatile("" : "+r"(x));
+	return (x - 1) >> 31;
+}
+
+static __always_inline u16 sg_csum_fold(s64 partial)
+{
+	u32 sum = (u32)partial;
+
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return (u16)~sum;
+}
+
+/* Layer 1: the longest matching allow/deny prefix, 0 when none matches. */
+static __always_inline u32 acl_lookup(struct sg_pkt *p, u32 flags)
+{
+	u32 *action;
+
+	if (!p->v6) {
+		struct sg_lpm_v4 k4 = {.prefixlen = 32, .addr = p->saddr[3]};
+
+		if (!(flags & SG_CFG_ACL4))
+			return 0;
+		action = acl_v4.lookup(&k4);
+	} else {
+		struct sg_lpm_v6 k6 = {.prefixlen = 128};
+
+		if (!(flags & SG_CFG_ACL6))
+			return 0;
+		__builtin_memcpy(k6.addr, p->saddr, sizeof(k6.addr));
+		action = acl_v6.lookup(&k6);
+	}
+	return action ? *action : 0;
+}
+
+/*
+ * Layer 3: GCRA token bucket per source. Returns 0 when the SYN may go on, else the stat
+ * it was dropped under. Updates race benignly between CPUs (a few SYNs more or less).
+ */
+static __always_inline u32 rate_check(struct sg_config *cfg, struct sg_pkt *p, u64 now)
+{
+	struct sg_source_key key = {};
+	struct sg_source *s;
+	u64 tat;
+
+	if (!cfg->syn_interval_ns)
+		return 0;
+	key.addr[0] = p->saddr[0];
+	key.addr[1] = p->saddr[1];
+	if (!p->v6) {  /* IPv6 sources are limited per /64: one host owns at least that */
+		key.addr[2] = p->saddr[2];
+		key.addr[3] = p->saddr[3];
+	}
+	s = sources.lookup(&key);
+	if (!s) {
+		struct sg_source fresh = {.tat_ns = now + cfg->syn_interval_ns};
+
+		sources.update(&key, &fresh);
+		return 0;
+	}
+	if (s->banned_until_ns > now)
+		return SG_DROP_BANNED;
+	tat = s->tat_ns > now ? s->tat_ns : now;
+	if (tat - now <= cfg->syn_burst_ns) {
+		s->tat_ns = tat + cfg->syn_interval_ns;
+		return 0;
+	}
+	if (now - s->window_start_ns > SG_BAN_WINDOW_NS) {
+		s->window_start_ns = now;
+		s->excess = 0;
+	}
+	s->excess++;
+	if (cfg->ban_ns && cfg->ban_after && s->excess >= cfg->ban_after) {
+		s->banned_until_ns = now + cfg->ban_ns;
+		s->excess = 0;
+		sg_done(SG_EVENT_BAN, 0, 0);
+	}
+	return SG_DROP_LIMITED;
+}
+
+/*
+ * Layer 4: turn the SYN into a SYN-ACK whose sequence number is a SYN cookie, in place.
+ * Addresses and ports swapped, ack = seq + 1, window 0 (as SYNPROXY: the client sends
+ * nothing until the real handshake is done), options MSS [+ SACK-permitted + timestamp
+ * carrying wscale/SACK in its low bits + window scale]. IP options and IPv6 extension
+ * headers are not echoed; VLAN tags are kept.
+ */
+static __always_inline int send_cookie(struct xdp_md *ctx, struct sg_pkt *p, u64 now)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	u8 syn[72] = {};  /* 60 + room for reads at i + 5 with i masked to 63 */
+	struct sg_tcp_reply r = {};
+	u32 pseudo[10] = {};
+	u32 thlen, i, l3len, tcplen, newlen, optw = 1, client_tsval = 0, tsval;
+	u32 has_ts = 0, has_ws = 0, sack = 0, ws = 0;
+	u32 l3off = p->l3off, l4off = p->l4off;
+	unsigned char tmp[6];
+	void *l3;
+	s64 gen;
+	int delta;
+
+	if (l3off > 22 || l4off > SG_HDR_MAX)
+		return sg_done(SG_DROP_ERROR, p->len, XDP_DROP);
+	l3 = data + l3off;
+	if (l3 + 40 > data_end || data + l4off + 20 > data_end)
+		return sg_done(SG_DROP_ERROR, p->len, XDP_DROP);
+	thlen = (((struct tcphdr *)(data + l4off))->doff & 0xf) * 4;
+	if (thlen < 20)
+		return sg_done(SG_DROP_ERROR, p->len, XDP_DROP);
+	/* A stack copy of the SYN's TCP header: the helper and the option walk read it there. */
+	if (bpf_xdp_load_bytes(ctx, l4off, syn, thlen) < 0)
+		return sg_done(SG_DROP_ERROR, p->len, XDP_DROP);
+	if (p->v6)
+		gen = sg_cookie_gen_v6(l3, syn, thlen);
+	else
+		gen = sg_cookie_gen_v4(l3, syn, thlen);
+	if (gen < 0)
+		return sg_done(SG_DROP_ERROR, p->len, XDP_DROP);
+
+	/*
+	 * The client's options: window scale, SACK-permitted, timestamp. Two things keep the
+	 * verifier's work linear: `i & 63` (a no-op, i + olen <= thlen <= 60) gives `i` one
+	 * range on every path, and the findings are recorded without branches (sg_hit), so
+	 * the code after the loop sees unknown 0/1 values instead of one constant combination
+	 * per path, and the verifier can prune.
+	 */
+	i = 20;
+	for (int n = 0; n < 40; n++) {
+		u32 kind, olen, hit, val;
+
+		i &= 63;
+		if (i >= thlen)
+			break;
+		kind = syn[i];
+		if (kind == SG_OPT_EOL)
+			break;
+		if (kind == SG_OPT_NOP) {
+			i++;
+			continue;
+		}
+		if (i + 1 >= thlen)
+			break;
+		olen = syn[i + 1];
+		if (olen < 2 || i + olen > thlen)
+			break;
+		hit = sg_hit((kind ^ SG_OPT_WINDOW) | (olen ^ SG_OLEN_WINDOW));
+		has_ws |= hit;
+		ws = (ws & (hit - 1)) | (syn[i + 2] & -hit);
+		sack |= sg_hit((kind ^ SG_OPT_SACK_PERM) | (olen ^ SG_OLEN_SACK_PERM));
+		hit = sg_hit((kind ^ SG_OPT_TIMESTAMP) | (olen ^ SG_OLEN_TIMESTAMP));
+		has_ts |= hit;
+		val = (u32)syn[i + 2] << 24 | (u32)syn[i + 3] << 16 | (u32)syn[i + 4] << 8 | syn[i + 5];
+		client_tsval = (client_tsval & (hit - 1)) | (val & -hit);
+		i += olen;
+	}
+
+	/* Options: wscale and SACK only travel inside the timestamp cookie. */
+	has_ts &= SG_TIMESTAMPS;
+	sack &= SG_SACK;
+	has_ws &= SG_WSCALE != 15;
+	r.opt[0] = bpf_htonl(SG_OPT_MSS << 24 | SG_OLEN_MSS << 16 | (p->v6 ? SG_MSS6 : SG_MSS4));
+	if (has_ts) {
+		if (ws > 14)
+			ws = 14;
+		tsval = ((u32)(now / 1000000) & ~0x3fU) | (has_ws ? ws : 0xf) | (sack ? 0x10 : 0);
+		r.opt[1] = bpf_htonl((sack ? SG_OPT_SACK_PERM << 24 | SG_OLEN_SACK_PERM << 16
+				      : SG_OPT_NOP << 24 | SG_OPT_NOP << 16) |
+				     SG_OPT_TIMESTAMP << 8 | SG_OLEN_TIMESTAMP);
+		r.opt[2] = bpf_htonl(tsval);
+		r.opt[3] = bpf_htonl(client_tsval);
+		optw = 4;
+		if (has_ws) {
+			r.opt[4] = bpf_htonl(SG_OPT_NOP << 24 | SG_OPT_WINDOW << 16 |
+					     SG_OLEN_WINDOW << 8 | SG_WSCALE);
+			optw = 5;
+		}
+	}
+	tcplen = 20 + optw * 4;
+	r.source = ((struct tcphdr *)syn)->dest;
+	r.dest = ((struct tcphdr *)syn)->source;
+	r.seq = bpf_htonl((u32)gen);
+	r.ack_seq = bpf_htonl(bpf_ntohl(((struct tcphdr *)syn)->seq) + 1);
+	r.doff_flags = bpf_htons((tcplen / 4) << 12 | 0x12);  /* SYN | ACK */
+
+	/* Checksum: pseudo header (swapped addresses) + header; unused option words are 0. */
+	if (p->v6) {
+		__builtin_memcpy(&pseudo[0], p->daddr, 16);
+		__builtin_memcpy(&pseudo[4], p->saddr, 16);
+		pseudo[8] = bpf_htonl(tcplen);
+		pseudo[9] = bpf_htonl(IPPROTO_TCP);
+		l3len = 40;
+	} else {
+		pseudo[0] = p->daddr[3];
+		pseudo[1] = p->saddr[3];
+		pseudo[2] = bpf_htonl(IPPROTO_TCP << 16 | tcplen);
+		l3len = 20;
+	}
+	r.check = sg_csum_fold(bpf_csum_diff(0, 0, (void *)&r, sizeof(r),
+					  bpf_csum_diff(0, 0, (void *)pseudo, sizeof(pseudo), 0)));
+
+	/* Resize the frame to exactly L2 + L3 + the SYN-ACK's TCP header. */
+	newlen = l3off + l3len + tcplen;
+	delta = (int)newlen - (int)p->len;
+	if (delta && bpf_xdp_adjust_tail(ctx, delta))
+		return sg_done(SG_DROP_ERROR, p->len, XDP_DROP);
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	if (data + 14 > data_end)
+		return sg_done(SG_DROP_ERROR, p->len, XDP_DROP);
+	__builtin_memcpy(tmp, data, 6);
+	__builtin_memcpy(data, data + 6, 6);
+	__builtin_memcpy(data + 6, tmp, 6);
+
+	l3 = data + l3off;
+	if (p->v6) {
+		struct ipv6hdr *ip6 = l3;
+
+		if ((void *)(ip6 + 1) > data_end)
+			return sg_done(SG_DROP_ERROR, p->len, XDP_DROP);
+		*(__be32 *)ip6 = bpf_htonl(0x60000000);
+		ip6->payload_len = bpf_htons(tcplen);
+		ip6->nexthdr = IPPROTO_TCP;
+		ip6->hop_limit = SG_TTL;
+		__builtin_memcpy(&ip6->saddr, p->daddr, 16);
+		__builtin_memcpy(&ip6->daddr, p->saddr, 16);
+	} else {
+		struct iphdr iph = {};
+
+		iph.version = 4;
+		iph.ihl = 5;
+		iph.tot_len = bpf_htons(20 + tcplen);
+		iph.frag_off = bpf_htons(SG_IP_DF);
+		iph.ttl = SG_TTL;
+		iph.protocol = IPPROTO_TCP;
+		iph.saddr = p->daddr[3];
+		iph.daddr = p->saddr[3];
+		iph.check = sg_csum_fold(bpf_csum_diff(0, 0, (void *)&iph, sizeof(iph), 0));
+		if (l3 + sizeof(iph) > data_end)
+			return sg_done(SG_DROP_ERROR, p->len, XDP_DROP);
+		__builtin_memcpy(l3, &iph, sizeof(iph));
+	}
+	l3 += l3len;
+	if (l3 + 20 > data_end)
+		return sg_done(SG_DROP_ERROR, p->len, XDP_DROP);
+	__builtin_memcpy(l3, &r, 20);
+#pragma unroll
+	for (int w = 0; w < 5; w++) {
+		if (w >= optw)
+			break;
+		if (l3 + 24 + w * 4 > data_end)
+			return sg_done(SG_DROP_ERROR, p->len, XDP_DROP);
+		*(__be32 *)(l3 + 20 + w * 4) = r.opt[w];
+	}
+	return sg_done(SG_TX_COOKIE, p->len, XDP_TX);
+}
+
+/* Fill the IPv4 part of `p`; returns -1 to go on to TCP, else the final verdict. */
+static __always_inline int parse_v4(void *data, void *data_end, struct sg_pkt *p,
+				    struct sg_config *cfg, u8 *proto)
+{
+	struct iphdr *ip = data + p->l3off;
+	u32 ihl, tot, action;
+	u16 frag;
+
+	if ((void *)(ip + 1) > data_end || ip->version != 4 || ip->ihl < 5)
+		return sg_done(SG_DROP_MALFORMED, p->len, XDP_DROP);
+	ihl = ip->ihl * 4;
+	if ((void *)ip + ihl > data_end)
+		return sg_done(SG_DROP_MALFORMED, p->len, XDP_DROP);
+	p->saddr[2] = bpf_htonl(0xffff);
+	p->saddr[3] = ip->saddr;
+	p->daddr[2] = bpf_htonl(0xffff);
+	p->daddr[3] = ip->daddr;
+	action = acl_lookup(p, cfg->flags);
+	if (action == SG_ACL_ALLOW)
+		return sg_done(SG_PASS_ALLOW, p->len, XDP_PASS);
+	if (action == SG_ACL_DENY)
+		return sg_done(SG_DROP_DENY, p->len, XDP_DROP);
+	if (ip->protocol != IPPROTO_TCP)
+		return sg_done(SG_PASS_OTHER, p->len, XDP_PASS);
+	frag = bpf_ntohs(ip->frag_off);
+	/* A later fragment carries no TCP header and cannot be reassembled without the first,
+	 * which is checked below. */
+	if (frag & SG_IP_OFFSET)
+		return sg_done(SG_PASS_OTHER, p->len, XDP_PASS);
+	p->frag = !!(frag & SG_IP_MF);
+	tot = bpf_ntohs(ip->tot_len);
+	/* The stack drops what claims more than the frame holds or less than its header. */
+	if (tot < ihl || p->l3off + tot > p->len)
+		return sg_done(SG_DROP_MALFORMED, p->len, XDP_DROP);
+	p->l4off = p->l3off + ihl;
+	p->l4len = tot - ihl;
+	*proto = IPPROTO_TCP;
+	return -1;
+}
+
+/* Fill the IPv6 part of `p`, walking extension headers; -1 to go on to TCP. */
+static __always_inline int parse_v6(void *data, void *data_end, struct sg_pkt *p,
+				    struct sg_config *cfg, u8 *proto)
+{
+	struct ipv6hdr *ip6 = data + p->l3off;
+	u32 plen, off, action;
+	u8 nh;
+
+	if ((void *)(ip6 + 1) > data_end || ip6->version != 6)
+		return sg_done(SG_DROP_MALFORMED, p->len, XDP_DROP);
+	p->v6 = 1;
+	__builtin_memcpy(p->saddr, &ip6->saddr, 16);
+	__builtin_memcpy(p->daddr, &ip6->daddr, 16);
+	action = acl_lookup(p, cfg->flags);
+	if (action == SG_ACL_ALLOW)
+		return sg_done(SG_PASS_ALLOW, p->len, XDP_PASS);
+	if (action == SG_ACL_DENY)
+		return sg_done(SG_DROP_DENY, p->len, XDP_DROP);
+	nh = ip6->nexthdr;
+	plen = bpf_ntohs(ip6->payload_len);
+	off = p->l3off + sizeof(*ip6);
+#pragma unroll
+	for (int n = 0; n < SG_IPV6_EXT_MAX; n++) {
+		struct sg_ext *ext;
+		u16 frag;
+
+		if (nh != IPPROTO_HOPOPTS && nh != IPPROTO_ROUTING && nh != IPPROTO_FRAGMENT &&
+		    nh != IPPROTO_DSTOPTS && nh != IPPROTO_AH && nh != 135 && nh != 139 && nh != 140)
+			break;
+		if (off > SG_HDR_MAX)
+			return sg_done(SG_DROP_MALFORMED, p->len, XDP_DROP);
+		ext = data + off;
+		if ((void *)(ext + 1) > data_end)
+			return sg_done(SG_DROP_MALFORMED, p->len, XDP_DROP);
+		if (nh == IPPROTO_FRAGMENT) {
+			frag = bpf_ntohs(ext->frag_off);
+			if (frag & 0xfff8)  /* later fragment: see parse_v4 */
+				return sg_done(SG_PASS_OTHER, p->len, XDP_PASS);
+			/* offset 0 and M clear: an atomic fragment, a whole datagram to the stack */
+			p->frag = frag & 1;
+			off += 8;
+		} else if (nh == IPPROTO_AH) {
+			off += ((u32)ext->hdrlen + 2) * 4;
+		} else {
+			off += ((u32)ext->hdrlen + 1) * 8;
+		}
+		nh = ext->nexthdr;
+	}
+	if (nh == IPPROTO_HOPOPTS || nh == IPPROTO_ROUTING || nh == IPPROTO_FRAGMENT ||
+	    nh == IPPROTO_DSTOPTS || nh == IPPROTO_AH || nh == 135 || nh == 139 || nh == 140)
+		return sg_done(SG_DROP_MALFORMED, p->len, XDP_DROP);  /* chain longer than we walk */
+	if (nh != IPPROTO_TCP)
+		return sg_done(SG_PASS_OTHER, p->len, XDP_PASS);
+	if (p->l3off + sizeof(*ip6) + plen > p->len || off > p->l3off + sizeof(*ip6) + plen ||
+	    off > SG_HDR_MAX)
+		return sg_done(SG_DROP_MALFORMED, p->len, XDP_DROP);
+	p->l4off = off;
+	p->l4len = p->l3off + sizeof(*ip6) + plen - off;
+	*proto = IPPROTO_TCP;
+	return -1;
+}
+
+/* The whole guard; a function of its own so a benchmark harness can wrap it. */
+static __always_inline int sg_process(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct sg_pkt p = {.len = data_end - data};
+	struct ethhdr *eth = data;
+	struct sg_config *cfg;
+	struct tcphdr *th;
+	u32 zero = 0, dport, mode, *modep, stat;
+	u8 proto = 0;
+	u16 h_proto;
+	int ret;
+
+	cfg = config.lookup(&zero);
+	if (!cfg)
+		return XDP_PASS;
+
+	/* L2: Ethernet and up to two VLAN tags (802.1Q, 802.1ad). */
+	if ((void *)(eth + 1) > data_end)
+		return sg_done(SG_DROP_MALFORMED, p.len, XDP_DROP);
+	h_proto = eth->h_proto;
+	p.l3off = sizeof(*eth);
+#pragma unroll
+	for (int n = 0; n < 2; n++) {
+		struct sg_vlan *vlan = data + p.l3off;
+
+		if (h_proto != bpf_htons(SG_ETH_P_8021Q) && h_proto != bpf_htons(SG_ETH_P_8021AD))
+			break;
+		if ((void *)(vlan + 1) > data_end)
+			return sg_done(SG_DROP_MALFORMED, p.len, XDP_DROP);
+		h_proto = vlan->proto;
+		p.l3off += sizeof(*vlan);
+	}
+	if (h_proto == bpf_htons(SG_ETH_P_8021Q) || h_proto == bpf_htons(SG_ETH_P_8021AD))
+		return sg_done(SG_DROP_MALFORMED, p.len, XDP_DROP);  /* a third tag */
+
+	/* L3, with layer 1 (ACL) as soon as the source is known. */
+	if (h_proto == bpf_htons(ETH_P_IP))
+		ret = parse_v4(data, data_end, &p, cfg, &proto);
+	else if (h_proto == bpf_htons(ETH_P_IPV6))
+		ret = parse_v6(data, data_end, &p, cfg, &proto);
+	else
+		return sg_done(SG_PASS_OTHER, p.len, XDP_PASS);
+	if (ret >= 0)
+		return ret;
+
+	/* L4: the destination port decides whether we care at all (layer 2). */
+	if (p.l4off > SG_HDR_MAX || p.l4len < 4)
+		return sg_done(SG_DROP_MALFORMED, p.len, XDP_DROP);
+	th = data + p.l4off;
+	if ((void *)th + 4 > data_end)
+		return sg_done(SG_DROP_MALFORMED, p.len, XDP_DROP);
+	dport = bpf_ntohs(th->dest);
+	modep = ports.lookup(&dport);
+	mode = modep ? *modep : SG_PORT_OPEN;
+	if (mode == SG_PORT_OPEN)
+		return sg_done(SG_PASS_OTHER, p.len, XDP_PASS);
+	if (p.frag) {
+		if (cfg->flags & SG_CFG_FRAG_PASS)
+			return sg_done(SG_FRAGMENT, p.len, XDP_PASS);
+		return sg_done(SG_FRAGMENT, p.len, XDP_DROP);
+	}
+	if (p.l4len < sizeof(*th) || (void *)(th + 1) > data_end || th->doff < 5 ||
+	    th->doff * 4 > p.l4len)
+		return sg_done(SG_DROP_MALFORMED, p.len, XDP_DROP);
+
+	if (th->syn && !th->ack) {
+		u64 now;
+
+		/* The stack discards SYN+RST and SYN+FIN in LISTEN; so do we. */
+		if (th->rst || th->fin)
+			return sg_done(SG_DROP_MALFORMED, p.len, XDP_DROP);
+		if (mode == SG_PORT_DROP)
+			return sg_done(SG_DROP_PORT, p.len, XDP_DROP);
+		/* The coarse clock (one tick of resolution) costs a fraction of the precise one;
+		 * rates average out over ticks and the timestamp cookie keeps 64 ms anyway. */
+		now = bpf_ktime_get_coarse_ns();
+		stat = rate_check(cfg, &p, now);
+		if (stat)
+			return sg_done(stat, p.len, XDP_DROP);
+		if (!(cfg->flags & SG_CFG_COOKIES))
+			return sg_done(SG_PASS_SYN, p.len, XDP_PASS);
+		return send_cookie(ctx, &p, now);
+	}
+	if (th->rst || !th->ack || mode != SG_PORT_COOKIE || !(cfg->flags & SG_CFG_COOKIES))
+		return sg_done(SG_PASS_TCP, p.len, XDP_PASS);
+
+	/* An ACK to a cookie port: a known flow, or the handshake's last step with a cookie. */
+	{
+		struct sg_flow_key fk = {};
+		struct sg_flow flow = {};
+		void *l3 = data + p.l3off;
+		long bad;
+
+		__builtin_memcpy(fk.client, p.saddr, 16);
+		__builtin_memcpy(fk.server, p.daddr, 16);
+		fk.client_port = th->source;
+		fk.server_port = th->dest;
+		if (flows.lookup(&fk))
+			return sg_done(SG_PASS_FLOW, p.len, XDP_PASS);
+		if (th->syn || p.l3off > 22 || l3 + 40 > data_end)
+			return sg_done(SG_DROP_COOKIE, p.len, XDP_DROP);
+		if (p.v6)
+			bad = sg_cookie_check_v6(l3, th);
+		else
+			bad = sg_cookie_check_v4(l3, th);
+		if (bad)
+			return sg_done(SG_DROP_COOKIE, p.len, XDP_DROP);
+		flow.created_ns = bpf_ktime_get_coarse_ns();
+		flows.update(&fk, &flow);
+		return sg_done(SG_PASS_COOKIE, p.len, XDP_PASS);
+	}
+}
+
+int syn_guard(struct xdp_md *ctx)
+{
+	return sg_process(ctx);
+}

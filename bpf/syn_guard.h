@@ -1,0 +1,110 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * syn_guard.h - what crosses the kernel/user boundary for bpf/syn_guard.c.
+ *
+ * Included by bpf/syn_guard.c (kernel side) only; mirrored as ctypes.Structures in
+ * fastpath/xdp/synguard.py, and tests/bpf/test_syn_guard.py checks every mirror against
+ * bcc's decoded map types and the enum values against this file. Fixed-width types only;
+ * addresses and ports in network byte order unless a comment says otherwise.
+ */
+#ifndef FASTPATH_SYN_GUARD_H
+#define FASTPATH_SYN_GUARD_H
+
+/*
+ * Keys of the per-CPU `stats` map. Every frame lands in exactly one outcome counter
+ * (SG_OUTCOMES of them), so their sum is the number of frames seen; the counters after
+ * that are events (a ban started) that accompany an outcome.
+ */
+enum sg_stat {
+	SG_PASS_OTHER = 0,     /* not TCP to a protected port: non-IP, other protocols, later fragments */
+	SG_PASS_ALLOW = 1,     /* source in the allow list */
+	SG_DROP_DENY = 2,      /* source in the deny list */
+	SG_DROP_PORT = 3,      /* SYN to a drop-mode port */
+	SG_DROP_LIMITED = 4,   /* SYN over its source's rate */
+	SG_DROP_BANNED = 5,    /* SYN from a banned source */
+	SG_TX_COOKIE = 6,      /* SYN answered with a SYN-ACK carrying a SYN cookie (XDP_TX) */
+	SG_PASS_SYN = 7,       /* SYN to a cookie port passed to the stack (cookies off) */
+	SG_PASS_COOKIE = 8,    /* ACK whose cookie checked out: a new flow, on to SYNPROXY */
+	SG_DROP_COOKIE = 9,    /* ACK of no known flow whose cookie did not check out */
+	SG_PASS_FLOW = 10,     /* segment of a flow whose cookie checked out earlier */
+	SG_PASS_TCP = 11,      /* other TCP to a protected port: RST, no ACK, drop-mode non-SYN */
+	SG_FRAGMENT = 12,      /* first fragment to a protected port (verdict: SG_CFG_FRAG_PASS) */
+	SG_DROP_MALFORMED = 13,/* truncated or inconsistent headers, or deeper than the parser walks */
+	SG_DROP_ERROR = 14,    /* a helper failed while building a SYN-ACK */
+	SG_OUTCOMES = 15,
+	SG_EVENT_BAN = 15,     /* a source was banned (counts bans started, not frames) */
+	SG_STAT_MAX = 16,
+};
+
+/* Values of the `ports` map, indexed by TCP destination port in host byte order. */
+enum sg_port_mode {
+	SG_PORT_OPEN = 0,      /* not protected: frames pass untouched */
+	SG_PORT_COOKIE = 1,    /* SYNs answered with SYN cookies, ACKs validated */
+	SG_PORT_DROP = 2,      /* closed: SYNs dropped */
+};
+
+/* Values of the `acl_v4` and `acl_v6` tries: the longest matching prefix decides. */
+enum sg_acl_action {
+	SG_ACL_ALLOW = 1,
+	SG_ACL_DENY = 2,
+};
+
+/* Bits of sg_config.flags. */
+#define SG_CFG_COOKIES   (1U << 0) /* answer SYNs to cookie ports from XDP */
+#define SG_CFG_FRAG_PASS (1U << 1) /* let first fragments to protected ports through */
+#define SG_CFG_ACL4      (1U << 2) /* acl_v4 has entries; clear: skip the lookup */
+#define SG_CFG_ACL6      (1U << 3) /* acl_v6 has entries; clear: skip the lookup */
+
+/* The one element of the `config` array: everything that changes without a reload. */
+struct sg_config {
+	__u64 syn_interval_ns; /* 1e9 / per-source SYN rate; 0: no rate limit */
+	__u64 syn_burst_ns;    /* (burst - 1) * syn_interval_ns: how far ahead a source may run */
+	__u64 ban_ns;          /* how long a ban lasts; 0: never ban */
+	__u32 ban_after;       /* SYNs over the rate within SG_BAN_WINDOW_NS that start a ban */
+	__u32 flags;           /* SG_CFG_* */
+};
+
+/* Values of `stats`. */
+struct sg_counter {
+	__u64 packets;
+	__u64 bytes;
+};
+
+/* Keys of the LPM tries. */
+struct sg_lpm_v4 {
+	__u32 prefixlen;
+	__u32 addr;
+};
+
+struct sg_lpm_v6 {
+	__u32 prefixlen;
+	__u32 addr[4];
+};
+
+/* Key of `sources`: an IPv4 address as ::ffff:a.b.c.d, an IPv6 source by its /64. */
+struct sg_source_key {
+	__u32 addr[4];
+};
+
+/* Value of `sources`: a GCRA token bucket (theoretical arrival time) plus ban state. */
+struct sg_source {
+	__u64 tat_ns;          /* when the source's next SYN is due at the configured rate */
+	__u64 banned_until_ns; /* SYNs dropped until this time */
+	__u64 window_start_ns; /* start of the window in which `excess` is counted */
+	__u32 excess;          /* SYNs over the rate in this window */
+	__u32 pad;
+};
+
+/* Key of `flows`: a connection whose handshake ACK carried a valid cookie. */
+struct sg_flow_key {
+	__u32 client[4];       /* IPv4 as ::ffff:a.b.c.d */
+	__u32 server[4];
+	__u16 client_port;
+	__u16 server_port;
+};
+
+struct sg_flow {
+	__u64 created_ns;      /* bpf_ktime_get_coarse_ns() when the cookie checked out */
+};
+
+#endif /* FASTPATH_SYN_GUARD_H */

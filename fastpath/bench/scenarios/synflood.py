@@ -1,0 +1,421 @@
+"""Two scenarios for the XDP SYN-flood guard (bpf/syn_guard.c): `synflood-packet` and
+`synflood`.
+
+`synflood-packet`: ns/packet of each verdict path through BPF_PROG_TEST_RUN. A test run
+repeats the program on one buffer, and the cookie path rewrites it into a SYN-ACK, so every
+path runs inside a harness that saves the frame, runs the guard and puts the frame back;
+the `harness` contender (the baseline) does that around no guard at all; `ns_net` takes a
+harness run made just before off each path's time, which leaves the guard's own cost.
+Targets on ns_net: drop paths <= 50 ns, cookie paths <= 250 ns.
+
+`synflood`: the same spoofed flood (fastpath/xdp/flood.py, the fastest this machine makes)
+against one server (fastpath/xdp/floodlab.py) defended in turn by
+- `fastpath`: the guard, SYN cookies from XDP + SYNPROXY for the ACKs;
+- `syncookies`: the kernel's own SYN cookies (net.ipv4.tcp_syncookies=2), the baseline;
+- `synproxy`: nftables SYNPROXY without XDP (SYN notracked, cookies from netfilter);
+- `fastpath-drop`: the guard with the port in drop mode (SYNs dropped in XDP);
+- `rawdrop`: iptables raw-table drop of SYNs to the port (drop mode's kernel peer).
+Per run: legitimate connect+exchange success and the p99 time per attempt (a failed one
+counts with the time it took to fail) while the flood runs, and the busy
+CPU time per flood SYN that reached the server (`cpu_per_mflood`): the generator is pinned to
+one CPU and everything a flood frame sets off (veth, bridge, the server's receive path and
+its answers) runs there in softirq context, so that CPU's busy time is the flood's cost;
+clients and the service are pinned to the other CPUs. On a shared machine, other work on
+that CPU inflates every contender alike, so compare within one run. Right before each run the
+same flood is measured against a floor: an XDP program that drops every frame (for the drop
+defences) or sends every frame straight back as a SYN-ACK would go (for the answering ones:
+fastpath, syncookies, synproxy). `defence_cpu` is the difference, what the defence itself
+costs per million SYNs with the lab's fixed costs (generator, veth, bridge, the answer's
+way back) taken out. The attacker drops what comes back in XDP. Target: fastpath's defence
+CPU <= 1/3 of each kernel cookie defence's.
+On two cores the generator and the whole receive path share one core, the probe the other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from fastpath.bench import BenchContext, Metric, Scenario, Target, register_scenario
+from fastpath.bpf import loader, testrun, xdp
+from fastpath.errors import CapabilityError, FastpathError
+from fastpath.xdp import floodlab, nft
+from fastpath.xdp import synguard as sg
+
+# ---------------------------------------------------------------------------------------
+# synflood-packet
+
+_HARNESS = r"""
+
+/* ---- benchmark harness (fastpath/bench/scenarios/synflood.py) ---- */
+struct bench_frame { __u8 b[FRAME_LEN]; };
+BPF_PERCPU_ARRAY(bench_saved, struct bench_frame, 1);
+
+int syn_guard_bench(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct bench_frame *s;
+	__u32 zero = 0;
+	int ret, shrunk;
+
+	s = bench_saved.lookup(&zero);
+	if (!s || data + FRAME_LEN > data_end || data_end - data != FRAME_LEN)
+		return XDP_ABORTED;
+	__builtin_memcpy(s->b, data, FRAME_LEN);
+#ifdef BENCH_NOOP
+	ret = XDP_TX;
+#else
+	ret = sg_process(ctx);
+#endif
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	shrunk = FRAME_LEN - (int)(data_end - data);
+	if (shrunk && bpf_xdp_adjust_tail(ctx, shrunk))
+		return XDP_ABORTED;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	if (data + FRAME_LEN > data_end)
+		return XDP_ABORTED;
+	__builtin_memcpy(data, s->b, FRAME_LEN);
+	return ret;
+}
+"""
+
+FRAME_LEN = 94  # the IPv6 SYN with Linux's options; shorter frames get Ethernet padding
+
+# contender -> (frame builder name, expected verdict, expected outcome counter)
+PATHS: dict[str, tuple[str, str, str]] = {
+    "pass-other": ("udp", "XDP_PASS", "pass_other"),
+    "pass-flow": ("flow_ack", "XDP_PASS", "pass_flow"),
+    "drop-deny": ("denied_syn", "XDP_DROP", "drop_deny"),
+    "drop-port": ("closed_syn", "XDP_DROP", "drop_port"),
+    "drop-limited": ("syn4", "XDP_DROP", "drop_limited"),
+    "drop-cookie": ("bad_ack", "XDP_DROP", "drop_cookie"),
+    "cookie-v4": ("syn4", "XDP_TX", "tx_cookie"),
+    "cookie-v6": ("syn6", "XDP_TX", "tx_cookie"),
+}
+_PORT, _CLOSED = 80, 23
+
+
+def _frames() -> dict[str, bytes]:
+    from scapy.layers.inet import IP, TCP, UDP
+    from scapy.layers.inet6 import IPv6
+    from scapy.layers.l2 import Ether
+
+    eth = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+    opts = [("MSS", 1460), ("SAckOK", b""), ("Timestamp", (123456, 0)), ("NOP", None), ("WScale", 7)]
+    v4 = eth / IP(src="10.0.0.1", dst="10.0.0.2")
+    frames = {
+        "udp": v4 / UDP(sport=5353, dport=53) / (b"q" * 20),
+        "syn4": v4 / TCP(sport=40000, dport=_PORT, flags="S", seq=1000, options=opts),
+        "syn6": eth / IPv6(src="fd00::1", dst="fd00::2") / TCP(sport=40000, dport=_PORT, flags="S", seq=1000,
+                                                                options=opts),
+        "denied_syn": eth / IP(src="198.51.100.9", dst="10.0.0.2") / TCP(sport=40000, dport=_PORT, flags="S",
+                                                                          options=opts),
+        "closed_syn": v4 / TCP(sport=40000, dport=_CLOSED, flags="S", options=opts),
+        "bad_ack": v4 / TCP(sport=40001, dport=_PORT, flags="A", seq=1001, ack=4242),
+        "flow_ack": v4 / TCP(sport=40002, dport=_PORT, flags="PA", seq=1001, ack=4242) / b"GET /",
+    }
+    out = {}
+    for name, pkt in frames.items():
+        raw = pkt.build()
+        if len(raw) > FRAME_LEN:
+            raise FastpathError(f"bench frame {name} is {len(raw)} bytes, more than {FRAME_LEN}")
+        out[name] = raw + b"\0" * (FRAME_LEN - len(raw))
+    return out
+
+
+@register_scenario
+class SynfloodPacket(Scenario):
+    name = "synflood-packet"
+    description = "ns/packet of each XDP SYN-guard verdict path (BPF_PROG_TEST_RUN, frame-restoring harness)"
+    metrics = [Metric("ns_per_packet", "ns/packet", "lower"), Metric("ns_net", "ns/packet net", "lower")]
+    baseline = "harness"
+    targets = [Target("ns_net", c, "<=", 50) for c in ("drop-deny", "drop-port", "drop-limited")] + [
+        Target("ns_net", c, "<=", 250) for c in ("cookie-v4", "cookie-v6")]
+
+    def contenders(self) -> list[str]:
+        return [*PATHS, "harness"]
+
+    def setup(self, ctx: BenchContext) -> None:
+        if os.geteuid() != 0:
+            raise CapabilityError("loading BPF programs needs root")
+        src = sg.SPEC.source_path.read_text() + _HARNESS
+        (Path(ctx.workdir) / "syn_guard_bench.c").write_text(src)
+        spec = loader.ProgramSpec(name="syn_guard_bench", entry="syn_guard_bench", maps=(),
+                                  directory=Path(ctx.workdir))
+        self._progs = [loader.load(spec, {**sg.TUNABLES, "FRAME_LEN": FRAME_LEN}),
+                       loader.load(spec, {**sg.TUNABLES, "FRAME_LEN": FRAME_LEN, "BENCH_NOOP": 1})]
+        self._frames = _frames()
+        with self._map("ports") as ports:
+            ports.set(ctypes.c_uint32(_PORT), ctypes.c_uint32(sg.PORT_COOKIE))
+            ports.set(ctypes.c_uint32(_CLOSED), ctypes.c_uint32(sg.PORT_DROP))
+        with self._map("acl_v4") as acl:
+            acl.set(sg.lpm_key(sg.parse_cidr("198.51.100.0/24")), ctypes.c_uint32(sg.ACL_DENY))
+        # the admitted flow of pass-flow, as a validated cookie ACK would have left it
+        key = sg.SgFlowKey()
+        key.client[:] = sg.mapped_words(sg.parse_cidr("10.0.0.1/32").network_address)
+        key.server[:] = sg.mapped_words(sg.parse_cidr("10.0.0.2/32").network_address)
+        key.client_port = int.from_bytes((40002).to_bytes(2, "big"), "little")
+        key.server_port = int.from_bytes(_PORT.to_bytes(2, "big"), "little")
+        with self._map("flows") as flows:
+            flows.set(key, sg.SgFlow(1))
+        for c in self.contenders():
+            self._configure(c)
+            res = testrun.run_xdp(self._fd(c), self._frame(c), repeat=3)
+            want = "XDP_TX" if c == "harness" else PATHS[c][1]
+            if res.verdict != want or res.output != self._frame(c):
+                raise FastpathError(f"synflood-packet: {c} returned {res.verdict} (want {want}) or "
+                                    "the harness did not restore the frame")
+
+    def _map(self, name: str) -> Any:
+        from fastpath.bpf.maps import TypedMap
+
+        key, value = sg.MAP_TYPES[name]
+        return TypedMap(os.dup(self._progs[0].map_fd(name)), key, value)
+
+    def _configure(self, contender: str) -> None:
+        limited = contender == "drop-limited"
+        cfg = sg.GuardConfig(cookie_ports=(_PORT,), drop_ports=(_CLOSED,), syn_rate=1 if limited else 0,
+                             syn_burst=1 if limited else 0, ban_seconds=0)
+        with self._map("config") as m:
+            m.set(ctypes.c_uint32(0), cfg.to_ctype(True, False))
+
+    def _fd(self, contender: str) -> int:
+        return self._progs[1 if contender == "harness" else 0].prog_fd
+
+    def _frame(self, contender: str) -> bytes:
+        return self._frames["syn4" if contender == "harness" else PATHS[contender][0]]
+
+    def measure(self, contender: str, ctx: BenchContext) -> dict[str, float]:
+        self._configure(contender)
+        repeat = ctx.pick(2_000_000, 20_000)
+        harness = testrun.run_xdp(self._fd("harness"), self._frame("harness"), repeat=repeat)
+        res = testrun.run_xdp(self._fd(contender), self._frame(contender), repeat=repeat)
+        want = "XDP_TX" if contender == "harness" else PATHS[contender][1]
+        if res.verdict != want:
+            raise FastpathError(f"{contender} returned {res.verdict}, expected {want}")
+        return {"ns_per_packet": res.ns_per_packet, "ns_net": res.ns_per_packet - harness.ns_per_packet}
+
+    def teardown(self, ctx: BenchContext) -> None:
+        for p in getattr(self, "_progs", []):
+            p.close()
+
+
+# ---------------------------------------------------------------------------------------
+# synflood: the live flood against each defence
+
+# The floors: the least any defence can do with a flood frame. Drop defences are measured
+# against dropping it in XDP; defences that answer (cookies) against sending one frame back
+# the way a SYN-ACK goes (MAC addresses swapped, XDP_TX), since every answering defence pays
+# for that transmission alike.
+_FLOORS = r"""
+#include <uapi/linux/bpf.h>
+
+int drop_all(struct xdp_md *ctx)
+{
+	return XDP_DROP;
+}
+
+int reflect(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	unsigned char tmp[6];
+
+	if (data + 14 > data_end)
+		return XDP_DROP;
+	__builtin_memcpy(tmp, data, 6);
+	__builtin_memcpy(data, data + 6, 6);
+	__builtin_memcpy(data + 6, tmp, 6);
+	return XDP_TX;
+}
+"""
+_ANSWERING = {"fastpath", "syncookies", "synproxy"}
+
+_SYNPROXY = """\
+add table inet fastpath_bench_synproxy
+delete table inet fastpath_bench_synproxy
+table inet fastpath_bench_synproxy {{
+	chain prerouting {{
+		type filter hook prerouting priority raw; policy accept;
+		iifname "eth0" tcp dport {port} tcp flags & (fin | syn | rst | ack) == syn notrack
+	}}
+	chain input {{
+		type filter hook input priority filter; policy accept;
+		iifname "eth0" tcp dport {port} ct state invalid,untracked \
+			synproxy mss {mss} wscale {wscale} timestamp sack-perm
+		iifname "eth0" tcp dport {port} ct state invalid drop
+	}}
+}}
+"""
+
+
+def _busy_ns(cpu: int) -> int:
+    """Busy time of one CPU so far (every state but idle and iowait)."""
+    with open("/proc/stat") as fh:
+        for line in fh:
+            if line.startswith(f"cpu{cpu} "):
+                fields = [int(x) for x in line.split()[1:]]
+                return (sum(fields) - fields[3] - fields[4]) * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+    raise FastpathError(f"no cpu{cpu} line in /proc/stat")
+
+
+def _p99(values: list[float]) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
+
+
+@register_scenario
+class Synflood(Scenario):
+    name = "synflood"
+    description = ("legit connects and CPU per flood SYN under one spoofed SYN flood: XDP guard vs "
+                   "kernel syncookies, nft SYNPROXY, iptables raw drop")
+    metrics = [Metric("success", "% legit connects ok", "higher"),
+               Metric("p99_attempt", "ms (p99 per attempt)", "lower"),
+               Metric("cpu_per_mflood", "CPU ms per 1M flood SYNs", "lower"),
+               Metric("defence_cpu", "CPU ms per 1M flood SYNs above the floor", "lower")]
+    baseline = "syncookies"
+    targets = [Target("success", "fastpath", ">=", 99),
+               Target("defence_cpu", "fastpath", ">=", 3.0, versus="syncookies"),
+               Target("defence_cpu", "fastpath", ">=", 3.0, versus="synproxy")]
+    repeat, quick_repeat, warmup = 3, 1, 1
+
+    def contenders(self) -> list[str]:
+        return ["fastpath", "syncookies", "synproxy", "fastpath-drop", "rawdrop"]
+
+    def setup(self, ctx: BenchContext) -> None:
+        from fastpath.netns import Lab, netns_unavailable_reason
+
+        if os.geteuid() != 0:
+            raise CapabilityError("the synflood lab needs root")
+        reason = netns_unavailable_reason()
+        if reason:
+            raise CapabilityError(reason)
+        for tool in ("nft", "iptables", "ethtool"):
+            if not any(Path(d, tool).exists() for d in os.environ.get("PATH", "").split(":")):
+                raise CapabilityError(f"the {tool} command is missing")
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            raise CapabilityError("synflood needs two CPUs: one for the flood, one for the clients")
+        self._cpu, self._others = cpus[0], ",".join(str(c) for c in cpus[1:])
+        self._lab = Lab.up(floodlab.TOPOLOGY, name=f"fpsf{os.getpid() % 100000}")
+        lab = self._lab
+        self._server = lab.spawn("server", ["taskset", "-c", self._others, *floodlab.serve_argv()])
+        floodlab.wait_for(self._server, "ready")
+        floodlab.wake_peer(lab)
+        with lab.enter("attacker"):
+            from fastpath.xdp.flood import Flood
+
+            self._flood = Flood("eth0", lab.mac("server", "eth0"), floodlab.SERVER4, floodlab.SERVICE_PORT,
+                                floodlab.SPOOFED_NET)
+        Path(ctx.workdir, "floor.c").write_text(_FLOORS)
+        self._floors = {e: loader.ProgramSpec(name="floor", entry=e, maps=(), directory=Path(ctx.workdir))
+                        for e in ("drop_all", "reflect")}
+        # The attacker never needs what comes back (SYN-ACKs to spoofed addresses): drop it
+        # on arrival, so the return path costs every answering defence as little as it can.
+        xdp.attach(self._floors["drop_all"], "eth0", lab.netns("attacker"), "native")
+        self._defines = sg.plan_defines("eth0", lab.netns("server"))
+
+    # -- defences ----------------------------------------------------------------------------
+
+    def _on(self, contender: str) -> None:
+        lab, ns = self._lab, self._lab.netns("server")
+        if contender in ("drop_all", "reflect"):
+            xdp.attach(self._floors[contender], "eth0", ns, "native")
+        elif contender == "fastpath":
+            sg.attach("eth0", ns, "native", sg.GuardConfig(cookie_ports=(floodlab.SERVICE_PORT,)))
+        elif contender == "fastpath-drop":
+            cfg = sg.GuardConfig(cookie_ports=(), drop_ports=(floodlab.SERVICE_PORT,))
+            sg.attach("eth0", ns, "native", cfg)
+        elif contender == "syncookies":
+            lab.run("server", ["sysctl", "-qw", "net.ipv4.tcp_syncookies=2"])
+        elif contender == "synproxy":
+            script = _SYNPROXY.format(port=floodlab.SERVICE_PORT, mss=self._defines["SG_MSS4"],
+                                      wscale=self._defines["SG_WSCALE"])
+            lab.run("server", ["nft", "-f", "-"], input=script)
+            self._loose = nft.set_tcp_loose(ns, 0)
+        elif contender == "rawdrop":
+            lab.run("server", ["iptables", "-t", "raw", "-I", "PREROUTING", "-i", "eth0", "-p", "tcp",
+                               "--dport", str(floodlab.SERVICE_PORT), "--syn", "-j", "DROP"])
+
+    def _off(self, contender: str) -> None:
+        lab, ns = self._lab, self._lab.netns("server")
+        if contender in ("drop_all", "reflect"):
+            xdp.detach("eth0", ns)
+        elif contender in ("fastpath", "fastpath-drop"):
+            sg.detach("eth0", ns)
+        elif contender == "syncookies":
+            lab.run("server", ["sysctl", "-qw", "net.ipv4.tcp_syncookies=0"])
+        elif contender == "synproxy":
+            lab.run("server", ["nft", "delete", "table", "inet", "fastpath_bench_synproxy"])
+            nft.set_tcp_loose(ns, getattr(self, "_loose", 0))
+        elif contender == "rawdrop":
+            lab.run("server", ["iptables", "-t", "raw", "-D", "PREROUTING", "-i", "eth0", "-p", "tcp",
+                               "--dport", str(floodlab.SERVICE_PORT), "--syn", "-j", "DROP"])
+
+    # -- one flood --------------------------------------------------------------------------
+
+    def _run(self, contender: str, ctx: BenchContext, probe: bool) -> dict[str, float]:
+        lab = self._lab
+        seconds = ctx.pick(5.0, 2.0)
+        self._on(contender)
+        try:
+            client = None
+            if probe:
+                client = lab.spawn("client", ["taskset", "-c", self._others,
+                                              *floodlab.probe_argv(count=100_000, timeout=2.0, interval=0.02,
+                                                                   seconds=seconds)])
+                time.sleep(0.3)  # the probe's interpreter start-up, off the measured window
+            rx0 = floodlab.xdp_rx_packets(lab)
+            saved = os.sched_getaffinity(0)
+            # Generator and everything it sets off (veth, bridge, the server's receive path,
+            # the answers) run on one CPU, in the generator's softirq context; count that CPU.
+            os.sched_setaffinity(0, {self._cpu})
+            try:
+                busy0 = _busy_ns(self._cpu)
+                t_end = time.monotonic() + seconds
+                with lab.enter("attacker"):
+                    while time.monotonic() < t_end:
+                        self._flood.run(50_000)
+                busy = _busy_ns(self._cpu) - busy0
+            finally:
+                os.sched_setaffinity(0, saved)
+            frames = floodlab.xdp_rx_packets(lab) - rx0
+            result = {"cpu_per_mflood": busy / max(frames, 1)}  # ns per SYN == ms per million SYNs
+            if client is not None:
+                client.wait(seconds + 30)
+                data = floodlab.probe_result(client.output())
+                client.stop()
+                result["success"] = 100.0 * data["ok"] / max(data["attempts"], 1)
+                result["p99_attempt"] = _p99(data["attempt_ms"])
+            ctx.log(f"synflood {contender}: {frames:,} flood frames in {seconds:g}s, "
+                    f"{result['cpu_per_mflood']:,.0f} CPU ms per 1M")
+            return result
+        finally:
+            self._off(contender)
+
+    def measure(self, contender: str, ctx: BenchContext) -> dict[str, float]:
+        floor_kind = "reflect" if contender in _ANSWERING else "drop_all"
+        floor = self._run(floor_kind, ctx, probe=False)["cpu_per_mflood"]
+        out = self._run(contender, ctx, probe=True)
+        out["defence_cpu"] = out["cpu_per_mflood"] - floor
+        return out
+
+    def teardown(self, ctx: BenchContext) -> None:
+        flood = getattr(self, "_flood", None)
+        if flood is not None:
+            flood.close()
+        lab = getattr(self, "_lab", None)
+        if lab is not None:
+            with contextlib.suppress(Exception):
+                floodlab.cleanup(lab)
+            lab.down()

@@ -1,0 +1,363 @@
+"""`fastpath xdp ...`: the XDP SYN-flood guard (attach, detach, status, stats, allow, deny,
+ports, rate). Logic lives in fastpath/xdp/synguard.py; this module parses and prints."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from fastpath.bpf import xdp
+from fastpath.bpf.loader import dump_source
+from fastpath.errors import FastpathError
+from fastpath.output import console, info, make_table, print_json, print_table
+from fastpath.xdp import nft, synguard
+from fastpath.xdp.synguard import GuardConfig
+
+EPILOG = """\
+examples:
+  fastpath xdp attach eth0 --ports 80,443 --drop-ports 23 --syn-rate 200/s --syn-burst 400
+  fastpath xdp stats eth0 --watch
+  fastpath xdp deny add 203.0.113.0/24 2001:db8:bad::/48
+  fastpath xdp ports eth0 --add 8443
+  fastpath xdp rate eth0 --syn-rate off
+  fastpath xdp status --json
+  fastpath xdp detach eth0
+"""
+
+# What each counter means, for the stats table.
+STAT_HELP = {
+    "pass_other": "not TCP to a protected port",
+    "pass_allow": "source in the allow list",
+    "drop_deny": "source in the deny list",
+    "drop_port": "SYN to a drop-mode port",
+    "drop_limited": "SYN over its source's rate",
+    "drop_banned": "SYN from a banned source",
+    "tx_cookie": "SYN answered with a cookie SYN-ACK",
+    "pass_syn": "SYN passed to the stack (cookies off)",
+    "pass_cookie": "ACK with a valid cookie: new flow",
+    "drop_cookie": "ACK with no flow and a bad cookie",
+    "pass_flow": "segment of an admitted flow",
+    "pass_tcp": "other TCP to a protected port (RST, ...)",
+    "fragment": "first fragment to a protected port",
+    "drop_malformed": "truncated or unparsable headers",
+    "drop_error": "helper failure building a SYN-ACK",
+    "bans": "bans started (event)",
+}
+
+
+def _iface(p: argparse.ArgumentParser) -> None:
+    p.add_argument("iface", metavar="IFACE", help="interface name")
+    p.add_argument("--netns", metavar="NAME", help="network namespace of the interface (ip netns)")
+
+
+def _rate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--syn-rate", metavar="N/s",
+                   help="SYNs per second per source (IPv6: per /64); off: no limit")
+    p.add_argument("--syn-burst", metavar="N", help="SYNs a source may send back to back (default: the rate)")
+    p.add_argument("--ban-after", metavar="N",
+                   help="SYNs over the rate within one second that start a ban (default: the burst)")
+    p.add_argument("--ban-seconds", metavar="S", help="ban length in seconds, 0: never ban (default 60)")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    top = sub.add_parser(
+        "xdp", help="XDP SYN-flood guard: SYN cookies in XDP, allow/deny lists, SYN rate limits",
+        description="Keep TCP services reachable under a spoofed SYN flood: SYNs to protected "
+                    "ports are answered from XDP with SYN cookies, valid ACKs go on to SYNPROXY.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    xs = top.add_subparsers(dest="xdp_command", metavar="ACTION", required=True)
+
+    att = xs.add_parser("attach", help="attach the guard (or replace it atomically, keeping its maps)",
+                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _iface(att)
+    att.add_argument("--mode", choices=xdp.MODES, default="auto",
+                     help="native, generic, or auto (native, else generic)")
+    att.add_argument("--ports", default="80,443", metavar="LIST",
+                     help="TCP ports answered with SYN cookies (default 80,443; '' for none)")
+    att.add_argument("--drop-ports", default="", metavar="LIST",
+                     help="closed TCP ports whose SYNs are dropped")
+    _rate_args(att)
+    att.add_argument("--no-cookies", action="store_true",
+                     help="pass SYNs to the stack (lists and rate limits only; no SYNPROXY rules)")
+    att.add_argument("--fragments", choices=("drop", "pass"), default="drop",
+                     help="verdict for first fragments to protected ports (default drop)")
+    att.add_argument("--json", action="store_true", help="print the attachment as JSON")
+    att.add_argument("--dump-bpf", action="store_true", help=argparse.SUPPRESS)
+    att.set_defaults(func=cmd_attach)
+
+    det = xs.add_parser("detach", help="remove the guard, its pins and its nft rules")
+    _iface(det)
+    det.set_defaults(func=cmd_detach)
+
+    st = xs.add_parser("status", help="every interface the guard runs on, in every namespace")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    st.set_defaults(func=cmd_status)
+
+    stats = xs.add_parser("stats", help="counter totals and packets per second")
+    _iface(stats)
+    stats.add_argument("--json", action="store_true", help="machine-readable output")
+    stats.add_argument("--watch", type=float, nargs="?", const=1.0, metavar="SECS",
+                       help="redraw every SECS seconds")
+    stats.add_argument("--interval", type=float, default=1.0, metavar="SECS",
+                       help="sampling time for pps without --watch (0: totals only)")
+    stats.set_defaults(func=cmd_stats)
+
+    for action in ("allow", "deny"):
+        p = xs.add_parser(action, help=f"the {action} list: sources that always "
+                                       f"{'pass' if action == 'allow' else 'are dropped'} (CIDR)")
+        p.add_argument("verb", choices=("add", "del", "list"))
+        p.add_argument("cidrs", nargs="*", metavar="CIDR")
+        p.add_argument("--iface", metavar="IFACE", help="only this interface (default: every guarded one)")
+        p.add_argument("--netns", metavar="NAME", help="only interfaces in this namespace")
+        p.add_argument("--json", action="store_true", help="machine-readable output (list)")
+        p.set_defaults(func=cmd_acl, acl_action=action)
+
+    ports = xs.add_parser("ports", help="show or change protected ports, live")
+    _iface(ports)
+    ports.add_argument("--add", default="", metavar="LIST", help="ports to answer with SYN cookies")
+    ports.add_argument("--add-drop", default="", metavar="LIST", help="ports whose SYNs are dropped")
+    ports.add_argument("--remove", default="", metavar="LIST", help="ports to stop protecting")
+    ports.add_argument("--json", action="store_true", help="machine-readable output")
+    ports.set_defaults(func=cmd_ports)
+
+    rate = xs.add_parser("rate", help="change the per-source SYN rate limit and ban, live")
+    _iface(rate)
+    _rate_args(rate)
+    rate.set_defaults(func=cmd_rate)
+
+
+# -- parsing helpers -----------------------------------------------------------------------------
+
+def _int(text: str | None, what: str, default: int) -> int:
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise FastpathError(f"{what} {text!r} is not a whole number") from None
+    if value < 0:
+        raise FastpathError(f"{what} {value} cannot be negative")
+    return value
+
+
+def _float(text: str | None, what: str, default: float) -> float:
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise FastpathError(f"{what} {text!r} is not a number") from None
+    if value < 0 or value > 86400 * 365:
+        raise FastpathError(f"{what} {value:g} out of range", fix="use 0 to one year")
+    return value
+
+
+def _rate_changes(args: argparse.Namespace, base: GuardConfig) -> GuardConfig:
+    rate = base.syn_rate if args.syn_rate is None else synguard.parse_rate(args.syn_rate)
+    burst = _int(args.syn_burst, "--syn-burst", base.syn_burst if args.syn_rate is None else 0)
+    if rate == 0 and args.syn_burst is None:
+        burst = 0
+    return synguard.with_changes(
+        base, syn_rate=rate, syn_burst=burst,
+        ban_after=_int(args.ban_after, "--ban-after", base.ban_after),
+        ban_seconds=_float(args.ban_seconds, "--ban-seconds", base.ban_seconds))
+
+
+def _ns_flag(netns: str | None) -> str:
+    return f" --netns {netns}" if netns else ""
+
+
+# -- commands ------------------------------------------------------------------------------------
+
+def cmd_attach(args: argparse.Namespace) -> int:
+    base = GuardConfig(cookie_ports=synguard.parse_ports(args.ports),
+                       drop_ports=synguard.parse_ports(args.drop_ports),
+                       cookies=not args.no_cookies, fragments=args.fragments)
+    cfg = _rate_changes(args, base).validate()
+    if args.dump_bpf:
+        defines = synguard.plan_defines(args.iface, args.netns)
+        sys.stdout.write(dump_source(synguard.SPEC, defines, str(xdp.pin_dir(args.iface, args.netns))))
+        return 0
+    res = synguard.attach(args.iface, args.netns, args.mode, cfg)
+    att = res.attachment
+    if args.json:
+        print_json({**synguard.status(att), "replaced": res.replaced, "defines": res.defines})
+        return 0
+    where = f" in {args.netns}" if args.netns else ""
+    verb = "replaced the program on" if res.replaced else "attached to"
+    layers = ["allow/deny lists", "port modes"]
+    if cfg.syn_rate:
+        layers.append("per-source SYN rate")
+    if cfg.cookies and cfg.cookie_ports:
+        layers.append(f"SYN cookies + SYNPROXY (nft table {res.nft_table})")
+    info(f"syn_guard {verb} {args.iface}{where} ({att.mode} mode, prog id {att.prog_id}): "
+         f"{cfg.describe()}; layers: {', '.join(layers)}; "
+         f"stop with: fastpath xdp detach {args.iface}{_ns_flag(args.netns)}")
+    return 0
+
+
+def cmd_detach(args: argparse.Namespace) -> int:
+    att = synguard.detach(args.iface, args.netns)
+    where = f" in {args.netns}" if args.netns else ""
+    info(f"syn_guard detached from {args.iface}{where}; pins, state and nft rules removed"
+         + ("" if att else " (state file was already gone)"))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    rows = [synguard.status(att) for att in synguard.attachments()]
+    if args.json:
+        print_json(rows)
+        return 0
+    if not rows:
+        info("the SYN guard is not attached anywhere")
+        return 0
+    table = []
+    for r in rows:
+        cfg = r.get("config") or {}
+        assert isinstance(cfg, dict)
+        counters = r["counters"]
+        assert isinstance(counters, dict)
+        drops = sum(v for k, v in counters.items() if k.startswith("drop_"))
+        rate = f"{cfg.get('syn_rate', 0):g}/s" if cfg.get("syn_rate") else "off"
+        ports = []
+        if cfg.get("cookie_ports"):
+            how = "cookie" if cfg.get("cookies") else "pass"
+            ports.append(f"{how} {','.join(map(str, cfg['cookie_ports']))}")
+        if cfg.get("drop_ports"):
+            ports.append(f"drop {','.join(map(str, cfg['drop_ports']))}")
+        table.append([r["netns"] or "root", r["ifname"], r["mode"],
+                      "yes" if r["alive"] else "NO (interface gone)", "; ".join(ports) or "-", rate,
+                      f"{counters.get('tx_cookie', 0):,}", f"{drops:,}"])
+    print_table(["namespace", "interface", "mode", "alive", "ports", "SYN rate", "SYN-ACKs sent", "dropped"],
+                table, title="XDP SYN guard")
+    return 0
+
+
+def _stats_rows(cur: dict[str, tuple[int, int]], prev: dict[str, tuple[int, int]] | None,
+                dt: float) -> list[dict[str, object]]:
+    out = []
+    for name in synguard.STAT_NAMES:
+        packets, nbytes = cur[name]
+        row: dict[str, object] = {"counter": name, "packets": packets, "bytes": nbytes}
+        if prev is not None and dt > 0:
+            row["pps"] = round((packets - prev[name][0]) / dt, 1)
+        out.append(row)
+    return out
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    att = synguard.attachment(args.iface, args.netns)
+    title = f"syn_guard on {att.ifname}" + (f" in {att.netns}" if att.netns else "")
+    if args.watch is None:
+        prev = None
+        t0 = time.monotonic()
+        if args.interval > 0:
+            prev = synguard.read_counters(att)
+            time.sleep(min(args.interval, 60))
+        cur = synguard.read_counters(att)
+        rows = _stats_rows(cur, prev, time.monotonic() - t0)
+        frames = sum(cur[n][0] for n in synguard.OUTCOME_NAMES)
+        if args.json:
+            print_json({"ifname": att.ifname, "netns": att.netns, "frames": frames,
+                        "counters": {r["counter"]: {k: v for k, v in r.items() if k != "counter"}
+                                     for r in rows}})
+            return 0
+        print_table(["counter", "packets", "pps", "bytes", "meaning"],
+                    [[r["counter"], f"{r['packets']:,}", f"{r['pps']:,.0f}" if "pps" in r else "-",
+                      f"{r['bytes']:,}", STAT_HELP[str(r["counter"])]] for r in rows],
+                    title=f"{title}: {frames:,} frames")
+        return 0
+    from rich.live import Live
+
+    prev = synguard.read_counters(att)
+    t0 = time.monotonic()
+    with Live(console=console, auto_refresh=False) as live:
+        while True:
+            time.sleep(args.watch)
+            cur = synguard.read_counters(att)
+            now = time.monotonic()
+            rows = _stats_rows(cur, prev, now - t0)
+            prev, t0 = cur, now
+            if args.json:
+                print_json({r["counter"]: {k: v for k, v in r.items() if k != "counter"} for r in rows})
+                continue
+            live.update(make_table(
+                ["counter", "packets", "pps", "bytes", "meaning"],
+                [[r["counter"], f"{r['packets']:,}", f"{r.get('pps', 0):,.0f}", f"{r['bytes']:,}",
+                  STAT_HELP[str(r["counter"])]] for r in rows],
+                title=f"{title} (Ctrl-C to stop)"), refresh=True)
+
+
+def cmd_acl(args: argparse.Namespace) -> int:
+    action: str = args.acl_action
+    if args.verb != "list" and not args.cidrs:
+        raise FastpathError(f"'fastpath xdp {action} {args.verb}' needs at least one CIDR",
+                            fix=f"e.g. fastpath xdp {action} {args.verb} 203.0.113.0/24")
+    nets = [synguard.parse_cidr(c) for c in args.cidrs]
+    if len(set(nets)) != len(nets):
+        raise FastpathError("a CIDR is listed twice", fix="give each network once")
+    atts = synguard.attachments(args.iface, args.netns, live_only=True)
+    if not atts:
+        where = (f" on {args.iface}" if args.iface else "") + (f" in {args.netns}" if args.netns else "")
+        raise FastpathError(f"the SYN guard is not attached{where}",
+                            fix="attach it: fastpath xdp attach IFACE")
+    if args.verb == "list":
+        rows = [{"ifname": a.ifname, "netns": a.netns, "cidr": str(net), "action": act}
+                for a in atts for net, act in synguard.acl_entries(a)
+                if act == action and (not nets or net in nets)]
+        if args.json:
+            print_json(rows)
+        elif not rows:
+            info(f"the {action} list is empty")
+        else:
+            print_table(["namespace", "interface", "CIDR"],
+                        [[r["netns"] or "root", r["ifname"], r["cidr"]] for r in rows],
+                        title=f"{action} list")
+        return 0
+    for line in synguard.acl_change(atts, action, args.verb, nets):
+        info(line)
+    return 0
+
+
+def cmd_ports(args: argparse.Namespace) -> int:
+    att = synguard.attachment(args.iface, args.netns)
+    add = synguard.parse_ports(args.add)
+    add_drop = synguard.parse_ports(args.add_drop)
+    remove = synguard.parse_ports(args.remove)
+    cfg = synguard.guard_config(att)
+    if add or add_drop or remove:
+        clash = (set(add) | set(add_drop)) & set(remove)
+        if clash or set(add) & set(add_drop):
+            port = min(clash or set(add) & set(add_drop))
+            raise FastpathError(f"port {port} is given twice with different modes",
+                                fix="name each port in one of --add, --add-drop, --remove")
+        cookie = (set(cfg.cookie_ports) - set(add_drop) - set(remove)) | set(add)
+        drop = (set(cfg.drop_ports) - set(add) - set(remove)) | set(add_drop)
+        cfg = synguard.with_changes(cfg, cookie_ports=tuple(sorted(cookie)), drop_ports=tuple(sorted(drop)))
+        att = synguard.set_config(att, cfg)
+    live = synguard.read_ports(att)
+    table = att.options.get("nft_table")
+    data = {"ifname": att.ifname, "netns": att.netns,
+            "cookie_ports": [p for p, m in sorted(live.items()) if m == synguard.PORT_COOKIE],
+            "drop_ports": [p for p, m in sorted(live.items()) if m == synguard.PORT_DROP],
+            "synproxy_ports": nft.ports(att.netns, table) if isinstance(table, str) else []}
+    if args.json:
+        print_json(data)
+        return 0
+    print_table(["port", "mode"],
+                [[p, "cookie" if m == synguard.PORT_COOKIE else "drop"] for p, m in sorted(live.items())],
+                title=f"protected ports on {att.ifname}")
+    return 0
+
+
+def cmd_rate(args: argparse.Namespace) -> int:
+    att = synguard.attachment(args.iface, args.netns)
+    if all(v is None for v in (args.syn_rate, args.syn_burst, args.ban_after, args.ban_seconds)):
+        raise FastpathError("nothing to change",
+                            fix="give --syn-rate, --syn-burst, --ban-after or --ban-seconds")
+    cfg = _rate_changes(args, synguard.guard_config(att)).validate()
+    synguard.set_config(att, cfg)
+    info(f"syn_guard on {att.ifname}: {cfg.describe()}")
+    return 0

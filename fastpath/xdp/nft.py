@@ -1,0 +1,132 @@
+"""The netfilter half of the SYN guard: SYNPROXY rules for the ACKs XDP has vetted.
+
+XDP answers SYNs with cookie SYN-ACKs and never lets the SYN reach the stack, so the
+client's ACK arrives for a connection the kernel has never seen. With conntrack's
+`nf_conntrack_tcp_loose` at 0 that ACK is INVALID, and the SYNPROXY statement takes it:
+it checks the cookie (the kernel's own format, which the XDP helper issued), then opens the
+connection to the local server and splices the two halves with sequence adjustment.
+
+One nftables table per guarded interface, named after it, in the interface's namespace;
+the protected ports are a named set, so changing them is one atomic set update:
+
+    table inet fastpath_synguard_eth0_2 {
+        set cookie_ports { type inet_service; elements = { 80, 443 } }
+        chain input {
+            type filter hook input priority filter; policy accept;
+            iifname "eth0" tcp dport @cookie_ports ct state invalid,untracked synproxy ...
+            iifname "eth0" tcp dport @cookie_ports ct state invalid drop
+        }
+    }
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from fastpath.bpf import xdp
+from fastpath.errors import CapabilityError, FastpathError
+from fastpath.netns.procs import run_in_netns
+
+TABLE_PREFIX = "fastpath_synguard_"
+TCP_LOOSE = "/proc/sys/net/netfilter/nf_conntrack_tcp_loose"
+
+
+def require() -> None:
+    if shutil.which("nft") is None:
+        raise CapabilityError("the nft command is missing (SYN cookies need SYNPROXY rules)",
+                              fix="apt-get install nftables, or attach with --no-cookies")
+
+
+def table_name(ifname: str, ifindex: int) -> str:
+    """`fastpath_synguard_<ifname>_<ifindex>`: unique per interface, a valid nft name."""
+    return f"{TABLE_PREFIX}{re.sub(r'[^A-Za-z0-9_]', '_', ifname)}_{ifindex}"
+
+
+def render(table: str, ifname: str, ports: Sequence[int], defines: Mapping[str, int]) -> str:
+    """The table as an nft script (the caller prefixes what makes it an atomic replace)."""
+    opts = [f"mss {int(defines.get('SG_MSS4', 1460))}"]
+    wscale = int(defines.get("SG_WSCALE", 7))
+    if wscale != 15:
+        opts.append(f"wscale {wscale}")
+    if int(defines.get("SG_TIMESTAMPS", 1)):
+        opts.append("timestamp")
+    if int(defines.get("SG_SACK", 1)):
+        opts.append("sack-perm")
+    elements = f"\n\t\telements = {{ {', '.join(str(p) for p in sorted(ports))} }}" if ports else ""
+    name = ifname.replace('"', "")
+    return (
+        f"table inet {table} {{\n"
+        f'\tcomment "fastpath SYN guard on {name}: SYNPROXY for ACKs whose cookie XDP checked"\n'
+        f"\tset cookie_ports {{\n\t\ttype inet_service{elements}\n\t}}\n"
+        f"\tchain input {{\n"
+        f"\t\ttype filter hook input priority filter; policy accept;\n"
+        f'\t\tiifname "{name}" tcp dport @cookie_ports ct state invalid,untracked '
+        f"synproxy {' '.join(opts)}\n"
+        f'\t\tiifname "{name}" tcp dport @cookie_ports ct state invalid drop\n'
+        f"\t}}\n}}\n"
+    )
+
+
+def _nft(netns: str | None, args: Sequence[str],
+         script: str | None = None) -> subprocess.CompletedProcess[str]:
+    argv = ["nft", *args]
+    if netns is not None:
+        return run_in_netns(netns, argv, input=script, check=False, timeout=30)
+    return subprocess.run(argv, input=script, capture_output=True, text=True, timeout=30, check=False)
+
+
+def _fail(what: str, res: subprocess.CompletedProcess[str]) -> FastpathError:
+    lines = [ln.strip() for ln in (res.stderr or res.stdout).splitlines() if ln.strip()]
+    return FastpathError(f"{what} failed: {lines[0] if lines else f'nft exit {res.returncode}'}",
+                         fix="check that nftables and the kernel's SYNPROXY support are there "
+                             "(fastpath doctor)")
+
+
+def install(netns: str | None, table: str, ifname: str, ports: Sequence[int],
+            defines: Mapping[str, int]) -> None:
+    """Create or replace the table in one nft transaction (no moment without rules)."""
+    script = f"add table inet {table}\ndelete table inet {table}\n" + render(table, ifname, ports, defines)
+    res = _nft(netns, ["-f", "-"], script)
+    if res.returncode != 0:
+        raise _fail("installing the SYNPROXY rules", res)
+
+
+def exists(netns: str | None, table: str) -> bool:
+    return _nft(netns, ["list", "table", "inet", table]).returncode == 0
+
+
+def remove(netns: str | None, table: str) -> bool:
+    """Delete the table; False when it was not there."""
+    if not exists(netns, table):
+        return False
+    res = _nft(netns, ["delete", "table", "inet", table])
+    if res.returncode != 0:
+        raise _fail(f"removing nft table {table}", res)
+    return True
+
+
+def ports(netns: str | None, table: str) -> list[int]:
+    """The ports in the table's cookie_ports set (what SYNPROXY guards right now)."""
+    res = _nft(netns, ["list", "set", "inet", table, "cookie_ports"])
+    if res.returncode != 0:
+        return []
+    m = re.search(r"elements\s*=\s*\{([^}]*)\}", res.stdout)
+    return sorted(int(p) for p in re.findall(r"\d+", m.group(1))) if m else []
+
+
+def set_tcp_loose(netns: str | None, value: int) -> int:
+    """Set nf_conntrack_tcp_loose in `netns`; returns the previous value. At 0 conntrack
+    does not pick up mid-stream ACKs as established, so SYNPROXY sees the handshake ACK."""
+    with xdp.in_netns(netns):
+        path = Path(TCP_LOOSE)
+        try:
+            old = int(path.read_text().strip())
+            path.write_text(f"{value}\n")
+        except OSError as exc:
+            raise CapabilityError(f"cannot set {TCP_LOOSE}: {exc.strerror}",
+                                  fix="the kernel needs nf_conntrack (modprobe nf_conntrack)") from None
+    return old

@@ -1,0 +1,150 @@
+"""The SYN guard's control plane without privileges: input parsing, configuration to map
+values, window-scale rule, nft script, address words, the CLI parser, the flood frame."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+from scapy.layers.inet import IP, TCP
+from scapy.layers.l2 import Ether
+
+from fastpath.cli import build_parser
+from fastpath.errors import FastpathError
+from fastpath.xdp import cli, flood, nft
+from fastpath.xdp import synguard as sg
+
+
+@pytest.mark.parametrize("text,want", [("80", (80,)), ("443,80,80", (80, 443)), ("", ()),
+                                       (" 1 , 65535 ", (1, 65535))])
+def test_parse_ports(text, want):
+    assert sg.parse_ports(text) == want
+
+
+@pytest.mark.parametrize("text,msg", [("0", "port 0 out of range"), ("65536", "out of range"),
+                                      ("http", "not a number"), ("80,,443", "not a number"),
+                                      ("-1", "not a number")])
+def test_parse_ports_rejects(text, msg):
+    with pytest.raises(FastpathError, match=msg):
+        sg.parse_ports(text)
+
+
+@pytest.mark.parametrize("text,want", [("200/s", 200.0), ("200", 200.0), ("6000/min", 100.0), ("0.5/s", 0.5),
+                                       ("off", 0.0), ("0", 0.0)])
+def test_parse_rate(text, want):
+    assert sg.parse_rate(text) == want
+
+
+@pytest.mark.parametrize("text", ["fast", "-5/s", "10/h", "1e12/s", ""])
+def test_parse_rate_rejects(text):
+    with pytest.raises(FastpathError):
+        sg.parse_rate(text)
+
+
+def test_parse_cidr():
+    assert sg.parse_cidr("203.0.113.0/24") == ipaddress.ip_network("203.0.113.0/24")
+    assert sg.parse_cidr("2001:db8::/32").version == 6
+    assert sg.parse_cidr("10.0.0.1") == ipaddress.ip_network("10.0.0.1/32")
+    with pytest.raises(FastpathError, match="did you mean 10.0.0.0/8"):
+        sg.parse_cidr("10.0.0.1/8")
+    with pytest.raises(FastpathError, match="bad CIDR"):
+        sg.parse_cidr("10.0.0.0/33")
+    with pytest.raises(FastpathError, match="bad CIDR"):
+        sg.parse_cidr("example.com")
+
+
+def test_config_validation():
+    sg.GuardConfig().validate()
+    with pytest.raises(FastpathError, match="both a cookie port and a drop port"):
+        sg.GuardConfig(cookie_ports=(80,), drop_ports=(80, 23)).validate()
+    with pytest.raises(FastpathError, match="no port to protect"):
+        sg.GuardConfig(cookie_ports=()).validate()
+    with pytest.raises(FastpathError, match="--syn-burst needs --syn-rate"):
+        sg.GuardConfig(syn_burst=5).validate()
+    with pytest.raises(FastpathError, match="out of range"):
+        sg.GuardConfig(cookie_ports=(70000,)).validate()
+    with pytest.raises(FastpathError, match="fragment verdict"):
+        sg.GuardConfig(fragments="maybe").validate()
+
+
+def test_config_to_map_value():
+    off = sg.GuardConfig().to_ctype(False, False)
+    assert (off.syn_interval_ns, off.syn_burst_ns, off.ban_ns, off.ban_after) == (0, 0, 0, 0)
+    assert off.flags == sg.CFG_COOKIES
+    cfg = sg.GuardConfig(syn_rate=200, syn_burst=400, ban_seconds=30, cookies=False, fragments="pass")
+    v = cfg.to_ctype(True, True)
+    assert v.syn_interval_ns == 5_000_000
+    assert v.syn_burst_ns == 399 * 5_000_000
+    assert (v.ban_ns, v.ban_after) == (30_000_000_000, 400)
+    assert v.flags == sg.CFG_FRAG_PASS | sg.CFG_ACL4 | sg.CFG_ACL6
+    # defaults: burst = the rate, ban after one burst of excess; ban_seconds 0: never ban
+    assert sg.GuardConfig(syn_rate=10).to_ctype(False, False).syn_burst_ns == 9 * 100_000_000
+    assert sg.GuardConfig(syn_rate=10, ban_seconds=0).to_ctype(False, False).ban_after == 0
+    assert sg.GuardConfig(syn_rate=0.5).burst == 1
+
+
+def test_config_json_round_trip_and_description():
+    cfg = sg.GuardConfig(cookie_ports=(80, 443), drop_ports=(23,), syn_rate=200, syn_burst=400)
+    assert sg.GuardConfig.from_json(cfg.to_json()) == cfg
+    text = cfg.describe()
+    assert "SYN cookies on 80,443" in text and "SYNs dropped on 23" in text
+    assert "200 SYN/s per source (burst 400, ban 60s after 400 excess)" in text
+    assert "cookies off" in sg.GuardConfig(cookies=False).describe()
+
+
+@pytest.mark.parametrize("rmem,core,want", [(6291456, 212992, 7), (33554432, 4194304, 10), (4096, 0, 0),
+                                            (1 << 40, 0, 14), (131072, 8388608, 8)])
+def test_server_wscale_follows_tcp_select_initial_window(rmem, core, want):
+    assert sg.server_wscale(rmem, core) == want
+
+
+def test_address_words_round_trip():
+    for text in ("10.1.2.3", "2001:db8::1", "::ffff:1.2.3.4"):
+        addr = ipaddress.ip_address(text)
+        back = sg.address_of(sg.mapped_words(addr))
+        assert str(back) == (text if "ffff" not in text else "1.2.3.4")
+    for net in ("198.51.100.0/24", "0.0.0.0/0", "2001:db8:a::/48", "fd00::1/128"):
+        n = ipaddress.ip_network(net)
+        assert sg.lpm_network(sg.lpm_key(n)) == n
+
+
+def test_nft_script():
+    defines = {**sg.TUNABLES, "SG_MSS4": 1460, "SG_WSCALE": 7}
+    text = nft.render("fastpath_synguard_eth0_2", "eth0", [443, 80], defines)
+    assert "table inet fastpath_synguard_eth0_2 {" in text
+    assert "elements = { 80, 443 }" in text
+    assert ('iifname "eth0" tcp dport @cookie_ports ct state invalid,untracked '
+            "synproxy mss 1460 wscale 7 timestamp sack-perm") in text
+    assert 'iifname "eth0" tcp dport @cookie_ports ct state invalid drop' in text
+    bare = nft.render("t", "eth0", [], {**defines, "SG_WSCALE": 15, "SG_TIMESTAMPS": 0, "SG_SACK": 0})
+    assert "elements" not in bare and "wscale" not in bare and "timestamp" not in bare
+    assert nft.table_name("eth0.100", 7) == "fastpath_synguard_eth0_100_7"
+    assert nft.table_name("veth-a", 12) == "fastpath_synguard_veth_a_12"
+
+
+def test_cli_parser_and_help():
+    parser = build_parser()
+    args = parser.parse_args(["xdp", "attach", "eth0", "--netns", "ns1", "--ports", "80,443",
+                              "--drop-ports", "23", "--syn-rate", "200/s", "--syn-burst", "400",
+                              "--no-cookies"])
+    assert args.func is cli.cmd_attach
+    assert (args.iface, args.netns, args.ports, args.drop_ports, args.no_cookies) == (
+        "eth0", "ns1", "80,443", "23", True)
+    for argv, func in ((["xdp", "detach", "eth0"], cli.cmd_detach), (["xdp", "status"], cli.cmd_status),
+                       (["xdp", "stats", "eth0", "--watch"], cli.cmd_stats),
+                       (["xdp", "deny", "add", "10.0.0.0/8"], cli.cmd_acl),
+                       (["xdp", "ports", "eth0", "--add", "8443"], cli.cmd_ports),
+                       (["xdp", "rate", "eth0", "--syn-rate", "off"], cli.cmd_rate)):
+        assert parser.parse_args(argv).func is func
+    assert set(cli.STAT_HELP) == set(sg.STAT_NAMES)
+    assert "fastpath xdp attach eth0 --ports 80,443" in cli.EPILOG
+
+
+def test_flood_frame_is_a_valid_syn():
+    raw = flood.syn_frame(b"\x02" * 6, b"\x04" * 6, "10.99.0.0", "10.66.0.2", 8080)
+    pkt = Ether(raw)
+    assert pkt[TCP].flags == "S" and pkt[TCP].dport == 8080 and pkt[TCP].options == [("MSS", 1460)]
+    fresh = IP(bytes(pkt[IP]))
+    fresh.chksum = None
+    assert IP(fresh.build()).chksum == pkt[IP].chksum
+    assert len(raw) == 14 + 20 + 24
