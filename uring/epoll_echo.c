@@ -375,6 +375,7 @@ static void *worker_main(void *arg)
 {
 	struct worker *w = arg;
 	struct epoll_event evs[EPOLL_BATCH];
+	bool stop_requested;
 	int i, n;
 
 	while (!(w->stopping && w->open_conns == 0)) {
@@ -387,6 +388,7 @@ static void *worker_main(void *arg)
 		}
 		STAT_ADD(w, waits, 1);
 		STAT_ADD(w, events, (uint64_t)n);
+		stop_requested = false;
 		for (i = 0; i < n; i++) {
 			void *p = evs[i].data.ptr;
 			uint32_t e = evs[i].events;
@@ -395,8 +397,9 @@ static void *worker_main(void *arg)
 			if (p == &w->listen_fd) {
 				on_accept(w);
 			} else if (p == &w->wake_fd) {
-				if (!w->stopping)
-					begin_stop(w);
+				/* Not here: begin_stop frees idle connections, and later events of
+				 * this batch may point at them. */
+				stop_requested = true;
 			} else if (e & EPOLLERR) {
 				STAT_ADD(w, recv_errors, 1);
 				conn_close(w, c);
@@ -406,6 +409,8 @@ static void *worker_main(void *arg)
 				on_readable(w, c);
 			}
 		}
+		if (stop_requested && !w->stopping)
+			begin_stop(w);
 		if (w->stopping && now_ms() >= w->drain_deadline_ms)
 			while (w->conns)
 				conn_close(w, w->conns); /* drain time is up: drop what is left */
