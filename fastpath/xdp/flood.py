@@ -17,7 +17,6 @@ Prints `ready` once loaded and `sent N seconds S` at the end.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import ipaddress
 import signal
 import socket
@@ -78,31 +77,6 @@ int syn_flood(struct xdp_md *ctx)
 """
 
 
-# BPF_PROG_TEST_RUN flag (include/uapi/linux/bpf.h, Linux 5.18).
-BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1
-
-
-class XdpMd(ctypes.Structure):
-    """struct xdp_md: the context of a live-frames run (its ingress device)."""
-
-    _fields_ = [(name, ctypes.c_uint32) for name in
-                ("data", "data_end", "data_meta", "ingress_ifindex", "rx_queue_index", "egress_ifindex")]
-
-
-def live_test_run(prog_fd: int, data: bytes, repeat: int, ifindex: int) -> int:
-    """Run an XDP program `repeat` times on fresh copies of `data` in live-frames mode:
-    XDP_TX really transmits, out of `ifindex` (resolved in the calling thread's namespace).
-    Returns the kernel's mean ns per run. Uses fastpath.bpf.syscall's `bpf_attr` mirror,
-    which tests/unit/test_bpf_abi.py checks against the kernel headers."""
-    data_in = ctypes.create_string_buffer(bytes(data), len(data))
-    ctx = XdpMd(data=0, data_end=len(data), ingress_ifindex=ifindex)
-    attr = syscall._TestRunAttr(
-        prog_fd=prog_fd, data_size_in=len(data), data_in=ctypes.addressof(data_in), repeat=max(repeat, 1),
-        ctx_size_in=ctypes.sizeof(ctx), ctx_in=ctypes.addressof(ctx), flags=BPF_F_TEST_XDP_LIVE_FRAMES)
-    syscall._call(syscall.PROG_TEST_RUN, attr, "BPF_PROG_TEST_RUN (live frames)")
-    return int(attr.duration)
-
-
 def _csum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\0"
@@ -161,7 +135,7 @@ class Flood:
 
     def run(self, frames: int) -> int:
         """Send `frames` frames; returns the kernel's mean ns per frame."""
-        return live_test_run(self.prog.prog_fd, self.frame, frames, self.ifindex)
+        return syscall.prog_test_run_live(self.prog.prog_fd, self.frame, frames, self.ifindex)
 
     def close(self) -> None:
         self.prog.close()

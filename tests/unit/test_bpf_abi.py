@@ -33,6 +33,7 @@ LAYOUTS: dict[type[ctypes.Structure], tuple[str, str]] = {
     syscall._BpfMapInfo: ("struct bpf_map_info", ""),
     syscall._BpfProgInfo: ("struct bpf_prog_info", ""),
     syscall._BpfLinkInfo: ("struct bpf_link_info", ""),
+    syscall.XdpMd: ("struct xdp_md", ""),
 }
 
 # Helper ids doctor passes to its probe program as -D flags (bcc's helpers.h predates them).
