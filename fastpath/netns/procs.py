@@ -195,6 +195,21 @@ class NodeProcess:
         except FileNotFoundError:
             return ""
 
+    def wait_output(self, word: str, timeout: float = 30.0) -> str:
+        """Wait until the process has printed `word` (a ready line, say); returns the output
+        so far. CommandTimeout when it never does, or exits first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            out = self.output()
+            if word in out:
+                return out
+            if self.poll() is not None:
+                break
+            time.sleep(0.05)
+        out = self.output()
+        raise CommandTimeout(
+            f"`{' '.join(self.argv[:4])}` in {self.netns} never printed {word!r}: {out[-300:]!r}", out, "")
+
     def signal(self, sig: int) -> None:
         if self.poll() is None:
             self._popen.send_signal(sig)

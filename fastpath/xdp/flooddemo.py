@@ -108,10 +108,10 @@ def run(seconds: float, as_json: bool) -> int:
         ns = lab.netns("server")
         try:
             server = lab.spawn("server", floodlab.serve_argv())
-            floodlab.wait_for(server, "ready")
+            server.wait_output("ready")
             total = 2 * seconds + 15  # the guard's compile and attach happen in between
             flood = lab.spawn("attacker", floodlab.flood_argv(lab, count=2_000_000_000, seconds=total))
-            floodlab.wait_for(flood, "ready")
+            flood.wait_output("ready")
             probe = lab.spawn("client", floodlab.probe_argv(count=1_000_000, timeout=1.0, interval=0.05,
                                                             seconds=total, progress=True))
             tally = _Tally(probe)

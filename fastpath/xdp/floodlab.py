@@ -28,7 +28,7 @@ from fastpath.errors import FastpathError
 
 if TYPE_CHECKING:
     from fastpath.bpf.xdp import Attachment
-    from fastpath.netns import Lab, NodeProcess
+    from fastpath.netns import Lab
 
 SERVICE_PORT = 8080
 SPOOFED_NET = "10.99.0.0/16"
@@ -74,18 +74,6 @@ def flood_argv(lab: Lab, count: int, seconds: float, port: int = SERVICE_PORT) -
     return [sys.executable, "-m", "fastpath.xdp.flood", "--iface", "eth0",
             "--dst-mac", lab.mac("server", "eth0"), "--dst", SERVER4, "--dport", str(port),
             "--src-net", SPOOFED_NET, "--count", str(count), "--seconds", str(seconds)]
-
-
-def wait_for(proc: NodeProcess, word: str, timeout: float = 30.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        out = proc.output()
-        if word in out:
-            return out
-        if not proc.running:
-            break
-        time.sleep(0.05)
-    raise FastpathError(f"{' '.join(proc.argv[:4])} never printed {word!r}: {proc.output()[-300:]!r}")
 
 
 def flood_result(out: str) -> tuple[int, float]:

@@ -170,18 +170,6 @@ def fastpath(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]
     return res
 
 
-def wait_output(proc, word: str, timeout: float = 15.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        out = proc.output()
-        if word in out:
-            return out
-        if not proc.running:
-            break
-        time.sleep(0.05)
-    raise AssertionError(f"{proc!r} never printed {word!r}: {proc.output()!r}")
-
-
 class Bench:
     """The lab plus helpers speaking to the balancer through the CLI."""
 
@@ -206,7 +194,7 @@ class Bench:
 
     def start_server(self, node: str) -> None:
         proc = self.lab.spawn(node, [sys.executable, "-c", SERVER, node, str(self.port)])
-        wait_output(proc, "ready")
+        proc.wait_output("ready")
         self.servers[node] = proc
 
     def burst(self, first_port: int, n: int) -> dict[int, str]:
@@ -269,7 +257,7 @@ def test_balancer_end_to_end(lb_lab):
 
     # Long-lived connections opened with two backends ...
     hold = lab.spawn("client", [sys.executable, "-c", HOLD, VIP, str(VIP_PORT), "16"])
-    first = json.loads(wait_output(hold, "ready").split("ready ", 1)[1].splitlines()[0])
+    first = json.loads(hold.wait_output("ready").split("ready ", 1)[1].splitlines()[0])
     assert set(first) == {"b1", "b2"}, first
 
     # ... survive adding a backend; 300 new connections spread evenly (±15 %).
@@ -325,7 +313,7 @@ def test_balancer_end_to_end(lb_lab):
             assert time.monotonic() < deadline, t.backends_json()
             time.sleep(0.2)
         probe = lab.spawn("client", [sys.executable, "-c", PROBE, VIP, str(VIP_PORT), "7"])
-        wait_output(probe, "ready")
+        probe.wait_output("ready")
         time.sleep(1.0)
         t_kill = time.time()
         t.servers["b2"].stop()

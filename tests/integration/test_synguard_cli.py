@@ -33,7 +33,7 @@ def fastpath(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]
 def lab(make_lab):
     lab = make_lab(floodlab.TOPOLOGY)
     server = lab.spawn("server", floodlab.serve_argv())
-    floodlab.wait_for(server, "ready")
+    server.wait_output("ready")
     yield lab
     floodlab.cleanup(lab)  # a failed test may have left the guard attached
 

@@ -39,7 +39,7 @@ def _sysctl(lab, node: str, name: str) -> str:
 def _flood_and_probe(lab, attempts: int, timeout: float, interval: float) -> tuple[dict, int, float]:
     flood = lab.spawn("attacker", floodlab.flood_argv(lab, FLOOD_FRAMES, FLOOD_SECONDS))
     try:
-        floodlab.wait_for(flood, "ready")
+        flood.wait_output("ready")
         lab.run("client", ["sleep", "0.5"])  # let the flood fill the SYN queue first
         probe = floodlab.probe_result(lab.run(
             "client", floodlab.probe_argv(count=attempts, timeout=timeout, interval=interval, seconds=90),
@@ -67,7 +67,7 @@ def test_guard_keeps_service_reachable_under_spoofed_flood(lab):
 
     # Without the guard: the spoofed SYNs fill the SYN queue and real clients time out.
     server = lab.spawn("server", floodlab.serve_argv())
-    floodlab.wait_for(server, "ready")
+    server.wait_output("ready")
     base = floodlab.probe_result(lab.run("client", floodlab.probe_argv(count=10, timeout=2)).stdout)
     assert base["ok"] == 10, f"service broken before any flood: {base}"
     unguarded, sent0, _ = _flood_and_probe(lab, attempts=20, timeout=1.0, interval=0.05)
@@ -76,7 +76,7 @@ def test_guard_keeps_service_reachable_under_spoofed_flood(lab):
     # A fresh listener drops the half-open connections the unguarded flood left.
     server.stop()
     server = lab.spawn("server", floodlab.serve_argv())
-    floodlab.wait_for(server, "ready")
+    server.wait_output("ready")
 
     # With the guard.
     xdp_before = floodlab.xdp_rx_packets(lab)

@@ -79,18 +79,6 @@ def stats(iface: str, netns: str) -> dict:
     return json.loads(fastpath("count", "stats", iface, "--netns", netns, "--json").stdout)
 
 
-def wait_output(proc, word: str, timeout: float = 10.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        out = proc.output()
-        if word in out:
-            return out
-        if not proc.running:
-            break
-        time.sleep(0.05)
-    raise AssertionError(f"{proc!r} never printed {word!r}: {proc.output()!r}")
-
-
 def _count(out: str, word: str) -> int:
     for line in out.splitlines():
         if line.startswith(word + " "):
@@ -109,9 +97,9 @@ def test_replace_under_load_counts_every_packet(make_lab):
     assert "xdp" in lab.run("server", ["ip", "link", "show", "eth0"]).stdout
 
     receiver = lab.spawn("server", [sys.executable, "-c", RECEIVER])
-    wait_output(receiver, "ready")
+    receiver.wait_output("ready")
     sender = lab.spawn("client", [sys.executable, "-c", SENDER])
-    wait_output(sender, "ready")
+    sender.wait_output("ready")
 
     seen: list[int] = []
     for generation in (2, 3, 4):

@@ -310,7 +310,7 @@ class Synflood(Scenario):
         self._lab = Lab.up(floodlab.TOPOLOGY, name=f"fpsf{os.getpid() % 100000}")
         lab = self._lab
         self._server = lab.spawn("server", ["taskset", "-c", self._others, *floodlab.serve_argv()])
-        floodlab.wait_for(self._server, "ready")
+        self._server.wait_output("ready")
         floodlab.wake_peer(lab)
         with lab.enter("attacker"):
             from fastpath.xdp.flood import Flood
