@@ -21,4 +21,22 @@
 	BPF_F_TABLE(type, key, leaf, name, size, flags)
 #endif
 
+/*
+ * FP_CHAIN runs several fastpath programs on one interface (SYN guard in slot 0, load
+ * balancer in slot 1). The control plane compiles a program with -DFP_CHAIN=1
+ * -DFP_CHAIN_NEXT=<slot> only while a later slot is occupied; the program then tail-calls
+ * that slot wherever it would return XDP_PASS, and an empty slot falls through to XDP_PASS.
+ * FP_CHAIN_PIN is the interface's shared prog array, pinned once for all programs. Without
+ * FP_CHAIN nothing of this is compiled, so a lone program runs exactly as before.
+ */
+#ifndef FP_CHAIN_SLOTS
+#define FP_CHAIN_SLOTS 2
+#endif
+#ifdef FP_CHAIN_PIN
+#define FP_CHAIN_MAP() \
+	BPF_TABLE_PINNED("prog", u32, u32, chain, FP_CHAIN_SLOTS, FP_CHAIN_PIN)
+#else
+#define FP_CHAIN_MAP() BPF_TABLE("prog", u32, u32, chain, FP_CHAIN_SLOTS)
+#endif
+
 #endif /* FASTPATH_COMMON_H */

@@ -732,7 +732,21 @@ static __always_inline int lb_process(struct xdp_md *ctx)
 	return balance(ctx, &p, &vip, len);
 }
 
+#ifdef FP_CHAIN
+FP_CHAIN_MAP();
+
+/* Traffic that is not for a VIP goes on to the next program of the chain, if any. */
+int l4lb(struct xdp_md *ctx)
+{
+	int verdict = lb_process(ctx);
+
+	if (verdict == XDP_PASS)
+		chain.call(ctx, FP_CHAIN_NEXT);
+	return verdict;
+}
+#else
 int l4lb(struct xdp_md *ctx)
 {
 	return lb_process(ctx);
 }
+#endif

@@ -670,7 +670,21 @@ static __always_inline int sg_process(struct xdp_md *ctx)
 	}
 }
 
+#ifdef FP_CHAIN
+FP_CHAIN_MAP();
+
+/* What the guard lets through goes on to the next program of the chain (the balancer). */
+int syn_guard(struct xdp_md *ctx)
+{
+	int verdict = sg_process(ctx);
+
+	if (verdict == XDP_PASS)
+		chain.call(ctx, FP_CHAIN_NEXT);
+	return verdict;
+}
+#else
 int syn_guard(struct xdp_md *ctx)
 {
 	return sg_process(ctx);
 }
+#endif

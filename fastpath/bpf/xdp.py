@@ -17,7 +17,7 @@ import shutil
 import socket
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from fastpath.bpf import loader, syscall
@@ -64,10 +64,16 @@ class Attachment:
     replaced_at: float | None = None
     generation: int = 1
     options: dict[str, object] = field(default_factory=dict)
+    # Set when the program shares the interface with another (see fastpath.bpf.chain): its
+    # maps then live in a sub-directory of the interface's pin directory, and `chain` holds
+    # the FP_CHAIN defines it was compiled with.
+    subdir: str = ""
+    chain: dict[str, int | str] = field(default_factory=dict)
 
     @property
     def pin_dir(self) -> Path:
-        return pin_dir(self.ifname, self.netns)
+        base = pin_dir(self.ifname, self.netns)
+        return base / self.subdir if self.subdir else base
 
     def map_path(self, name: str) -> str:
         return str(self.pin_dir / name)
@@ -78,18 +84,49 @@ class Attachment:
         return data
 
 
-def read_state(ifname: str, netns: str | None) -> Attachment | None:
-    path = state_path(ifname, netns)
+def member_state_path(ifname: str, netns: str | None, program: str) -> Path:
+    """State of a program that joined an interface already running another one."""
+    return RUN_ROOT / "xdp" / (netns or "root") / f"{ifname}.d" / f"{program}.json"
+
+
+def _read(path: Path) -> Attachment | None:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         return None
-    data.pop("pin_dir", None)
-    return Attachment(**data)
+    # Keys a newer fastpath may add are ignored, so one state file never breaks listing.
+    known = {f.name for f in fields(Attachment)}
+    return Attachment(**{k: v for k, v in data.items() if k in known})
+
+
+def read_state(ifname: str, netns: str | None, program: str | None = None) -> Attachment | None:
+    """The attachment on `ifname`: the first one attached, or with `program` that program's."""
+    att = _read(state_path(ifname, netns))
+    if program is None or (att is not None and att.program == program):
+        return att
+    return _read(member_state_path(ifname, netns, program))
+
+
+def members(ifname: str, netns: str | None) -> list[Attachment]:
+    """Every program fastpath attached to `ifname` (more than one when chained)."""
+    out = []
+    first = _read(state_path(ifname, netns))
+    if first is not None:
+        out.append(first)
+    d = state_path(ifname, netns).parent / f"{ifname}.d"
+    if d.is_dir():
+        out.extend(a for f in sorted(d.glob("*.json")) if (a := _read(f)) is not None)
+    return out
+
+
+def _state_file(att: Attachment) -> Path:
+    if att.subdir:
+        return member_state_path(att.ifname, att.netns, att.program)
+    return state_path(att.ifname, att.netns)
 
 
 def _write_state(att: Attachment) -> None:
-    path = state_path(att.ifname, att.netns)
+    path = _state_file(att)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(att.to_json(), indent=2))
@@ -168,8 +205,13 @@ def attach(
     ifindex = _ifindex(ifname, netns)
     defs = dict(defines or {})
     pdir = pin_dir(ifname, netns)
-    old = read_state(ifname, netns)
+    old = read_state(ifname, netns, spec.name)
     replacing = old is not None and (pdir / "link").exists()
+    others = [a for a in members(ifname, netns) if a.program != spec.name]
+    if others and (pdir / "link").exists():
+        from fastpath.bpf import chain
+
+        return chain.join(spec, ifname, netns, ifindex, defs, dict(options or {}), old, others)
     if replacing and old is not None and old.program != spec.name:
         raise FastpathError(
             f"{ifname} runs fastpath program {old.program}, not {spec.name}",
@@ -180,7 +222,9 @@ def attach(
     prog = None
     link_fd = -1
     try:
-        prog = loader.load(spec, defs, pin_dir=str(pdir))
+        # A program left alone by its chain partner keeps its maps where they are.
+        mdir = old.pin_dir if replacing and old is not None else pdir
+        prog = loader.load(spec, defs, pin_dir=str(mdir))
         info = syscall.prog_info(prog.prog_fd)
         now = time.time()
         if replacing and old is not None:
@@ -189,7 +233,7 @@ def attach(
             got_mode = old.mode
             att = Attachment(
                 spec.name, ifname, netns, ifindex, got_mode, info.id, old.link_id, defs,
-                old.attached_at, now, old.generation + 1, dict(options or {}),
+                old.attached_at, now, old.generation + 1, dict(options or {}), old.subdir,
             )
         else:
             link_fd, got_mode = _create_link(prog.prog_fd, ifindex, netns, mode, ifname)
@@ -197,7 +241,7 @@ def attach(
             link_id = syscall.link_info(link_fd).id
             att = Attachment(spec.name, ifname, netns, ifindex, got_mode, info.id, link_id, defs,
                              now, None, 1, dict(options or {}))
-        _pin_replace(prog.prog_fd, pdir / "prog")
+        _pin_replace(prog.prog_fd, mdir / "prog")
         _write_state(att)
         return att, replacing
     except BaseException:
@@ -237,7 +281,17 @@ def detach(ifname: str, netns: str | None = None, program: str | None = None) ->
     detached the program; only pins and state remain to remove).
     """
     pdir = pin_dir(ifname, netns)
-    att = read_state(ifname, netns)
+    att = read_state(ifname, netns, program)
+    present = members(ifname, netns)
+    if att is None and present:
+        att = present[0]  # not `program`: refused below
+    others = [a for a in present if att is not None and a.program != att.program]
+    if att is not None and (program is None or att.program == program) and others \
+            and (pdir / "link").exists():
+        from fastpath.bpf import chain
+
+        chain.leave(att, others)
+        return att
     if att is None and not pdir.exists():
         where = f" in namespace {netns}" if netns else ""
         raise FastpathError(f"fastpath has nothing attached to {ifname}{where}",
@@ -258,8 +312,20 @@ def detach(ifname: str, netns: str | None = None, program: str | None = None) ->
     sp = state_path(ifname, netns)
     with contextlib.suppress(FileNotFoundError):
         sp.unlink()
+    if att is not None and att.subdir:
+        remove_state(att)
     _prune(sp.parent)
     return att
+
+
+def remove_state(att: Attachment) -> None:
+    """Remove the state file of `att` (and its interface's member directory once empty)."""
+    path = _state_file(att)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    if att.subdir:
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()
 
 
 def attachments() -> list[Attachment]:
@@ -269,18 +335,20 @@ def attachments() -> list[Attachment]:
     if not base.is_dir():
         return out
     for nsdir in sorted(base.iterdir()):
+        netns = None if nsdir.name == "root" else nsdir.name
         for f in sorted(nsdir.glob("*.json")):
-            netns = None if nsdir.name == "root" else nsdir.name
             att = read_state(f.stem, netns)
             if att is not None:
                 out.append(att)
+        for d in sorted(nsdir.glob("*.d")):
+            out.extend(a for f in sorted(d.glob("*.json")) if (a := _read(f)) is not None)
     return out
 
 
 def link_alive(att: Attachment) -> bool:
     """True when the pinned link still drives a live interface."""
     try:
-        fd = syscall.obj_get(str(att.pin_dir / "link"))
+        fd = syscall.obj_get(str(pin_dir(att.ifname, att.netns) / "link"))
     except syscall.BpfError:
         return False
     try:

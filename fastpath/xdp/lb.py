@@ -1123,7 +1123,7 @@ def _locked(ifname: str, netns: str | None) -> Iterator[None]:
 
 
 def attachment(ifname: str, netns: str | None) -> xdp.Attachment:
-    att = xdp.read_state(ifname, netns)
+    att = xdp.read_state(ifname, netns, SPEC.name)
     if att is None or att.program != SPEC.name:
         where = f" in namespace {netns}" if netns else ""
         ns = f" --netns {netns}" if netns else ""
@@ -1152,7 +1152,7 @@ def attach(ifname: str, netns: str | None, mode: str = "auto",
 
     A replacement keeps the attachment's sizes: pinned maps cannot change shape.
     """
-    old = xdp.read_state(ifname, netns)
+    old = xdp.read_state(ifname, netns, SPEC.name)
     defines: dict[str, int | str] = dict(TUNABLES)
     if old is not None and old.program == SPEC.name:
         asked = dict(tunables or {})

@@ -506,7 +506,7 @@ def guard_config(att: xdp.Attachment) -> GuardConfig:
 # -- attach / detach -------------------------------------------------------------------------------
 
 def attachment(ifname: str, netns: str | None) -> xdp.Attachment:
-    att = xdp.read_state(ifname, netns)
+    att = xdp.read_state(ifname, netns, PROGRAM) or xdp.read_state(ifname, netns)
     if att is None or att.program != PROGRAM:
         where = f" in namespace {netns}" if netns else ""
         what = f"fastpath program {att.program}" if att is not None else "nothing from fastpath"
@@ -563,7 +563,7 @@ def attach(
     use_nft = cfg.cookies and bool(cfg.cookie_ports)
     if use_nft:
         nft.require()
-    old = xdp.read_state(ifname, netns)
+    old = xdp.read_state(ifname, netns, PROGRAM)
     ours = old is not None and old.program == PROGRAM and "config" in old.options
     previous = guard_config(old) if ours and old is not None else None
     options: dict[str, object] = {"config": cfg.to_json()}
@@ -611,7 +611,7 @@ def _remove_nft(att: xdp.Attachment, force_table: str | None = None) -> None:
 
 def detach(ifname: str, netns: str | None = None) -> xdp.Attachment | None:
     """Remove the program, its pins and state, and its SYNPROXY rules."""
-    att = xdp.read_state(ifname, netns)
+    att = xdp.read_state(ifname, netns, PROGRAM)
     if att is not None and att.program != PROGRAM:
         raise FastpathError(f"{ifname} runs fastpath program {att.program}, not the SYN guard",
                             fix=f"use 'fastpath {att.program} detach {ifname}'")

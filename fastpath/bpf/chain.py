@@ -1,0 +1,193 @@
+"""Several fastpath XDP programs on one interface: the SYN guard first, then the balancer.
+
+An interface has one bpf_link (`<pin dir>/link`). A lone program is attached exactly as
+before. When a second program joins, each program keeps its maps in its own pin directory
+(the first one's stay where they were, the newcomer's go to `<pin dir>/<program>/`), and the
+programs are chained through a pinned prog array `<pin dir>/chain` with fixed slots
+(`SLOTS`). A program is compiled with `-DFP_CHAIN=1 -DFP_CHAIN_NEXT=<slot>` only while a
+later slot is occupied: it then tail-calls that slot where it would return XDP_PASS (an
+empty slot falls through to XDP_PASS). The link points at the occupied slot that comes
+first. Every change is a map update or a BPF_LINK_UPDATE, so traffic never sees an
+interface without a program; a program whose chain position changed is recompiled and
+reopens its pinned maps, so counters and flows survive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import shutil
+import struct
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from fastpath.bpf import loader, syscall, xdp
+from fastpath.errors import FastpathError
+
+SLOTS: dict[str, int] = {"syn_guard": 0, "l4lb": 1}
+CHAIN_MAP = "chain"
+
+
+def _spec(program: str) -> loader.ProgramSpec:
+    from fastpath.xdp import lb, synguard
+
+    specs = {synguard.SPEC.name: synguard.SPEC, lb.SPEC.name: lb.SPEC}
+    return specs[program]
+
+
+def chain_defines(program: str, occupied: Iterable[str], pdir: Path) -> dict[str, int | str]:
+    """The FP_CHAIN defines `program` needs when the programs `occupied` share `pdir`."""
+    slot = SLOTS[program]
+    later = sorted(SLOTS[p] for p in occupied if SLOTS[p] > slot)
+    if not later:
+        return {}
+    return {"FP_CHAIN": 1, "FP_CHAIN_NEXT": later[0], "FP_CHAIN_PIN": f'"{pdir / CHAIN_MAP}"'}
+
+
+def _u32(value: int) -> ctypes.Array[ctypes.c_char]:
+    return ctypes.create_string_buffer(struct.pack("=I", value), 4)
+
+
+def _check(program: str, others: Iterable[xdp.Attachment], ifname: str) -> None:
+    for o in others:
+        if o.program not in SLOTS or program not in SLOTS:
+            raise FastpathError(
+                f"{ifname} runs fastpath program {o.program}, which cannot share it with {program}",
+                fix=f"detach it first (fastpath {o.program} detach {ifname})",
+            )
+
+
+class _Chain:
+    """Loads the programs whose chain position changes and publishes the new chain."""
+
+    def __init__(self, ifname: str, netns: str | None, occupied: set[str]) -> None:
+        self.pdir = xdp.pin_dir(ifname, netns)
+        self.occupied = occupied
+        self.progs: dict[str, int] = {}
+        self.loaded: list[loader.LoadedProgram] = []
+        self.fds: list[int] = []
+
+    def load(self, spec: loader.ProgramSpec, defines: dict[str, int | str], mdir: Path) -> int:
+        want = chain_defines(spec.name, self.occupied, self.pdir)
+        prog = loader.load(spec, {**defines, **want}, pin_dir=str(mdir))
+        self.loaded.append(prog)
+        self.progs[spec.name] = prog.prog_fd
+        return prog.prog_fd
+
+    def keep_or_reload(self, att: xdp.Attachment) -> bool:
+        """Use `att`'s running program, or reload it when its chain defines change."""
+        want = chain_defines(att.program, self.occupied, self.pdir)
+        if want == att.chain:
+            fd = syscall.obj_get(str(att.pin_dir / "prog"))
+            self.fds.append(fd)
+            self.progs[att.program] = fd
+            return False
+        fd = self.load(_spec(att.program), dict(att.defines), att.pin_dir)
+        att.chain = want
+        att.prog_id = syscall.prog_info(fd).id
+        att.replaced_at = time.time()
+        att.generation += 1
+        return True
+
+    def publish(self) -> None:
+        """Fill the chain's slots, point the link at its head, then empty the stale slots."""
+        order = sorted(self.occupied, key=SLOTS.__getitem__)
+        path = self.pdir / CHAIN_MAP
+        cfd = syscall.obj_get(str(path)) if path.exists() else -1
+        try:
+            if cfd >= 0:
+                for program in order[1:]:
+                    syscall.map_update(cfd, _u32(SLOTS[program]), _u32(self.progs[program]))
+            link = syscall.obj_get(str(self.pdir / "link"))
+            try:
+                syscall.link_update(link, self.progs[order[0]])
+            finally:
+                os.close(link)
+            if cfd >= 0:
+                for program, slot in SLOTS.items():
+                    if program not in order[1:]:
+                        syscall.map_delete(cfd, _u32(slot))
+        finally:
+            if cfd >= 0:
+                os.close(cfd)
+
+    def pin(self, atts: Iterable[xdp.Attachment]) -> None:
+        for att in atts:
+            fd = self.progs[att.program]
+            with contextlib.suppress(FileNotFoundError):
+                (att.pin_dir / "prog").unlink()
+            syscall.obj_pin(fd, str(att.pin_dir / "prog"))
+
+    def close(self) -> None:
+        for prog in self.loaded:
+            prog.close()
+        for fd in self.fds:
+            os.close(fd)
+
+
+def join(
+    spec: loader.ProgramSpec,
+    ifname: str,
+    netns: str | None,
+    ifindex: int,
+    defines: dict[str, int | str],
+    options: dict[str, object],
+    old: xdp.Attachment | None,
+    others: list[xdp.Attachment],
+) -> tuple[xdp.Attachment, bool]:
+    """Attach `spec` next to the programs `others` on `ifname` (or replace it there)."""
+    _check(spec.name, others, ifname)
+    pdir = xdp.pin_dir(ifname, netns)
+    subdir = old.subdir if old is not None else spec.name
+    mdir = pdir / subdir if subdir else pdir
+    created = not mdir.exists()
+    mdir.mkdir(parents=True, exist_ok=True)
+    ch = _Chain(ifname, netns, {spec.name, *(o.program for o in others)})
+    now = time.time()
+    try:
+        fd = ch.load(spec, defines, mdir)
+        reloaded = [o for o in others if ch.keep_or_reload(o)]
+        ch.publish()
+        head = others[0]
+        att = xdp.Attachment(
+            spec.name, ifname, netns, ifindex, head.mode, syscall.prog_info(fd).id, head.link_id,
+            defines, old.attached_at if old else now, now if old else None,
+            old.generation + 1 if old else 1, options, subdir,
+            chain_defines(spec.name, ch.occupied, pdir),
+        )
+        ch.pin([att, *reloaded])
+        for o in [att, *reloaded]:
+            xdp.save_state(o)
+        return att, old is not None
+    except BaseException:
+        if old is None and created:
+            shutil.rmtree(mdir, ignore_errors=True)
+        raise
+    finally:
+        ch.close()
+
+
+def leave(att: xdp.Attachment, others: list[xdp.Attachment]) -> None:
+    """Take `att` out of its interface's chain; the programs `others` keep running."""
+    pdir = att.pin_dir if not att.subdir else att.pin_dir.parent
+    ch = _Chain(att.ifname, att.netns, {o.program for o in others})
+    try:
+        reloaded = [o for o in others if ch.keep_or_reload(o)]
+        ch.publish()
+        ch.pin(reloaded)
+        for o in reloaded:
+            xdp.save_state(o)
+    finally:
+        ch.close()
+    if att.subdir:
+        shutil.rmtree(pdir / att.subdir, ignore_errors=True)
+    else:
+        for entry in pdir.iterdir():
+            if entry.name not in ("link", CHAIN_MAP) and not entry.is_dir():
+                entry.unlink()
+    if not any(o.chain for o in others):
+        with contextlib.suppress(FileNotFoundError):
+            (pdir / CHAIN_MAP).unlink()
+    xdp.remove_state(att)

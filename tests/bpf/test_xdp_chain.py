@@ -1,0 +1,93 @@
+"""The SYN guard and the balancer chained on one interface, through BPF_PROG_TEST_RUN: the
+guard, compiled with FP_CHAIN, tail-calls the balancer where it would pass a frame, so a VIP
+frame comes out as the balancer's rewrite; an empty slot falls through to XDP_PASS."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from fastpath.bpf import loader
+from fastpath.xdp import lb
+from fastpath.xdp import synguard as sg
+
+pytestmark = pytest.mark.bpf
+
+
+def _sibling(name: str) -> ModuleType:
+    """The frame builders and program wrappers of the two programs' own test modules."""
+    spec = importlib.util.spec_from_file_location(f"_chain_{name}", Path(__file__).with_name(f"{name}.py"))
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+l4 = _sibling("test_l4lb")
+sgt = _sibling("test_syn_guard")
+
+VIP = "10.100.0.1:80/tcp"
+# Port 80 is the VIP's: the guard leaves it to the balancer and protects 23 and 443.
+CONFIG = sg.GuardConfig(cookie_ports=(443,), drop_ports=(23,))
+
+
+@pytest.fixture(scope="module")
+def chained():
+    if os.geteuid() != 0:
+        pytest.skip("loading BPF programs needs root")
+    guard = sgt.Guard({"FP_CHAIN": 1, "FP_CHAIN_NEXT": 1})
+    prog = loader.load(lb.SPEC, l4.prog_defines())
+    env = l4.Env(prog)
+    yield guard, env
+    env.maps.close()
+    prog.close()
+    guard.close()
+
+
+def _slot(guard: sgt.Guard, prog_fd: int | None) -> None:
+    table = guard.prog.table("chain")
+    if prog_fd is None:
+        del table[table.Key(1)]
+    else:
+        table[table.Key(1)] = table.Leaf(prog_fd)
+
+
+def test_guard_pass_tail_calls_the_balancer(chained):
+    guard, env = chained
+    guard.configure(CONFIG)
+    _slot(guard, env.prog.prog_fd)
+    try:
+        frame = l4.tcp4("10.100.0.1", 80, 40001)
+        backend = env.pick(VIP, l4.CLIENT4, 40001)
+        res, delta = guard.run(frame)
+        assert res.verdict == "XDP_TX"
+        assert res.output.hex() == l4.dsr_expected(frame, backend.mac).hex()
+        assert list(delta) == ["pass_tcp"] or all(k.startswith("pass") for k in delta), delta
+
+        # What the guard drops or answers itself never reaches the balancer.
+        res, delta = guard.run(l4.tcp4("10.100.0.1", 23, 40002))
+        assert res.verdict == "XDP_DROP" and "drop_port" in delta
+        res, delta = guard.run(l4.tcp4("10.100.0.1", 443, 40003))
+        assert res.verdict == "XDP_TX" and "tx_cookie" in delta
+
+        # Not a VIP: both pass, the frame unchanged.
+        other = l4.udp4("10.9.9.9", 53, 40004)
+        res, _ = guard.run(other)
+        assert res.verdict == "XDP_PASS" and res.output == other
+    finally:
+        _slot(guard, None)
+
+
+def test_empty_slot_falls_through_to_pass(chained):
+    guard, _ = chained
+    guard.configure(CONFIG)
+    frame = l4.tcp4("10.100.0.1", 80, 40005)
+    res, delta = guard.run(frame)
+    assert res.verdict == "XDP_PASS" and res.output == frame
+    assert delta and all(k.startswith("pass") for k in delta), delta

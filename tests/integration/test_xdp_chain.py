@@ -1,0 +1,160 @@
+"""The SYN guard and the load balancer on the same interface, guard first, in either attach
+order: the guard counts and drops SYNs to its protected port, the balancer forwards the VIP's
+connections to the backends Maglev names, detaching either leaves the other working, and
+detaching both leaves nothing in bpffs or the run state."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from fastpath.bpf import xdp, xdp_count
+from fastpath.xdp import lb
+
+pytestmark = pytest.mark.integration
+
+
+def _sibling(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"_chain_{name}", Path(__file__).with_name(f"{name}.py"))
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+L = _sibling("test_lb")  # its lab: client -> balancer -> three backends, DSR
+GUARDED = 23  # the guard drops SYNs to this port of the VIP address
+
+# Connect to the VIP's guarded port once; prints "refused", "timeout" or "open".
+KNOCK = """
+import socket, sys
+s = socket.socket()
+s.settimeout(0.5)
+try:
+    s.connect((sys.argv[1], int(sys.argv[2])))
+    print("open")
+except ConnectionRefusedError:
+    print("refused")
+except OSError:
+    print("timeout")
+"""
+
+
+@pytest.fixture
+def chain_lab(make_lab):
+    lab = make_lab(L.topology("dsr"))
+    t = L.Bench(lab, "dsr")
+    sw = lab.netns("sw")
+    lab.run("lb", ["sysctl", "-qw", "net.ipv4.conf.eth0.rp_filter=0"])
+    for node in L.BACKENDS:
+        lab.run(node, ["ip", "addr", "add", f"{L.VIP}/32", "dev", "lo"])
+        t.start_server(node)
+    xdp.attach(xdp_count.SPEC, "lb-eth0", sw, "native")  # see test_lb: wakes the veth peer
+    try:
+        yield t
+    finally:
+        if xdp.read_state("eth0", t.ns, "syn_guard"):
+            L.fastpath("xdp", "detach", "eth0", "--netns", t.ns, check=False)
+        if xdp.read_state("eth0", t.ns, "l4lb") or lb.state_path("eth0", t.ns).exists():
+            L.fastpath("lb", "detach", "eth0", "--netns", t.ns, check=False)
+        xdp.detach("lb-eth0", sw)
+
+
+def attach_guard(t) -> None:
+    L.fastpath("xdp", "attach", "eth0", "--netns", t.ns, "--mode", "native", "--ports", "",
+               "--drop-ports", str(GUARDED), "--no-cookies")
+
+
+def attach_lb(t) -> None:
+    L.fastpath("lb", "attach", "eth0", "--netns", t.ns, "--mode", "native", "--table-size", "4099")
+    t.lb("vip", "add", t.vip, "--mode", "dsr")
+    for node in L.BACKENDS:
+        t.lb("backend", "add", t.vip, t.backend(node))
+
+
+def guard_counters(t) -> dict[str, int]:
+    out = json.loads(L.fastpath("xdp", "stats", "eth0", "--netns", t.ns, "--json", "--interval", "0").stdout)
+    return {k: v["packets"] for k, v in out["counters"].items()}
+
+
+def knock(t) -> str:
+    return t.lab.run("client", [sys.executable, "-c", KNOCK, L.VIP, str(GUARDED)], timeout=30).stdout.strip()
+
+
+def lb_new_flows(t) -> int:
+    return int(json.loads(t.lb("stats", "--json").stdout)["vips"][0]["new_flows"])
+
+
+def check_balancing(t, first_port: int) -> None:
+    before = lb_new_flows(t)
+    got = t.burst(first_port, 30)
+    assert all(not v.startswith("error") for v in got.values()), got
+    t.check_predicted(got)
+    assert lb_new_flows(t) >= before + 30
+
+
+def check_guarding(t) -> None:
+    before = guard_counters(t)
+    assert knock(t) == "timeout"
+    after = guard_counters(t)
+    assert after["drop_port"] >= before["drop_port"] + 1, (before, after)
+
+
+@pytest.mark.parametrize("order", ["guard_first", "lb_first"])
+def test_guard_and_balancer_share_an_interface(chain_lab, order):
+    t = chain_lab
+    if order == "guard_first":
+        attach_guard(t)
+        attach_lb(t)
+    else:
+        attach_lb(t)
+        attach_guard(t)
+    guard, balancer = (xdp.read_state("eth0", t.ns, p) for p in ("syn_guard", "l4lb"))
+    assert guard is not None and balancer is not None
+    assert guard.link_id == balancer.link_id, "one link drives both programs"
+    links = t.lab.run("lb", ["ip", "link", "show", "eth0"]).stdout
+    assert "xdp" in links
+
+    # Both work: VIP connections are balanced (after passing the guard), guarded SYNs dropped.
+    passed = sum(v for k, v in guard_counters(t).items() if k.startswith("pass"))
+    check_balancing(t, 31000)
+    assert sum(v for k, v in guard_counters(t).items() if k.startswith("pass")) >= passed + 30
+    check_guarding(t)
+    status = [s for s in json.loads(L.fastpath("xdp", "status", "--json").stdout) if s["netns"] == t.ns]
+    assert len(status) == 1 and status[0]["alive"] is True
+
+    # Re-attaching one keeps the chain (and the other program) working.
+    again = json.loads(L.fastpath("lb", "attach", "eth0", "--netns", t.ns, "--json").stdout)
+    assert again["replaced"] is True and again["link_id"] == guard.link_id
+    check_balancing(t, 32000)
+    check_guarding(t)
+
+    pdir = xdp.pin_dir("eth0", t.ns)
+    if order == "guard_first":
+        L.fastpath("xdp", "detach", "eth0", "--netns", t.ns)
+        assert xdp.read_state("eth0", t.ns, "syn_guard") is None
+        check_balancing(t, 33000)
+        assert not (pdir / "chain").exists()
+        L.fastpath("lb", "attach", "eth0", "--netns", t.ns)  # alone now: a plain replace
+        check_balancing(t, 34000)
+        L.fastpath("lb", "detach", "eth0", "--netns", t.ns)
+    else:
+        L.fastpath("lb", "detach", "eth0", "--netns", t.ns)
+        assert xdp.read_state("eth0", t.ns, "l4lb") is None
+        check_guarding(t)
+        assert not (pdir / "chain").exists()
+        attach_guard(t)  # alone now: a plain replace
+        check_guarding(t)
+        L.fastpath("xdp", "detach", "eth0", "--netns", t.ns)
+
+    assert "xdp" not in t.lab.run("lb", ["ip", "link", "show", "eth0"]).stdout
+    assert not pdir.exists()
+    assert not xdp.state_path("eth0", t.ns).exists()
+    assert not xdp.member_state_path("eth0", t.ns, "l4lb").parent.exists()
+    assert not lb.state_path("eth0", t.ns).exists()
