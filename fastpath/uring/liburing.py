@@ -6,7 +6,9 @@ io_uring_cq_advance, buffer-ring and set-data helpers) as real symbols:
 * ``liburing-ffi.so`` (liburing >= 2.4), used when present, and
 * fastpath's shim ``libfastpath_uring_ffi.so`` built from ``uring/ffi_shim.c`` (the only
   choice with Debian 12's liburing 2.3). It exports the same names plus batched helpers
-  (``fastpath_uring_reap``, ``fastpath_buf_ring_recycle``) and a layout table.
+  (``fastpath_uring_reap``, ``fastpath_buf_ring_recycle``, and the echo core
+  ``fastpath_echo_*`` that does the Python echo server's per-completion bookkeeping a
+  batch at a time, see :class:`EchoConn`) and a layout table.
 
 Before any ring is built, the ctypes mirrors below are checked against the C compiler's
 layout of the same structs (the shim's table) and every ring is checked against the
@@ -304,6 +306,52 @@ class FastpathCqe(_Mirror):
     _fields_ = [("user_data", c_u64), ("res", c_s32), ("flags", c_u32)]
 
 
+class EchoConn(_Mirror):
+    """One connection of the shim's echo core. The C side keeps the queue (buffer ids,
+    bytes, send offset) and `recv_armed`/`send_inflight` current as completions arrive;
+    the Python server sets `closing`, `paused`, `eof`, `starved` as it decides."""
+
+    _c_name_ = "fastpath_echo_conn"
+    _fields_ = [
+        ("fd", c_s32),
+        ("gen", c_u32),
+        ("q_head", c_s32),
+        ("q_tail", c_s32),
+        ("q_bytes", c_u32),
+        ("sent_off", c_u32),
+        ("live", c_u8),
+        ("closing", c_u8),
+        ("recv_armed", c_u8),
+        ("send_inflight", c_u8),
+        ("paused", c_u8),
+        ("eof", c_u8),
+        ("starved", c_u8),
+        ("pad", c_u8),
+    ]
+
+
+class EchoStats(_Mirror):
+    """The echo core's counters and buffer-pool state (the head of its C struct)."""
+
+    _c_name_ = "fastpath_echo_stats"
+    _fields_ = [
+        ("enters", c_u64),
+        ("cqes", c_u64),
+        ("messages", c_u64),
+        ("bytes_in", c_u64),
+        ("sends", c_u64),
+        ("bytes_out", c_u64),
+        ("short_sends", c_u64),
+        ("bytes_queued", c_u64),
+        ("open_conns", c_u32),
+        ("free_buffers", c_u32),
+        ("published", c_u32),
+        ("window", c_u32),
+        ("error", c_s32),
+        ("pad", c_u32),
+    ]
+
+
 MIRRORS: tuple[type[_Mirror], ...] = (
     IoUringSq,
     IoUringCq,
@@ -319,6 +367,8 @@ MIRRORS: tuple[type[_Mirror], ...] = (
     IoUringBufReg,
     KernelTimespec,
     FastpathCqe,
+    EchoConn,
+    EchoStats,
 )
 
 
@@ -353,7 +403,7 @@ def compare_layouts(c_side: dict[str, int], py_side: dict[str, int]) -> list[str
 # --- library loading --------------------------------------------------------------------------
 
 SHIM_NAME = "libfastpath_uring_ffi.so"
-SHIM_ABI = 1
+SHIM_ABI = 2
 REPO_URING_DIR = Path(__file__).resolve().parents[2] / "uring"
 
 # name: (restype, argtypes). Rings and SQEs travel as plain addresses (c_void_p) because
@@ -413,6 +463,14 @@ _SHIM_PROTOTYPES: dict[str, tuple[Any, list[Any]]] = {
     "fastpath_uring_reap": (_U, [c_void_p, c_void_p, _U]),
     "fastpath_buf_ring_recycle": (_V, [c_void_p, c_void_p, _U, _U, c_void_p, _U]),
     "fastpath_uring_layout": (ctypes.POINTER(LayoutEntry), [ctypes.POINTER(_U)]),
+    # the echo core: (ring, buffer ring, buffers base, size, entries, conn_max, ops)
+    "fastpath_echo_new": (c_void_p, [c_void_p, c_void_p, c_void_p, _U, _U, _U, _U, _U]),
+    "fastpath_echo_free": (_V, [c_void_p]),
+    "fastpath_echo_open": (c_void_p, [c_void_p, _I]),
+    "fastpath_echo_close": (_V, [c_void_p, _U]),
+    "fastpath_echo_reap": (_U, [c_void_p, c_void_p, _U]),
+    "fastpath_echo_enter": (_I, [c_void_p, c_void_p, _U, _U]),
+    "fastpath_echo_flush": (_U, [c_void_p]),
 }
 
 
@@ -777,6 +835,11 @@ class Ring:
         """Address of the struct io_uring, for calls into the library."""
         return self._addr
 
+    @property
+    def reap_batch(self) -> int:
+        """The most completions one reap() returns."""
+        return self._reap_max
+
     # -- submission
     def get_sqe(self) -> int:
         """A free SQE's address; flushes the SQ to the kernel once if it is full."""
@@ -965,12 +1028,19 @@ class Ring:
             out = [Completion(c.user_data, c.res, c.flags) for c in buf[:n]]
         else:
             out = self._reap_portable(limit)
-        keep = self._keep
-        if keep:
-            for c in out:
-                if not c.flags & IORING_CQE_F_MORE:
-                    keep.pop(c.user_data, None)
+        if self._keep:
+            self.retire(out)
         return out
+
+    def retire(self, completions: Iterable[tuple[int, int, int]]) -> None:
+        """Let go of the Python objects kept alive for requests whose final completion
+        is among `completions` (for callers that reap by other means than reap())."""
+        keep = self._keep
+        if not keep:
+            return
+        for user_data, _res, flags in completions:
+            if not flags & IORING_CQE_F_MORE:
+                keep.pop(user_data, None)
 
     def _reap_portable(self, limit: int) -> list[Completion]:
         """The same as reap() with only liburing's own API (peek_batch + cq_advance)."""
@@ -1035,11 +1105,12 @@ class Ring:
         finally:
             self._lib.io_uring_free_probe(ptr)
 
-    def buffer_ring(self, group: int, entries: int, size: int) -> BufferRing:
-        """Register a provided-buffer ring of `entries` buffers of `size` bytes as `group`."""
+    def buffer_ring(self, group: int, entries: int, size: int, *, publish: bool = True) -> BufferRing:
+        """Register a provided-buffer ring of `entries` buffers of `size` bytes as `group`
+        (with `publish=False` the ring starts empty: the caller hands buffers over)."""
         if group in self._buffer_rings:
             raise FastpathError(f"buffer group {group} is already registered on this ring")
-        br = BufferRing(self, group, entries, size)
+        br = BufferRing(self, group, entries, size, publish=publish)
         self._buffer_rings[group] = br
         return br
 
@@ -1085,12 +1156,15 @@ class BufferRing:
     """A provided-buffer ring: `entries` buffers of `size` bytes the kernel picks from.
 
     Buffer `bid` lives at `base + bid * size`. A completion carrying F_BUFFER owns its
-    buffer until it is handed back with recycle()/recycle_many().
+    buffer until it is handed back with recycle()/recycle_many(). Every buffer is
+    published at registration unless `publish` is False.
     """
 
     MAX_ENTRIES = 32768
 
-    def __init__(self, ring: Ring, group: int, entries: int, size: int) -> None:
+    def __init__(
+        self, ring: Ring, group: int, entries: int, size: int, *, publish: bool = True
+    ) -> None:
         if entries < 1 or entries > self.MAX_ENTRIES or entries & (entries - 1):
             raise FastpathError(f"buffer ring entries {entries}: need a power of two 1..32768")
         if not 1 <= size <= 1 << 24:
@@ -1117,12 +1191,13 @@ class BufferRing:
             raise FastpathError(f"io_uring_register_buf_ring failed: {strerror(ret)}")
         self._registered = True
         self._lib.io_uring_buf_ring_init(self.ring_addr)
-        for bid in range(entries):
-            self._lib.io_uring_buf_ring_add(
-                self.ring_addr, self.addr(bid), size, bid, self.mask, bid
-            )
-        self._lib.io_uring_buf_ring_advance(self.ring_addr, entries)
         self._bids = (c_u16 * entries)()
+        if publish:
+            for bid in range(entries):
+                self._lib.io_uring_buf_ring_add(
+                    self.ring_addr, self.addr(bid), size, bid, self.mask, bid
+                )
+            self._lib.io_uring_buf_ring_advance(self.ring_addr, entries)
 
     def addr(self, bid: int) -> int:
         return self.base + bid * self.size

@@ -33,6 +33,9 @@ pytestmark = pytest.mark.integration
 
 ENGINES = ("native", "python")
 SERVER_KINDS = (*ENGINES, "epoll")  # the io_uring engines and the epoll baseline
+# The python engine with its pure-Python echo core (what runs without the shim's C
+# helpers); server() starts it, a few tests below run with it.
+PYTHON_CORE = "python-core"
 EPOLL_BINARY = "fastpath-epoll-echo"
 PYTHON = sys.executable
 STOP_BOUND_S = 8.0  # drain (2 s default) + join slack + interpreter exit
@@ -68,6 +71,9 @@ def serve_argv(engine: str, *extra: str) -> list[str]:
 
 @contextlib.contextmanager
 def server(engine: str, *extra: str, **kwargs: object) -> Iterator[ServerProcess]:
+    if engine == PYTHON_CORE:
+        kwargs.setdefault("env", {**os.environ, "FASTPATH_ECHO_CORE": "python"})
+        engine = "python"
     srv = ServerProcess(serve_argv(engine, *extra), **kwargs)  # type: ignore[arg-type]
     try:
         yield srv
@@ -169,6 +175,8 @@ def test_ready_line_and_stats(engine):
     with server(engine) as srv:
         assert srv.ready["engine"] == engine and srv.port > 0
         assert "SINGLE_ISSUER" in srv.ready["setup"]
+        if engine == "python":  # the shim is built here: its C echo core is in use
+            assert srv.ready["echo_core"] == "shim"
         with connect(srv) as s:
             assert exchange(s, b"hello") == b"hello"
         st = wait_idle(srv, 1)
@@ -396,6 +404,54 @@ def test_buffer_pool_exhaustion_rearms_after_enobufs(engine):
             for s in socks:
                 s.close()
         wait_idle(srv, 40)
+
+
+def test_busy_server_touches_a_window_of_its_buffer_pool(engine):
+    """5000 small echoes over 100 connections with the default 16 MiB pool (4096 x 4 KiB).
+    Publishing the whole pool would cycle every recv through all 4096 buffers - a cold
+    page per message, and all 16 MiB resident; a window of recently used buffers keeps
+    the touched set near one buffer per connection."""
+    with server(engine) as srv:
+        pid = server_pid(srv)
+        socks = [connect(srv) for _ in range(100)]
+        try:
+            for s in socks:
+                assert exchange(s, b"warm") == b"warm"
+            base = rss_kib(pid)
+            for i in range(50):
+                msg = bytes([i]) * 128
+                for s in socks:
+                    s.sendall(msg)
+                for s in socks:
+                    assert _recv_exact(s, 128) == msg
+            st = srv.stats()
+            assert st["messages"] >= 5000
+            grown = rss_kib(pid) - base
+            assert grown < 6 * 1024, f"RSS grew {grown} KiB: the pool is cycled, not a window"
+        finally:
+            for s in socks:
+                s.close()
+        wait_idle(srv, 100)
+
+
+@pytest.mark.parametrize(
+    "test",
+    [
+        test_random_payloads_1b_to_1mib_byte_exact,
+        test_pipelined_requests_come_back_in_order,
+        test_1000_concurrent_connections,
+        test_half_close_gets_everything_then_eof,
+        test_client_reset_mid_transfer,
+        test_slow_readers_bounded_memory,
+        test_buffer_pool_exhaustion_rearms_after_enobufs,
+    ],
+    ids=lambda t: t.__name__.removeprefix("test_"),
+)
+def test_python_engine_without_the_c_echo_core(test):
+    """The python engine's pure-Python echo core (no shim helpers) passes the same tests."""
+    with server(PYTHON_CORE) as srv:
+        assert srv.ready["echo_core"] == "python"
+    test(PYTHON_CORE)
 
 
 def test_ipv6_loopback(server_kind):
@@ -758,7 +814,13 @@ def test_epoll_sigterm_with_a_stalled_reader_exits_after_the_drain(epoll_binary)
     then closes the connection anyway and exits 0; what the client then reads is an exact
     prefix of what it sent."""
     payload = random.Random(5).randbytes(8 << 20)
-    with server("epoll", "--drain-ms", "300") as srv, connect(srv) as s:
+    with server("epoll", "--drain-ms", "300") as srv, socket.socket() as s:
+        # A small receive buffer, set before connecting: with tcp_rmem's autotuning (up
+        # to 32 MiB here) the socket buffers alone could swallow the whole payload and
+        # the server would never hold a pending echo.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        s.settimeout(5)
+        s.connect(srv.address)
         s.setblocking(False)
         sent = 0
         deadline = time.monotonic() + 10
@@ -769,7 +831,15 @@ def test_epoll_sigterm_with_a_stalled_reader_exits_after_the_drain(epoll_binary)
                 if srv.stats()["bytes_queued"] > 0:
                     break
                 time.sleep(0.01)
-        assert srv.stats()["bytes_queued"] > 0, "the server never had an echo pending"
+        # Pending for good, not just between two writes while the socket buffers still
+        # took bytes: three readings in a row.
+        readings: list[int] = []
+
+        def stalled() -> bool:
+            readings.append(srv.stats()["bytes_queued"])
+            return len(readings) >= 3 and min(readings[-3:]) > 0
+
+        assert wait_for(stalled, 5, 0.05), f"the server never had an echo pending: {readings}"
         t0 = time.monotonic()
         assert srv.stop(signal.SIGTERM, timeout=STOP_BOUND_S) == 0
         assert 0.25 < time.monotonic() - t0 < STOP_BOUND_S

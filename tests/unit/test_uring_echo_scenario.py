@@ -13,6 +13,7 @@ from fastpath.bench.registry import load_scenario
 from fastpath.bench.scenario import check_scenario_class
 from fastpath.bench.scenarios import SCENARIOS
 from fastpath.bench.scenarios import echo as echo_scenario
+from fastpath.errors import FastpathError
 
 
 def test_registered_and_well_formed():
@@ -68,3 +69,26 @@ def test_cpu_seconds_reads_this_process():
         pass
     after = echo_scenario.cpu_seconds(os.getpid())
     assert after - before >= 0.05
+
+
+def test_grid_env_restricts_points_and_keeps_the_headline():
+    assert echo_scenario.grid_from_env(None) == echo_scenario.FULL_GRID
+    assert echo_scenario.grid_from_env(" ") == echo_scenario.FULL_GRID
+    assert echo_scenario.grid_from_env("c100_s128") == ((100, 128),)
+    # The headline point stays (the targets need it), in the full grid's order.
+    assert echo_scenario.grid_from_env("c500_s64, c1_s4096") == ((100, 128), (1, 4096), (500, 64))
+
+
+def test_grid_env_names_an_unknown_point():
+    with pytest.raises(FastpathError, match="FASTPATH_ECHO_GRID: unknown grid point.*c7_s9"):
+        echo_scenario.grid_from_env("c100_s128,c7_s9")
+
+
+@pytest.mark.parametrize(("value", "ok"), [("", 1), ("8", 8), ("0", None), ("x", None), ("2000", None)])
+def test_load_generator_env_knobs(monkeypatch, value, ok):
+    monkeypatch.setenv(echo_scenario.DEPTH_ENV, value)
+    if ok is None:
+        with pytest.raises(FastpathError, match=echo_scenario.DEPTH_ENV):
+            echo_scenario._positive_env(echo_scenario.DEPTH_ENV, 1024)
+    else:
+        assert echo_scenario._positive_env(echo_scenario.DEPTH_ENV, 1024) == ok

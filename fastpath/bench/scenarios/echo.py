@@ -25,6 +25,13 @@ contender.
 Time: a full run is 5 contenders x (1 warm-up + 5 measured repeats) x 13 points x 1.3 s,
 about 9-10 minutes; --quick runs every point for 0.25 s, once (under a minute).
 
+Environment knobs, for focused runs and for checking whether the load generator is the
+bottleneck (each is logged at the start of a run):
+- FASTPATH_ECHO_GRID=c100_s128,c500_s64: measure only these points (the headline point,
+  which the targets need, is always kept);
+- FASTPATH_ECHO_DEPTH=N: messages in flight per connection (default 1);
+- FASTPATH_ECHO_CLIENT_THREADS=N: load-generator threads (default 1, all on the client CPU).
+
 Reading the numbers: with one message in flight per connection, throughput is bound by
 how fast each side wakes the other as much as by server CPU; on a small or shared
 machine neither side may saturate its core, req/s ratios then shrink towards 1 and the
@@ -53,7 +60,10 @@ from fastpath.uring.native import ServerProcess, find_binary
 CONNECTIONS = (1, 50, 100, 500)
 SIZES = (64, 512, 4096)
 HEADLINE = (100, 128)  # the targets' grid point
-POINTS: tuple[tuple[int, int], ...] = (HEADLINE, *((c, s) for c in CONNECTIONS for s in SIZES))
+FULL_GRID: tuple[tuple[int, int], ...] = (HEADLINE, *((c, s) for c in CONNECTIONS for s in SIZES))
+GRID_ENV, DEPTH_ENV, THREADS_ENV = (
+    "FASTPATH_ECHO_GRID", "FASTPATH_ECHO_DEPTH", "FASTPATH_ECHO_CLIENT_THREADS",
+)  # fmt: skip
 
 # (warm-up, measured) seconds of each load run: full, --quick.
 LOAD_S = (0.3, 1.0)
@@ -76,6 +86,33 @@ BASELINE = "epoll"
 
 def point_name(connections: int, size: int) -> str:
     return f"c{connections}_s{size}"
+
+
+def grid_from_env(text: str | None) -> tuple[tuple[int, int], ...]:
+    """The points $FASTPATH_ECHO_GRID names ("c100_s128,c1_s64"), headline first; the
+    full grid when unset or empty."""
+    if not text or not text.strip():
+        return FULL_GRID
+    wanted = {p.strip() for p in text.split(",") if p.strip()}
+    by_name = {point_name(c, s): (c, s) for c, s in FULL_GRID}
+    unknown = sorted(wanted - set(by_name))
+    if unknown:
+        raise FastpathError(
+            f"{GRID_ENV}: unknown grid point(s) {', '.join(unknown)}; "
+            f"choose from {', '.join(by_name)}"
+        )
+    return tuple(p for p in FULL_GRID if p == HEADLINE or point_name(*p) in wanted)
+
+
+def _positive_env(name: str, hi: int) -> int:
+    """An integer setting from the environment, 1 when unset (fastpath-echo-bench's limits)."""
+    text = os.environ.get(name, "").strip() or "1"
+    if not text.isdigit() or not 1 <= int(text) <= hi:
+        raise FastpathError(f"{name}={text}: expected an integer in 1..{hi}")
+    return int(text)
+
+
+POINTS = grid_from_env(os.environ.get(GRID_ENV))
 
 
 def _metrics() -> list[Metric]:
@@ -157,6 +194,12 @@ class Echo(Scenario):
     # -- set-up and tear-down
     def setup(self, ctx: BenchContext) -> None:
         self._live: dict[int, ServerProcess] = {}
+        self._depth = _positive_env(DEPTH_ENV, 1024)
+        self._client_threads = _positive_env(THREADS_ENV, 256)
+        if POINTS != FULL_GRID:
+            ctx.log(f"echo: {GRID_ENV} restricts the grid to {', '.join(point_name(*p) for p in POINTS)}")
+        ctx.log(f"echo: load generator: {self._client_threads} thread(s), {self._depth} message(s) "
+                "in flight per connection")  # fmt: skip
         self._bench = find_binary("fastpath-echo-bench")  # no load generator: unavailable
         find_binary("fastpath-epoll-echo")  # the baseline: unavailable without it
         try:
@@ -261,8 +304,8 @@ class Echo(Scenario):
               warm_s: float, run_s: float) -> LoadResult:  # fmt: skip
         argv = [
             str(self._bench), "--addr", "127.0.0.1", "--port", str(srv.port),
-            "--connections", str(connections), "--size", str(size), "--depth", "1",
-            "--threads", "1", "--warmup", str(warm_s), "--duration", str(run_s),
+            "--connections", str(connections), "--size", str(size), "--depth", str(self._depth),
+            "--threads", str(self._client_threads), "--warmup", str(warm_s), "--duration", str(run_s),
         ]  # fmt: skip
         pid = int(srv.ready["pid"])
         where = f"{contender}, {connections} connections x {size} B"
