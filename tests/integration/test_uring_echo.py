@@ -574,7 +574,9 @@ def test_no_fd_leak_after_churn(server_kind):
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 s.close()
         wait_idle(srv, 150)
-        assert fd_count(pid) == base
+        # No leak: never more fds than before (one the engine held transiently at the
+        # first count may be gone by now).
+        assert fd_count(pid) <= base
 
 
 def test_sigterm_under_load_drains_and_exits_zero(server_kind):
