@@ -3,20 +3,29 @@
  * fastpath-echo-bench - a multi-threaded load generator for TCP echo servers.
  *
  * Purpose:    measure an echo server (fastpath-uring-echo, the Python engine, or any
- *             peer) the same way every time: N connections, a message size, a pipelining
- *             depth, a warm-up and a measured duration. Every reply is read in full and
- *             checked byte for byte; the result is one JSON object on stdout with
- *             req/s, MB/s and p50/p99/p99.9/max latency.
+ *             peer, directly or behind a load balancer) the same way every time: N
+ *             connections, a message size, a pipelining depth, a warm-up and a measured
+ *             duration. Every reply is read in full and checked byte for byte; the result
+ *             is one JSON object on stdout with req/s, MB/s and p50/p99/p99.9/max latency.
+ *             With --requests-per-conn N (--new-conn-per-request: N = 1) every connection
+ *             is opened, carries N requests and is closed again, over and over: the
+ *             report then also has conn/s and the latency of connect + exchange.
  * Techniques: one epoll loop per thread, connections spread round-robin; message bytes
  *             are a pure function of (connection, sequence number, offset), so neither
  *             side of the check needs a copy of what was sent; up to --depth messages
  *             are in flight per connection, each stamped when its first byte is written
  *             and measured when the last byte of its echo arrives; latencies go into a
  *             log-linear histogram (64 sub-buckets per power of two, < 1.6 % error)
- *             merged across threads. Counters reset when the warm-up ends.
+ *             merged across threads. Counters reset when the warm-up ends. Churned
+ *             connections connect without blocking (EPOLLOUT says when) and are closed
+ *             with SO_LINGER 0 by default: a RST leaves no TIME_WAIT socket behind, so a
+ *             long run at tens of thousands of conn/s never runs out of source ports
+ *             (--close fin measures an orderly close instead, within the port budget).
+ *             A failed churned connection is counted and replaced; a wrong byte is not.
  * Kernel:     any Linux with epoll.
  * Usage:      fastpath-echo-bench --port P [--addr 127.0.0.1] [--connections 64]
  *               [--threads 2] [--size 64] [--depth 1] [--duration 5] [--warmup 1]
+ *               [--requests-per-conn N | --new-conn-per-request] [--close reset|fin]
  *             Exit status: 0 on success, 1 on a verification or connection failure,
  *             2 on bad options.
  * Test:       fastpath-uring-echo --port 7777 & fastpath-echo-bench --port 7777 --duration 2
@@ -52,16 +61,18 @@
 #define MAX_SIZE (1u << 20)
 #define MAX_DEPTH 1024
 #define MAX_INFLIGHT_BYTES (1ull << 32) /* connections x size x depth, a sanity cap */
+#define MAX_REQUESTS_PER_CONN 1000000000
 
 #define PROG "fastpath-echo-bench"
 
+#include "common.h"
+
 struct options {
-	char addr_text[INET6_ADDRSTRLEN + 2];
-	struct sockaddr_storage addr;
-	socklen_t addrlen;
-	int port;
+	struct endpoint ep;        /* --addr, --port */
 	int connections, threads;
 	unsigned size, depth;
+	unsigned requests_per_conn; /* 0: every connection lasts the whole run */
+	bool close_fin;            /* churned connections end with FIN, not RST */
 	double duration, warmup;
 };
 
@@ -74,8 +85,13 @@ struct conn {
 	uint64_t rx_seq;   /* message whose echo is arriving */
 	uint32_t rx_off;
 	uint64_t *sent_ns; /* ring of depth send timestamps */
-	bool dead;
+	bool dead;         /* failed for good: no more traffic on this slot */
 	bool want_out;     /* EPOLLOUT is in the interest set (the socket was full) */
+	/* churn mode (--requests-per-conn) */
+	bool connecting;   /* connect() in progress, EPOLLOUT reports the outcome */
+	bool idle;         /* between connections: no socket, to be opened again */
+	uint64_t first_seq;     /* first message of the current connection */
+	uint64_t conn_start_ns; /* before socket(): what connect + exchange is measured from */
 };
 
 struct thread_state {
@@ -83,29 +99,19 @@ struct thread_state {
 	pthread_t thread;
 	const struct options *opt;
 	struct conn *conns;
-	int nconns;
+	int nconns, nidle;
 	unsigned char *scratch;
 	/* results, measured after the warm-up */
 	uint64_t requests, bytes, verify_failures, conn_errors;
 	uint64_t hist[HIST_BUCKETS];
 	uint64_t max_ns;
+	uint64_t conns_done;        /* churned connections completed in the window */
+	uint64_t conn_hist[HIST_BUCKETS];
+	uint64_t conn_max_ns;
 	char err[200];
 };
 
 static uint64_t g_start_ns, g_warm_ns, g_end_ns;
-
-static void die_usage(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
-static void die_usage(const char *fmt, ...)
-{
-	va_list ap;
-
-	fprintf(stderr, PROG ": error: ");
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputc('\n', stderr);
-	exit(2);
-}
 
 static uint64_t now_ns(void)
 {
@@ -183,36 +189,139 @@ static double percentile_us(const uint64_t *hist, uint64_t total, double p)
 
 /* ---------------------------------------------------------------- per-connection I/O */
 
-static void conn_fail(struct thread_state *t, struct conn *c, const char *what, int err)
-{
-	if (c->dead)
-		return;
-	c->dead = true;
-	epoll_ctl(t->epfd, EPOLL_CTL_DEL, c->fd, NULL);
-	close(c->fd);
-	c->fd = -1;
-	t->conn_errors++;
-	if (!t->err[0])
-		snprintf(t->err, sizeof(t->err), "connection %u: %s%s%s", c->id, what,
-			 err ? ": " : "", err ? strerror(err) : "");
-}
-
 static bool measuring(uint64_t now)
 {
 	return now >= g_warm_ns && now < g_end_ns;
 }
 
-/* Write while the pipeline has room; returns false when the socket is full. */
+static void record(uint64_t *hist, uint64_t *max_ns, uint64_t lat)
+{
+	hist[hist_index(lat)]++;
+	if (lat > *max_ns)
+		*max_ns = lat;
+}
+
+/* Churn mode: start the slot's next connection. Whatever fails at once is counted and the
+ * slot left idle; the thread loop retries idle slots after its next wait. */
+static void conn_open(struct thread_state *t, struct conn *c, uint64_t now)
+{
+	const struct options *o = t->opt;
+	struct linger reset = { .l_onoff = 1, .l_linger = 0 };
+	struct epoll_event ev = { .events = EPOLLIN | EPOLLOUT | EPOLLET, .data.ptr = c };
+	int one = 1, err;
+
+	if (c->idle) {
+		c->idle = false;
+		t->nidle--;
+	}
+	c->conn_start_ns = now;
+	c->first_seq = c->rx_seq = c->tx_seq;
+	c->tx_off = c->rx_off = 0;
+	c->tx_busy = false;
+	c->fd = socket(o->ep.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (c->fd < 0) {
+		err = errno;
+		goto fail;
+	}
+	/* A RST on close: the client keeps no TIME_WAIT socket, so no source port runs out. */
+	if (!o->close_fin)
+		setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &reset, sizeof(reset));
+	setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	if (connect(c->fd, (const struct sockaddr *)&o->ep.addr, o->ep.addrlen) < 0 &&
+	    errno != EINPROGRESS) {
+		err = errno;
+		goto fail;
+	}
+	if (epoll_ctl(t->epfd, EPOLL_CTL_ADD, c->fd, &ev) < 0) {
+		err = errno;
+		goto fail;
+	}
+	c->connecting = true;
+	return;
+fail:
+	if (c->fd >= 0)
+		close(c->fd);
+	c->fd = -1;
+	c->idle = true;
+	t->nidle++;
+	t->conn_errors++;
+	if (!t->err[0])
+		snprintf(t->err, sizeof(t->err), "connection %u: connect: %s", c->id, strerror(err));
+}
+
+/* Churn mode: close the slot's connection (close() also leaves the epoll set) and, while
+ * the run lasts, open the next. */
+static void conn_recycle(struct thread_state *t, struct conn *c, uint64_t now)
+{
+	close(c->fd);
+	c->fd = -1;
+	c->connecting = false;
+	if (now < g_end_ns)
+		conn_open(t, c, now);
+}
+
+/* A connection failed. Churn mode replaces it unless the failure is `fatal` (a wrong
+ * byte); otherwise the slot is dead for the rest of the run. Counted either way. */
+static void conn_fail(struct thread_state *t, struct conn *c, const char *what, int err, bool fatal)
+{
+	if (c->dead)
+		return;
+	t->conn_errors++;
+	if (!t->err[0])
+		snprintf(t->err, sizeof(t->err), "connection %u: %s%s%s", c->id, what,
+			 err ? ": " : "", err ? strerror(err) : "");
+	if (t->opt->requests_per_conn && !fatal) {
+		conn_recycle(t, c, now_ns());
+		return;
+	}
+	c->dead = true;
+	epoll_ctl(t->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+	close(c->fd);
+	c->fd = -1;
+}
+
+/* Churn mode: the connection's last echo is in; connect + exchange is measured here. */
+static void conn_done(struct thread_state *t, struct conn *c, uint64_t now)
+{
+	if (measuring(now) && c->conn_start_ns >= g_warm_ns) {
+		t->conns_done++;
+		record(t->conn_hist, &t->conn_max_ns, now - c->conn_start_ns);
+	}
+	conn_recycle(t, c, now);
+}
+
+/* EPOLLOUT or an error on a connecting socket: connect() has finished. A failed connect
+ * always raises EPOLLERR or EPOLLHUP, so success costs no getsockopt. */
+static void on_connected(struct thread_state *t, struct conn *c, uint32_t events)
+{
+	socklen_t len = sizeof(int);
+	int err = 0;
+
+	if (events & (EPOLLERR | EPOLLHUP)) {
+		if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0 || !err)
+			err = ECONNRESET;
+		conn_fail(t, c, "connect", err, false);
+		return;
+	}
+	c->connecting = false;
+}
+
+/* Write while the pipeline has room; returns false when the socket is full (or still
+ * connecting). */
 static bool pump_tx(struct thread_state *t, struct conn *c, uint64_t now)
 {
 	const struct options *o = t->opt;
 
+	if (c->connecting || c->fd < 0)
+		return false;
 	while (!c->dead && now < g_end_ns) {
 		uint32_t len;
 		ssize_t n;
 
 		if (!c->tx_busy) {
 			if (c->tx_seq - c->rx_seq >= o->depth)
+				return true;
+			if (o->requests_per_conn && c->tx_seq - c->first_seq >= o->requests_per_conn)
 				return true;
 			c->sent_ns[c->tx_seq % o->depth] = now;
 			c->tx_seq++;
@@ -227,7 +336,7 @@ static bool pump_tx(struct thread_state *t, struct conn *c, uint64_t now)
 		if (n < 0) {
 			if (errno == EAGAIN || errno == EWOULDBLOCK)
 				return false;
-			conn_fail(t, c, "send", errno);
+			conn_fail(t, c, "send", errno, false);
 			return false;
 		}
 		c->tx_off += (uint32_t)n;
@@ -252,11 +361,11 @@ static void pump_rx(struct thread_state *t, struct conn *c)
 
 		if (n < 0) {
 			if (errno != EAGAIN && errno != EWOULDBLOCK)
-				conn_fail(t, c, "recv", errno);
+				conn_fail(t, c, "recv", errno, false);
 			return;
 		}
 		if (n == 0) {
-			conn_fail(t, c, "server closed the connection", 0);
+			conn_fail(t, c, "server closed the connection", 0, false);
 			return;
 		}
 		avail = n == IO_CHUNK;
@@ -268,13 +377,13 @@ static void pump_rx(struct thread_state *t, struct conn *c)
 				len = (uint32_t)(n - pos);
 			if (c->rx_seq >= c->tx_seq) {
 				t->verify_failures++;
-				conn_fail(t, c, "echo of bytes never sent", 0);
+				conn_fail(t, c, "echo of bytes never sent", 0, true);
 				return;
 			}
 			pattern(c->id, c->rx_seq, c->rx_off, expect, len);
 			if (memcmp(expect, t->scratch + pos, len) != 0) {
 				t->verify_failures++;
-				conn_fail(t, c, "echoed bytes differ from the bytes sent", 0);
+				conn_fail(t, c, "echoed bytes differ from the bytes sent", 0, true);
 				return;
 			}
 			pos += len;
@@ -283,26 +392,33 @@ static void pump_rx(struct thread_state *t, struct conn *c)
 				continue;
 			now = now_ns();
 			if (measuring(now) && c->sent_ns[c->rx_seq % o->depth] >= g_warm_ns) {
-				uint64_t lat = now - c->sent_ns[c->rx_seq % o->depth];
-
 				t->requests++;
 				t->bytes += o->size;
-				t->hist[hist_index(lat)]++;
-				if (lat > t->max_ns)
-					t->max_ns = lat;
+				record(t->hist, &t->max_ns, now - c->sent_ns[c->rx_seq % o->depth]);
 			}
 			c->rx_seq++;
 			c->rx_off = 0;
+			if (o->requests_per_conn && c->rx_seq - c->first_seq == o->requests_per_conn) {
+				if (pos < n) {
+					t->verify_failures++;
+					conn_fail(t, c, "echo of bytes never sent", 0, true);
+					return;
+				}
+				conn_done(t, c, now);
+				return;
+			}
 		}
 	}
 }
 
-/* Only a change of interest costs an epoll_ctl: once per full socket, not per reply. */
+/* Only a change of interest costs an epoll_ctl: once per full socket, not per reply.
+ * Churned sockets never need one: they wait edge-triggered for both directions (a short
+ * read has drained the socket; EPOLLOUT comes only after a send found it full). */
 static void update_interest(struct thread_state *t, struct conn *c, bool want_out)
 {
 	struct epoll_event ev = { .events = EPOLLIN | (want_out ? EPOLLOUT : 0u), .data.ptr = c };
 
-	if (c->dead || c->want_out == want_out)
+	if (c->dead || c->fd < 0 || t->opt->requests_per_conn || c->want_out == want_out)
 		return;
 	c->want_out = want_out;
 	epoll_ctl(t->epfd, EPOLL_CTL_MOD, c->fd, &ev);
@@ -314,9 +430,13 @@ static void *thread_main(void *arg)
 	struct epoll_event evs[EPOLL_BATCH];
 	int i, n;
 
-	/* Step 1: start every connection's pipeline. */
-	for (i = 0; i < t->nconns; i++)
-		update_interest(t, &t->conns[i], !pump_tx(t, &t->conns[i], now_ns()));
+	/* Step 1: start every connection's pipeline (churn mode: its first connect). */
+	for (i = 0; i < t->nconns; i++) {
+		if (t->opt->requests_per_conn)
+			conn_open(t, &t->conns[i], now_ns());
+		else
+			update_interest(t, &t->conns[i], !pump_tx(t, &t->conns[i], now_ns()));
+	}
 	/* Step 2: the event loop, until the measured window closes. */
 	for (;;) {
 		uint64_t now = now_ns();
@@ -330,83 +450,48 @@ static void *thread_main(void *arg)
 		}
 		for (i = 0; i < n; i++) {
 			struct conn *c = evs[i].data.ptr;
+			uint32_t e = evs[i].events;
 
-			if (evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP))
+			if (c->connecting) {
+				on_connected(t, c, e);
+				e &= EPOLLIN; /* bytes already there: edge-triggered, the only notice */
+			}
+			if (!c->connecting && c->fd >= 0 && (e & (EPOLLIN | EPOLLERR | EPOLLHUP)))
 				pump_rx(t, c);
 			if (!c->dead)
 				update_interest(t, c, !pump_tx(t, c, now_ns()));
 		}
+		for (i = 0; t->nidle && i < t->nconns; i++)
+			if (t->conns[i].idle && now_ns() < g_end_ns)
+				conn_open(t, &t->conns[i], now_ns());
 	}
 	return NULL;
 }
 
 /* ---------------------------------------------------------------- options and set-up */
 
-static long parse_long(const char *opt, const char *text, long lo, long hi)
-{
-	char *end;
-	long v;
-
-	errno = 0;
-	v = strtol(text, &end, 10);
-	if (errno || end == text || *end || v < lo || v > hi)
-		die_usage("%s %s: expected an integer in %ld..%ld", opt, text, lo, hi);
-	return v;
-}
-
-static double parse_seconds(const char *opt, const char *text, double lo, double hi)
-{
-	char *end;
-	double v;
-
-	errno = 0;
-	v = strtod(text, &end);
-	if (errno || end == text || *end || !(v >= lo) || v > hi)
-		die_usage("%s %s: expected seconds in %g..%g", opt, text, lo, hi);
-	return v;
-}
-
-static void parse_addr(struct options *o, const char *text)
-{
-	char buf[INET6_ADDRSTRLEN + 2];
-	size_t len = strlen(text);
-	struct sockaddr_in *in4 = (struct sockaddr_in *)&o->addr;
-	struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&o->addr;
-
-	if (len >= sizeof(buf))
-		die_usage("--addr %s: not an IPv4 or IPv6 address", text);
-	memcpy(buf, text, len + 1);
-	if (len > 2 && buf[0] == '[' && buf[len - 1] == ']') {
-		memmove(buf, buf + 1, len - 2);
-		buf[len - 2] = '\0';
-	}
-	memset(&o->addr, 0, sizeof(o->addr));
-	if (inet_pton(AF_INET, buf, &in4->sin_addr) == 1) {
-		in4->sin_family = AF_INET;
-		o->addrlen = sizeof(*in4);
-	} else if (inet_pton(AF_INET6, buf, &in6->sin6_addr) == 1) {
-		in6->sin6_family = AF_INET6;
-		o->addrlen = sizeof(*in6);
-	} else {
-		die_usage("--addr %s: not an IPv4 or IPv6 address", text);
-	}
-	snprintf(o->addr_text, sizeof(o->addr_text), "%s", buf);
-}
-
 static void usage(void)
 {
 	printf("usage: " PROG " --port PORT [options]\n"
-	       "  --addr ADDR          server address, IPv4 or IPv6 (default 127.0.0.1)\n"
-	       "  --port PORT          server port (required)\n"
-	       "  --connections N      concurrent connections, 1..%d (default 64)\n"
-	       "  --threads N          client threads, 1..%d (default 2, at most connections)\n"
-	       "  --size BYTES         message size, 1..%u (default 64)\n"
-	       "  --depth N            messages in flight per connection, 1..%d (default 1)\n"
-	       "  --duration SEC       measured time (default 5)\n"
-	       "  --warmup SEC         unmeasured time first (default 1)\n"
-	       "output: one JSON object; exit 1 if any echo differs or a connection fails\n"
-	       "example: " PROG " --port 7777 --connections 100 --size 512 --depth 8\n",
-	       MAX_CONNECTIONS, MAX_THREADS, MAX_SIZE, MAX_DEPTH);
+	       "  --addr ADDR              server address, IPv4 or IPv6 (default 127.0.0.1)\n"
+	       "  --port PORT              server port (required)\n"
+	       "  --connections N          concurrent connections, 1..%d (default 64)\n"
+	       "  --threads N              client threads, 1..%d (default 2, at most connections)\n"
+	       "  --size BYTES             message size, 1..%u (default 64)\n"
+	       "  --depth N                messages in flight per connection, 1..%d (default 1)\n"
+	       "  --duration SEC           measured time (default 5)\n"
+	       "  --warmup SEC             unmeasured time first (default 1)\n"
+	       "  --requests-per-conn N    close each connection after N requests and open a new\n"
+	       "                           one, 0..%d (default 0: connections last the whole run)\n"
+	       "  --new-conn-per-request   the same as --requests-per-conn 1: connect, one request,\n"
+	       "                           the full reply, close\n"
+	       "  --close reset|fin        how churned connections end: reset (SO_LINGER 0, no\n"
+	       "                           TIME_WAIT, the default) or fin (an orderly close)\n"
+	       "output: one JSON object (with conn/s and connect+exchange latency when connections\n"
+	       "churn); exit 1 if any echo differs or a connection fails\n"
+	       "example: " PROG " --port 7777 --connections 100 --size 512 --depth 8\n"
+	       "         " PROG " --port 7777 --connections 32 --new-conn-per-request\n",
+	       MAX_CONNECTIONS, MAX_THREADS, MAX_SIZE, MAX_DEPTH, MAX_REQUESTS_PER_CONN);
 }
 
 static void parse_options(struct options *o, int argc, char **argv)
@@ -420,14 +505,17 @@ static void parse_options(struct options *o, int argc, char **argv)
 		{ "depth", required_argument, NULL, 'd' },
 		{ "duration", required_argument, NULL, 'D' },
 		{ "warmup", required_argument, NULL, 'w' },
+		{ "requests-per-conn", required_argument, NULL, 'r' },
+		{ "new-conn-per-request", no_argument, NULL, 'n' },
+		{ "close", required_argument, NULL, 'C' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	int ch;
 
 	memset(o, 0, sizeof(*o));
-	parse_addr(o, "127.0.0.1");
-	o->port = -1;
+	parse_addr(&o->ep, "127.0.0.1");
+	o->ep.port = -1;
 	o->connections = 64;
 	o->threads = 2;
 	o->size = 64;
@@ -437,44 +525,49 @@ static void parse_options(struct options *o, int argc, char **argv)
 	opterr = 0;
 	while ((ch = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
 		switch (ch) {
-		case 'a': parse_addr(o, optarg); break;
-		case 'p': o->port = (int)parse_long("--port", optarg, 1, 65535); break;
+		case 'a': parse_addr(&o->ep, optarg); break;
+		case 'p': o->ep.port = (int)parse_long("--port", optarg, 1, 65535); break;
 		case 'c': o->connections = (int)parse_long("--connections", optarg, 1, MAX_CONNECTIONS); break;
 		case 't': o->threads = (int)parse_long("--threads", optarg, 1, MAX_THREADS); break;
 		case 's': o->size = (unsigned)parse_long("--size", optarg, 1, MAX_SIZE); break;
 		case 'd': o->depth = (unsigned)parse_long("--depth", optarg, 1, MAX_DEPTH); break;
 		case 'D': o->duration = parse_seconds("--duration", optarg, 0.1, 86400); break;
 		case 'w': o->warmup = parse_seconds("--warmup", optarg, 0, 3600); break;
+		case 'r':
+			o->requests_per_conn = (unsigned)parse_long("--requests-per-conn", optarg, 0,
+								    MAX_REQUESTS_PER_CONN);
+			break;
+		case 'n': o->requests_per_conn = 1; break;
+		case 'C':
+			if (strcmp(optarg, "reset") && strcmp(optarg, "fin"))
+				die_usage("--close %s: expected reset or fin", optarg);
+			o->close_fin = !strcmp(optarg, "fin");
+			break;
 		case 'h': usage(); exit(0);
-		default:
-			if (optopt)
-				die_usage("option %s needs a value (see --help)", argv[optind - 1]);
-			die_usage("unknown option %s (see --help)", argv[optind - 1]);
+		default: die_bad_option(argv);
 		}
 	}
 	if (optind < argc)
 		die_usage("unexpected argument %s (see --help)", argv[optind]);
-	if (o->port < 0)
+	if (o->ep.port < 0)
 		die_usage("--port is required (the echo server's port)");
 	if ((unsigned long long)o->connections * o->size * o->depth > MAX_INFLIGHT_BYTES)
 		die_usage("--connections x --size x --depth exceeds %llu bytes in flight",
 			  MAX_INFLIGHT_BYTES);
 	if (o->threads > o->connections)
 		o->threads = o->connections;
-	if (o->addr.ss_family == AF_INET)
-		((struct sockaddr_in *)&o->addr)->sin_port = htons((uint16_t)o->port);
-	else
-		((struct sockaddr_in6 *)&o->addr)->sin6_port = htons((uint16_t)o->port);
+	set_port(&o->ep, o->ep.port);
 }
 
+/* A blocking connect: every persistent connection, and churn mode's first probe. */
 static int open_conn(const struct options *o, struct conn *c)
 {
 	int one = 1;
 
-	c->fd = socket(o->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	c->fd = socket(o->ep.addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (c->fd < 0)
 		return -errno;
-	if (connect(c->fd, (const struct sockaddr *)&o->addr, o->addrlen) < 0) {
+	if (connect(c->fd, (const struct sockaddr *)&o->ep.addr, o->ep.addrlen) < 0) {
 		int err = errno;
 
 		close(c->fd);
@@ -490,17 +583,21 @@ int main(int argc, char **argv)
 	struct options opt;
 	struct thread_state *ts = NULL;
 	struct conn *conns = NULL;
-	uint64_t *stamps = NULL, total_hist[HIST_BUCKETS], requests = 0, bytes = 0, vfail = 0;
-	uint64_t cerr = 0, max_ns = 0;
+	uint64_t *stamps = NULL, total_hist[HIST_BUCKETS], conn_hist[HIST_BUCKETS];
+	uint64_t requests = 0, bytes = 0, vfail = 0, cerr = 0, max_ns = 0, nconns = 0;
+	uint64_t conn_max_ns = 0;
 	const char *first_err = NULL;
+	bool churn;
 	double secs;
 	int i, rc = 1, ret;
 
 	/* Step 1: options. */
 	parse_options(&opt, argc, argv);
+	churn = opt.requests_per_conn > 0;
 	signal(SIGPIPE, SIG_IGN);
 
-	/* Step 2: connections, all established before the clock starts. */
+	/* Step 2: connections, all established before the clock starts. Churn mode opens
+	 * its own as it goes; one probe first, so an unreachable server is one clear line. */
 	conns = calloc((size_t)opt.connections, sizeof(*conns));
 	stamps = calloc((size_t)opt.connections * opt.depth, sizeof(*stamps));
 	ts = calloc((size_t)opt.threads, sizeof(*ts));
@@ -515,11 +612,20 @@ int main(int argc, char **argv)
 	for (i = 0; i < opt.connections; i++) {
 		conns[i].id = (uint32_t)i;
 		conns[i].sent_ns = stamps + (size_t)i * opt.depth;
+		if (churn && i > 0)
+			continue;
 		ret = open_conn(&opt, &conns[i]);
 		if (ret < 0) {
 			fprintf(stderr, PROG ": error: connect to %s port %d (connection %d): %s\n",
-				opt.addr_text, opt.port, i, strerror(-ret));
+				opt.ep.text, opt.ep.port, i, strerror(-ret));
 			goto out;
+		}
+		if (churn) {
+			struct linger reset = { .l_onoff = 1, .l_linger = 0 };
+
+			setsockopt(conns[i].fd, SOL_SOCKET, SO_LINGER, &reset, sizeof(reset));
+			close(conns[i].fd);
+			conns[i].fd = -1;
 		}
 	}
 
@@ -541,7 +647,7 @@ int main(int argc, char **argv)
 			fprintf(stderr, PROG ": error: thread set-up: %s\n", strerror(errno));
 			goto out;
 		}
-		for (j = 0; j < t->nconns; j++) {
+		for (j = 0; j < t->nconns && !churn; j++) {
 			struct epoll_event ev = { .events = EPOLLIN, .data.ptr = &t->conns[j] };
 
 			epoll_ctl(t->epfd, EPOLL_CTL_ADD, t->conns[j].fd, &ev);
@@ -564,6 +670,7 @@ int main(int argc, char **argv)
 
 	/* Step 4: merge and report. */
 	memset(total_hist, 0, sizeof(total_hist));
+	memset(conn_hist, 0, sizeof(conn_hist));
 	for (i = 0; i < opt.threads; i++) {
 		unsigned b;
 
@@ -571,24 +678,37 @@ int main(int argc, char **argv)
 		bytes += ts[i].bytes;
 		vfail += ts[i].verify_failures;
 		cerr += ts[i].conn_errors;
+		nconns += ts[i].conns_done;
 		if (ts[i].max_ns > max_ns)
 			max_ns = ts[i].max_ns;
-		for (b = 0; b < HIST_BUCKETS; b++)
+		if (ts[i].conn_max_ns > conn_max_ns)
+			conn_max_ns = ts[i].conn_max_ns;
+		for (b = 0; b < HIST_BUCKETS; b++) {
 			total_hist[b] += ts[i].hist[b];
+			conn_hist[b] += ts[i].conn_hist[b];
+		}
 		if (!first_err && ts[i].err[0])
 			first_err = ts[i].err;
 	}
 	secs = opt.duration;
 	printf("{\"tool\":\"" PROG "\",\"addr\":\"%s\",\"port\":%d,\"connections\":%d,"
-	       "\"threads\":%d,\"size\":%u,\"depth\":%u,\"warmup_s\":%g,\"duration_s\":%g,"
+	       "\"threads\":%d,\"size\":%u,\"depth\":%u,\"requests_per_conn\":%u,"
+	       "\"warmup_s\":%g,\"duration_s\":%g,"
 	       "\"requests\":%llu,\"req_per_s\":%.1f,\"bytes\":%llu,\"mb_per_s\":%.3f,"
-	       "\"latency_us\":{\"p50\":%.1f,\"p99\":%.1f,\"p999\":%.1f,\"max\":%.1f},"
-	       "\"verify_failures\":%llu,\"connection_errors\":%llu,\"ok\":%s}\n",
-	       opt.addr_text, opt.port, opt.connections, opt.threads, opt.size, opt.depth,
-	       opt.warmup, opt.duration, (unsigned long long)requests, (double)requests / secs,
-	       (unsigned long long)bytes, (double)bytes / secs / 1e6,
+	       "\"latency_us\":{\"p50\":%.1f,\"p99\":%.1f,\"p999\":%.1f,\"max\":%.1f},",
+	       opt.ep.text, opt.ep.port, opt.connections, opt.threads, opt.size, opt.depth,
+	       opt.requests_per_conn, opt.warmup, opt.duration, (unsigned long long)requests,
+	       (double)requests / secs, (unsigned long long)bytes, (double)bytes / secs / 1e6,
 	       percentile_us(total_hist, requests, 0.50), percentile_us(total_hist, requests, 0.99),
-	       percentile_us(total_hist, requests, 0.999), (double)max_ns / 1000.0,
+	       percentile_us(total_hist, requests, 0.999), (double)max_ns / 1000.0);
+	if (churn)
+		printf("\"close\":\"%s\",\"conns\":%llu,\"conn_per_s\":%.1f,"
+		       "\"conn_latency_us\":{\"p50\":%.1f,\"p99\":%.1f,\"p999\":%.1f,\"max\":%.1f},",
+		       opt.close_fin ? "fin" : "reset", (unsigned long long)nconns,
+		       (double)nconns / secs, percentile_us(conn_hist, nconns, 0.50),
+		       percentile_us(conn_hist, nconns, 0.99), percentile_us(conn_hist, nconns, 0.999),
+		       (double)conn_max_ns / 1000.0);
+	printf("\"verify_failures\":%llu,\"connection_errors\":%llu,\"ok\":%s}\n",
 	       (unsigned long long)vfail, (unsigned long long)cerr,
 	       (vfail || cerr || !requests) ? "false" : "true");
 	fflush(stdout);
@@ -599,7 +719,7 @@ int main(int argc, char **argv)
 	rc = (vfail || cerr || !requests) ? 1 : 0;
 
 out:
-	/* Step 5: the single clean-up path. */
+	/* Step 5: the single clean-up path (churned sockets carry SO_LINGER 0: a RST). */
 	if (conns)
 		for (i = 0; i < opt.connections; i++)
 			if (conns[i].fd >= 0)

@@ -80,6 +80,8 @@
 
 #define PROG "fastpath-uring-echo"
 
+#include "common.h"
+
 /* user_data: op (8 bits) | connection generation (24 bits) | connection slot (32 bits). */
 enum op { OP_ACCEPT = 1, OP_RECV, OP_SEND, OP_CANCEL, OP_TIMER, OP_WAKE };
 enum timer { TIMER_ACCEPT_RETRY = 1, TIMER_DRAIN };
@@ -124,10 +126,7 @@ struct stats {
 #define STAT_GET(w, field) __atomic_load_n(&(w)->stats.field, __ATOMIC_RELAXED)
 
 struct options {
-	char addr_text[INET6_ADDRSTRLEN + 2];
-	struct sockaddr_storage addr;
-	socklen_t addrlen;
-	int port;
+	struct endpoint ep;       /* --addr, --port */
 	int threads;
 	bool sqpoll;
 	unsigned buffers;
@@ -174,35 +173,7 @@ struct worker {
 	struct stats stats;
 };
 
-static volatile sig_atomic_t g_failed;
 static sem_t g_ready;
-
-static void die_usage(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
-static void die_usage(const char *fmt, ...)
-{
-	va_list ap;
-
-	fprintf(stderr, PROG ": error: ");
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputc('\n', stderr);
-	exit(2);
-}
-
-static void worker_fail(struct worker *w, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void worker_fail(struct worker *w, const char *fmt, ...)
-{
-	va_list ap;
-
-	fprintf(stderr, PROG ": error: thread %d: ", w->id);
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputc('\n', stderr);
-	g_failed = 1;
-	kill(getpid(), SIGTERM); /* wakes main's sigtimedwait; it stops every worker */
-}
 
 /* ---------------------------------------------------------------- submission helpers */
 
@@ -665,14 +636,14 @@ static void dispatch(struct worker *w, struct io_uring_cqe *cqe)
 	case OP_SEND:
 		break;
 	default:
-		worker_fail(w, "completion with unknown user_data %#llx", (unsigned long long)ud);
+		thread_fail(w->id, "completion with unknown user_data %#llx", (unsigned long long)ud);
 		return;
 	}
 	/* Requests on a connection always finish before its slot is reused, so the
 	 * generation check is a guard against logic errors, not a race. */
 	c = slot < w->nslots ? &w->conns[slot] : NULL;
 	if (!c || c->state == CONN_FREE || c->gen != ud_gen(ud)) {
-		worker_fail(w, "completion for a dead connection (slot %u)", slot);
+		thread_fail(w->id, "completion for a dead connection (slot %u)", slot);
 		return;
 	}
 	if (ud_op(ud) == OP_RECV)
@@ -819,7 +790,7 @@ static void *worker_main(void *arg)
 	while (!(w->stopping && w->open_conns == 0 && !w->accept_armed)) {
 		ret = io_uring_submit_and_wait(&w->ring, 1);
 		if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) {
-			worker_fail(w, "io_uring_submit_and_wait: %s", strerror(-ret));
+			thread_fail(w->id, "io_uring_submit_and_wait: %s", strerror(-ret));
 			break;
 		}
 		STAT_ADD(w, enters, 1);
@@ -840,46 +811,6 @@ static void *worker_main(void *arg)
 }
 
 /* ---------------------------------------------------------------- options */
-
-static long parse_long(const char *opt, const char *text, long lo, long hi)
-{
-	char *end;
-	long v;
-
-	errno = 0;
-	v = strtol(text, &end, 10);
-	if (errno || end == text || *end || v < lo || v > hi)
-		die_usage("%s %s: expected an integer in %ld..%ld", opt, text, lo, hi);
-	return v;
-}
-
-static void parse_addr(struct options *o, const char *text)
-{
-	char buf[INET6_ADDRSTRLEN + 2];
-	size_t len = strlen(text);
-	struct sockaddr_in *in4 = (struct sockaddr_in *)&o->addr;
-	struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&o->addr;
-
-	if (len >= sizeof(buf))
-		die_usage("--addr %s: not an IPv4 or IPv6 address", text);
-	memcpy(buf, text, len + 1);
-	if (len > 2 && buf[0] == '[' && buf[len - 1] == ']') {
-		memmove(buf, buf + 1, len - 2);
-		buf[len - 2] = '\0';
-	}
-	memset(&o->addr, 0, sizeof(o->addr));
-	if (inet_pton(AF_INET, buf, &in4->sin_addr) == 1) {
-		in4->sin_family = AF_INET;
-		o->addrlen = sizeof(*in4);
-	} else if (inet_pton(AF_INET6, buf, &in6->sin6_addr) == 1) {
-		in6->sin6_family = AF_INET6;
-		o->addrlen = sizeof(*in6);
-	} else {
-		die_usage("--addr %s: not an IPv4 or IPv6 address (e.g. 127.0.0.1, ::1, 0.0.0.0)",
-			  text);
-	}
-	snprintf(o->addr_text, sizeof(o->addr_text), "%s", buf);
-}
 
 static void usage(FILE *out)
 {
@@ -918,12 +849,11 @@ static void parse_options(struct options *o, int argc, char **argv)
 		{ NULL, 0, NULL, 0 },
 	};
 	long conn_max = -1;
-	char *end;
 	int ch;
 
 	memset(o, 0, sizeof(*o));
-	parse_addr(o, "127.0.0.1");
-	o->port = DEFAULT_PORT;
+	parse_addr(&o->ep, "127.0.0.1");
+	o->ep.port = DEFAULT_PORT;
 	o->threads = 1;
 	o->buffers = DEFAULT_BUFFERS;
 	o->buffer_size = DEFAULT_BUFFER_SIZE;
@@ -931,8 +861,8 @@ static void parse_options(struct options *o, int argc, char **argv)
 	opterr = 0;
 	while ((ch = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
 		switch (ch) {
-		case 'a': parse_addr(o, optarg); break;
-		case 'p': o->port = (int)parse_long("--port", optarg, 0, 65535); break;
+		case 'a': parse_addr(&o->ep, optarg); break;
+		case 'p': o->ep.port = (int)parse_long("--port", optarg, 0, 65535); break;
 		case 't': o->threads = (int)parse_long("--threads", optarg, 1, MAX_THREADS); break;
 		case 'S': o->sqpoll = true; break;
 		case 'b':
@@ -946,19 +876,10 @@ static void parse_options(struct options *o, int argc, char **argv)
 							      MAX_BUFFER_SIZE);
 			break;
 		case 'm': conn_max = parse_long("--conn-max-bytes", optarg, 1, UINT32_MAX / 2); break;
-		case 'i':
-			errno = 0;
-			o->stats_interval = strtod(optarg, &end);
-			if (errno || end == optarg || *end || !(o->stats_interval >= 0) ||
-			    o->stats_interval > 86400)
-				die_usage("--stats-interval %s: expected seconds in 0..86400", optarg);
-			break;
+		case 'i': o->stats_interval = parse_seconds("--stats-interval", optarg, 0, 86400); break;
 		case 'd': o->drain_ms = (unsigned)parse_long("--drain-ms", optarg, 0, MAX_DRAIN_MS); break;
 		case 'h': usage(stdout); exit(0);
-		default:
-			if (optopt)
-				die_usage("option %s needs a value (see --help)", argv[optind - 1]);
-			die_usage("unknown option %s (see --help)", argv[optind - 1]);
+		default: die_bad_option(argv);
 		}
 	}
 	if (optind < argc)
@@ -980,79 +901,7 @@ static void parse_options(struct options *o, int argc, char **argv)
 	o->conn_max_bytes = (unsigned)conn_max;
 }
 
-/* ---------------------------------------------------------------- listeners */
-
-static void set_port(struct options *o, int port)
-{
-	if (o->addr.ss_family == AF_INET)
-		((struct sockaddr_in *)&o->addr)->sin_port = htons((uint16_t)port);
-	else
-		((struct sockaddr_in6 *)&o->addr)->sin6_port = htons((uint16_t)port);
-}
-
-static int bind_error(const struct options *o, int err)
-{
-	if (err == EADDRINUSE)
-		fprintf(stderr, PROG ": error: port %d on %s is already in use; stop the other "
-			"server or choose another --port\n", o->port, o->addr_text);
-	else if (err == EADDRNOTAVAIL)
-		fprintf(stderr, PROG ": error: address %s is not configured on this host; "
-			"choose a local --addr\n", o->addr_text);
-	else if (err == EACCES)
-		fprintf(stderr, PROG ": error: port %d needs CAP_NET_BIND_SERVICE; "
-			"choose a --port above 1023\n", o->port);
-	else
-		fprintf(stderr, PROG ": error: bind %s port %d: %s\n", o->addr_text, o->port,
-			strerror(err));
-	return -1;
-}
-
-static int open_listener(struct options *o, bool reuseport)
-{
-	int fd = socket(o->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1, err;
-	struct sockaddr_storage bound;
-	socklen_t blen = sizeof(bound);
-
-	if (fd < 0) {
-		fprintf(stderr, PROG ": error: socket: %s\n", strerror(errno));
-		return -1;
-	}
-	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	if (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0) {
-		fprintf(stderr, PROG ": error: SO_REUSEPORT: %s\n", strerror(errno));
-		close(fd);
-		return -1;
-	}
-	if (bind(fd, (struct sockaddr *)&o->addr, o->addrlen) < 0) {
-		err = errno;
-		close(fd);
-		return bind_error(o, err);
-	}
-	if (o->port == 0) {
-		/* Later listeners join the port the kernel picked for the first one. */
-		getsockname(fd, (struct sockaddr *)&bound, &blen);
-		o->port = ntohs(bound.ss_family == AF_INET
-					? ((struct sockaddr_in *)&bound)->sin_port
-					: ((struct sockaddr_in6 *)&bound)->sin6_port);
-		set_port(o, o->port);
-	}
-	if (reuseport && listen(fd, LISTEN_BACKLOG) < 0) {
-		fprintf(stderr, PROG ": error: listen: %s\n", strerror(errno));
-		close(fd);
-		return -1;
-	}
-	return fd;
-}
-
 /* ---------------------------------------------------------------- stats */
-
-static double now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 static void print_stats(struct worker *ws, int n, double started, bool final)
 {
@@ -1136,22 +985,16 @@ int main(int argc, char **argv)
 	struct options opt;
 	struct worker *ws = NULL;
 	sigset_t sigs;
-	cpu_set_t allowed;
-	int cpus[CPU_SETSIZE], ncpus = 0, i, probe_fd, rc = 1, started_threads = 0;
+	int cpus[CPU_SETSIZE], ncpus, i, probe_fd, rc = 1, started_threads = 0;
 	double started = now_s();
 	char flagbuf[96];
 
 	/* Step 1: options, validated before anything is opened. */
 	parse_options(&opt, argc, argv);
-	set_port(&opt, opt.port);
+	set_port(&opt.ep, opt.ep.port);
 
 	/* Step 2: signals. Blocked in every thread; main alone takes them with sigtimedwait. */
-	sigemptyset(&sigs);
-	sigaddset(&sigs, SIGINT);
-	sigaddset(&sigs, SIGTERM);
-	sigaddset(&sigs, SIGUSR1);
-	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
-	signal(SIGPIPE, SIG_IGN);
+	block_signals(&sigs);
 	if (sem_init(&g_ready, 0, 0) < 0) {
 		fprintf(stderr, PROG ": error: sem_init: %s\n", strerror(errno));
 		return 1;
@@ -1166,14 +1009,14 @@ int main(int argc, char **argv)
 	}
 	for (i = 0; i < opt.threads; i++)
 		ws[i].listen_fd = ws[i].wake_fd = -1;
-	if (opt.port != 0) {
-		probe_fd = open_listener(&opt, false);
+	if (opt.ep.port != 0) {
+		probe_fd = open_listener(&opt.ep, 0, false);
 		if (probe_fd < 0)
 			goto out;
 		close(probe_fd);
 	}
 	for (i = 0; i < opt.threads; i++) {
-		ws[i].listen_fd = open_listener(&opt, true);
+		ws[i].listen_fd = open_listener(&opt.ep, 0, true);
 		if (ws[i].listen_fd < 0)
 			goto out;
 		ws[i].wake_fd = eventfd(0, EFD_CLOEXEC);
@@ -1184,31 +1027,16 @@ int main(int argc, char **argv)
 	}
 
 	/* Step 4: one worker per listener, pinned round-robin to the CPUs we may use. */
-	if (sched_getaffinity(0, sizeof(allowed), &allowed) == 0)
-		for (i = 0; i < CPU_SETSIZE; i++)
-			if (CPU_ISSET(i, &allowed))
-				cpus[ncpus++] = i;
+	ncpus = allowed_cpus(cpus);
 	for (i = 0; i < opt.threads; i++) {
 		struct worker *w = &ws[i];
-		pthread_attr_t attr;
-		cpu_set_t one;
 
 		w->id = i;
 		w->opt = &opt;
 		w->starve_head = w->starve_tail = -1;
 		w->cpu = ncpus ? cpus[i % ncpus] : -1;
-		pthread_attr_init(&attr);
-		if (w->cpu >= 0) {
-			CPU_ZERO(&one);
-			CPU_SET(w->cpu, &one);
-			pthread_attr_setaffinity_np(&attr, sizeof(one), &one);
-		}
-		if (pthread_create(&w->thread, &attr, worker_main, w) != 0) {
-			pthread_attr_destroy(&attr);
-			fprintf(stderr, PROG ": error: pthread_create: %s\n", strerror(errno));
+		if (start_pinned(&w->thread, w->cpu, worker_main, w) < 0)
 			goto stop;
-		}
-		pthread_attr_destroy(&attr);
 		w->thread_started = true;
 		started_threads++;
 	}
@@ -1227,31 +1055,16 @@ int main(int argc, char **argv)
 	printf("{\"event\":\"ready\",\"engine\":\"native\",\"addr\":\"%s\",\"port\":%d,"
 	       "\"threads\":%d,\"pid\":%d,\"setup\":\"%s\",\"buffers\":%u,\"buffer_size\":%u,"
 	       "\"conn_max_bytes\":%u,\"drain_ms\":%u}\n",
-	       opt.addr_text, opt.port, opt.threads, (int)getpid(),
+	       opt.ep.text, opt.ep.port, opt.threads, (int)getpid(),
 	       flags_text(ws[0].setup_flags, flagbuf, sizeof(flagbuf)), opt.buffers,
 	       opt.buffer_size, opt.conn_max_bytes, opt.drain_ms);
 	fflush(stdout);
 	for (;;) {
-		struct timespec tmo;
-		int sig;
+		int sig = wait_signal(&sigs, opt.stats_interval);
 
-		if (opt.stats_interval > 0) {
-			tmo.tv_sec = (time_t)opt.stats_interval;
-			tmo.tv_nsec = (long)((opt.stats_interval - (double)tmo.tv_sec) * 1e9);
-			sig = sigtimedwait(&sigs, NULL, &tmo);
-		} else {
-			sig = sigwaitinfo(&sigs, NULL);
-		}
-		if (sig < 0 && errno == EAGAIN) {
-			print_stats(ws, opt.threads, started, false);
-			continue;
-		}
-		if (sig == SIGUSR1) {
-			print_stats(ws, opt.threads, started, false);
-			continue;
-		}
 		if (sig == SIGINT || sig == SIGTERM)
 			break;
+		print_stats(ws, opt.threads, started, false); /* SIGUSR1 or the interval */
 	}
 	rc = 0;
 
@@ -1264,17 +1077,9 @@ stop:
 			fprintf(stderr, PROG ": error: waking thread %d: %s\n", i, strerror(errno));
 	}
 	for (i = 0; i < opt.threads; i++) {
-		struct timespec deadline;
-
 		if (!ws[i].thread_started)
 			continue;
-		clock_gettime(CLOCK_REALTIME, &deadline);
-		deadline.tv_sec += (opt.drain_ms + JOIN_SLACK_MS) / 1000 + 1;
-		if (pthread_timedjoin_np(ws[i].thread, NULL, &deadline) != 0) {
-			fprintf(stderr, PROG ": error: thread %d did not stop in time\n", i);
-			fflush(stdout);
-			_exit(1);
-		}
+		join_or_exit(ws[i].thread, i, opt.drain_ms + JOIN_SLACK_MS);
 	}
 	if (rc == 0)
 		print_stats(ws, opt.threads, started, true);

@@ -70,6 +70,53 @@ def test_bench_large_messages_byte_exact(bench):
         assert rep["requests"] >= 3 and rep["verify_failures"] == 0
 
 
+@pytest.mark.parametrize("close", ["reset", "fin"])
+def test_bench_churn_new_connection_per_request(bench, close):
+    """--new-conn-per-request: connect, one request, the full echo, close; conn/s and the
+    connect+exchange latency are reported, every echo still verified."""
+    with server("native") as srv:
+        rc, rep, err = run_bench(bench, srv.port, "--connections", "8", "--new-conn-per-request",
+                                 "--close", close, "--duration", "1", "--warmup", "0.2")
+        st = srv.stats()
+    assert rc == 0, err
+    assert rep["ok"] is True and rep["requests_per_conn"] == 1 and rep["close"] == close
+    assert rep["conns"] > 100
+    assert rep["conn_per_s"] == pytest.approx(rep["conns"] / rep["duration_s"], rel=0.01)
+    # each counted connection carried exactly one request (+/- those cut by the window edges)
+    assert abs(rep["requests"] - rep["conns"]) <= 8
+    lat, conn_lat = rep["latency_us"], rep["conn_latency_us"]
+    assert 0 < conn_lat["p50"] <= conn_lat["p99"] <= conn_lat["max"] * 1.02 + 1
+    assert conn_lat["p50"] >= lat["p50"] * 0.98, "connect + exchange takes at least the exchange"
+    assert st["connections_accepted"] >= rep["conns"]
+
+
+def test_bench_churn_several_requests_per_connection(bench):
+    with server("native") as srv:
+        rc, rep, err = run_bench(bench, srv.port, "--connections", "4", "--requests-per-conn", "5",
+                                 "--depth", "2", "--size", "3000", "--duration", "1", "--warmup", "0")
+    assert rc == 0, err
+    assert rep["conns"] > 10 and rep["verify_failures"] == 0
+    assert rep["requests"] >= 5 * rep["conns"] - 5 * 4
+
+
+def test_bench_churn_detects_a_flipped_bit(bench):
+    with fake_server(_corrupting_echo) as port:
+        rc, rep, err = run_bench(bench, port, "--connections", "1", "--size", "6000",
+                                 "--new-conn-per-request", "--duration", "0.5", "--warmup", "0")
+    assert rc == 1
+    assert rep["verify_failures"] == 1 and rep["ok"] is False
+    assert "differ" in err
+
+
+def test_bench_churn_counts_and_replaces_failed_connections(bench):
+    with fake_server(_closing_echo) as port:
+        rc, rep, err = run_bench(bench, port, "--connections", "2", "--new-conn-per-request",
+                                 "--duration", "0.5", "--warmup", "0")
+    assert rc == 1 and rep["ok"] is False
+    assert rep["connection_errors"] > 2, "a failed churned connection is replaced, not given up"
+    assert rep["conns"] == 0
+
+
 @contextlib.contextmanager
 def fake_server(handle: Callable[[socket.socket], None]) -> Iterator[int]:
     """A loopback TCP server running `handle` per connection; torn down on exit."""
@@ -139,11 +186,12 @@ def test_bench_detects_a_closing_server(bench):
     assert "closed" in err or "reset" in err.lower()
 
 
-def test_bench_connection_refused(bench):
+@pytest.mark.parametrize("churn", [(), ("--new-conn-per-request",)])
+def test_bench_connection_refused(bench, churn):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # bound, not listening: connect is refused
-        rc, rep, err = run_bench(bench, port, "--duration", "0.5")
+        rc, rep, err = run_bench(bench, port, "--duration", "0.5", *churn)
     assert rc == 1 and rep == {}
     assert "connect to 127.0.0.1 port" in err and len(err.strip().splitlines()) == 1
 
@@ -159,6 +207,9 @@ def test_bench_connection_refused(bench):
         (("--port", "1", "--duration", "0"), "--duration 0"),
         (("--port", "1", "--addr", "::g"), "--addr ::g"),
         (("--port", "1", "--what"), "unknown option --what"),
+        (("--port", "1", "--requests-per-conn", "-1"), "--requests-per-conn -1"),
+        (("--port", "1", "--close", "never"), "--close never"),
+        (("--port", "1", "--duration"), "--duration needs a value"),
     ],
 )
 def test_bench_bad_options(bench, args, needle):

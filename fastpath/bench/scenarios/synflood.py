@@ -3,9 +3,10 @@
 
 `synflood-packet`: ns/packet of each verdict path through BPF_PROG_TEST_RUN. A test run
 repeats the program on one buffer, and the cookie path rewrites it into a SYN-ACK, so every
-path runs inside a harness that saves the frame, runs the guard and puts the frame back;
-the `harness` contender (the baseline) does that around no guard at all; `ns_net` takes a
-harness run made just before off each path's time, which leaves the guard's own cost.
+path runs inside fastpath.bpf.testrun's frame-restoring harness (save the frame, run the
+guard, put the tail and the frame back); the `harness` contender (the baseline) does that
+around no guard at all; `ns_net` takes a harness run made just before off each path's time,
+which leaves the guard's own cost.
 Targets on ns_net: drop paths <= 50 ns, cookie paths <= 250 ns.
 
 `synflood`: the same spoofed flood (fastpath/xdp/flood.py, the fastest this machine makes)
@@ -49,43 +50,6 @@ from fastpath.xdp import synguard as sg
 
 # ---------------------------------------------------------------------------------------
 # synflood-packet
-
-_HARNESS = r"""
-
-/* ---- benchmark harness (fastpath/bench/scenarios/synflood.py) ---- */
-struct bench_frame { __u8 b[FRAME_LEN]; };
-BPF_PERCPU_ARRAY(bench_saved, struct bench_frame, 1);
-
-int syn_guard_bench(struct xdp_md *ctx)
-{
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	struct bench_frame *s;
-	__u32 zero = 0;
-	int ret, shrunk;
-
-	s = bench_saved.lookup(&zero);
-	if (!s || data + FRAME_LEN > data_end || data_end - data != FRAME_LEN)
-		return XDP_ABORTED;
-	__builtin_memcpy(s->b, data, FRAME_LEN);
-#ifdef BENCH_NOOP
-	ret = XDP_TX;
-#else
-	ret = sg_process(ctx);
-#endif
-	data = (void *)(long)ctx->data;
-	data_end = (void *)(long)ctx->data_end;
-	shrunk = FRAME_LEN - (int)(data_end - data);
-	if (shrunk && bpf_xdp_adjust_tail(ctx, shrunk))
-		return XDP_ABORTED;
-	data = (void *)(long)ctx->data;
-	data_end = (void *)(long)ctx->data_end;
-	if (data + FRAME_LEN > data_end)
-		return XDP_ABORTED;
-	__builtin_memcpy(data, s->b, FRAME_LEN);
-	return ret;
-}
-"""
 
 FRAME_LEN = 94  # the IPv6 SYN with Linux's options; shorter frames get Ethernet padding
 
@@ -146,12 +110,10 @@ class SynfloodPacket(Scenario):
     def setup(self, ctx: BenchContext) -> None:
         if os.geteuid() != 0:
             raise CapabilityError("loading BPF programs needs root")
-        src = sg.SPEC.source_path.read_text() + _HARNESS
-        (Path(ctx.workdir) / "syn_guard_bench.c").write_text(src)
-        spec = loader.ProgramSpec(name="syn_guard_bench", entry="syn_guard_bench", maps=(),
-                                  directory=Path(ctx.workdir))
-        self._progs = [loader.load(spec, {**sg.TUNABLES, "FRAME_LEN": FRAME_LEN}),
-                       loader.load(spec, {**sg.TUNABLES, "FRAME_LEN": FRAME_LEN, "BENCH_NOOP": 1})]
+        src = sg.SPEC.source_path.read_text()
+        # a cookie answer (SYN-ACK) is another length than the SYN: the tail moves
+        self._progs = [testrun.load_restoring(src, "sg_process", FRAME_LEN, sg.TUNABLES, Path(ctx.workdir),
+                                              moves="tail", noop=noop) for noop in (False, True)]
         self._frames = _frames()
         with self._map("ports") as ports:
             ports.set(ctypes.c_uint32(_PORT), ctypes.c_uint32(sg.PORT_COOKIE))
@@ -197,10 +159,8 @@ class SynfloodPacket(Scenario):
         self._configure(contender)
         repeat = ctx.pick(2_000_000, 20_000)
         harness = testrun.run_xdp(self._fd("harness"), self._frame("harness"), repeat=repeat)
-        res = testrun.run_xdp(self._fd(contender), self._frame(contender), repeat=repeat)
         want = "XDP_TX" if contender == "harness" else PATHS[contender][1]
-        if res.verdict != want:
-            raise FastpathError(f"{contender} returned {res.verdict}, expected {want}")
+        res = testrun.run_expect(self._fd(contender), self._frame(contender), want, repeat, contender)
         return {"ns_per_packet": res.ns_per_packet, "ns_net": res.ns_per_packet - harness.ns_per_packet}
 
     def teardown(self, ctx: BenchContext) -> None:
