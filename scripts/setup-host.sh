@@ -101,6 +101,20 @@ for dir in uring; do
   fi
 done
 
+# 7. A newer liburing (Debian's next release) unpacked beside the system one, with the shim
+#    built against it: the tests run the bindings through its liburing-ffi.so as well.
+next="$root/.venv/lib/fastpath/liburing-next"
+if [ ! -f "$next/VERSION" ]; then
+  scripts/fetch-liburing.sh "$next"
+  say "unpacked liburing $(cat "$next/VERSION") (liburing-ffi) under $next for the binding tests"
+  changed=1
+fi
+if [ ! -f "$next/libfastpath_uring_ffi.so" ] || [ uring/ffi_shim.c -nt "$next/libfastpath_uring_ffi.so" ]; then
+  make -s -C uring compat-shim LIBURING_ROOT="$next/root" OUT="$next/libfastpath_uring_ffi.so"
+  say "built the liburing shim against liburing $(cat "$next/VERSION")"
+  changed=1
+fi
+
 if [ "$changed" -eq 0 ]; then
   say "host already set up, nothing to do"
 else

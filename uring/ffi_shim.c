@@ -815,6 +815,20 @@ struct fastpath_layout_entry {
 	__u64 value;
 };
 
+/* Kernel 6.5 headers renamed the last u64 of both ring-offset structs from resv2 to
+ * user_addr (IORING_SETUP_NO_MMAP came with it): same offset, the mirrors keep "resv2". */
+#ifdef IORING_SETUP_NO_MMAP
+#define SQ_RESV2 user_addr
+#else
+#define SQ_RESV2 resv2
+#endif
+/* liburing 2.4 (kernel 6.4) named io_uring_buf_reg's u16 after bgid `flags` (was `pad`). */
+#if defined(IO_URING_VERSION_MAJOR) && (IO_URING_VERSION_MAJOR > 2 || IO_URING_VERSION_MINOR >= 4)
+#define BUF_REG_PAD flags
+#else
+#define BUF_REG_PAD pad
+#endif
+
 #define SZ(type, name) { name, sizeof(type) }
 #define OFF(type, member, name) { name, offsetof(type, member) }
 
@@ -891,7 +905,7 @@ static const struct fastpath_layout_entry layout_table[] = {
 	OFF(struct io_sqring_offsets, dropped, "io_sqring_offsets.dropped"),
 	OFF(struct io_sqring_offsets, array, "io_sqring_offsets.array"),
 	OFF(struct io_sqring_offsets, resv1, "io_sqring_offsets.resv1"),
-	OFF(struct io_sqring_offsets, resv2, "io_sqring_offsets.resv2"),
+	OFF(struct io_sqring_offsets, SQ_RESV2, "io_sqring_offsets.resv2"),
 
 	SZ(struct io_cqring_offsets, "io_cqring_offsets"),
 	OFF(struct io_cqring_offsets, head, "io_cqring_offsets.head"),
@@ -902,7 +916,7 @@ static const struct fastpath_layout_entry layout_table[] = {
 	OFF(struct io_cqring_offsets, cqes, "io_cqring_offsets.cqes"),
 	OFF(struct io_cqring_offsets, flags, "io_cqring_offsets.flags"),
 	OFF(struct io_cqring_offsets, resv1, "io_cqring_offsets.resv1"),
-	OFF(struct io_cqring_offsets, resv2, "io_cqring_offsets.resv2"),
+	OFF(struct io_cqring_offsets, SQ_RESV2, "io_cqring_offsets.resv2"),
 
 	SZ(struct io_uring_params, "io_uring_params"),
 	OFF(struct io_uring_params, sq_entries, "io_uring_params.sq_entries"),
@@ -938,7 +952,7 @@ static const struct fastpath_layout_entry layout_table[] = {
 	OFF(struct io_uring_buf_reg, ring_addr, "io_uring_buf_reg.ring_addr"),
 	OFF(struct io_uring_buf_reg, ring_entries, "io_uring_buf_reg.ring_entries"),
 	OFF(struct io_uring_buf_reg, bgid, "io_uring_buf_reg.bgid"),
-	OFF(struct io_uring_buf_reg, pad, "io_uring_buf_reg.pad"),
+	OFF(struct io_uring_buf_reg, BUF_REG_PAD, "io_uring_buf_reg.pad"),
 	OFF(struct io_uring_buf_reg, resv, "io_uring_buf_reg.resv"),
 
 	SZ(struct __kernel_timespec, "kernel_timespec"),

@@ -403,6 +403,7 @@ def compare_layouts(c_side: dict[str, int], py_side: dict[str, int]) -> list[str
 # --- library loading --------------------------------------------------------------------------
 
 SHIM_NAME = "libfastpath_uring_ffi.so"
+SHIM_ENV = "FASTPATH_URING_SHIM"  # forces the shim file (one built against another liburing)
 SHIM_ABI = 2
 REPO_URING_DIR = Path(__file__).resolve().parents[2] / "uring"
 
@@ -493,6 +494,9 @@ class Liburing:
 
 
 def _shim_candidates() -> list[Path]:
+    forced = os.environ.get(SHIM_ENV)
+    if forced:
+        return [Path(forced)]
     return [
         Path(sys.prefix) / "lib" / "fastpath" / SHIM_NAME,
         REPO_URING_DIR / "build" / SHIM_NAME,
