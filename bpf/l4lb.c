@@ -21,7 +21,22 @@
  *   headers pass untouched; fragments, truncated L4 headers and unsupported protocols or
  *   IPv6 extension headers to a VIP address drop with a counter; IPv4 options are parsed
  *   past and balanced; ICMP errors quoting a VIP flow follow the flow to its backend
- *   (dsr, ipip) or drop (nat); other ICMP passes.
+ *   (dsr, ipip; nat translated, see below); other ICMP passes.
+ * - Flow lifetime: a conntrack entry idle longer than LB_UDP_TIMEOUT / LB_TCP_TIMEOUT counts
+ *   as absent (the next packet is a miss, picked by Maglev again); a TCP FIN (the client's,
+ *   or a nat backend's) marks the flow closing (LB_CLOSING_TIMEOUT idle); a TCP RST deletes
+ *   it and its nat_reverse entry. The entry is the one authority: a reply is translated
+ *   only while its flow is live and pinned to the replying backend, and refreshes it. RSTs
+ *   and FINs are not checked against sequence numbers (we see no window), so a forged one
+ *   costs a flow at most its pinning: its next packet takes the current Maglev pick.
+ * - ICMP errors of nat flows (RFC 5508 section 4.2), both directions, v4 and v6: an error
+ *   to the VIP quoting a reply VIP -> client goes to the flow's backend, outer destination
+ *   and quoted source address:port rewritten to the backend's; an error from the backend
+ *   side to a client quoting client -> backend (port unreachable from the backend, or
+ *   fragmentation needed from a router behind it) is translated back like a reply: quoted
+ *   destination becomes the VIP, and the outer source too when the backend sent it. The
+ *   quoted IPv4 header checksum, the quoted TCP/UDP checksum when quoted, the ICMP checksum
+ *   and the outer checksums are updated incrementally.
  * - Per-CPU counters per VIP, per backend and global: no atomics on the fast path.
  * - Everything is reached through maps, so the program can later run as a tail-call target
  *   behind a dispatcher (e.g. after the SYN guard) without change.
@@ -70,6 +85,21 @@
 #define LB_HASH_SEED 0
 #endif
 
+/* Seconds a flow may stay idle before its next packet counts as a conntrack miss (a new
+ * Maglev pick) and its nat replies are no longer translated: UDP, TCP, and TCP once a FIN
+ * was seen. A TCP RST ends a flow at once. */
+#ifndef LB_UDP_TIMEOUT
+#define LB_UDP_TIMEOUT 30
+#endif
+
+#ifndef LB_TCP_TIMEOUT
+#define LB_TCP_TIMEOUT 300
+#endif
+
+#ifndef LB_CLOSING_TIMEOUT
+#define LB_CLOSING_TIMEOUT 10
+#endif
+
 /* Largest IP packet (bytes) an encapsulated packet may become; larger ones drop. */
 #ifndef LB_MAX_PACKET
 #define LB_MAX_PACKET 1500
@@ -109,7 +139,9 @@ enum next_step {
 	NEXT_L4,         /* TCP/UDP with a complete header: balance, or reverse NAT */
 	NEXT_L4_SHORT,   /* ports known, header truncated: drop if it is for a VIP */
 	NEXT_NO_PORTS,   /* TCP/UDP too short to hold ports: drop if to a VIP address */
-	NEXT_ICMP_ERR,   /* ICMP error quoting a packet; `flow` is the quoted flow reversed */
+	NEXT_ICMP_ERR,   /* ICMP error quoting a packet; `flow` is the quoted flow reversed:
+			  * client -> VIP when the quote went VIP -> client, backend -> client
+			  * when it went client -> backend (a nat flow's reply leg) */
 	NEXT_ICMP_OTHER, /* any other ICMP: pass */
 	NEXT_FRAG,       /* a fragment: drop if to a VIP address */
 	NEXT_OTHER,      /* another protocol or an IPv6 extension header */
@@ -122,8 +154,9 @@ struct pkt {
 	__u16 ip_len;             /* whole IP packet, header included (what ipip wraps) */
 	__u8 tos;                 /* IPv4 TOS / IPv6 traffic class, copied to the outer header */
 	__u8 syn;                 /* TCP SYN without ACK: a new connection */
+	__u8 fin;                 /* TCP FIN: the flow is closing */
+	__u8 rst;                 /* TCP RST: the flow ends */
 	__u8 icmp;                /* an ICMP error being forwarded: never recorded */
-	__u8 pad;
 };
 
 /* ---- jhash (include/linux/jhash.h), mirrored by fastpath/xdp/lb.py ---- */
@@ -275,6 +308,8 @@ static __always_inline int parse_ports(void *l4, void *data_end, struct pkt *p)
 		if ((void *)(tcp + 1) > data_end || tcp->doff < 5)
 			return NEXT_L4_SHORT;
 		p->syn = tcp->syn && !tcp->ack;
+		p->fin = tcp->fin;
+		p->rst = tcp->rst;
 	} else if ((void *)((struct udphdr *)l4 + 1) > data_end) {
 		return NEXT_L4_SHORT;
 	}
@@ -450,6 +485,97 @@ static __always_inline int rewrite(struct xdp_md *ctx, const struct pkt *p, cons
 	return 0;
 }
 
+/* The quoted TCP/UDP checksum of an ICMP error, when the quote holds it (a router may
+ * quote only 8 bytes of TCP), updated by `diff`; returns what the ICMP checksum changes by. */
+static __always_inline __u64 quoted_l4_csum(void *data_end, const struct pkt *p, __be16 *ports,
+					    __u32 ports_off, __u64 diff)
+{
+	__u32 at = p->flow.proto == IPPROTO_TCP ? 16 : 6;
+	__u16 *check = (void *)ports + at;
+	__u16 old, c;
+
+	if ((void *)(check + 1) > data_end ||
+	    ports_off + at + 2 > sizeof(struct ethhdr) + (__u32)p->ip_len)
+		return 0;
+	old = *check;
+	/* A zero IPv4 UDP checksum means "none" and stays so; 0 is sent as 0xffff. */
+	if (p->flow.proto == IPPROTO_UDP && !old && p->flow.family == 4)
+		return 0;
+	c = csum_apply(old, diff);
+	if (p->flow.proto == IPPROTO_UDP && !c)
+		c = 0xffff;
+	*check = c;
+	return diff2(old, c);
+}
+
+/* NAT of an ICMP error about a nat flow (RFC 5508 section 4.2): the quoted packet's VIP-side
+ * address and port become addr:port - its source when it went VIP -> client (dir 0, the
+ * error goes to the backend), its destination when it went client -> backend (dir 1, the
+ * error goes to the client) - and so does the outer destination (dir 0) or the outer
+ * source when the backend sent the error itself (dir 1; a router on the way keeps its own).
+ * Fixes the quoted IPv4 header checksum, the quoted TCP/UDP checksum when quoted, the ICMP
+ * checksum (ICMPv6 with its pseudo-header) and the outer IPv4 header checksum. */
+static __always_inline int icmp_nat(struct xdp_md *ctx, const struct pkt *p, const __be32 *addr,
+				    __be16 port, int dir)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 off = p->l4_off & 0x7f;
+	__be16 *ports, *pp;
+	__be32 *ia, *oa;
+	__u64 adiff, d;
+	__u16 c;
+
+	if (p->flow.family == 4) {
+		struct iphdr *ip = data + sizeof(struct ethhdr);
+		struct icmphdr *icmp = data + off;
+		struct iphdr *in = (void *)(icmp + 1);
+
+		ports = (void *)(in + 1);
+		if ((void *)(ip + 1) > data_end || (void *)(ports + 2) > data_end)
+			return -1;
+		ia = dir ? &in->daddr : &in->saddr;
+		oa = dir ? &ip->saddr : &ip->daddr;
+		pp = dir ? &ports[1] : &ports[0];
+		adiff = diff4(*ia, addr[0]);
+		d = adiff + diff2(*pp, port);
+		d += quoted_l4_csum(data_end, p, ports, off + 8 + 20, d);
+		c = csum_apply(in->check, adiff);
+		d += diff2(in->check, c);
+		in->check = c;
+		if (*oa == *ia) {
+			ip->check = csum_apply(ip->check, diff4(*oa, addr[0]));
+			*oa = addr[0];
+		}
+		*ia = addr[0];
+		*pp = port;
+		icmp->checksum = csum_apply(icmp->checksum, d);
+	} else {
+		struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
+		struct icmp6hdr *icmp = (void *)(ip6 + 1);
+		struct ipv6hdr *in = (void *)(icmp + 1);
+
+		ports = (void *)(in + 1);
+		if ((void *)(ports + 2) > data_end)
+			return -1;
+		ia = dir ? (__be32 *)&in->daddr : (__be32 *)&in->saddr;
+		oa = dir ? (__be32 *)&ip6->saddr : (__be32 *)&ip6->daddr;
+		pp = dir ? &ports[1] : &ports[0];
+		adiff = diff_addr(ia, addr, 6);
+		d = adiff + diff2(*pp, port);
+		d += quoted_l4_csum(data_end, p, ports, off + 8 + 40, d);
+		if (same6(oa, ia)) {
+			/* the outer address is in ICMPv6's pseudo-header */
+			d += diff_addr(oa, addr, 6);
+			__builtin_memcpy(oa, addr, 16);
+		}
+		__builtin_memcpy(ia, addr, 16);
+		*pp = port;
+		icmp->icmp6_cksum = csum_apply(icmp->icmp6_cksum, d);
+	}
+	return 0;
+}
+
 static __always_inline int set_macs(struct xdp_md *ctx, const __u8 *dst)
 {
 	void *data = (void *)(long)ctx->data;
@@ -537,24 +663,55 @@ static __always_inline int encap(struct xdp_md *ctx, const struct pkt *p,
 
 /* ---- balancing ---- */
 
+/* How long a flow may stay idle (ns). */
+static __always_inline __u64 flow_timeout(const struct lb_flow *f, __u8 proto)
+{
+	if (f->flags & LB_FLOW_F_CLOSING)
+		return LB_CLOSING_TIMEOUT * LB_NSEC_PER_SEC;
+	if (proto == IPPROTO_TCP)
+		return LB_TCP_TIMEOUT * LB_NSEC_PER_SEC;
+	return LB_UDP_TIMEOUT * LB_NSEC_PER_SEC;
+}
+
+/* The nat_reverse key of a flow's replies: backend -> client. */
+static __always_inline void reply_key(struct lb_flow_key *rk, const struct pkt *p,
+				      const struct lb_backend *be)
+{
+	__builtin_memset(rk, 0, sizeof(*rk));
+	__builtin_memcpy(rk->src, be->addr, 16);
+	__builtin_memcpy(rk->dst, p->flow.src, 16);
+	rk->sport = be->port ? be->port : p->flow.dport;
+	rk->dport = p->flow.sport;
+	rk->proto = p->flow.proto;
+	rk->family = p->flow.family;
+}
+
 static __always_inline void record_reverse(const struct pkt *p, const struct lb_backend *be)
 {
 	struct lb_flow_key rk;
 	struct lb_vip_key vk;
 
-	__builtin_memset(&rk, 0, sizeof(rk));
+	reply_key(&rk, p, be);
 	__builtin_memset(&vk, 0, sizeof(vk));
-	__builtin_memcpy(rk.src, be->addr, 16);
-	__builtin_memcpy(rk.dst, p->flow.src, 16);
-	rk.sport = be->port ? be->port : p->flow.dport;
-	rk.dport = p->flow.sport;
-	rk.proto = p->flow.proto;
-	rk.family = p->flow.family;
 	__builtin_memcpy(vk.addr, p->flow.dst, 16);
 	vk.port = p->flow.dport;
 	vk.proto = p->flow.proto;
 	vk.family = p->flow.family;
 	nat_reverse.update(&rk, &vk);
+}
+
+/* A TCP RST ends its flow: both entries go, so any later packet is picked by Maglev. */
+static __always_inline void end_flow(struct pkt *p, const struct lb_vip *vip,
+				     const struct lb_backend *be, __u64 len)
+{
+	struct lb_flow_key rk;
+
+	conntrack.delete(&p->flow);
+	if (vip->mode == LB_MODE_NAT && be) {
+		reply_key(&rk, p, be);
+		nat_reverse.delete(&rk);
+	}
+	count(LB_STAT_FLOW_RESET, len, 0);
 }
 
 static __always_inline int balance(struct xdp_md *ctx, struct pkt *p, const struct lb_vip *vip,
@@ -564,10 +721,11 @@ static __always_inline int balance(struct xdp_md *ctx, struct pkt *p, const stru
 	struct lb_vip_stats *vs = vip_stats.lookup(&vidx);
 	struct lb_backend_stats *bs;
 	struct lb_backend *be = NULL;
-	struct lb_flow *f;
+	struct lb_flow *f = NULL;
 	__u32 bid = 0;
 	__u32 key;
 	__u32 *slot;
+	__u64 now;
 	int new_flow = 0;
 
 	if (vs) {
@@ -577,21 +735,29 @@ static __always_inline int balance(struct xdp_md *ctx, struct pkt *p, const stru
 	if (!p->syn) {
 		f = conntrack.lookup(&p->flow);
 		if (f) {
+			now = bpf_ktime_get_coarse_ns();
 			bid = f->backend;
 			be = backends.lookup(&bid);
-			if (be && (be->flags & LB_BACKEND_F_EXISTS) && be->vip == vidx) {
-				__u64 now = bpf_ktime_get_coarse_ns();
-
+			if (!be || !(be->flags & LB_BACKEND_F_EXISTS) || be->vip != vidx) {
+				be = NULL;
+			} else if (now - f->atime > flow_timeout(f, p->flow.proto)) {
+				count(LB_STAT_FLOW_EXPIRED, len, 0);
+				be = NULL;
+			} else {
 				if (vs)
 					vs->lru_hits++;
-				if (now - f->atime > LB_NSEC_PER_SEC && !p->icmp) {
+				if (p->rst) {
+					end_flow(p, vip, be, len);
+					f = NULL;
+				} else if (p->fin && !(f->flags & LB_FLOW_F_CLOSING)) {
+					f->flags |= LB_FLOW_F_CLOSING;
+					f->atime = now;
+				} else if (now - f->atime > LB_NSEC_PER_SEC && !p->icmp) {
 					f->atime = now;
 					/* nat_reverse is an LRU of its own: keep the pair together. */
 					if (vip->mode == LB_MODE_NAT)
 						record_reverse(p, be);
 				}
-			} else {
-				be = NULL;
 			}
 		}
 		if (!be && vs)
@@ -609,8 +775,16 @@ static __always_inline int balance(struct xdp_md *ctx, struct pkt *p, const stru
 		be = backends.lookup(&bid);
 		if (!be || !(be->flags & LB_BACKEND_F_EXISTS))
 			goto no_backend;
-		if (!p->icmp) {
-			struct lb_flow nf = { .backend = bid, .atime = bpf_ktime_get_coarse_ns() };
+		if (p->rst) {
+			/* No flow to begin; an expired or stale entry of this one ends. */
+			if (f)
+				end_flow(p, vip, be, len);
+		} else if (!p->icmp) {
+			struct lb_flow nf = {
+				.backend = bid,
+				.flags = p->fin ? LB_FLOW_F_CLOSING : 0,
+				.atime = bpf_ktime_get_coarse_ns(),
+			};
 
 			conntrack.update(&p->flow, &nf);
 			if (vip->mode == LB_MODE_NAT)
@@ -631,9 +805,12 @@ static __always_inline int balance(struct xdp_md *ctx, struct pkt *p, const stru
 
 	if (vip->mode == LB_MODE_IPIP)
 		return encap(ctx, p, be, len);
-	if (vip->mode == LB_MODE_NAT &&
-	    rewrite(ctx, p, be->addr, be->port ? be->port : p->flow.dport, 0))
-		return count(LB_STAT_DROP_ERROR, len, XDP_DROP);
+	if (vip->mode == LB_MODE_NAT) {
+		__be16 port = be->port ? be->port : p->flow.dport;
+
+		if (p->icmp ? icmp_nat(ctx, p, be->addr, port, 0) : rewrite(ctx, p, be->addr, port, 0))
+			return count(LB_STAT_DROP_ERROR, len, XDP_DROP);
+	}
 	if (set_macs(ctx, be->mac))
 		return count(LB_STAT_DROP_ERROR, len, XDP_DROP);
 	return XDP_TX;
@@ -644,20 +821,67 @@ no_backend:
 	return count(LB_STAT_DROP_NO_BACKEND, len, XDP_DROP);
 }
 
-/* A reply from a nat backend (backend -> client): make it come from the VIP. */
+/* A packet from a nat backend to a client (a reply, or an ICMP error about a packet the
+ * backend got from the client): make it come from the VIP. Only while the flow is live in
+ * conntrack and pinned to this backend; a stale entry is dropped and the packet passes as
+ * it is. Replies keep the flow alive and end it as the client's packets do (FIN, RST). */
 static __always_inline int reverse_nat(struct xdp_md *ctx, struct pkt *p, __u64 len)
 {
 	struct lb_vip_key *vk = nat_reverse.lookup(&p->flow);
+	struct lb_backend *be;
+	struct lb_flow_key fk;
+	struct lb_flow *f;
 	__be32 addr[4];
 	__be16 port;
+	__u32 bid;
+	__u64 now;
 
 	if (!vk)
-		return count(LB_STAT_PASS_NON_VIP, len, XDP_PASS);
+		return count(p->icmp ? LB_STAT_PASS_ICMP : LB_STAT_PASS_NON_VIP, len, XDP_PASS);
 	__builtin_memcpy(addr, vk->addr, 16);
 	port = vk->port;
+	/* The flow: client -> VIP. */
+	__builtin_memset(&fk, 0, sizeof(fk));
+	__builtin_memcpy(fk.src, p->flow.dst, 16);
+	__builtin_memcpy(fk.dst, addr, 16);
+	fk.sport = p->flow.dport;
+	fk.dport = port;
+	fk.proto = p->flow.proto;
+	fk.family = p->flow.family;
+	f = conntrack.lookup(&fk);
+	if (!f)
+		goto stale;
+	now = bpf_ktime_get_coarse_ns();
+	if (now - f->atime > flow_timeout(f, p->flow.proto)) {
+		count(LB_STAT_FLOW_EXPIRED, len, 0);
+		goto stale;
+	}
+	bid = f->backend;
+	be = backends.lookup(&bid);
+	if (!be || !same6(be->addr, p->flow.src) || (be->port ? be->port : port) != p->flow.sport)
+		goto stale;
+	if (p->icmp) {
+		if (icmp_nat(ctx, p, addr, port, 1))
+			return count(LB_STAT_DROP_ERROR, len, XDP_DROP);
+		return count(LB_STAT_ICMP_REVERSE, len, XDP_PASS);
+	}
 	if (rewrite(ctx, p, addr, port, 1))
 		return count(LB_STAT_DROP_ERROR, len, XDP_DROP);
+	if (p->rst) {
+		conntrack.delete(&fk);
+		nat_reverse.delete(&p->flow);
+		count(LB_STAT_FLOW_RESET, len, 0);
+	} else if (p->fin && !(f->flags & LB_FLOW_F_CLOSING)) {
+		f->flags |= LB_FLOW_F_CLOSING;
+		f->atime = now;
+	} else if (now - f->atime > LB_NSEC_PER_SEC) {
+		f->atime = now;
+	}
 	return count(LB_STAT_NAT_REVERSE, len, XDP_PASS);
+
+stale:
+	nat_reverse.delete(&p->flow);
+	return count(p->icmp ? LB_STAT_PASS_ICMP : LB_STAT_PASS_NON_VIP, len, XDP_PASS);
 }
 
 /* The whole data plane; inlined into the entry point below and, by the benchmark's
@@ -713,22 +937,16 @@ static __always_inline int lb_process(struct xdp_md *ctx)
 	vk.proto = p.flow.proto;
 	vk.family = p.flow.family;
 	vp = vips.lookup(&vk);
+	p.icmp = next == NEXT_ICMP_ERR;
 	if (!vp) {
-		if (next == NEXT_ICMP_ERR)
-			return count(LB_STAT_PASS_ICMP, len, XDP_PASS);
 		cfg = config.lookup(&zero);
-		if (next == NEXT_L4 && cfg && cfg->nat_vips)
+		if ((next == NEXT_L4 || next == NEXT_ICMP_ERR) && cfg && cfg->nat_vips)
 			return reverse_nat(ctx, &p, len);
-		return count(LB_STAT_PASS_NON_VIP, len, XDP_PASS);
+		return count(p.icmp ? LB_STAT_PASS_ICMP : LB_STAT_PASS_NON_VIP, len, XDP_PASS);
 	}
 	vip = *vp;
 	if (next == NEXT_L4_SHORT)
 		return count(LB_STAT_DROP_MALFORMED, len, XDP_DROP);
-	if (next == NEXT_ICMP_ERR) {
-		if (vip.mode == LB_MODE_NAT)
-			return count(LB_STAT_DROP_UNSUPPORTED, len, XDP_DROP);
-		p.icmp = 1;
-	}
 	return balance(ctx, &p, &vip, len);
 }
 

@@ -23,6 +23,9 @@ enum lb_mode {
 /* struct lb_backend.flags */
 #define LB_BACKEND_F_EXISTS 0x1     /* cleared on delete: pinned flows pick a new backend */
 
+/* struct lb_flow.flags */
+#define LB_FLOW_F_CLOSING 0x1       /* a FIN was seen: LB_CLOSING_TIMEOUT idle ends it */
+
 /* A ring slot with no backend (every backend of the VIP drained or removed). */
 #define LB_NO_BACKEND 0xffffffffu
 
@@ -71,14 +74,17 @@ struct lb_flow_key {
 	__u16 pad;
 };
 
-/* Value of `conntrack`. */
+/* Value of `conntrack`. An entry idle longer than its timeout (LB_UDP_TIMEOUT,
+ * LB_TCP_TIMEOUT, or LB_CLOSING_TIMEOUT once closing) counts as absent. */
 struct lb_flow {
 	__u32 backend;      /* backend id */
-	__u32 pad;
+	__u8 flags;         /* LB_FLOW_F_* */
+	__u8 pad[3];
 	__u64 atime;        /* coarse ktime (ns) of the last refresh, at most once a second */
 };
 
-/* Value of `nat_reverse`: the VIP a reply must appear to come from is its lb_vip_key. */
+/* Value of `nat_reverse`: the VIP a reply must appear to come from is its lb_vip_key. The
+ * entry serves only while the conntrack entry of its flow is live and names its backend. */
 
 /* Per-CPU counters of one VIP (`vip_stats`). */
 struct lb_vip_stats {
@@ -113,11 +119,16 @@ enum lb_stat {
 	LB_STAT_DROP_FRAGMENT = 6,      /* IP fragments to a VIP address */
 	LB_STAT_DROP_MALFORMED = 7,     /* VIP traffic with a truncated L4 header */
 	LB_STAT_DROP_UNSUPPORTED = 8,   /* other protocols or IPv6 extension headers to a VIP
-					 * address; ICMP errors about nat flows */
+					 * address */
 	LB_STAT_DROP_NO_BACKEND = 9,    /* VIP with no usable backend */
 	LB_STAT_DROP_TOO_BIG = 10,      /* encapsulated packet would exceed LB_MAX_PACKET */
 	LB_STAT_DROP_ERROR = 11,        /* bpf_xdp_adjust_head refused */
-	LB_STAT_MAX = 12,
+	LB_STAT_ICMP_REVERSE = 12,      /* ICMP errors about a nat flow's reply leg (a packet
+					 * client -> backend) translated back to the VIP, then routed */
+	/* Events, counted besides the packet's own outcome: */
+	LB_STAT_FLOW_RESET = 13,        /* TCP RSTs that ended a flow (its entries deleted) */
+	LB_STAT_FLOW_EXPIRED = 14,      /* packets that found their flow idle past its timeout */
+	LB_STAT_MAX = 15,
 };
 
 /* The one element of `config`. */

@@ -136,9 +136,15 @@ def join(
     options: dict[str, object],
     old: xdp.Attachment | None,
     others: list[xdp.Attachment],
+    mode: str = "auto",
 ) -> tuple[xdp.Attachment, bool]:
-    """Attach `spec` next to the programs `others` on `ifname` (or replace it there)."""
+    """Attach `spec` next to the programs `others` on `ifname` (or replace it there).
+
+    Every program of the chain runs in the mode the interface's link was created in (the
+    first program's): `mode` must be that one or "auto".
+    """
     _check(spec.name, others, ifname)
+    xdp.check_link_mode(spec.name, ifname, netns, mode, others[0])
     pdir = xdp.pin_dir(ifname, netns)
     subdir = old.subdir if old is not None else spec.name
     mdir = pdir / subdir if subdir else pdir

@@ -180,6 +180,33 @@ def _create_link(prog_fd: int, ifindex: int, netns: str | None, mode: str, ifnam
     )
 
 
+def check_link_mode(program: str, ifname: str, netns: str | None, mode: str,
+                     running: Attachment | None) -> None:
+    """A program that joins an interface's chain, or replaces itself there, runs behind the
+    interface's existing XDP link, so in that link's mode: refuse an explicit other mode
+    rather than ignore it (a new link would leave a window without a program)."""
+    if running is None or mode == "auto" or mode == running.mode:
+        return
+    ns = f" --netns {netns}" if netns else ""
+    if running.program == program:
+        raise FastpathError(
+            f"{program} runs on {ifname} in {running.mode} mode; a hot reload keeps its XDP link "
+            f"and so its mode, not {mode}",
+            fix=f"give --mode {running.mode} or auto, or detach first to attach in {mode} mode",
+        )
+    raise FastpathError(
+        f"{ifname} runs {running.program} in {running.mode} mode; {program} shares its XDP link "
+        f"(one program chain per interface) and so runs in {running.mode} mode, not {mode}",
+        fix=f"give --mode {running.mode} or auto, or detach {running.program} "
+            f"(fastpath {_COMMANDS.get(running.program, running.program)} detach {ifname}{ns}) "
+            f"and attach both in {mode} mode",
+    )
+
+
+# The CLI command that detaches each program.
+_COMMANDS = {"syn_guard": "xdp", "l4lb": "lb", "xdp_count": "count"}
+
+
 def _pin_replace(fd: int, path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
@@ -211,12 +238,14 @@ def attach(
     if others and (pdir / "link").exists():
         from fastpath.bpf import chain
 
-        return chain.join(spec, ifname, netns, ifindex, defs, dict(options or {}), old, others)
+        return chain.join(spec, ifname, netns, ifindex, defs, dict(options or {}), old, others, mode)
     if replacing and old is not None and old.program != spec.name:
         raise FastpathError(
             f"{ifname} runs fastpath program {old.program}, not {spec.name}",
             fix=f"detach it first (fastpath {old.program} detach {ifname})",
         )
+    if replacing:
+        check_link_mode(spec.name, ifname, netns, mode, old)
     created_dir = not pdir.exists()
     pdir.mkdir(parents=True, exist_ok=True)
     prog = None

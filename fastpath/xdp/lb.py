@@ -44,6 +44,9 @@ TUNABLES: dict[str, int] = {
     "LB_RING_SIZE": maglev.DEFAULT_TABLE_SIZE,
     "LB_CONNTRACK_SIZE": 131072,
     "LB_HASH_SEED": 0,
+    "LB_UDP_TIMEOUT": 30,              # seconds idle before a flow is forgotten: UDP,
+    "LB_TCP_TIMEOUT": 300,             # TCP,
+    "LB_CLOSING_TIMEOUT": 10,          # TCP after a FIN (a RST ends it at once)
     "LB_MAX_PACKET": 1500,
     "LB_IPIP_V4_PREFIX": 0xAC10,       # outer IPv4 sources 172.16.x.y
     "LB_IPIP_V6_PREFIX": 0x01000000,   # outer IPv6 sources 100::x:y (discard prefix)
@@ -58,11 +61,16 @@ PROTOS: dict[str, int] = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 HASHES = ("5tuple", "src")
 LB_VIP_F_HASH_SRC_ONLY = 0x1
 LB_BACKEND_F_EXISTS = 0x1
+LB_FLOW_F_CLOSING = 0x1
+# Seconds of the flow timeouts: they change no map, so a hot reload may change them.
+TIMEOUTS = ("LB_UDP_TIMEOUT", "LB_TCP_TIMEOUT", "LB_CLOSING_TIMEOUT")
+MAX_TIMEOUT = 7 * 86400
 LB_NO_BACKEND = 0xFFFFFFFF
 # enum lb_stat, in order
 STAT_NAMES = ("pass_not_ip", "pass_non_vip", "pass_malformed", "pass_icmp", "nat_reverse",
               "icmp_forwarded", "drop_fragment", "drop_malformed", "drop_unsupported",
-              "drop_no_backend", "drop_too_big", "drop_error")
+              "drop_no_backend", "drop_too_big", "drop_error", "icmp_reverse", "flow_reset",
+              "flow_expired")
 LB_STAT_MAX = len(STAT_NAMES)
 MAX_WEIGHT = maglev.MAX_WEIGHT
 
@@ -100,7 +108,8 @@ class FlowKey(ctypes.Structure):
 
 
 class Flow(ctypes.Structure):
-    _fields_ = [("backend", ctypes.c_uint32), ("pad", ctypes.c_uint32), ("atime", ctypes.c_uint64)]
+    _fields_ = [("backend", ctypes.c_uint32), ("flags", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 3),
+                ("atime", ctypes.c_uint64)]
 
 
 class VipStats(ctypes.Structure):
@@ -716,10 +725,13 @@ MacResolver = Callable[[IPAddress], str]
 class Balancer:
     """VIPs and backends of one attached program: validates, then writes maps and state."""
 
-    def __init__(self, maps: LbMaps, state: LbState, resolver: MacResolver) -> None:
+    def __init__(self, maps: LbMaps, state: LbState, resolver: MacResolver,
+                 defines: Mapping[str, int | str] | None = None) -> None:
         self.maps = maps
         self.state = state
         self.resolver = resolver
+        # The program's flow timeouts (seconds), for `explain`.
+        self.timeouts = {k: int({**TUNABLES, **(defines or {})}[k]) for k in TIMEOUTS}
         if maps.ring_size != state.table_size:
             raise FastpathError(f"the program's rings hold {maps.ring_size} slots, the state says "
                                 f"{state.table_size}", fix="detach and attach again")
@@ -1055,20 +1067,35 @@ class Balancer:
         ring_backend = by_id.get(ring_id)
         flow = self.maps["conntrack"].get(key)
         ct_backend = by_id.get(flow.backend) if flow is not None else None
+        state = idle = None
+        if flow is not None:
+            # bpf_ktime_get_coarse_ns() is CLOCK_MONOTONIC, read at tick granularity; the data
+            # plane subtracts modulo 2**64, and so does this.
+            since = (time.clock_gettime_ns(time.CLOCK_MONOTONIC) - flow.atime) % 2**64
+            idle = since / 1e9 if since < 2**63 else 0.0
+            closing = bool(flow.flags & LB_FLOW_F_CLOSING)
+            limit = self.timeouts["LB_CLOSING_TIMEOUT" if closing else
+                                  "LB_TCP_TIMEOUT" if vip.proto == "tcp" else "LB_UDP_TIMEOUT"]
+            state = "expired" if idle > limit else "closing" if closing else "established"
+            if state == "expired":
+                ct_backend = None
         out: dict[str, Any] = {
             "vip": str(vip), "client": fmt_addr_port(client, sport), "mode": vs.mode,
             "hash": h, "slot": slot, "ring": ring,
             "maglev_backend": ring_backend.name if ring_backend else None,
             "conntrack_backend": ct_backend.name if ct_backend else None,
+            "conntrack_state": state, "idle_s": None if idle is None else round(idle, 1),
         }
         if flow is not None and ct_backend is not None:
             out["backend"] = ct_backend.name
-            out["reason"] = (f"conntrack hit (flow pinned to {ct_backend.name}); a new connection "
+            out["reason"] = (f"conntrack hit ({state} flow pinned to {ct_backend.name}, idle "
+                             f"{idle:.0f} s); a new connection "
                              f"(TCP SYN) would take Maglev slot {slot} -> "
                              f"{ring_backend.name if ring_backend else 'no backend'}")
         elif ring_backend is not None:
             out["backend"] = ring_backend.name
-            out["reason"] = f"no conntrack entry: Maglev slot {slot} of {self.state.table_size}"
+            why = "conntrack entry expired" if state == "expired" else "no conntrack entry"
+            out["reason"] = f"{why}: Maglev slot {slot} of {self.state.table_size}"
         else:
             out["backend"] = None
             out["reason"] = "no usable backend: packets are dropped (counted as no_backend)"
@@ -1140,7 +1167,7 @@ def session(ifname: str, netns: str | None, *, write: bool = True) -> Iterator[B
     with _locked(ifname, netns):
         state = load_state(ifname, netns) or LbState.for_defines(att.defines)
         with LbMaps.from_attachment(att) as maps:
-            bal = Balancer(maps, state, lambda a: resolve_mac(a, ifname, netns))
+            bal = Balancer(maps, state, lambda a: resolve_mac(a, ifname, netns), att.defines)
             yield bal
             if write:
                 save_state(ifname, netns, bal.state)
@@ -1150,19 +1177,22 @@ def attach(ifname: str, netns: str | None, mode: str = "auto",
            tunables: Mapping[str, int] | None = None) -> tuple[xdp.Attachment, bool]:
     """Attach l4lb (or replace the running one, keeping its maps and therefore every flow).
 
-    A replacement keeps the attachment's sizes: pinned maps cannot change shape.
+    A replacement keeps the attachment's sizes: pinned maps cannot change shape (the flow
+    timeouts may change).
     """
     old = xdp.read_state(ifname, netns, SPEC.name)
     defines: dict[str, int | str] = dict(TUNABLES)
     if old is not None and old.program == SPEC.name:
         asked = dict(tunables or {})
-        changed = {k: v for k, v in asked.items() if int(old.defines.get(k, TUNABLES[k])) != v}
+        changed = {k: v for k, v in asked.items()
+                   if k not in TIMEOUTS and int(old.defines.get(k, TUNABLES[k])) != v}
         if changed:
             k = sorted(changed)[0]
             raise FastpathError(f"{ifname} runs l4lb with {k}={old.defines.get(k)}; the pinned maps "
                                 "cannot change size or seed in place",
                                 fix=f"detach first (fastpath lb detach {ifname}), then attach")
         defines.update(old.defines)
+        defines.update({k: v for k, v in asked.items() if k in TIMEOUTS})
     else:
         defines.update(tunables or {})
     check_tunables(defines)
@@ -1198,6 +1228,9 @@ def check_tunables(defines: Mapping[str, int | str]) -> None:
     seed = int(defines["LB_HASH_SEED"])
     if not 0 <= seed <= _M32:
         raise FastpathError(f"--seed {seed} out of range 0-{_M32}")
+    for key, opt in zip(TIMEOUTS, ("--udp-timeout", "--tcp-timeout", "--closing-timeout"), strict=True):
+        if not 1 <= int(defines[key]) <= MAX_TIMEOUT:
+            raise FastpathError(f"{opt} {defines[key]} out of range 1-{MAX_TIMEOUT} seconds")
     ct = int(defines["LB_CONNTRACK_SIZE"])
     if not 1024 <= ct <= 1 << 26:
         raise FastpathError(f"--conntrack {ct} out of range 1024-{1 << 26}")

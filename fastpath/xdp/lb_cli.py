@@ -14,7 +14,7 @@ from fastpath.bpf import xdp
 from fastpath.bpf.loader import dump_source
 from fastpath.errors import FastpathError
 from fastpath.output import console, info, make_table, print_json, print_table
-from fastpath.xdp import lb, lb_health
+from fastpath.xdp import decap, lb, lb_health
 
 EPILOG = """\
 examples:
@@ -26,6 +26,7 @@ examples:
   fastpath lb stats --watch
   fastpath lb explain 198.51.100.7:40000 10.0.0.10:80/tcp
   fastpath lb health                      # keep running: drains failing backends
+  fastpath lb decap attach eth0 --netns lab-b1   # on a backend of an ipip VIP
   fastpath lb detach eth0 --netns lab-lb
 """
 
@@ -61,6 +62,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     att.add_argument("--max-backends", type=int, help=f"default {lb.TUNABLES['LB_MAX_BACKENDS']}")
     att.add_argument("--conntrack", type=int, metavar="FLOWS",
                      help=f"conntrack size (default {lb.TUNABLES['LB_CONNTRACK_SIZE']})")
+    for opt, key, what in (("--udp-timeout", "LB_UDP_TIMEOUT", "a UDP flow"),
+                           ("--tcp-timeout", "LB_TCP_TIMEOUT", "a TCP flow"),
+                           ("--closing-timeout", "LB_CLOSING_TIMEOUT", "a TCP flow after a FIN")):
+        att.add_argument(opt, type=int, metavar="SECONDS",
+                         help=f"idle time after which {what} is forgotten (default {lb.TUNABLES[key]}; "
+                              "a hot reload may change it)")
     _json_arg(att)
     att.add_argument("--dump-bpf", action="store_true", help=argparse.SUPPRESS)
     att.set_defaults(func=cmd_attach)
@@ -149,6 +156,28 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--once", action="store_true", help="one round, then exit")
     p.set_defaults(func=cmd_health)
 
+    dc = s.add_parser("decap", help="XDP decapsulation on a backend of an ipip VIP (no tunnel module)")
+    ds = dc.add_subparsers(dest="decap_command", metavar="ACTION", required=True)
+    p = ds.add_parser("attach", help="strip the balancer's outer IP headers on this interface")
+    p.add_argument("iface", metavar="IFACE", help="the backend's interface the tunnels arrive on")
+    p.add_argument("--netns", metavar="NAME", help="network namespace of the interface")
+    p.add_argument("--mode", choices=xdp.MODES, default="auto",
+                   help="native, generic, or auto (native, else generic)")
+    p.add_argument("--addr", action="append", default=[], metavar="ADDR",
+                   help="also take tunnels to this address (the interface's own are always taken)")
+    _json_arg(p)
+    p.add_argument("--dump-bpf", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_decap_attach)
+    p = ds.add_parser("detach", help="detach decap and remove its pins and state")
+    p.add_argument("iface", metavar="IFACE")
+    p.add_argument("--netns", metavar="NAME")
+    p.set_defaults(func=cmd_decap_detach)
+    p = ds.add_parser("stats", help="packets decapsulated, passed and dropped, per verdict")
+    p.add_argument("iface", metavar="IFACE")
+    p.add_argument("--netns", metavar="NAME")
+    _json_arg(p)
+    p.set_defaults(func=cmd_decap_stats)
+
 
 # ---------------------------------------------------------------------------------------
 # helpers
@@ -189,7 +218,9 @@ def _where(iface: str, netns: str | None) -> str:
 def cmd_attach(args: argparse.Namespace) -> int:
     tunables: dict[str, int] = {}
     for opt, key in (("table_size", "LB_RING_SIZE"), ("seed", "LB_HASH_SEED"), ("max_vips", "LB_MAX_VIPS"),
-                     ("max_backends", "LB_MAX_BACKENDS"), ("conntrack", "LB_CONNTRACK_SIZE")):
+                     ("max_backends", "LB_MAX_BACKENDS"), ("conntrack", "LB_CONNTRACK_SIZE"),
+                     ("udp_timeout", "LB_UDP_TIMEOUT"), ("tcp_timeout", "LB_TCP_TIMEOUT"),
+                     ("closing_timeout", "LB_CLOSING_TIMEOUT")):
         if getattr(args, opt) is not None:
             tunables[key] = getattr(args, opt)
     if args.dump_bpf:
@@ -469,4 +500,44 @@ def cmd_health(args: argparse.Namespace) -> int:
         rows = [[v, b.name, b.health, b.status] for v, vs in sorted((state.vips if state else {}).items())
                 for b in vs.backends.values()]
         print_table(["VIP", "backend", "health", "status"], rows)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# decap (runs on backends)
+
+def cmd_decap_attach(args: argparse.Namespace) -> int:
+    extra = [decap.parse_addr(a) for a in args.addr]
+    if args.dump_bpf:
+        sys.stdout.write(dump_source(decap.SPEC, decap.TUNABLES, str(xdp.pin_dir(args.iface, args.netns))))
+        return 0
+    att, replaced, addrs = decap.attach(args.iface, args.netns, args.mode, extra)
+    if args.json:
+        print_json({**att.to_json(), "replaced": replaced, "addresses": [str(a) for a in addrs]})
+        return 0
+    ns = f" --netns {args.netns}" if args.netns else ""
+    verb = "replaced program on" if replaced else "attached to"
+    info(f"decap {verb} {_where(args.iface, args.netns)} ({att.mode} mode, prog id {att.prog_id}); "
+         f"IPv4-in-IPv4 and IPv6-in-IPv6 to {', '.join(map(str, addrs)) or 'no address'} are "
+         f"decapsulated; stop with: fastpath lb decap detach {args.iface}{ns}")
+    return 0
+
+
+def cmd_decap_detach(args: argparse.Namespace) -> int:
+    decap.detach(args.iface, args.netns)
+    info(f"decap detached from {_where(args.iface, args.netns)}; pins and state removed")
+    return 0
+
+
+def cmd_decap_stats(args: argparse.Namespace) -> int:
+    att = decap.attachment(args.iface, args.netns)
+    counters = decap.read_counters(att)
+    addrs = [str(a) for a in decap.addresses(att)]
+    if args.json:
+        print_json({"iface": att.ifname, "netns": att.netns, "mode": att.mode, "addresses": addrs,
+                    "counters": counters})
+        return 0
+    print_table(["counter", "packets", "bytes"],
+                [[k, f"{v['packets']:,}", f"{v['bytes']:,}"] for k, v in counters.items()],
+                title=f"decap on {_where(att.ifname, att.netns)} (tunnels to {', '.join(addrs)})")
     return 0

@@ -4,10 +4,12 @@ not balanced, counters, the header mirror, and a fuzz test of the verdict contra
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ipaddress
 import os
 import re
+import socket
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -73,7 +75,7 @@ class Env:
     def __init__(self, prog: loader.LoadedProgram) -> None:
         self.prog = prog
         self.maps = lb.LbMaps.from_program(prog)
-        self.bal = lb.Balancer(self.maps, lb.LbState.for_defines(prog_defines()), resolver)
+        self.bal = lb.Balancer(self.maps, lb.LbState.for_defines(prog_defines()), resolver, prog_defines())
         self._tables: dict[tuple, list[int]] = {}
         for name, (mode, hsh, backends) in VIPS.items():
             vip = lb.parse_vip(name)
@@ -108,7 +110,8 @@ class Env:
 
 
 def prog_defines() -> dict[str, int]:
-    return {**lb.TUNABLES, "LB_HASH_SEED": 12345}
+    # A UDP timeout other than the default: the flow lifetime tests see the -D flag work.
+    return {**lb.TUNABLES, "LB_HASH_SEED": 12345, "LB_UDP_TIMEOUT": 20}
 
 
 @pytest.fixture(scope="module")
@@ -215,6 +218,7 @@ def test_header_constants_match_python():
     flag = re.search(r"#define LB_VIP_F_HASH_SRC_ONLY (0x\w+)", text).group(1)
     assert flag == hex(lb.LB_VIP_F_HASH_SRC_ONLY)
     assert re.search(r"#define LB_BACKEND_F_EXISTS (0x\w+)", text).group(1) == hex(lb.LB_BACKEND_F_EXISTS)
+    assert re.search(r"#define LB_FLOW_F_CLOSING (0x\w+)", text).group(1) == hex(lb.LB_FLOW_F_CLOSING)
     assert int(re.search(r"#define LB_NO_BACKEND (0x\w+)u", text).group(1), 16) == lb.LB_NO_BACKEND
 
 
@@ -531,9 +535,12 @@ DEFINED = [
         V4, IP(src=V4, dst=CLIENT4) / TCP(sport=81, dport=1234)), "XDP_PASS", "pass_icmp"),
     ("icmp error quote cut short", icmp4_error(
         V4, IP(src=V4, dst=CLIENT4) / TCP(sport=80, dport=1234), quote=22), "XDP_PASS", "pass_icmp"),
-    ("icmp error for nat vip", icmp4_error(
-        "10.100.0.2", IP(src="10.100.0.2", dst=CLIENT4) / TCP(sport=80, dport=1234)), "XDP_DROP",
-     "drop_unsupported"),
+    ("icmp error for nat vip, no flow: to the maglev pick", icmp4_error(
+        "10.100.0.2", IP(src="10.100.0.2", dst=CLIENT4) / TCP(sport=80, dport=1234)), "XDP_TX",
+     "icmp_forwarded"),
+    ("icmp error from a nat backend about no flow", bytes(
+        Ether(src=MACS["10.0.0.21"], dst=LB_MAC) / IP(src="10.0.0.21", dst=CLIENT4) / ICMP(type=3, code=3)
+        / IP(src=CLIENT4, dst="10.0.0.21") / UDP(sport=1234, dport=5353)), "XDP_PASS", "pass_icmp"),
 ]
 
 
@@ -592,6 +599,373 @@ def test_pass_counts_bytes(env):
 
 
 # ---------------------------------------------------------------------------------------
+# flow lifetime: RST ends a flow, FIN shortens it, idle flows expire
+
+ROUTER4 = "192.0.2.254"
+ROUTER6 = "2001:db8::fe"
+TILT = ("10.100.0.1:80/tcp", "10.0.0.11", 50)  # this weight moves flows from .12 to .11
+
+
+def flow_key(client: str, sport: int, vip_text: str) -> lb.FlowKey:
+    """The conntrack key of client:sport -> VIP."""
+    vip = lb.parse_vip(vip_text)
+    k = lb.FlowKey()
+    k.src[:] = ipaddress.ip_address(client).packed.ljust(16, b"\0")
+    k.dst[:] = vip.address.packed.ljust(16, b"\0")
+    k.sport, k.dport = socket.htons(sport), socket.htons(vip.port)
+    k.proto, k.family = lb.PROTOS[vip.proto], vip.address.version
+    return k
+
+
+def reply_key(be: lb.BackendState, client: str, sport: int, proto: str) -> lb.FlowKey:
+    """The nat_reverse key of the replies backend -> client:sport."""
+    k = lb.FlowKey()
+    k.src[:] = be.ip.packed.ljust(16, b"\0")
+    k.dst[:] = ipaddress.ip_address(client).packed.ljust(16, b"\0")
+    k.sport, k.dport = socket.htons(be.port), socket.htons(sport)
+    k.proto, k.family = lb.PROTOS[proto], be.ip.version
+    return k
+
+
+def idle(env: Env, key: lb.FlowKey, seconds: float) -> None:
+    """Make the flow look idle for `seconds`: move its last refresh back."""
+    f = env.maps["conntrack"].get(key)
+    assert f is not None
+    f.atime -= int(seconds * 1e9)
+    env.maps["conntrack"].set(key, f)
+
+
+def nat_backend(env: Env, vip_text: str, address: str) -> lb.BackendState:
+    return next(b for b in env.bal.vip(lb.parse_vip(vip_text)).backends.values() if b.address == address)
+
+
+@contextlib.contextmanager
+def tilted(env: Env):
+    vip, addr, weight = TILT
+    env.bal.set_weight(lb.parse_vip(vip), ipaddress.ip_address(addr), None, weight)
+    try:
+        yield
+    finally:
+        env.bal.set_weight(lb.parse_vip(vip), ipaddress.ip_address(addr), None, 1)
+
+
+def moved_flows(env: Env, sports: range) -> list[int]:
+    """Ports of flows opened on .12 that the tilted ring would give .11 (call while tilted)."""
+    return [sp for sp in sports if env.pick(TILT[0], CLIENT4, sp).address == "10.0.0.11"]
+
+
+def open_on_12(env: Env, sports: range) -> list[int]:
+    """Open flows (SYN) on the untilted ring; the ports that landed on .12."""
+    out = []
+    for sp in sports:
+        if Ether(check(env, tcp4("10.100.0.1", 80, sp, flags="S"), "XDP_TX").output).dst == MACS["10.0.0.12"]:
+            out.append(sp)
+    return out
+
+
+def to(env: Env, frame: bytes) -> str:
+    """The backend address a frame is sent to (by its MAC)."""
+    mac = Ether(check(env, frame, "XDP_TX").output).dst
+    return next(a for a, m in MACS.items() if m == mac)
+
+
+def test_rst_ends_the_flow_and_later_packets_follow_the_current_ring(env):
+    on_12 = open_on_12(env, range(52000, 52040))
+    with tilted(env):
+        sp = moved_flows(env, range(52000, 52040))
+        sp = [p for p in sp if p in on_12][0]
+        key = flow_key(CLIENT4, sp, TILT[0])
+        assert to(env, tcp4("10.100.0.1", 80, sp, flags="A")) == "10.0.0.12", "pinned before the RST"
+        c0, v0 = env.counters(), env.vip_stats(TILT[0])
+        # The RST still reaches the flow's backend.
+        assert to(env, tcp4("10.100.0.1", 80, sp, flags="R")) == "10.0.0.12"
+        assert env.counters()["flow_reset"] == c0["flow_reset"] + 1
+        assert env.maps["conntrack"].get(key) is None
+        # The flow is gone: the next packet is a miss and takes the current Maglev pick.
+        assert to(env, tcp4("10.100.0.1", 80, sp, flags="A")) == "10.0.0.11"
+        v1 = env.vip_stats(TILT[0])
+        assert v1["lru_misses"] == v0["lru_misses"] + 1 and v1["new_flows"] == v0["new_flows"] + 1
+        # A new connection on the same 5-tuple follows the current ring too.
+        assert to(env, tcp4("10.100.0.1", 80, sp, flags="S")) == "10.0.0.11"
+        # A RST of no flow is forwarded (Maglev) but begins none.
+        key2 = flow_key(CLIENT4, 52999, TILT[0])
+        check(env, tcp4("10.100.0.1", 80, 52999, flags="R"), "XDP_TX")
+        assert env.maps["conntrack"].get(key2) is None
+
+
+def test_fin_marks_the_flow_closing_with_the_short_timeout(env):
+    on_12 = open_on_12(env, range(52100, 52140))
+    with tilted(env):
+        ports = [p for p in moved_flows(env, range(52100, 52140)) if p in on_12]
+        closing, open_ = ports[0], ports[1]
+        for sp in (closing, open_):
+            idle(env, flow_key(CLIENT4, sp, TILT[0]), 3)
+        assert to(env, tcp4("10.100.0.1", 80, closing, flags="FA")) == "10.0.0.12"
+        f = env.maps["conntrack"].get(flow_key(CLIENT4, closing, TILT[0]))
+        assert f.flags == lb.LB_FLOW_F_CLOSING and f.backend == nat_backend(env, TILT[0], "10.0.0.12").id
+        ex = env.bal.explain(ipaddress.ip_address(CLIENT4), closing, lb.parse_vip(TILT[0]))
+        assert (ex["conntrack_state"], ex["backend"]) == ("closing", "10.0.0.12:80")
+        assert env.maps["conntrack"].get(flow_key(CLIENT4, open_, TILT[0])).flags == 0
+        closing_s = lb.TUNABLES["LB_CLOSING_TIMEOUT"]
+        # Within the closing timeout: still the flow's backend (last ACKs, retransmitted FINs).
+        idle(env, flow_key(CLIENT4, closing, TILT[0]), closing_s - 2)
+        assert to(env, tcp4("10.100.0.1", 80, closing, flags="A")) == "10.0.0.12"
+        # Idle past it: expired, picked again; an established flow as idle is not.
+        exp = env.counters()["flow_expired"]
+        for sp in (closing, open_):
+            idle(env, flow_key(CLIENT4, sp, TILT[0]), closing_s + 2)
+        assert to(env, tcp4("10.100.0.1", 80, closing, flags="A")) == "10.0.0.11"
+        assert to(env, tcp4("10.100.0.1", 80, open_, flags="A")) == "10.0.0.12"
+        assert env.counters()["flow_expired"] == exp + 1
+
+
+def test_idle_tcp_flow_expires_into_a_miss(env):
+    on_12 = open_on_12(env, range(52200, 52240))
+    with tilted(env):
+        sp = [p for p in moved_flows(env, range(52200, 52240)) if p in on_12][0]
+        key = flow_key(CLIENT4, sp, TILT[0])
+        tcp_s = lb.TUNABLES["LB_TCP_TIMEOUT"]
+
+        def explain():
+            return env.bal.explain(ipaddress.ip_address(CLIENT4), sp, lb.parse_vip(TILT[0]))
+
+        idle(env, key, tcp_s - 2)
+        ex = explain()
+        assert (ex["conntrack_state"], ex["backend"], ex["maglev_backend"]) == (
+            "established", "10.0.0.12:80", "10.0.0.11:80")
+        assert tcp_s - 3 < ex["idle_s"] < tcp_s
+        assert to(env, tcp4("10.100.0.1", 80, sp, flags="A")) == "10.0.0.12"
+        v0, exp = env.vip_stats(TILT[0]), env.counters()["flow_expired"]
+        idle(env, key, tcp_s + 2)
+        ex = explain()
+        assert (ex["conntrack_state"], ex["backend"], ex["conntrack_backend"]) == (
+            "expired", "10.0.0.11:80", None)
+        assert to(env, tcp4("10.100.0.1", 80, sp, flags="A")) == "10.0.0.11"
+        v1 = env.vip_stats(TILT[0])
+        assert (v1["lru_misses"] - v0["lru_misses"], v1["new_flows"] - v0["new_flows"]) == (1, 1)
+        assert env.counters()["flow_expired"] == exp + 1
+        # The new entry is fresh and pinned to the new pick.
+        assert to(env, tcp4("10.100.0.1", 80, sp, flags="A")) == "10.0.0.11"
+
+
+def test_idle_udp_flow_expires_after_the_configured_timeout(env):
+    vip = "10.100.0.1:53/udp"
+    udp_s = prog_defines()["LB_UDP_TIMEOUT"]
+    assert udp_s != lb.TUNABLES["LB_UDP_TIMEOUT"], "the -D flag, not the default, must decide"
+    frame = udp4("10.100.0.1", 53, 52300)
+    check(env, frame, "XDP_TX")
+    key = flow_key(CLIENT4, 52300, vip)
+    v0 = env.vip_stats(vip)
+    idle(env, key, udp_s - 2)
+    check(env, frame, "XDP_TX")
+    v1 = env.vip_stats(vip)
+    assert (v1["lru_hits"] - v0["lru_hits"], v1["lru_misses"] - v0["lru_misses"]) == (1, 0)
+    exp = env.counters()["flow_expired"]
+    idle(env, key, udp_s + 2)
+    check(env, frame, "XDP_TX")
+    v2 = env.vip_stats(vip)
+    assert (v2["lru_hits"] - v1["lru_hits"], v2["lru_misses"] - v1["lru_misses"]) == (0, 1)
+    assert v2["new_flows"] == v1["new_flows"] + 1
+    assert env.counters()["flow_expired"] == exp + 1
+
+
+def nat_reply(be: lb.BackendState, sport: int, flags: str = "A", payload: bytes = b"hi") -> bytes:
+    return bytes(Ether(src=be.mac, dst=LB_MAC) / IP(src=be.address, dst=CLIENT4)
+                 / TCP(sport=be.port, dport=sport, flags=flags, seq=7, ack=1001) / Raw(payload))
+
+
+def as_from_vip(frame: bytes, vip_addr: str, vip_port: int) -> bytes:
+    """`frame` (backend -> client) as reverse NAT makes it: from the VIP."""
+    p = Ether(frame)
+    ip = p[IP] if IP in p else p[IPv6]
+    ip.src = vip_addr
+    l4 = p[TCP] if TCP in p else p[UDP]
+    l4.sport = vip_port
+    if IP in p:
+        del p[IP].chksum
+    del l4.chksum
+    return bytes(p)
+
+
+def test_nat_rst_and_fin_from_either_side_end_both_entries(env):
+    vip = "10.100.0.2:80/tcp"
+    # The backend resets: translated (the client must see it), then both entries are gone.
+    sp = 52400
+    be = nat_backend(env, vip, Ether(check(env, tcp4("10.100.0.2", 80, sp), "XDP_TX").output)[IP].dst)
+    fkey, rkey = flow_key(CLIENT4, sp, vip), reply_key(be, CLIENT4, sp, "tcp")
+    assert env.maps["conntrack"].get(fkey) and env.maps["nat_reverse"].get(rkey)
+    check(env, nat_reply(be, sp, "SA"), "XDP_PASS", as_from_vip(nat_reply(be, sp, "SA"), "10.100.0.2", 80))
+    check(env, nat_reply(be, sp, "FA"), "XDP_PASS", as_from_vip(nat_reply(be, sp, "FA"), "10.100.0.2", 80))
+    assert env.maps["conntrack"].get(fkey).flags == lb.LB_FLOW_F_CLOSING, "a backend's FIN closes too"
+    c0 = env.counters()
+    check(env, nat_reply(be, sp, "R"), "XDP_PASS", as_from_vip(nat_reply(be, sp, "R"), "10.100.0.2", 80))
+    assert env.counters()["flow_reset"] == c0["flow_reset"] + 1
+    assert env.maps["conntrack"].get(fkey) is None and env.maps["nat_reverse"].get(rkey) is None
+    late = nat_reply(be, sp)
+    check(env, late, "XDP_PASS", late)
+    assert env.counters()["nat_reverse"] == c0["nat_reverse"] + 1, "only the RST was translated"
+    # The client resets: forwarded to the backend, then both entries are gone.
+    sp = 52401
+    be = nat_backend(env, vip, Ether(check(env, tcp4("10.100.0.2", 80, sp), "XDP_TX").output)[IP].dst)
+    fkey, rkey = flow_key(CLIENT4, sp, vip), reply_key(be, CLIENT4, sp, "tcp")
+    rst = tcp4("10.100.0.2", 80, sp, flags="R")
+    check(env, rst, "XDP_TX", nat_expected(rst, be.mac, be.address, be.port))
+    assert env.maps["conntrack"].get(fkey) is None and env.maps["nat_reverse"].get(rkey) is None
+    check(env, nat_reply(be, sp), "XDP_PASS", nat_reply(be, sp))
+
+
+def test_nat_replies_of_an_expired_flow_are_not_translated(env):
+    vip = "10.100.0.2:80/tcp"
+    sp = 52410
+    be = nat_backend(env, vip, Ether(check(env, tcp4("10.100.0.2", 80, sp), "XDP_TX").output)[IP].dst)
+    fkey, rkey = flow_key(CLIENT4, sp, vip), reply_key(be, CLIENT4, sp, "tcp")
+    # Replies keep the flow alive: one after a long client silence refreshes it.
+    idle(env, fkey, lb.TUNABLES["LB_TCP_TIMEOUT"] - 2)
+    check(env, nat_reply(be, sp), "XDP_PASS", as_from_vip(nat_reply(be, sp), "10.100.0.2", 80))
+    idle(env, fkey, 3)
+    check(env, nat_reply(be, sp), "XDP_PASS", as_from_vip(nat_reply(be, sp), "10.100.0.2", 80))
+    assert env.maps["conntrack"].get(fkey).atime > 0
+    c0 = env.counters()
+    idle(env, fkey, lb.TUNABLES["LB_TCP_TIMEOUT"] + 2)
+    check(env, nat_reply(be, sp), "XDP_PASS", nat_reply(be, sp))
+    c1 = env.counters()
+    assert (c1["flow_expired"] - c0["flow_expired"], c1["nat_reverse"] - c0["nat_reverse"]) == (1, 0)
+    assert env.maps["nat_reverse"].get(rkey) is None
+
+
+# ---------------------------------------------------------------------------------------
+# ICMP errors of nat flows: translated both ways, every checksum right
+
+def assert_checksums_valid(frame: bytes) -> None:
+    """scapy, recomputing the outer IP and ICMP checksums, gets the bytes of `frame`."""
+    p = Ether(frame)
+    if IP in p:
+        del p[IP].chksum
+        del p[ICMP].chksum
+    else:
+        icmp = p[IPv6].payload
+        del icmp.cksum
+    assert bytes(p).hex() == frame.hex()
+
+
+def open_nat(env: Env, frame: bytes, vip_text: str) -> tuple[lb.BackendState, bytes]:
+    """Send the client's first packet of a nat flow; its backend and the packet as the
+    backend gets it (IP and up)."""
+    out = Ether(check(env, frame, "XDP_TX").output)
+    ip = out[IP] if IP in out else out[IPv6]
+    return nat_backend(env, vip_text, ip.dst), bytes(out.payload)
+
+
+@pytest.mark.parametrize("quote", [28, None], ids=["8-bytes-of-tcp", "whole-packet"])
+def test_icmp_error_to_a_nat_vip_reaches_the_backend_translated_v4(env, quote):
+    """A router between balancer and client cannot pass the VIP's reply (fragmentation
+    needed): the error goes to the backend, about the packet the backend sent."""
+    sp = 52500 if quote else 52501
+    be, _ = open_nat(env, tcp4("10.100.0.2", 80, sp), "10.100.0.2:80/tcp")
+    sent = (IP(src=be.address, dst=CLIENT4, id=99)
+            / TCP(sport=be.port, dport=sp, flags="PA", seq=7, ack=1001) / Raw(b"r" * 64))
+    res = check(env, bytes(Ether(src=be.mac, dst=LB_MAC) / sent), "XDP_PASS")
+    seen = bytes(Ether(res.output).payload)  # the reply as the client side has it: VIP -> client
+    assert IP(seen).src == "10.100.0.2" and IP(seen)[TCP].sport == 80
+    q = quote or len(seen)
+    err = bytes(eth() / IP(src=ROUTER4, dst="10.100.0.2", ttl=60) / ICMP(type=3, code=4, nexthopmtu=1400)
+                / Raw(seen[:q]))
+    want = bytes(Ether(src=LB_MAC, dst=be.mac) / IP(src=ROUTER4, dst=be.address, ttl=60)
+                 / ICMP(type=3, code=4, nexthopmtu=1400) / Raw(bytes(sent)[:q]))
+    before = env.counters()["icmp_forwarded"]
+    res = check(env, err, "XDP_TX", want)
+    assert env.counters()["icmp_forwarded"] == before + 1
+    assert_checksums_valid(res.output)
+
+
+def test_icmp_error_to_a_nat_vip_reaches_the_backend_translated_v4_udp(env):
+    sp = 52502
+    be, _ = open_nat(env, udp4("10.100.0.2", 53, sp), "10.100.0.2:53/udp")
+    sent = IP(src=be.address, dst=CLIENT4) / UDP(sport=be.port, dport=sp) / Raw(b"answer" * 20)
+    seen = bytes(Ether(check(env, bytes(Ether(src=be.mac, dst=LB_MAC) / sent), "XDP_PASS").output).payload)
+    err = bytes(eth() / IP(src=ROUTER4, dst="10.100.0.2") / ICMP(type=11, code=0) / Raw(seen))
+    want = bytes(Ether(src=LB_MAC, dst=be.mac) / IP(src=ROUTER4, dst=be.address) / ICMP(type=11, code=0)
+                 / Raw(bytes(sent)))
+    res = check(env, err, "XDP_TX", want)
+    assert_checksums_valid(res.output)
+
+
+def test_packet_too_big_to_a_nat_vip_reaches_the_backend_translated_v6(env):
+    sp = 52503
+    vip = "[fd00:100::2]:80/tcp"
+    be, _ = open_nat(env, tcp6("fd00:100::2", 80, sp), vip)
+    sent = (IPv6(src=be.address, dst=CLIENT6)
+            / TCP(sport=be.port, dport=sp, flags="PA", seq=7, ack=1001) / Raw(b"r" * 1400))
+    res = check(env, bytes(Ether(src=be.mac, dst=LB_MAC) / sent), "XDP_PASS")
+    seen = bytes(Ether(res.output).payload)
+    assert IPv6(seen).src == "fd00:100::2"
+    q = 1280 - 48  # as much as fits a minimum-MTU error
+    err = bytes(eth() / IPv6(src=ROUTER6, dst="fd00:100::2") / ICMPv6PacketTooBig(mtu=1280) / Raw(seen[:q]))
+    want = bytes(Ether(src=LB_MAC, dst=be.mac) / IPv6(src=ROUTER6, dst=be.address)
+                 / ICMPv6PacketTooBig(mtu=1280) / Raw(bytes(sent)[:q]))
+    before = env.counters()["icmp_forwarded"]
+    res = check(env, err, "XDP_TX", want)
+    assert env.counters()["icmp_forwarded"] == before + 1
+    assert_checksums_valid(res.output)
+
+
+def test_port_unreachable_from_a_nat_backend_is_translated_back_v4(env):
+    """The backend has no socket for a UDP flow: the client learns it about the VIP."""
+    sp = 52510
+    query = udp4("10.100.0.2", 53, sp)
+    be, got = open_nat(env, query, "10.100.0.2:53/udp")
+    err = bytes(Ether(src=be.mac, dst=LB_MAC) / IP(src=be.address, dst=CLIENT4) / ICMP(type=3, code=3)
+                / Raw(got))
+    want = bytes(Ether(src=be.mac, dst=LB_MAC) / IP(src="10.100.0.2", dst=CLIENT4) / ICMP(type=3, code=3)
+                 / Raw(bytes(Ether(query).payload)))
+    before = env.counters()["icmp_reverse"]
+    res = check(env, err, "XDP_PASS", want)
+    assert env.counters()["icmp_reverse"] == before + 1
+    assert_checksums_valid(res.output)
+
+
+def test_router_error_behind_the_balancer_keeps_its_source_v4(env):
+    """Fragmentation needed from a router between balancer and backend, 8 bytes of TCP
+    quoted: the quote is translated, the router stays the sender."""
+    sp = 52511
+    frame = tcp4("10.100.0.2", 80, sp, flags="S")
+    be, got = open_nat(env, frame, "10.100.0.2:80/tcp")
+    err = bytes(Ether(src=be.mac, dst=LB_MAC) / IP(src="10.0.0.1", dst=CLIENT4)
+                / ICMP(type=3, code=4, nexthopmtu=1300) / Raw(got[:28]))
+    want = bytes(Ether(src=be.mac, dst=LB_MAC) / IP(src="10.0.0.1", dst=CLIENT4)
+                 / ICMP(type=3, code=4, nexthopmtu=1300) / Raw(bytes(Ether(frame).payload)[:28]))
+    res = check(env, err, "XDP_PASS", want)
+    assert_checksums_valid(res.output)
+
+
+def test_port_unreachable_from_a_nat_backend_is_translated_back_v6(env):
+    sp = 52512
+    query = udp6("fd00:100::2", 53, sp)
+    be, got = open_nat(env, query, "[fd00:100::2]:53/udp")
+    err = bytes(Ether(src=be.mac, dst=LB_MAC) / IPv6(src=be.address, dst=CLIENT6) / ICMPv6DestUnreach(code=4)
+                / Raw(got))
+    want = bytes(Ether(src=be.mac, dst=LB_MAC) / IPv6(src="fd00:100::2", dst=CLIENT6)
+                 / ICMPv6DestUnreach(code=4) / Raw(bytes(Ether(query).payload)))
+    before = env.counters()["icmp_reverse"]
+    res = check(env, err, "XDP_PASS", want)
+    assert env.counters()["icmp_reverse"] == before + 1
+    assert_checksums_valid(res.output)
+
+
+def test_icmp_error_about_an_ended_nat_flow_passes_untouched(env):
+    sp = 52513
+    query = udp4("10.100.0.2", 53, sp)
+    be, got = open_nat(env, query, "10.100.0.2:53/udp")
+    idle(env, flow_key(CLIENT4, sp, "10.100.0.2:53/udp"), prog_defines()["LB_UDP_TIMEOUT"] + 2)
+    err = bytes(Ether(src=be.mac, dst=LB_MAC) / IP(src=be.address, dst=CLIENT4) / ICMP(type=3, code=3)
+                / Raw(got))
+    before = env.counters()
+    check(env, err, "XDP_PASS", err)
+    after = env.counters()
+    assert after["pass_icmp"] == before["pass_icmp"] + 1 and after["icmp_reverse"] == before["icmp_reverse"]
+
+
+# ---------------------------------------------------------------------------------------
 # fuzz: no frame yields an out-of-contract verdict
 
 BACKEND_MACS = {bytes.fromhex(m.replace(":", "")) for m in MACS.values()}
@@ -641,11 +1015,15 @@ def frames(draw):
                                                                     HealthCheck.too_slow])
 @given(frame=frames())
 def test_fuzz_verdict_contract(env, frame):
-    before = env.counters()["nat_reverse"]
+    def translated():
+        c = env.counters()
+        return c["nat_reverse"] + c["icmp_reverse"]
+
+    before = translated()
     res = env.run(frame)
     assert res.verdict in ("XDP_PASS", "XDP_DROP", "XDP_TX"), res.verdict
     if res.verdict == "XDP_PASS":
-        if env.counters()["nat_reverse"] == before:
+        if translated() == before:
             assert res.output == frame
         else:
             assert len(res.output) == len(frame) and res.output[:14] == frame[:14]

@@ -158,3 +158,49 @@ def test_guard_and_balancer_share_an_interface(chain_lab, order):
     assert not xdp.state_path("eth0", t.ns).exists()
     assert not xdp.member_state_path("eth0", t.ns, "l4lb").parent.exists()
     assert not lb.state_path("eth0", t.ns).exists()
+
+
+def test_a_program_joining_the_chain_runs_in_the_links_mode(chain_lab):
+    """The chain has one link, created in the first program's mode: a second program asking
+    for another mode is refused with one line naming both (nothing left behind), one asking
+    for the link's mode or auto joins and works; a hot reload asking another mode is refused
+    the same way."""
+    t = chain_lab
+    L.fastpath("xdp", "attach", "eth0", "--netns", t.ns, "--mode", "generic", "--ports", "",
+               "--drop-ports", str(GUARDED), "--no-cookies")
+    pdir = xdp.pin_dir("eth0", t.ns)
+    guard = xdp.read_state("eth0", t.ns, "syn_guard")
+    assert guard is not None and guard.mode == "generic"
+
+    res = L.fastpath("lb", "attach", "eth0", "--netns", t.ns, "--mode", "native", "--table-size", "4099",
+                     check=False)
+    assert res.returncode != 0
+    err = res.stderr.strip()
+    assert "runs syn_guard in generic mode" in err and "not native" in err, err
+    assert "--mode generic or auto" in err, err
+    assert xdp.read_state("eth0", t.ns, "l4lb") is None and not lb.state_path("eth0", t.ns).exists()
+    assert not (pdir / "l4lb").exists() and not (pdir / "chain").exists()
+    assert xdp.read_state("eth0", t.ns, "syn_guard").prog_id == guard.prog_id, "the guard is untouched"
+    check_guarding(t)
+
+    L.fastpath("lb", "attach", "eth0", "--netns", t.ns, "--mode", "generic", "--table-size", "4099")
+    t.lb("vip", "add", t.vip, "--mode", "dsr")
+    for node in L.BACKENDS:
+        t.lb("backend", "add", t.vip, t.backend(node))
+    balancer = xdp.read_state("eth0", t.ns, "l4lb")
+    assert balancer is not None and balancer.mode == "generic" and balancer.link_id == guard.link_id
+    check_balancing(t, 35000)
+    check_guarding(t)
+
+    # Hot reloads keep the link: native is refused for either program, auto is fine.
+    for cmd in (["lb", "attach", "eth0"], ["xdp", "attach", "eth0", "--ports", "", "--drop-ports",
+                                            str(GUARDED), "--no-cookies"]):
+        res = L.fastpath(*cmd, "--netns", t.ns, "--mode", "native", check=False)
+        assert res.returncode != 0 and "generic mode" in res.stderr and "not native" in res.stderr, res.stderr
+    again = json.loads(L.fastpath("lb", "attach", "eth0", "--netns", t.ns, "--json").stdout)
+    assert again["replaced"] is True and again["mode"] == "generic"
+    check_balancing(t, 36000)
+    check_guarding(t)
+    L.fastpath("lb", "detach", "eth0", "--netns", t.ns)
+    L.fastpath("xdp", "detach", "eth0", "--netns", t.ns)
+    assert not pdir.exists()

@@ -195,6 +195,9 @@ def test_ipip_source_addresses():
     ({"LB_MAX_BACKENDS": 70000}, "out of range"),
     ({"LB_HASH_SEED": -1}, "out of range"),
     ({"LB_CONNTRACK_SIZE": 10}, "out of range"),
+    ({"LB_UDP_TIMEOUT": 0}, "--udp-timeout 0 out of range"),
+    ({"LB_TCP_TIMEOUT": 8 * 86400}, "--tcp-timeout 691200 out of range"),
+    ({"LB_CLOSING_TIMEOUT": -1}, "--closing-timeout -1 out of range"),
 ])
 def test_check_tunables(changes, needle):
     lb.check_tunables(lb.TUNABLES)

@@ -1,0 +1,207 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * decap - XDP tunnel decapsulation for load-balancer backends: IPv4-in-IPv4 (protocol 4)
+ * and IPv6-in-IPv6 (next header 41) packets addressed to this host lose their outer IP
+ * header and go up the stack as the client's own packet. The backend needs no ipip/ip6tnl
+ * module and no tunnel device: it holds the VIP on loopback and replies to the client
+ * directly, as with `fastpath lb vip add ... --mode ipip` (bpf/l4lb.c) or Katran.
+ *
+ * Techniques:
+ * - Strip in place: copy the Ethernet header, bpf_xdp_adjust_head() past the outer header,
+ *   write the Ethernet header back in front of the inner packet with the inner family's
+ *   ethertype. No checksum changes: the inner packet is delivered as the client sent it.
+ * - Only tunnels to this host's own addresses: the `addrs` map holds them (the control
+ *   plane, fastpath/xdp/decap.py, fills it with the interface's addresses at attach), so
+ *   transit tunnel traffic is never touched.
+ * - Defined verdicts (tests/bpf/test_decap.py pins each): non-IP, non-tunnel and
+ *   not-for-us traffic passes untouched; a broken outer header (bad length, version or
+ *   IPv4 checksum) passes untouched for the kernel to drop; fragments of tunnel packets
+ *   (XDP cannot reassemble them) and tunnel packets whose inner header is truncated, of
+ *   the wrong version or longer than the outer payload drop with a counter.
+ * - Per-CPU counters (packets and bytes per verdict): no atomics on the fast path.
+ *
+ * Minimum kernel: 5.9 (XDP bpf_link; bpf_xdp_adjust_head is 4.10).
+ * Usage: fastpath lb decap attach IFACE [--netns NS]; fastpath lb decap stats IFACE
+ * Manual test: fastpath lb decap attach eth0 && (from the balancer, an ipip VIP to this
+ *        host) fastpath lb decap stats eth0   # decap_v4 / decap_v6 count up
+ */
+#include <uapi/linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+
+#include "fastpath.h"
+#include "decap.h"
+
+/* Outer destination addresses `addrs` holds. */
+#ifndef DECAP_MAX_ADDRS
+#define DECAP_MAX_ADDRS 64
+#endif
+
+#define IP_MF 0x2000
+#define IP_OFFSET 0x1fff
+#define IPPROTO_FRAGMENT_HDR 44
+
+FP_MAP("hash", struct decap_addr, __u32, addrs, DECAP_MAX_ADDRS);
+FP_MAP("percpu_array", u32, struct decap_counter, stats, DECAP_STAT_MAX);
+
+/* The IPv6 fragment header (RFC 8200 4.5). */
+struct frag6 {
+	__u8 nexthdr;
+	__u8 reserved;
+	__be16 frag_off;
+	__be32 id;
+};
+
+static __always_inline int count(__u32 stat, __u64 len, int verdict)
+{
+	struct decap_counter *c = stats.lookup(&stat);
+
+	if (c) {
+		c->packets++;
+		c->bytes += len;
+	}
+	return verdict;
+}
+
+static __always_inline int is_local(const void *addr, int family)
+{
+	struct decap_addr k;
+
+	__builtin_memset(&k, 0, sizeof(k));
+	if (family == 4)
+		__builtin_memcpy(k.addr, addr, 4);
+	else
+		__builtin_memcpy(k.addr, addr, 16);
+	k.family = family;
+	return addrs.lookup(&k) != NULL;
+}
+
+/* True when the IPv4 header (hlen bytes, options included) sums to 0xffff. */
+static __always_inline int ipv4_csum_ok(const struct iphdr *ip, __u32 hlen, void *data_end)
+{
+	const __u16 *w = (const void *)ip;
+	__u64 s = 0;
+
+#pragma unroll
+	for (int i = 0; i < 30; i++) {
+		const __u16 *p = w + i;
+
+		if ((__u32)i * 2 >= hlen)
+			break;
+		if ((void *)(p + 1) > data_end)
+			return 0;
+		s += *p;
+	}
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return s == 0xffff;
+}
+
+/* Remove the outer_len bytes of outer IP header that follow the Ethernet header. */
+static __always_inline int strip(struct xdp_md *ctx, __u32 outer_len, __u16 ethertype)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct ethhdr copy;
+
+	if ((void *)(eth + 1) > data_end)
+		return -1;
+	__builtin_memcpy(&copy, eth, sizeof(copy));
+	if (bpf_xdp_adjust_head(ctx, (int)outer_len))
+		return -1;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return -1;
+	__builtin_memcpy(eth->h_dest, copy.h_dest, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, copy.h_source, ETH_ALEN);
+	eth->h_proto = bpf_htons(ethertype);
+	return 0;
+}
+
+static __always_inline int decap_v4(struct xdp_md *ctx, void *data, void *data_end, __u64 len)
+{
+	struct iphdr *ip = data + sizeof(struct ethhdr);
+	struct iphdr *in;
+	__u32 hlen;
+	__u16 tot, in_tot;
+
+	if ((void *)(ip + 1) > data_end || ip->version != 4 || ip->ihl < 5)
+		return count(DECAP_STAT_PASS_MALFORMED, len, XDP_PASS);
+	hlen = ip->ihl * 4;
+	tot = bpf_ntohs(ip->tot_len);
+	if (tot < hlen || (void *)ip + tot > data_end)
+		return count(DECAP_STAT_PASS_MALFORMED, len, XDP_PASS);
+	if (ip->protocol != IPPROTO_IPIP)
+		return count(DECAP_STAT_PASS_NOT_TUNNEL, len, XDP_PASS);
+	if (!ipv4_csum_ok(ip, hlen, data_end))
+		return count(DECAP_STAT_PASS_MALFORMED, len, XDP_PASS);
+	if (!is_local(&ip->daddr, 4))
+		return count(DECAP_STAT_PASS_NOT_LOCAL, len, XDP_PASS);
+	if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET))
+		return count(DECAP_STAT_DROP_FRAGMENT, len, XDP_DROP);
+	in = (void *)ip + hlen;
+	if ((void *)(in + 1) > data_end || in->version != 4 || in->ihl < 5)
+		return count(DECAP_STAT_DROP_MALFORMED, len, XDP_DROP);
+	in_tot = bpf_ntohs(in->tot_len);
+	if (in_tot < in->ihl * 4 || in_tot > tot - hlen)
+		return count(DECAP_STAT_DROP_MALFORMED, len, XDP_DROP);
+	if (strip(ctx, hlen, ETH_P_IP))
+		return count(DECAP_STAT_DROP_ERROR, len, XDP_DROP);
+	return count(DECAP_STAT_DECAP_V4, len, XDP_PASS);
+}
+
+static __always_inline int decap_v6(struct xdp_md *ctx, void *data, void *data_end, __u64 len)
+{
+	struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
+	struct ipv6hdr *in;
+	struct frag6 *fh;
+	__u16 plen;
+
+	if ((void *)(ip6 + 1) > data_end || ip6->version != 6)
+		return count(DECAP_STAT_PASS_MALFORMED, len, XDP_PASS);
+	plen = bpf_ntohs(ip6->payload_len);
+	if ((void *)(ip6 + 1) + plen > data_end)
+		return count(DECAP_STAT_PASS_MALFORMED, len, XDP_PASS);
+	if (ip6->nexthdr == IPPROTO_FRAGMENT_HDR) {
+		/* A fragment of a tunnel packet to us: the kernel could reassemble it but has no
+		 * tunnel to give it to, so it is dropped here, counted. */
+		fh = (void *)(ip6 + 1);
+		if ((void *)(fh + 1) <= data_end && fh->nexthdr == IPPROTO_IPV6 &&
+		    is_local(&ip6->daddr, 6))
+			return count(DECAP_STAT_DROP_FRAGMENT, len, XDP_DROP);
+		return count(DECAP_STAT_PASS_NOT_TUNNEL, len, XDP_PASS);
+	}
+	if (ip6->nexthdr != IPPROTO_IPV6)
+		return count(DECAP_STAT_PASS_NOT_TUNNEL, len, XDP_PASS);
+	if (!is_local(&ip6->daddr, 6))
+		return count(DECAP_STAT_PASS_NOT_LOCAL, len, XDP_PASS);
+	in = (void *)(ip6 + 1);
+	if ((void *)(in + 1) > data_end || in->version != 6 ||
+	    sizeof(struct ipv6hdr) + bpf_ntohs(in->payload_len) > plen)
+		return count(DECAP_STAT_DROP_MALFORMED, len, XDP_DROP);
+	if (strip(ctx, sizeof(struct ipv6hdr), ETH_P_IPV6))
+		return count(DECAP_STAT_DROP_ERROR, len, XDP_DROP);
+	return count(DECAP_STAT_DECAP_V6, len, XDP_PASS);
+}
+
+int decap(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u64 len = data_end - data;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > data_end)
+		return count(DECAP_STAT_PASS_NOT_IP, len, XDP_PASS);
+	if (eth->h_proto == bpf_htons(ETH_P_IP))
+		return decap_v4(ctx, data, data_end, len);
+	if (eth->h_proto == bpf_htons(ETH_P_IPV6))
+		return decap_v6(ctx, data, data_end, len);
+	return count(DECAP_STAT_PASS_NOT_IP, len, XDP_PASS);
+}

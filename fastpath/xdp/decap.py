@@ -1,0 +1,155 @@
+"""Control plane of bpf/decap.c: XDP decapsulation of the balancer's ipip traffic on a backend.
+
+A backend of an ipip VIP receives the client's packet wrapped in an outer IPv4 (protocol 4)
+or IPv6 (next header 41) header addressed to the backend. Without a kernel tunnel module
+(ipip/ip6_tunnel) the stack cannot unwrap it; this program does so in XDP, before the
+stack, for packets addressed to one of the addresses in its `addrs` map: the interface's own
+addresses when attached, plus any given with `--addr`. Attach, re-attach and detach go
+through fastpath.bpf.xdp, so pins and state follow the usual layout.
+
+Mirrors bpf/decap.h as ctypes Structures (tests/bpf/test_decap.py checks them against bcc's
+decoded types).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import socket
+from collections.abc import Iterable
+from typing import Any
+
+from fastpath.bpf import xdp
+from fastpath.bpf.loader import ProgramSpec
+from fastpath.bpf.maps import TypedMap
+from fastpath.errors import FastpathError
+
+# Tunables of bpf/decap.c (its #ifndef defaults), passed as -D flags.
+TUNABLES: dict[str, int] = {"DECAP_MAX_ADDRS": 64}
+SPEC = ProgramSpec(name="decap", entry="decap", maps=("addrs", "stats"), defaults=TUNABLES)
+
+# enum decap_stat, in order
+STAT_NAMES = ("pass_not_ip", "pass_not_tunnel", "pass_not_local", "pass_malformed", "decap_v4",
+              "decap_v6", "drop_fragment", "drop_malformed", "drop_error")
+DECAP_STAT_MAX = len(STAT_NAMES)
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class DecapAddr(ctypes.Structure):
+    _fields_ = [("addr", ctypes.c_uint8 * 16), ("family", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 3)]
+
+
+class DecapCounter(ctypes.Structure):
+    _fields_ = [("packets", ctypes.c_uint64), ("bytes", ctypes.c_uint64)]
+
+
+MAP_TYPES: dict[str, tuple[type[Any], type[Any]]] = {
+    "addrs": (DecapAddr, ctypes.c_uint32),
+    "stats": (ctypes.c_uint32, DecapCounter),
+}
+
+
+def addr_key(address: IPAddress) -> DecapAddr:
+    k = DecapAddr()
+    k.addr[:] = address.packed.ljust(16, b"\0")
+    k.family = address.version
+    return k
+
+
+def parse_addr(text: str) -> IPAddress:
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        raise FastpathError(f"bad address {text!r}: not an IPv4 or IPv6 address",
+                            fix="give the address the balancer sends tunnels to, e.g. 10.0.1.21") from None
+    if addr.is_multicast or addr.is_unspecified:
+        raise FastpathError(f"bad address {addr}: not a unicast address")
+    return addr
+
+
+def interface_addresses(ifname: str, netns: str | None) -> list[IPAddress]:
+    """The IPv4 and IPv6 addresses on `ifname` (link-local ones included)."""
+    from pyroute2 import IPRoute
+
+    with xdp.in_netns(netns):
+        ipr = IPRoute()
+    try:
+        idx = ipr.link_lookup(ifname=ifname)
+        if not idx:
+            raise FastpathError(f"unknown interface {ifname!r}", fix="see 'ip link'")
+        out = []
+        for msg in ipr.get_addr(index=idx[0]):
+            if msg["family"] in (socket.AF_INET, socket.AF_INET6):
+                out.append(ipaddress.ip_address(msg.get_attr("IFA_ADDRESS")))
+        return sorted(out, key=lambda a: (a.version, a))
+    finally:
+        ipr.close()
+
+
+def _write_addrs(att: xdp.Attachment, wanted: Iterable[IPAddress]) -> None:
+    keys = {bytes(addr_key(a)): addr_key(a) for a in wanted}
+    with TypedMap.open_pinned(att.map_path("addrs"), DecapAddr, ctypes.c_uint32) as m:
+        for key in list(m.keys()):
+            if bytes(key) not in keys:
+                m.delete(key)
+        for k in keys.values():
+            m.set(k, ctypes.c_uint32(1))
+
+
+def attach(ifname: str, netns: str | None, mode: str = "auto",
+           extra: Iterable[IPAddress] = ()) -> tuple[xdp.Attachment, bool, list[IPAddress]]:
+    """Attach decap (or replace it, keeping its counters) and load the addresses it takes
+    tunnels for: the interface's own plus `extra`. Returns the attachment, whether it
+    replaced a running program, and the addresses."""
+    extra = sorted(set(extra), key=lambda a: (a.version, a))
+    old = xdp.read_state(ifname, netns)
+    if old is not None and old.program != SPEC.name:
+        raise FastpathError(f"{ifname} runs fastpath program {old.program}; decap cannot share it",
+                            fix="run decap on the backend's interface, not the balancer's")
+    addrs = sorted(set(interface_addresses(ifname, netns)) | set(extra), key=lambda a: (a.version, a))
+    limit = TUNABLES["DECAP_MAX_ADDRS"]
+    if len(addrs) > limit:
+        raise FastpathError(f"{ifname} has {len(addrs)} addresses, decap holds {limit}",
+                            fix="remove addresses from the interface")
+    options = {"addrs": [str(a) for a in extra]}
+    att, replaced = xdp.attach(SPEC, ifname, netns, mode, dict(TUNABLES), options)
+    try:
+        _write_addrs(att, addrs)
+    except BaseException:
+        if not replaced:
+            xdp.detach(ifname, netns, program=SPEC.name)
+        raise
+    return att, replaced, addrs
+
+
+def attachment(ifname: str, netns: str | None) -> xdp.Attachment:
+    att = xdp.read_state(ifname, netns, SPEC.name)
+    if att is None or att.program != SPEC.name:
+        where = f" in namespace {netns}" if netns else ""
+        ns = f" --netns {netns}" if netns else ""
+        raise FastpathError(f"decap is not attached to {ifname}{where}",
+                            fix=f"attach it: fastpath lb decap attach {ifname}{ns}")
+    return att
+
+
+def detach(ifname: str, netns: str | None) -> xdp.Attachment | None:
+    attachment(ifname, netns)
+    return xdp.detach(ifname, netns, program=SPEC.name)
+
+
+def addresses(att: xdp.Attachment) -> list[IPAddress]:
+    """The outer destinations the running program takes tunnels for."""
+    with TypedMap.open_pinned(att.map_path("addrs"), DecapAddr, ctypes.c_uint32) as m:
+        out = [ipaddress.ip_address(bytes(k.addr)[:4] if k.family == 4 else bytes(k.addr)) for k in m.keys()]
+    return sorted(out, key=lambda a: (a.version, a))
+
+
+def read_counters(att: xdp.Attachment) -> dict[str, dict[str, int]]:
+    """Packets and bytes per verdict, summed over CPUs."""
+    out = {}
+    with TypedMap.open_pinned(att.map_path("stats"), ctypes.c_uint32, DecapCounter) as m:
+        for i, name in enumerate(STAT_NAMES):
+            vals = m.get_percpu(ctypes.c_uint32(i)) or []
+            out[name] = {"packets": sum(v.packets for v in vals), "bytes": sum(v.bytes for v in vals)}
+    return out
