@@ -60,7 +60,7 @@ def topology(mode: str) -> dict:
             "addresses": addresses, "routes": routes}
 
 
-# A TCP server that answers every line with its own name; one thread per connection.
+# A TCP server that answers every line with its own name, on both families (one socket).
 SERVER = """
 import socket, sys, threading
 name, port = sys.argv[1], int(sys.argv[2])
@@ -72,9 +72,10 @@ def serve(c):
         pass
     finally:
         c.close()
-s = socket.socket()
+s = socket.socket(socket.AF_INET6)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", port))
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.bind(("::", port))
 s.listen(1024)
 print("ready", flush=True)
 while True:
@@ -82,20 +83,21 @@ while True:
     threading.Thread(target=serve, args=(c,), daemon=True).start()
 """
 
-# N new connections from fixed source ports (so the run is reproducible), one line each;
+# N new connections from fixed source ports, to an IPv4 or IPv6 host; one line each;
 # prints {sport: backend name or "error: ..."} as JSON. Bounded by N and 60 s.
 BURST = """
 import json, socket, sys, time
 host, port, first, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+fam, any_ = (socket.AF_INET6, "::") if ":" in host else (socket.AF_INET, "0.0.0.0")
 out, end = {}, time.monotonic() + 60
 for sport in range(first, first + min(n, 5000)):
     if time.monotonic() > end:
         break
-    s = socket.socket()
+    s = socket.socket(fam)
     s.settimeout(2)
     try:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("0.0.0.0", sport))
+        s.bind((any_, sport))
         s.connect((host, port))
         s.sendall(b"who\\n")
         out[sport] = s.recv(64).decode().strip() or "error: closed"

@@ -33,61 +33,14 @@ def _sibling(name: str) -> ModuleType:
     return mod
 
 
-L = _sibling("test_lb")  # fastpath(), HOLD (family-agnostic: socket.create_connection)
+L = _sibling("test_lb")  # fastpath(), HOLD, SERVER and BURST: all speak both families
+SERVER, BURST = L.SERVER, L.BURST
 
 VIP6 = "fd00:20:100::1"
 CLIENT6 = "fd00:21::10"
 BACKENDS6 = {"b1": "fd00:22::11", "b2": "fd00:22::12", "b3": "fd00:22::13"}
 VIP_PORT = 80
 NAT_PORT = 8080
-
-# A TCP server that answers every line with its own name, on both families (one socket).
-SERVER = """
-import socket, sys, threading
-name, port = sys.argv[1], int(sys.argv[2])
-def serve(c):
-    try:
-        while c.recv(256):
-            c.sendall(name.encode() + b"\\n")
-    except OSError:
-        pass
-    finally:
-        c.close()
-s = socket.socket(socket.AF_INET6)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-s.bind(("::", port))
-s.listen(1024)
-print("ready", flush=True)
-while True:
-    c, _ = s.accept()
-    threading.Thread(target=serve, args=(c,), daemon=True).start()
-"""
-
-# N new connections from fixed source ports, to an IPv4 or IPv6 host; one line each;
-# prints {sport: backend name or "error: ..."} as JSON. Bounded by N and 60 s.
-BURST = """
-import json, socket, sys, time
-host, port, first, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-fam, any_ = (socket.AF_INET6, "::") if ":" in host else (socket.AF_INET, "0.0.0.0")
-out, end = {}, time.monotonic() + 60
-for sport in range(first, first + min(n, 5000)):
-    if time.monotonic() > end:
-        break
-    s = socket.socket(fam)
-    s.settimeout(2)
-    try:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind((any_, sport))
-        s.connect((host, port))
-        s.sendall(b"who\\n")
-        out[sport] = s.recv(64).decode().strip() or "error: closed"
-    except OSError as exc:
-        out[sport] = f"error: {exc}"
-    finally:
-        s.close()
-print(json.dumps(out))
-"""
 
 
 def burst(lab, vip: str, first_port: int, n: int) -> dict[int, str]:
