@@ -662,8 +662,33 @@ static __always_inline int sg_process(struct xdp_md *ctx)
 			bad = sg_cookie_check_v6(l3, th);
 		else
 			bad = sg_cookie_check_v4(l3, th);
-		if (bad)
-			return sg_done(SG_DROP_COOKIE, p.len, XDP_DROP);
+		if (bad) {
+			/*
+			 * A lost handshake ACK: the client is established, but our SYN-ACK offered a
+			 * zero window, so all it sends is a zero-window probe (or keep-alive), an
+			 * empty ACK with SEG.SEQ = SND.NXT - 1, one below the handshake ACK's.
+			 * When the cookie checks out for seq + 1, turn the probe into the lost ACK
+			 * (SYNPROXY then opens the connection and its window update lets the data
+			 * flow). Only when the as-is check failed: the cookie's MSS index absorbs a
+			 * shift of one for the lower MSS classes, so a segment valid as it stands is
+			 * taken as the handshake ACK (as SYNPROXY itself does).
+			 */
+			__be32 seq = th->seq, next = bpf_htonl(bpf_ntohl(seq) + 1);
+
+			if (th->fin || th->psh || th->urg || p.l4len != th->doff * 4)
+				return sg_done(SG_DROP_COOKIE, p.len, XDP_DROP);
+			th->seq = next;
+			if (p.v6)
+				bad = sg_cookie_check_v6(l3, th);
+			else
+				bad = sg_cookie_check_v4(l3, th);
+			if (bad) {
+				th->seq = seq;
+				return sg_done(SG_DROP_COOKIE, p.len, XDP_DROP);
+			}
+			th->check = sg_csum_fold(bpf_csum_diff(&seq, 4, &next, 4, (u16)~th->check));
+			sg_done(SG_EVENT_PROBE, 0, 0);
+		}
 		flow.created_ns = bpf_ktime_get_coarse_ns();
 		flows.update(&fk, &flow);
 		return sg_done(SG_PASS_COOKIE, p.len, XDP_PASS);

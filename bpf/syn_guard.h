@@ -33,7 +33,8 @@ enum sg_stat {
 	SG_DROP_ERROR = 14,    /* a helper failed while building a SYN-ACK */
 	SG_OUTCOMES = 15,
 	SG_EVENT_BAN = 15,     /* a source was banned (counts bans started, not frames) */
-	SG_STAT_MAX = 16,
+	SG_EVENT_PROBE = 16,   /* a zero-window probe stood in for a lost handshake ACK (with SG_PASS_COOKIE) */
+	SG_STAT_MAX = 17,
 };
 
 /* Values of the `ports` map, indexed by TCP destination port in host byte order. */

@@ -43,6 +43,7 @@ STAT_HELP = {
     "drop_malformed": "truncated or unparsable headers",
     "drop_error": "helper failure building a SYN-ACK",
     "bans": "bans started (event)",
+    "probes": "zero-window probes taken for a lost handshake ACK (event)",
 }
 
 
@@ -182,7 +183,8 @@ def cmd_attach(args: argparse.Namespace) -> int:
     res = synguard.attach(args.iface, args.netns, args.mode, cfg)
     att = res.attachment
     if args.json:
-        print_json({**synguard.status(att), "replaced": res.replaced, "defines": res.defines})
+        print_json({**synguard.status(att), "replaced": res.replaced, "defines": res.defines,
+                    "kept": res.kept})
         return 0
     where = f" in {args.netns}" if args.netns else ""
     verb = "replaced the program on" if res.replaced else "attached to"
@@ -191,8 +193,9 @@ def cmd_attach(args: argparse.Namespace) -> int:
         layers.append("per-source SYN rate")
     if cfg.cookies and cfg.cookie_ports:
         layers.append(f"SYN cookies + SYNPROXY (nft table {res.nft_table})")
+    kept = f"; {res.kept} open connection(s) kept" if res.kept else ""
     info(f"syn_guard {verb} {args.iface}{where} ({att.mode} mode, prog id {att.prog_id}): "
-         f"{cfg.describe()}; layers: {', '.join(layers)}; "
+         f"{cfg.describe()}; layers: {', '.join(layers)}{kept}; "
          f"stop with: fastpath xdp detach {args.iface}{_ns_flag(args.netns)}")
     return 0
 

@@ -3,11 +3,12 @@
 spoofed flood (fastpath/xdp/flood.py), each run in its node with `Lab.spawn`/`Lab.run`.
 
 Topology: client, attacker and server on one bridge. The server runs with
-tcp_syncookies=0 and routes the spoofed source network back through the attacker (a SYN
-flood only hurts a server that answers, and the attacker's kernel silently drops the
-SYN-ACKs since the addresses are not its own). Every link has GRO on (veth delivers XDP_TX
-frames to a peer only through NAPI) and TX checksum offload off (so frames carry real
-checksums that XDP can check and the guard's SYN-ACKs are complete).
+tcp_syncookies=0 (it covers IPv6 too) and routes the spoofed source networks (IPv4 and
+IPv6) back through the attacker (a SYN flood only hurts a server that answers, and the
+attacker's kernel silently drops the SYN-ACKs since the addresses are not its own).
+Every link has GRO on (veth delivers XDP_TX frames to a peer only through NAPI) and TX
+checksum offload off (so frames carry real checksums that XDP can check and the guard's
+SYN-ACKs are complete).
 
 The module is also the service and the probe: `python -m fastpath.xdp.floodlab serve|probe`.
 """
@@ -32,14 +33,17 @@ if TYPE_CHECKING:
 
 SERVICE_PORT = 8080
 SPOOFED_NET = "10.99.0.0/16"
+SPOOFED_NET6 = "fd99::/64"
 SERVER4, CLIENT4, ATTACKER4 = "10.66.0.2", "10.66.0.1", "10.66.0.3"
-SERVER6 = "fd66::2"
+SERVER6, ATTACKER6 = "fd66::2", "fd66::3"
 
 TOPOLOGY: dict[str, Any] = {
     "name": "synflood",
     "nodes": {
         "client": {},
-        "attacker": {},
+        # IPv6 answers a packet for an address it does not have with a (rate-limited)
+        # ICMPv6 unreachable; one a minute keeps the guard's SYN-ACKs from echoing back.
+        "attacker": {"sysctls": {"net.ipv6.icmp.ratelimit": 60000}},
         # No kernel cookies (so the flood hurts); half-open connections expire in ~3 s.
         "server": {"sysctls": {"net.ipv4.tcp_syncookies": 0, "net.ipv4.tcp_synack_retries": 1}},
     },
@@ -48,10 +52,10 @@ TOPOLOGY: dict[str, Any] = {
               for node in ("client", "attacker", "server")],
     "addresses": {
         "client:eth0": [f"{CLIENT4}/24", "fd66::1/64"],
-        "attacker:eth0": [f"{ATTACKER4}/24", "fd66::3/64"],
+        "attacker:eth0": [f"{ATTACKER4}/24", f"{ATTACKER6}/64"],
         "server:eth0": [f"{SERVER4}/24", f"{SERVER6}/64"],
     },
-    "routes": {"server": [{"dst": SPOOFED_NET, "via": ATTACKER4}]},
+    "routes": {"server": [{"dst": SPOOFED_NET, "via": ATTACKER4}, {"dst": SPOOFED_NET6, "via": ATTACKER6}]},
     "static_neighbors": True,
 }
 
@@ -70,10 +74,13 @@ def probe_argv(target: str = SERVER4, port: int = SERVICE_PORT, count: int = 200
             "--seconds", str(seconds), *(["--progress"] if progress else [])]
 
 
-def flood_argv(lab: Lab, count: int, seconds: float, port: int = SERVICE_PORT) -> list[str]:
+def flood_argv(lab: Lab, count: int, seconds: float, port: int = SERVICE_PORT,
+               target: str = SERVER4) -> list[str]:
+    """The spoofed flood at `target` (SERVER4: sources from SPOOFED_NET; SERVER6: SPOOFED_NET6)."""
+    src_net = SPOOFED_NET6 if ":" in target else SPOOFED_NET
     return [sys.executable, "-m", "fastpath.xdp.flood", "--iface", "eth0",
-            "--dst-mac", lab.mac("server", "eth0"), "--dst", SERVER4, "--dport", str(port),
-            "--src-net", SPOOFED_NET, "--count", str(count), "--seconds", str(seconds)]
+            "--dst-mac", lab.mac("server", "eth0"), "--dst", target, "--dport", str(port),
+            "--src-net", src_net, "--count", str(count), "--seconds", str(seconds)]
 
 
 def flood_result(out: str) -> tuple[int, float]:
@@ -185,6 +192,7 @@ def _probe(target: str, port: int, count: int, timeout: float, interval: float, 
     attempt_ms: list[float] = []  # every attempt: until the echo came back, or until it failed
     deadline = time.monotonic() + seconds
     attempts = 0
+    stalled = 0  # failed attempts whose connect had succeeded (the exchange got no echo)
     for i in range(count):
         if time.monotonic() > deadline:
             break
@@ -192,6 +200,7 @@ def _probe(target: str, port: int, count: int, timeout: float, interval: float, 
         msg = f"hello {i}".encode()
         ok_before = ok
         t0 = time.monotonic()
+        t1 = 0.0
         try:
             with socket.create_connection((target, port), timeout=timeout) as s:
                 t1 = time.monotonic()
@@ -210,12 +219,13 @@ def _probe(target: str, port: int, count: int, timeout: float, interval: float, 
         except OSError as exc:
             key = type(exc).__name__ if not exc.strerror else exc.strerror
             failures[key] = failures.get(key, 0) + 1
+            stalled += t1 > 0
         attempt_ms.append((time.monotonic() - t0) * 1000)
         if progress:
             print("ok" if ok > ok_before else "fail", flush=True)
         time.sleep(interval)
     print(json.dumps({"attempts": attempts, "ok": ok, "failed": attempts - ok, "failures": failures,
-                      "connect_ms": [round(x, 3) for x in connect_ms],
+                      "stalled": stalled, "connect_ms": [round(x, 3) for x in connect_ms],
                       "attempt_ms": [round(x, 3) for x in attempt_ms]}), flush=True)
     return 0
 

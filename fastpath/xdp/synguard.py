@@ -4,7 +4,9 @@ Mirrors bpf/syn_guard.h (tests/bpf/test_syn_guard.py checks the mirror against b
 drives the program through its pinned maps, so every change after attach (ports, rate,
 allow/deny lists) is live, with no reload. Attach also installs the netfilter SYNPROXY
 rules that finish handshakes whose cookie XDP has checked (fastpath/xdp/nft.py), in the
-interface's own namespace; detach removes them.
+interface's own namespace; detach removes them. Connections already open on cookie ports
+are carried into the flow table and conntrack first (fastpath/xdp/existing.py), at attach,
+re-attach and port changes, so the guard never cuts them.
 
     att = synguard.attach("eth0", netns="lab1-server", config=GuardConfig(cookie_ports=(80,)))
     synguard.acl_change([att], "deny", "add", [ip_network("203.0.113.0/24")])
@@ -32,7 +34,7 @@ from fastpath.bpf import xdp
 from fastpath.bpf.loader import ProgramSpec
 from fastpath.bpf.maps import TypedMap
 from fastpath.errors import FastpathError
-from fastpath.xdp import nft
+from fastpath.xdp import existing, nft
 
 PROGRAM = "syn_guard"
 
@@ -65,10 +67,10 @@ SPEC = ProgramSpec(
 STAT_NAMES = (
     "pass_other", "pass_allow", "drop_deny", "drop_port", "drop_limited", "drop_banned",
     "tx_cookie", "pass_syn", "pass_cookie", "drop_cookie", "pass_flow", "pass_tcp",
-    "fragment", "drop_malformed", "drop_error", "bans",
+    "fragment", "drop_malformed", "drop_error", "bans", "probes",
 )
 SG_OUTCOMES = 15
-SG_STAT_MAX = 16
+SG_STAT_MAX = 17
 STAT = {name: i for i, name in enumerate(STAT_NAMES)}
 OUTCOME_NAMES = STAT_NAMES[:SG_OUTCOMES]
 
@@ -543,6 +545,7 @@ class AttachResult:
     replaced: bool
     nft_table: str | None
     defines: dict[str, int] = field(default_factory=dict)
+    kept: int = 0  # connections open at attach carried into conntrack and the flows map
 
 
 def plan_defines(ifname: str, netns: str | None) -> dict[str, int]:
@@ -572,17 +575,12 @@ def attach(
             if key in old.options:
                 options[key] = old.options[key]
     att, replaced = xdp.attach(SPEC, ifname, netns, mode, defines, options)
+    seeded = existing.Seeded()
     try:
-        write_ports(att, cfg, previous)
-        write_config(att, cfg)
         table = nft.table_name(ifname, att.ifindex)
-        if use_nft:
-            nft.install(netns, table, ifname, cfg.cookie_ports, defines)
-            att.options["nft_table"] = table
-            if "tcp_loose_was" not in att.options:
-                att.options["tcp_loose_was"] = nft.set_tcp_loose(netns, 0)
-        else:
-            _remove_nft(att)
+        # A first attach starts with every port open (zeroed maps), a re-attach with the old
+        # settings: the connections open now are carried over before cookies are checked.
+        seeded = _switch(att, cfg, previous, defines, table if use_nft else None)
         xdp.save_state(att)
     except BaseException:
         if not replaced:
@@ -591,7 +589,29 @@ def attach(
             with contextlib.suppress(Exception):
                 xdp.detach(ifname, netns, program=PROGRAM)
         raise
-    return AttachResult(att, replaced, att.options.get("nft_table"), defines)  # type: ignore[arg-type]
+    return AttachResult(att, replaced, att.options.get("nft_table"), defines,  # type: ignore[arg-type]
+                        seeded.connections)
+
+
+def _switch(att: xdp.Attachment, cfg: GuardConfig, previous: GuardConfig | None,
+            defines: Mapping[str, int], table: str | None) -> existing.Seeded:
+    """Make the maps and the SYNPROXY table match `cfg` without cutting open connections
+    (fastpath/xdp/existing.py): flows seeded, XDP maps (cookies on, so a flood never reaches
+    conntrack), nft table, flows and conntrack seeded, tcp_loose=0."""
+    if table is None:
+        write_ports(att, cfg, previous)
+        write_config(att, cfg)
+        _remove_nft(att)
+        return existing.Seeded()
+    first = existing.seed(att, cfg.cookie_ports, conntrack=False)
+    write_ports(att, cfg, previous)
+    write_config(att, cfg)
+    nft.install(att.netns, table, att.ifname, cfg.cookie_ports, defines)
+    att.options["nft_table"] = table
+    seeded = existing.seed(att, cfg.cookie_ports)  # and handshakes completed meanwhile
+    if "tcp_loose_was" not in att.options:
+        att.options["tcp_loose_was"] = nft.set_tcp_loose(att.netns, 0)
+    return existing.Seeded(max(first.connections, seeded.connections), seeded.conntrack)
 
 
 def _remove_nft(att: xdp.Attachment, force_table: str | None = None) -> None:
@@ -626,17 +646,10 @@ def set_config(att: xdp.Attachment, config: GuardConfig) -> xdp.Attachment:
     previous = guard_config(att)
     if cfg.cookies and cfg.cookie_ports:
         nft.require()
-    write_ports(att, cfg, previous)
-    write_config(att, cfg)
+    table = None
     if cfg.cookies and cfg.cookie_ports:
-        defines = {k: int(v) for k, v in att.defines.items()}
         table = str(att.options.get("nft_table") or nft.table_name(att.ifname, att.ifindex))
-        nft.install(att.netns, table, att.ifname, cfg.cookie_ports, defines)
-        att.options["nft_table"] = table
-        if "tcp_loose_was" not in att.options:
-            att.options["tcp_loose_was"] = nft.set_tcp_loose(att.netns, 0)
-    else:
-        _remove_nft(att)
+    _switch(att, cfg, previous, {k: int(v) for k, v in att.defines.items()}, table)
     att.options["config"] = cfg.to_json()
     xdp.save_state(att)
     return att

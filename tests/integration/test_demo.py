@@ -29,6 +29,25 @@ def test_demo_counts_every_datagram_and_cleans_up(netns_required):
     assert not (xdp.PIN_ROOT / "fpdemo-server").exists()
 
 
+def test_demo_synflood_guard_keeps_legit_clients_in(netns_required):
+    """`make demo`'s default: unguarded, the spoofed flood shuts the client out; guarded,
+    >= 95 % of its connects succeed and the SYN-ACKs come from XDP."""
+    res = subprocess.run([sys.executable, "-m", "fastpath.cli", "demo", "synflood", "--seconds", "8",
+                          "--json"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    print(f"\n{out}")
+    off, on = out["phases"]
+    assert (off["guard"], on["guard"]) == ("off", "on")
+    assert off["legit_failed"] >= 3 and off["legit_failed"] >= 0.8 * (off["legit_ok"] + off["legit_failed"])
+    total = on["legit_ok"] + on["legit_failed"]
+    assert total >= 50, "a connect every 50 ms for 8 s"
+    assert on["legit_ok"] >= 0.95 * total, on
+    assert out["cookies_sent"] > 0 and on["flood_pps"] > 0
+    assert not [n for n in _netns() if n.startswith("fpsynflood")]
+    assert not (xdp.PIN_ROOT / "fpsynflood-server").exists()
+
+
 def test_demo_rejects_bad_duration():
     res = subprocess.run([sys.executable, "-m", "fastpath.cli", "demo", "--seconds", "0"],
                          capture_output=True, text=True, timeout=60)
