@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from fastpath import __version__
+from fastpath.errors import FastpathError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,6 +32,20 @@ def cpu_model(cpuinfo: str | None = None) -> str:
         if key in fields:
             return fields[key]
     return platform.processor() or platform.machine() or "unknown"
+
+
+def cpu_busy_ns(cpu: int | None = None) -> int:
+    """Busy time so far, in ns, of one CPU or (None) of all: every state but idle and
+    iowait, from /proc/stat (guest time is already part of user time, so not added again)."""
+    label = "cpu" if cpu is None else f"cpu{cpu}"
+    with open("/proc/stat") as fh:
+        for line in fh:
+            fields = line.split()
+            if fields and fields[0] == label:
+                user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[1:9])
+                ticks = user + nice + system + irq + softirq + steal
+                return ticks * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+    raise FastpathError(f"no {label} line in /proc/stat")
 
 
 def _git(*args: str) -> str | None:

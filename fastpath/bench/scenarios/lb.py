@@ -18,12 +18,33 @@ Contenders, all configured side by side on the same lab and driven by the same c
 - `nft`: an nftables DNAT load balancer (jhash over source address and port, map to the
   three backends), the baseline;
 - `haproxy`: HAProxy in TCP mode (roundrobin), a user-space proxy.
-Both metrics come from the same native client, fastpath-echo-bench, which checks every
+- `direct`: no balancer, the floor: the same client straight to one backend (b1's
+  address, from a second client address on the backends' subnet, so not even a router is
+  in the way). The client takes one address, so all of it lands on one backend; that is
+  fine for what `direct` is for, the cost per connection and per request of everything
+  but the balancer (client, backend, veths and bridge).
+Throughput comes from the same native client, fastpath-echo-bench, which checks every
 echoed byte: conns/s with --new-conn-per-request (32 connections at a time, each connects,
 sends 64 bytes, reads the echo and closes with a RST, so no TIME_WAIT socket ties up a
 client port); req/s with 64 connections that stay open, one 64-byte message in flight each.
 On a small machine client, balancer and backends share the cores, which compresses every
-ratio towards 1.
+throughput ratio towards 1; in production the clients and backends are other machines and
+what matters is what the balancer itself costs, hence the CPU metrics:
+- `cpu_per_conn`, `cpu_per_req`: µs of CPU per connection (during the conns/s run) and per
+  request (during the req/s run): busy time of all CPUs from /proc/stat (every state but
+  idle and iowait), sampled inside the client's measured window (CPU_MARGIN of it left
+  out at each end), as a rate divided by the client's conn/s or req/s. Everything on the
+  machine counts: client, balancer, backends, softirqs.
+- `lb_cpu_per_conn`, `lb_cpu_per_req`: the same minus the floor, `direct` measured right
+  around it (a short direct churn run just before the conns/s run, a short direct steady
+  run just after the req/s run, FLOOR_S each): what the balancer adds per connection and
+  per request. 0 for `direct` itself (its ratio to the baseline then reads n/a); noise can
+  push a cheap balancer's value below 0 in a single repeat.
+The CPU metrics are reported, not targeted. Other work on the machine inflates them
+(all CPUs are counted), so run on a quiet machine and compare within one run.
+Time: per repeat a balancer gets a 2.5 s churn and a 2.5 s steady run (0.5 s warm-up
+each) and the two 1 s direct floors (0.2 s warm-up), `direct` just its own two runs;
+1 warm-up + 5 measured rounds of 5 contenders take about 4 minutes.
 """
 
 from __future__ import annotations
@@ -34,10 +55,12 @@ import json
 import shutil
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from fastpath.bench import BenchContext, Metric, Scenario, Target, register_scenario
+from fastpath.bench.environment import cpu_busy_ns
 from fastpath.bpf import loader, testrun, xdp, xdp_count
 from fastpath.errors import CapabilityError, FastpathError
 from fastpath.xdp import lb
@@ -159,7 +182,17 @@ BACKEND_PORT = 8080
 NAT_BACKEND_PORT = 8081
 VIPS = {"fastpath-dsr": ("10.20.100.1", 8080), "fastpath-nat": ("10.20.100.2", 80),
         "nft": ("10.20.100.3", 80), "haproxy": ("10.20.100.4", 80)}
+# `direct`: the client's second address is on the backends' subnet, so it reaches b1 over
+# the bridge alone, with neither the balancer nor its routing in the way.
+CLIENT_DIRECT = "10.20.2.10"
+DIRECT = (BACKENDS["b1"], BACKEND_PORT)
 LAB = "fpbenchlb"
+# CPU is sampled inside the client's measured window, this fraction of it left out at
+# each end (the client's start-up, its last connections winding down).
+CPU_MARGIN = 0.1
+# The direct floor runs around each balancer's runs: seconds measured, seconds of warm-up
+# (full run, --quick).
+FLOOR_S, FLOOR_WARMUP_S = (1.0, 0.5), (0.2, 0.1)
 
 TOPOLOGY: dict[str, Any] = {
     "name": LAB,
@@ -174,7 +207,8 @@ TOPOLOGY: dict[str, Any] = {
     "bridges": {"sw0": {}},
     "links": [*({"endpoints": [f"{n}:eth0", "sw0"], "tx_checksum": False} for n in ("client", *BACKENDS)),
               {"endpoints": ["lb:eth0", "sw0"], "gro": True, "tx_checksum": False}],
-    "addresses": {"client:eth0": [f"{CLIENT}/24"], "lb:eth0": ["10.20.1.1/24", "10.20.2.1/24"],
+    "addresses": {"client:eth0": [f"{CLIENT}/24", f"{CLIENT_DIRECT}/24"],
+                  "lb:eth0": ["10.20.1.1/24", "10.20.2.1/24"],
                   **{f"{n}:eth0": [f"{a}/24"] for n, a in BACKENDS.items()}},
     "routes": {"client": [{"dst": "10.20.100.0/24", "via": "10.20.1.1"}],
                **{n: [{"dst": "default", "via": "10.20.2.1"}] for n in BACKENDS}},
@@ -205,13 +239,25 @@ backend echo
 %(servers)s
 """
 
+
+def _sleep_until(deadline: float) -> None:
+    left = deadline - time.monotonic()
+    if left > 0:
+        time.sleep(left)
+
+
 @register_scenario
 class LbThroughput(Scenario):
     name = "lb"
-    description = ("connections/s and requests/s through the XDP load balancer (dsr, nat) vs nftables "
-                   "DNAT and HAProxy, same lab and clients")
+    description = ("connections/s, requests/s and CPU per connection/request through the XDP load "
+                   "balancer (dsr, nat) vs nftables DNAT and HAProxy, same lab and clients, "
+                   "less a direct (no balancer) floor")
     metrics = [Metric("conns_per_s", "conn/s", "higher"), Metric("reqs_per_s", "req/s", "higher"),
-               Metric("conn_p99_us", "µs p99 connect+exchange", "lower")]
+               Metric("conn_p99_us", "µs p99 connect+exchange", "lower"),
+               Metric("cpu_per_conn", "µs CPU per connection, all CPUs", "lower"),
+               Metric("cpu_per_req", "µs CPU per request, all CPUs", "lower"),
+               Metric("lb_cpu_per_conn", "µs CPU per connection above direct", "lower"),
+               Metric("lb_cpu_per_req", "µs CPU per request above direct", "lower")]
     baseline = "nft"
     targets = [Target("conns_per_s", "fastpath-dsr", ">=", 1.5, versus="nft"),
                Target("reqs_per_s", "fastpath-dsr", ">=", 1.5, versus="nft"),
@@ -220,7 +266,7 @@ class LbThroughput(Scenario):
     repeat, quick_repeat, warmup = 5, 1, 1
 
     def contenders(self) -> list[str]:
-        return ["fastpath-dsr", "fastpath-nat", "nft", "haproxy"]
+        return ["fastpath-dsr", "fastpath-nat", "nft", "haproxy", "direct"]
 
     def setup(self, ctx: BenchContext) -> None:
         from fastpath.netns import Lab, list_labs
@@ -279,22 +325,34 @@ class LbThroughput(Scenario):
             if c in ctx.skipped:
                 continue
             try:
-                self._client(c, 0.3, 0, churn=True)
+                self._client(c, 0.3, 0, churn=True, cpu=False)
             except FastpathError as exc:
                 hint = ""
                 if c == "haproxy":
                     hint = f"; haproxy said: {' | '.join(self._haproxy.output().strip().splitlines()[-3:])}"
                 raise FastpathError(f"lb: no connection through {c} succeeded: {exc}{hint}") from None
 
-    def _client(self, contender: str, seconds: float, warmup: float, churn: bool) -> dict[str, Any]:
-        """One fastpath-echo-bench run from the client to `contender`'s VIP. Churned
-        connections may fail now and then (a SYN lost to a full queue): up to 1 % is
-        accepted; a wrong byte or a lasting failure is not."""
-        addr, port = VIPS[contender]
+    def _client(self, contender: str, seconds: float, warmup: float, churn: bool,
+                cpu: bool = True) -> tuple[dict[str, Any], float]:
+        """One fastpath-echo-bench run from the client to `contender`'s VIP (b1 for
+        `direct`): the client's report and µs of CPU (all CPUs) per connection (churn) or
+        request (0 with cpu=False: not sampled). Churned connections may fail now and then
+        (a SYN lost to a full queue): up to 1 % is accepted; a wrong byte or a lasting
+        failure is not."""
+        addr, port = DIRECT if contender == "direct" else VIPS[contender]
         argv = [self._load, "--addr", addr, "--port", str(port), "--threads", "2", "--size", "64",
                 "--duration", str(seconds), "--warmup", str(warmup)]
         argv += ["--connections", "32", "--new-conn-per-request"] if churn else ["--connections", "64"]
-        res = self.lab.run("client", argv, timeout=seconds + warmup + 60, check=False)
+        with ThreadPoolExecutor(1) as pool:
+            t0 = time.monotonic()
+            run = pool.submit(self.lab.run, "client", argv, timeout=seconds + warmup + 60, check=False)
+            if cpu:
+                _sleep_until(t0 + warmup + CPU_MARGIN * seconds)
+                busy0, m0 = cpu_busy_ns(), time.monotonic()
+                _sleep_until(t0 + warmup + (1 - CPU_MARGIN) * seconds)
+                busy1, m1 = cpu_busy_ns(), time.monotonic()
+            ended_early = cpu and run.done()
+            res = run.result()
         err = res.stderr.strip().splitlines()[-1:] or [f"exit status {res.returncode}"]
         if not res.stdout.strip():
             raise FastpathError(f"{contender}: fastpath-echo-bench: {err[0]}")
@@ -304,14 +362,31 @@ class LbThroughput(Scenario):
             raise FastpathError(f"{contender}: fastpath-echo-bench: {done} done, "
                                 f"{out['connection_errors']} connection errors, "
                                 f"{out['verify_failures']} wrong echoes: {err[0]}")
-        return out
+        if ended_early:
+            raise FastpathError(f"{contender}: fastpath-echo-bench ended before the CPU sampling window")
+        if not cpu:
+            return out, 0.0
+        per_s = float(out["conn_per_s"] if churn else out["req_per_s"])
+        return out, (busy1 - busy0) / (m1 - m0) / per_s / 1000  # ns/s / (1/s) -> ns -> µs
 
     def measure(self, contender: str, ctx: BenchContext) -> dict[str, float]:
-        seconds, warmup = ctx.pick(3.0, 0.5), ctx.pick(0.5, 0.2)
-        churn = self._client(contender, seconds, warmup, churn=True)
-        steady = self._client(contender, seconds, warmup, churn=False)
-        return {"conns_per_s": float(churn["conn_per_s"]), "reqs_per_s": float(steady["req_per_s"]),
-                "conn_p99_us": float(churn["conn_latency_us"]["p99"])}
+        seconds, warmup = ctx.pick(2.5, 0.5), ctx.pick(0.5, 0.2)
+        floor_s, floor_warmup = ctx.pick(*FLOOR_S), ctx.pick(*FLOOR_WARMUP_S)
+        balancer = contender != "direct"
+        # the floors right around the runs they are taken off: churn before, steady after
+        floor_conn = self._client("direct", floor_s, floor_warmup, churn=True)[1] if balancer else None
+        churn, cpu_conn = self._client(contender, seconds, warmup, churn=True)
+        steady, cpu_req = self._client(contender, seconds, warmup, churn=False)
+        floor_req = self._client("direct", floor_s, floor_warmup, churn=False)[1] if balancer else None
+        out = {"conns_per_s": float(churn["conn_per_s"]), "reqs_per_s": float(steady["req_per_s"]),
+               "conn_p99_us": float(churn["conn_latency_us"]["p99"]),
+               "cpu_per_conn": cpu_conn, "cpu_per_req": cpu_req,
+               "lb_cpu_per_conn": 0.0 if floor_conn is None else cpu_conn - floor_conn,
+               "lb_cpu_per_req": 0.0 if floor_req is None else cpu_req - floor_req}
+        if balancer:
+            ctx.log(f"lb {contender}: {cpu_conn:.1f} µs CPU/conn (direct {floor_conn:.1f}), "
+                    f"{cpu_req:.2f} µs CPU/req (direct {floor_req:.2f})")
+        return out
 
     def teardown(self, ctx: BenchContext) -> None:
         lab = getattr(self, "lab", None)

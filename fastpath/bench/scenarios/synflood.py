@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from fastpath.bench import BenchContext, Metric, Scenario, Target, register_scenario
+from fastpath.bench.environment import cpu_busy_ns
 from fastpath.bpf import loader, testrun, xdp
 from fastpath.errors import CapabilityError, FastpathError
 from fastpath.xdp import floodlab, nft
@@ -217,16 +218,6 @@ table inet fastpath_bench_synproxy {{
 """
 
 
-def _busy_ns(cpu: int) -> int:
-    """Busy time of one CPU so far (every state but idle and iowait)."""
-    with open("/proc/stat") as fh:
-        for line in fh:
-            if line.startswith(f"cpu{cpu} "):
-                fields = [int(x) for x in line.split()[1:]]
-                return (sum(fields) - fields[3] - fields[4]) * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
-    raise FastpathError(f"no cpu{cpu} line in /proc/stat")
-
-
 def _p99(values: list[float]) -> float:
     if not values:
         return 0.0
@@ -341,12 +332,12 @@ class Synflood(Scenario):
             # the answers) run on one CPU, in the generator's softirq context; count that CPU.
             os.sched_setaffinity(0, {self._cpu})
             try:
-                busy0 = _busy_ns(self._cpu)
+                busy0 = cpu_busy_ns(self._cpu)
                 t_end = time.monotonic() + seconds
                 with lab.enter("attacker"):
                     while time.monotonic() < t_end:
                         self._flood.run(50_000)
-                busy = _busy_ns(self._cpu) - busy0
+                busy = cpu_busy_ns(self._cpu) - busy0
             finally:
                 os.sched_setaffinity(0, saved)
             frames = floodlab.xdp_rx_packets(lab) - rx0
