@@ -8,7 +8,6 @@ import time
 
 from fastpath.bpf import xdp, xdp_count
 from fastpath.bpf.loader import dump_source
-from fastpath.errors import FastpathError
 from fastpath.output import console, info, make_table, print_json, print_table
 
 
@@ -101,12 +100,7 @@ def cmd_count_attach(args: argparse.Namespace) -> int:
 
 
 def _attachment(iface: str, netns: str | None) -> xdp.Attachment:
-    att = xdp.read_state(iface, netns)
-    if att is None or att.program != xdp_count.SPEC.name:
-        where = f" in namespace {netns}" if netns else ""
-        raise FastpathError(f"xdp_count is not attached to {iface}{where}",
-                            fix=f"attach it: fastpath count attach {iface}")
-    return att
+    return xdp.require(iface, netns, xdp_count.SPEC.name, "xdp_count", "fastpath count attach")
 
 
 def _stats_json(att: xdp.Attachment) -> dict[str, object]:

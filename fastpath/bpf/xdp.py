@@ -107,6 +107,20 @@ def read_state(ifname: str, netns: str | None, program: str | None = None) -> At
     return _read(member_state_path(ifname, netns, program))
 
 
+def require(ifname: str, netns: str | None, program: str, what: str, attach_cmd: str) -> Attachment:
+    """`program`'s attachment on `ifname`, else one error naming what is attached there
+    instead and the command (`attach_cmd IFACE [--netns NS]`) that attaches it."""
+    att = read_state(ifname, netns, program)
+    if att is not None and att.program == program:
+        return att
+    first = read_state(ifname, netns)
+    where = f" in namespace {netns}" if netns else ""
+    there = f"fastpath program {first.program} is" if first is not None else "nothing from fastpath is"
+    ns = f" --netns {netns}" if netns else ""
+    raise FastpathError(f"{what} is not attached to {ifname}{where} ({there})",
+                        fix=f"attach it: {attach_cmd} {ifname}{ns}")
+
+
 def members(ifname: str, netns: str | None) -> list[Attachment]:
     """Every program fastpath attached to `ifname` (more than one when chained)."""
     out = []

@@ -124,13 +124,7 @@ def attach(ifname: str, netns: str | None, mode: str = "auto",
 
 
 def attachment(ifname: str, netns: str | None) -> xdp.Attachment:
-    att = xdp.read_state(ifname, netns, SPEC.name)
-    if att is None or att.program != SPEC.name:
-        where = f" in namespace {netns}" if netns else ""
-        ns = f" --netns {netns}" if netns else ""
-        raise FastpathError(f"decap is not attached to {ifname}{where}",
-                            fix=f"attach it: fastpath lb decap attach {ifname}{ns}")
-    return att
+    return xdp.require(ifname, netns, SPEC.name, "decap", "fastpath lb decap attach")
 
 
 def detach(ifname: str, netns: str | None) -> xdp.Attachment | None:

@@ -1150,13 +1150,7 @@ def _locked(ifname: str, netns: str | None) -> Iterator[None]:
 
 
 def attachment(ifname: str, netns: str | None) -> xdp.Attachment:
-    att = xdp.read_state(ifname, netns, SPEC.name)
-    if att is None or att.program != SPEC.name:
-        where = f" in namespace {netns}" if netns else ""
-        ns = f" --netns {netns}" if netns else ""
-        raise FastpathError(f"the load balancer is not attached to {ifname}{where}",
-                            fix=f"attach it: fastpath lb attach {ifname}{ns}")
-    return att
+    return xdp.require(ifname, netns, SPEC.name, "the load balancer", "fastpath lb attach")
 
 
 @contextlib.contextmanager

@@ -508,13 +508,7 @@ def guard_config(att: xdp.Attachment) -> GuardConfig:
 # -- attach / detach -------------------------------------------------------------------------------
 
 def attachment(ifname: str, netns: str | None) -> xdp.Attachment:
-    att = xdp.read_state(ifname, netns, PROGRAM) or xdp.read_state(ifname, netns)
-    if att is None or att.program != PROGRAM:
-        where = f" in namespace {netns}" if netns else ""
-        what = f"fastpath program {att.program}" if att is not None else "nothing from fastpath"
-        raise FastpathError(f"the SYN guard is not attached to {ifname}{where} ({what} is)",
-                            fix=f"attach it: fastpath xdp attach {ifname}" + _ns_flag(netns))
-    return att
+    return xdp.require(ifname, netns, PROGRAM, "the SYN guard", "fastpath xdp attach")
 
 
 def attachments(ifname: str | None = None, netns: str | None = None,
