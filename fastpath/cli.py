@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -61,6 +63,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # noqa: BLE001 - no command ends in a traceback
+        if os.environ.get(DEBUG_ENV):
+            raise
+        print(f"fastpath: error: {describe(exc)}", file=sys.stderr)
+        return 2 if isinstance(exc, PermissionError) or getattr(exc, "errno", None) == errno.EPERM else 1
+
+
+DEBUG_ENV = "FASTPATH_DEBUG"
+
+
+def describe(exc: Exception) -> str:
+    """One line for an error no command turned into a FastpathError, with what to do."""
+    if isinstance(exc, OSError) and exc.errno in (errno.EPERM, errno.EACCES):
+        what = f"{exc.filename}: " if exc.filename else ""
+        return f"{what}{os.strerror(exc.errno)} ({exc}); run as root: sudo fastpath ..."
+    if isinstance(exc, OSError):
+        return f"{exc}; see 'fastpath doctor' (set {DEBUG_ENV}=1 for the traceback)"
+    return (f"unexpected {type(exc).__name__}: {exc}; set {DEBUG_ENV}=1 for the traceback "
+            "and report it")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import mmap
 import os
 import platform
 import re
+import resource
 import secrets
 import shutil
 import socket
@@ -577,6 +578,61 @@ def probe_bpffs(root: Path = ROOT) -> Check:
     return _ok(name, f"bpf at {mountpoint}, writable", mounted=True, writable=True, options=mounted[-1][3])
 
 
+# Linux 5.11 charges BPF maps and programs to the memory cgroup instead of RLIMIT_MEMLOCK.
+MEMCG_BPF_KERNEL = (5, 11)
+# Below this, older kernels refuse fastpath's maps (the SYN guard's and the load balancer's
+# LRU maps alone lock several MiB) unless bcc can raise the limit.
+MEMLOCK_ENOUGH = 64 << 20
+
+
+def _bytes_text(n: int) -> str:
+    if n == resource.RLIM_INFINITY:
+        return "unlimited"
+    for shift, unit in ((30, "GiB"), (20, "MiB"), (10, "KiB")):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift} {unit}"
+    return f"{n} bytes"
+
+
+def probe_bpf_memlock(
+    root: Path = ROOT, release: str | None = None, rlimit: tuple[int, int] | None = None
+) -> Check:
+    name = "bpf-memlock"
+    release = release or _kernel_release(root)
+    soft, hard = rlimit or resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    status_text = _read(_under(root, "/proc/self/status"))
+    cap = parse_capabilities(status_text)[1]["CAP_SYS_RESOURCE"] if status_text else None
+    version = parse_kernel_version(release)
+    memcg = version[:2] >= MEMCG_BPF_KERNEL
+    kernel = f"kernel {version[0]}.{version[1]}"
+    data = {
+        "memlock_soft": soft,
+        "memlock_hard": hard,
+        "cap_sys_resource": cap,
+        "release": release,
+        "memcg_accounting": memcg,
+    }
+    cap_text = {True: "present", False: "absent", None: "unknown (no /proc/self/status)"}[cap]
+    limits = f"RLIMIT_MEMLOCK {_bytes_text(soft)} (hard {_bytes_text(hard)}), CAP_SYS_RESOURCE {cap_text}"
+    if memcg:
+        why = f"{kernel} charges BPF memory to memcg, so the limit does not apply"
+    elif soft == resource.RLIM_INFINITY or soft >= MEMLOCK_ENOUGH:
+        why = f"{kernel} counts BPF memory against it; enough for fastpath's maps"
+    elif hard == resource.RLIM_INFINITY or cap:
+        # On EPERM bcc sets both limits to unlimited: allowed below an unlimited hard limit,
+        # else only with CAP_SYS_RESOURCE.
+        how = "with CAP_SYS_RESOURCE" if cap else "up to the unlimited hard limit"
+        why = f"{kernel} counts BPF memory against it; bcc raises it {how}"
+    else:
+        return _warn(
+            name,
+            f"{limits}; {kernel} (< 5.11) counts BPF maps against it: large maps fail with EPERM",
+            "ulimit -l unlimited before running fastpath, or run it with CAP_SYS_RESOURCE",
+            **data,
+        )
+    return _ok(name, f"{limits}; {why}", **data)
+
+
 BTF_MAGIC = 0xEB9F
 
 
@@ -807,6 +863,57 @@ def probe_xdp_test_run(session: DoctorSession | None = None) -> Check:
             retval=run.retval,
             ns_per_run=run.duration_ns,
         )
+
+
+LIVE_FRAMES_FIX = (
+    "floods still run on the packet engine, more slowly; the live engine needs Linux 5.18+ "
+    "and a host that lets BPF_PROG_TEST_RUN transmit live frames"
+)
+
+
+def probe_live_frames() -> Check:
+    name = "xdp-live-frames"
+    from fastpath.xdp import flood
+
+    refused = flood.live_frames_refused()
+    missing = flood.packet_engine_missing()
+    forced = os.environ.get(flood.ENGINE_ENV)
+    data: dict[str, Any] = {"live_frames_refused": refused, "packet_engine_missing": missing}
+    live = "live frames work" if refused is None else f"live frames refused ({refused})"
+    try:
+        choice = flood.choose_engine()
+    except FastpathError as exc:
+        data["engine"] = None
+        if refused is not None and missing is not None:
+            return _fail(name, f"{live}; no flood engine: {missing}", "run as root (CAP_NET_RAW and CAP_BPF)",
+                         **data)
+        # Only the engine named by the environment cannot run: auto would pick the other one.
+        return _warn(
+            name,
+            f"{live}; {flood.ENGINE_ENV}={forced}: {exc.message}",
+            f"unset {flood.ENGINE_ENV} so that auto picks the engine that runs here",
+            **data,
+        )
+    data["engine"] = choice.engine
+    engine = "live" if choice.engine == "live" else "packet (AF_PACKET, sendmmsg)"
+    if forced:
+        engine += f" ({flood.ENGINE_ENV}={forced})"
+    if refused is not None:
+        fix = ROOT_FIX if os.geteuid() != 0 else LIVE_FRAMES_FIX
+        return _warn(name, f"{live}; flood engine: {engine}", fix, **data)
+    return _ok(name, f"{live}; flood engine: {engine}", **data)
+
+
+def probe_veth_peers() -> Check:
+    name = "veth-peer-programs"
+    from fastpath.bpf import xdp
+
+    peers = [a for a in xdp.attachments() if a.program == xdp.PEER_PROGRAM]
+    data = {"peers": [{"ifname": a.ifname, "netns": a.netns, "prog_id": a.prog_id} for a in peers]}
+    if not peers:
+        return _ok(name, f"none installed ({xdp.PEER_PROGRAM} goes on a veth peer of native XDP)", **data)
+    where = ", ".join(f"{a.ifname} in {a.netns or 'the root namespace'}" for a in peers)
+    return _ok(name, f"{len(peers)} pass program(s) on veth peers installed by fastpath: {where}", **data)
 
 
 def _cookie_round_trip(s: DoctorSession, func: str, family: int) -> tuple[bool, str]:
@@ -1594,6 +1701,7 @@ PROBES: dict[str, Probe] = {
     "privileges": lambda s: probe_privileges(s.root),
     "kernel": lambda s: probe_kernel(s.root),
     "bpffs": lambda s: probe_bpffs(s.root),
+    "bpf-memlock": lambda s: probe_bpf_memlock(s.root),
     "btf": lambda s: probe_btf(s.root),
     "kernel-headers": lambda s: probe_kernel_headers(s.root),
     "bcc": probe_bcc,
@@ -1601,6 +1709,8 @@ PROBES: dict[str, Probe] = {
     "xdp-generic": probe_xdp_generic,
     "xdp-link": probe_xdp_link,
     "xdp-test-run": probe_xdp_test_run,
+    "xdp-live-frames": lambda s: probe_live_frames(),
+    "veth-peer-programs": lambda s: probe_veth_peers(),
     "syncookie-helpers": probe_syncookie_helpers,
     "io-uring": lambda s: probe_io_uring(s.root),
     "io-uring-opcodes": lambda s: probe_io_uring_opcodes(),

@@ -183,6 +183,11 @@ def leave(att: xdp.Attachment, others: list[xdp.Attachment]) -> None:
         reloaded = [o for o in others if ch.keep_or_reload(o)]
         ch.publish()
         ch.pin(reloaded)
+        if att.peer and not others[0].peer:
+            # The interface's veth peer record goes with the link, which stays.
+            others[0].peer = att.peer
+            if others[0] not in reloaded:
+                reloaded.append(others[0])
         for o in reloaded:
             xdp.save_state(o)
     finally:

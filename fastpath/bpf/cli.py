@@ -31,6 +31,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bsub = bpf.add_subparsers(dest="bpf_command", metavar="ACTION", required=True)
     ls = bsub.add_parser("ls", help="every XDP attachment fastpath manages, in every namespace")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
+    ls.add_argument("--prune", action="store_true",
+                    help="remove every entry whose interface or namespace went away (pins, state, nft table)")
     ls.set_defaults(func=cmd_ls)
 
     count = sub.add_parser(
@@ -42,8 +44,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     csub = count.add_subparsers(dest="count_command", metavar="ACTION", required=True)
     att = csub.add_parser("attach", help="attach (or atomically replace) the counter")
     _iface_args(att)
-    att.add_argument("--mode", choices=xdp.MODES, default="auto",
-                     help="native, generic, or auto (native, else generic)")
+    xdp.add_mode_args(att)
     att.add_argument("--watch-port", type=_port, default=9, help="UDP port counted as 'watched'")
     att.add_argument("--json", action="store_true", help="print the attachment as JSON")
     att.add_argument("--dump-bpf", action="store_true", help=argparse.SUPPRESS)
@@ -59,11 +60,35 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     det.set_defaults(func=cmd_count_detach)
 
 
+def _peer_note(data: dict[str, object]) -> str:
+    peer = data.get("peer") or {}
+    options = data.get("options") or {}
+    if data["program"] == xdp.PEER_PROGRAM and isinstance(options, dict):
+        return f"pass program for {options.get('for', '?')}"
+    if isinstance(peer, dict) and peer.get("ifname"):
+        where = f"{peer['ifname']} in {peer['netns']}" if peer.get("netns") else str(peer["ifname"])
+        return f"peer {where}" + (" (fastpath pass program)" if peer.get("helper") else "")
+    return ""
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
+    if args.prune:
+        _load_stale_hooks()
+        removed = xdp.prune()
+        if args.json:
+            print_json([{**att.to_json(), "reason": reason} for att, reason in removed])
+            return 0
+        for att, reason in removed:
+            where = f" in {att.netns}" if att.netns else ""
+            info(f"removed {att.program} on {att.ifname}{where}: {reason}")
+        if not removed:
+            info("nothing to prune: every entry drives a live interface")
+        return 0
     rows = []
     for att in xdp.attachments():
         data = att.to_json()
-        data["alive"] = xdp.link_alive(att)
+        data["dead"] = xdp.dead_reason(att)
+        data["alive"] = data["dead"] is None
         rows.append(data)
     if args.json:
         print_json(rows)
@@ -72,11 +97,18 @@ def cmd_ls(args: argparse.Namespace) -> int:
         info("fastpath has no XDP program attached")
         return 0
     print_table(
-        ["namespace", "interface", "program", "mode", "prog id", "generation", "alive"],
+        ["namespace", "interface", "program", "mode", "prog id", "generation", "alive", "veth peer"],
         [[r["netns"] or "root", r["ifname"], r["program"], r["mode"], r["prog_id"],
-          r["generation"], "yes" if r["alive"] else "NO (interface gone)"] for r in rows],
+          r["generation"], "yes" if r["alive"] else f"NO ({r['dead']})", _peer_note(r)] for r in rows],
     )
+    if any(not r["alive"] for r in rows):
+        info("dead entries: remove them with 'fastpath bpf ls --prune' (attach also removes them)")
     return 0
+
+
+def _load_stale_hooks() -> None:
+    """Applications register what they clean up beside the pins (the guard: its nft table)."""
+    import fastpath.xdp.synguard  # noqa: F401
 
 
 def cmd_count_attach(args: argparse.Namespace) -> int:
@@ -86,7 +118,8 @@ def cmd_count_attach(args: argparse.Namespace) -> int:
     if args.dump_bpf:
         sys.stdout.write(dump_source(xdp_count.SPEC, defines, str(xdp.pin_dir(args.iface, args.netns))))
         return 0
-    att, replaced = xdp.attach(xdp_count.SPEC, args.iface, args.netns, args.mode, defines)
+    att, replaced = xdp.attach(xdp_count.SPEC, args.iface, args.netns, args.mode, defines,
+                                 peer_program=args.peer_program)
     if args.json:
         print_json({**att.to_json(), "replaced": replaced})
         return 0

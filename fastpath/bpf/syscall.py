@@ -26,6 +26,7 @@ MAP_LOOKUP_ELEM = 1
 MAP_UPDATE_ELEM = 2
 MAP_DELETE_ELEM = 3
 MAP_GET_NEXT_KEY = 4
+PROG_LOAD = 5
 OBJ_PIN = 6
 OBJ_GET = 7
 PROG_TEST_RUN = 10
@@ -39,6 +40,12 @@ LINK_DETACH = 34
 
 # enum bpf_attach_type
 BPF_XDP = 37
+
+# enum bpf_prog_type
+PROG_TYPE_XDP = 6
+
+# BPF_PROG_LOAD prog_flags (Linux 5.18): the program handles multi-buffer frames.
+BPF_F_XDP_HAS_FRAGS = 1 << 5
 
 # update flags
 BPF_ANY = 0
@@ -80,6 +87,25 @@ class _MapElemAttr(ctypes.Structure):
 
     _anonymous_ = ("_value",)
     _fields_ = [("map_fd", _u32), ("key", _u64), ("_value", _ValueOrNextKey), ("flags", _u64)]
+
+
+class _ProgLoadAttr(ctypes.Structure):
+    """BPF_PROG_LOAD, up to `expected_attach_type` (what a program without maps needs)."""
+
+    _fields_ = [
+        ("prog_type", _u32),
+        ("insn_cnt", _u32),
+        ("insns", _u64),
+        ("license", _u64),
+        ("log_level", _u32),
+        ("log_size", _u32),
+        ("log_buf", _u64),
+        ("kern_version", _u32),
+        ("prog_flags", _u32),
+        ("prog_name", ctypes.c_char * 16),
+        ("prog_ifindex", _u32),
+        ("expected_attach_type", _u32),
+    ]
 
 
 class _ObjAttr(ctypes.Structure):
@@ -336,6 +362,17 @@ def link_info(fd: int) -> LinkInfo:
     i = _BpfLinkInfo()
     _info(fd, i)
     return LinkInfo(i.type, i.id, i.prog_id, i.xdp.ifindex)
+
+
+def prog_load_xdp(insns: bytes, name: str, frags: bool = False) -> int:
+    """Load an XDP program given as raw instructions (8 bytes each), with no compiler and no
+    maps; for the tiny programs the runtime itself needs. The caller owns the fd."""
+    buf = ctypes.create_string_buffer(bytes(insns), len(insns))
+    lic = ctypes.create_string_buffer(b"GPL")
+    attr = _ProgLoadAttr(prog_type=PROG_TYPE_XDP, insn_cnt=len(insns) // 8, insns=ctypes.addressof(buf),
+                         license=ctypes.addressof(lic), prog_flags=BPF_F_XDP_HAS_FRAGS if frags else 0,
+                         prog_name=name.encode()[:15], expected_attach_type=BPF_XDP)
+    return _call(PROG_LOAD, attr, f"load program {name}")
 
 
 def prog_fd_by_id(prog_id: int) -> int:

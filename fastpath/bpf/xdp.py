@@ -9,6 +9,7 @@ maps, so counters and flow state survive an upgrade. Detach removes exactly what
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import errno
 import json
@@ -16,17 +17,20 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from fastpath.bpf import loader, syscall
+from fastpath.bpf import loader, peer, syscall
 from fastpath.errors import CapabilityError, FastpathError
 from fastpath.netns.namespaces import netns_context
 
 PIN_ROOT = Path(os.environ.get("FASTPATH_PIN_ROOT", "/sys/fs/bpf/fastpath"))
 RUN_ROOT = Path(os.environ.get("FASTPATH_RUN_ROOT", "/run/fastpath"))
 MODES = ("auto", "native", "generic")
+# The pass-everything program the runtime puts on a veth peer so that native XDP_TX frames
+# reach it at once (see ensure_peer_program); listed by `fastpath bpf ls` like any other.
+PEER_PROGRAM = "veth_peer_pass"
 
 
 
@@ -38,6 +42,15 @@ def in_netns(netns: str | None) -> Iterator[None]:
         return
     with netns_context(netns):
         yield
+
+
+def add_mode_args(parser: argparse.ArgumentParser) -> None:
+    """--mode and --no-peer-program, the same on every attach command."""
+    parser.add_argument("--mode", choices=MODES, default="auto",
+                        help="native, generic, or auto (native, else generic)")
+    parser.add_argument("--no-peer-program", dest="peer_program", action="store_false",
+                        help="on a veth, do not put fastpath's pass program on the peer (native XDP_TX "
+                             "frames then reach it only when it runs XDP of its own)")
 
 
 def pin_dir(ifname: str, netns: str | None) -> Path:
@@ -69,6 +82,10 @@ class Attachment:
     # the FP_CHAIN defines it was compiled with.
     subdir: str = ""
     chain: dict[str, int | str] = field(default_factory=dict)
+    # The veth peer of the interface, when the link was made in native mode on a veth:
+    # {"ifname", "netns", "helper": True when this attachment relies on fastpath's pass
+    # program there, "note": what was found}. Empty otherwise.
+    peer: dict[str, object] = field(default_factory=dict)
 
     @property
     def pin_dir(self) -> Path:
@@ -234,18 +251,26 @@ def attach(
     mode: str = "auto",
     defines: Mapping[str, int | str] | None = None,
     options: Mapping[str, object] | None = None,
+    peer_program: bool = True,
 ) -> tuple[Attachment, bool]:
     """Attach `spec` to `ifname`, or replace the program fastpath already attached there.
 
     Returns the attachment and whether it replaced a running program. On failure nothing
     new is left behind: a first attach removes its pins, a replace leaves the old program.
+    An entry whose interface or namespace went away is removed first (with one line). A new
+    native link on a veth gets fastpath's pass program on the peer unless `peer_program`
+    is False (see fastpath.bpf.peer); a peer that cannot be reached refuses native mode.
     """
     if mode not in MODES:
         raise FastpathError(f"bad mode {mode!r}", fix=f"use one of {', '.join(MODES)}")
     _check_bpffs()
     ifindex = _ifindex(ifname, netns)
+    clear_stale(ifname, netns)
     defs = dict(defines or {})
     pdir = pin_dir(ifname, netns)
+    helper = read_state(ifname, netns)
+    if helper is not None and helper.program == PEER_PROGRAM:
+        return _replace_pass(spec, helper, mode, defs, dict(options or {}), peer_program)
     old = read_state(ifname, netns, spec.name)
     replacing = old is not None and (pdir / "link").exists()
     others = [a for a in members(ifname, netns) if a.program != spec.name]
@@ -264,6 +289,7 @@ def attach(
     pdir.mkdir(parents=True, exist_ok=True)
     prog = None
     link_fd = -1
+    peer_record: dict[str, object] = {}
     try:
         # A program left alone by its chain partner keeps its maps where they are.
         mdir = old.pin_dir if replacing and old is not None else pdir
@@ -277,17 +303,29 @@ def attach(
             att = Attachment(
                 spec.name, ifname, netns, ifindex, got_mode, info.id, old.link_id, defs,
                 old.attached_at, now, old.generation + 1, dict(options or {}), old.subdir,
+                {}, dict(old.peer),
             )
         else:
+            # The peer's pass program goes first, so that no XDP_TX frame ever waits for it.
+            peer_record = ensure_peer_program(ifname, netns, "native" if mode != "generic" else mode,
+                                              peer_program)
             link_fd, got_mode = _create_link(prog.prog_fd, ifindex, netns, mode, ifname)
             syscall.obj_pin(link_fd, str(pdir / "link"))
             link_id = syscall.link_info(link_fd).id
             att = Attachment(spec.name, ifname, netns, ifindex, got_mode, info.id, link_id, defs,
                              now, None, 1, dict(options or {}))
+            att.peer = peer_record
+            if got_mode != "native":
+                release_peer_program(att)
+                att.peer = {}
         _pin_replace(prog.prog_fd, mdir / "prog")
         _write_state(att)
         return att, replacing
     except BaseException:
+        if not replacing and peer_record:
+            with contextlib.suppress(Exception):
+                release_peer_program(Attachment(spec.name, ifname, netns, ifindex, mode, 0, 0,
+                                                peer=peer_record))
         if not replacing:
             if link_fd >= 0:
                 with contextlib.suppress(OSError):
@@ -328,6 +366,9 @@ def detach(ifname: str, netns: str | None = None, program: str | None = None) ->
     present = members(ifname, netns)
     if att is None and present:
         att = present[0]  # not `program`: refused below
+    if att is not None and (program is None or att.program == program) and dead_reason(att):
+        _remove_dead(ifname, netns, present)
+        return att
     others = [a for a in present if att is not None and a.program != att.program]
     if att is not None and (program is None or att.program == program) and others \
             and (pdir / "link").exists():
@@ -343,6 +384,10 @@ def detach(ifname: str, netns: str | None = None, program: str | None = None) ->
         raise FastpathError(f"{ifname} runs fastpath program {att.program}, not {program}",
                             fix=f"use 'fastpath {att.program} detach {ifname}'")
     link = pdir / "link"
+    needed = _peer_dependents(ifname, netns) if att is not None and att.program != PEER_PROGRAM else []
+    if needed and att is not None and link.exists():
+        _hand_back_to_pass(att, needed)
+        return att
     if link.exists():
         fd = syscall.obj_get(str(link))
         try:
@@ -350,6 +395,14 @@ def detach(ifname: str, netns: str | None = None, program: str | None = None) ->
                 syscall.link_detach(fd)
         finally:
             os.close(fd)
+    _remove_files(ifname, netns, att)
+    if att is not None:
+        release_peer_program(att)
+    return att
+
+
+def _remove_files(ifname: str, netns: str | None, att: Attachment | None) -> None:
+    pdir = pin_dir(ifname, netns)
     shutil.rmtree(pdir, ignore_errors=True)
     _prune(pdir.parent)
     sp = state_path(ifname, netns)
@@ -357,8 +410,9 @@ def detach(ifname: str, netns: str | None = None, program: str | None = None) ->
         sp.unlink()
     if att is not None and att.subdir:
         remove_state(att)
+    with contextlib.suppress(OSError):
+        (sp.parent / f"{ifname}.d").rmdir()
     _prune(sp.parent)
-    return att
 
 
 def remove_state(att: Attachment) -> None:
@@ -398,3 +452,209 @@ def link_alive(att: Attachment) -> bool:
         return syscall.link_info(fd).ifindex != 0
     finally:
         os.close(fd)
+
+
+# -- entries whose interface or namespace went away --------------------------------------------
+
+# Per-program clean-up of what an application made beside the pins (e.g. the guard's nft
+# table), run when a dead entry is removed. Applications register themselves.
+STALE_HOOKS: dict[str, Callable[[Attachment], None]] = {}
+
+
+def dead_reason(att: Attachment) -> str | None:
+    """Why `att` no longer drives its interface (None: it does)."""
+    if att.netns is not None and not os.path.exists(f"/run/netns/{att.netns}"):
+        return f"namespace {att.netns} is gone"
+    try:
+        fd = syscall.obj_get(str(pin_dir(att.ifname, att.netns) / "link"))
+    except syscall.BpfError:
+        return "its pinned link is gone"
+    try:
+        ifindex = syscall.link_info(fd).ifindex
+    except syscall.BpfError:
+        return "its pinned link cannot be read"
+    finally:
+        os.close(fd)
+    if ifindex == 0:
+        where = f" (or namespace {att.netns} was re-created)" if att.netns else ""
+        return f"interface {att.ifname} went away{where}"
+    return None
+
+
+def _remove_dead(ifname: str, netns: str | None, present: list[Attachment]) -> None:
+    for att in present:
+        hook = STALE_HOOKS.get(att.program)
+        if hook is not None:
+            with contextlib.suppress(FastpathError, OSError):
+                hook(att)
+    _remove_files(ifname, netns, present[0] if present else None)
+    for att in present:
+        remove_state(att)
+        release_peer_program(att)
+
+
+def clear_stale(ifname: str, netns: str | None) -> list[Attachment]:
+    """Remove the entry on `ifname` when its interface or namespace went away, saying so in
+    one line; returns what was removed."""
+    present = members(ifname, netns)
+    reason = next((r for a in present if (r := dead_reason(a))), None)
+    if not present or reason is None:
+        return []
+    from fastpath.output import info
+
+    _remove_dead(ifname, netns, present)
+    where = f" in {netns}" if netns else ""
+    info(f"removed stale fastpath state on {ifname}{where} "
+         f"({', '.join(a.program for a in present)}): {reason}")
+    return present
+
+
+def prune() -> list[tuple[Attachment, str]]:
+    """Remove every dead entry; returns each removed attachment with the reason."""
+    out = []
+    for att in attachments():
+        reason = dead_reason(att)
+        if reason is None or read_state(att.ifname, att.netns, att.program) is None:
+            continue
+        present = members(att.ifname, att.netns)
+        _remove_dead(att.ifname, att.netns, present)
+        out.extend((a, reason) for a in present)
+    return out
+
+
+# -- the pass program on a veth peer (fastpath.bpf.peer) -------------------------------------------
+
+def _same_peer(att: Attachment, ifname: str, netns: str | None) -> bool:
+    rec = att.peer
+    return bool(rec.get("helper")) and rec.get("ifname") == ifname and rec.get("netns") == netns
+
+
+def _peer_dependents(ifname: str, netns: str | None) -> list[Attachment]:
+    """Attachments that rely on a pass program on `ifname` (their veth peer)."""
+    return [a for a in attachments() if _same_peer(a, ifname, netns)]
+
+
+def ensure_peer_program(ifname: str, netns: str | None, mode: str, wanted: bool = True) -> dict[str, object]:
+    """Make native XDP_TX on the veth `ifname` work: its peer gets fastpath's pass program
+    unless it runs XDP already. Returns the record kept in the attachment's `peer`."""
+    if mode != "native":
+        return {}
+    try:
+        found = peer.find(ifname, netns)
+    except peer.PeerUnreachable as exc:
+        if not wanted:
+            return {}
+        raise FastpathError(
+            f"{exc}; native XDP_TX frames from {ifname} would wait in the peer's ring",
+            fix="name that namespace (ip netns attach NAME PID), use --mode generic, or run an XDP "
+                "program on the peer yourself and pass --no-peer-program") from None
+    if found is None:
+        return {}
+    record: dict[str, object] = {"ifname": found.ifname, "netns": found.netns, "helper": False}
+    clear_stale(found.ifname, found.netns)
+    current = read_state(found.ifname, found.netns)
+    if current is not None and current.program == PEER_PROGRAM:
+        record.update(helper=True, note="shares fastpath's pass program")
+        return record
+    if found.has_xdp:
+        record["note"] = "the peer runs an XDP program"
+        return record
+    if not wanted:
+        record["note"] = "no XDP program on the peer (--no-peer-program): XDP_TX frames may wait"
+        return record
+    _attach_pass(found, f"{ifname} in {netns}" if netns else ifname)
+    record["helper"] = True
+    from fastpath.output import info
+
+    info(f"veth peer {found.where()} runs no XDP program: installed fastpath's pass program there so "
+         f"that XDP_TX frames from {ifname} arrive at once (removed at detach; --no-peer-program opts out)")
+    return record
+
+
+def _attach_pass(found: peer.VethPeer, owner: str) -> Attachment:
+    try:
+        fd = peer.attach_pass(found)
+    except syscall.BpfError as exc:
+        raise FastpathError(f"cannot put a pass program on veth peer {found.where()}: "
+                            f"{os.strerror(exc.errno)}",
+                            fix="use --mode generic, or pass --no-peer-program") from None
+    pdir = pin_dir(found.ifname, found.netns)
+    try:
+        pdir.mkdir(parents=True, exist_ok=True)
+        syscall.obj_pin(fd, str(pdir / "link"))
+        li = syscall.link_info(fd)
+        att = Attachment(PEER_PROGRAM, found.ifname, found.netns, found.ifindex, "native", li.prog_id,
+                         li.id, {}, time.time(), options={"for": owner})
+        _write_state(att)
+        return att
+    except BaseException:
+        with contextlib.suppress(OSError):
+            syscall.link_detach(fd)
+        shutil.rmtree(pdir, ignore_errors=True)
+        _prune(pdir.parent)
+        raise
+    finally:
+        os.close(fd)
+
+
+def release_peer_program(att: Attachment) -> None:
+    """Remove the pass program `att` relied on once no other attachment relies on it."""
+    name, ns = att.peer.get("ifname"), att.peer.get("netns")
+    if not att.peer.get("helper") or not isinstance(name, str) or not (ns is None or isinstance(ns, str)):
+        return
+    if any(_same_peer(a, name, ns) for a in attachments() if (a.ifname, a.netns) != (att.ifname, att.netns)):
+        return
+    helper = read_state(name, ns)
+    if helper is not None and helper.program == PEER_PROGRAM:
+        detach(name, ns)
+
+
+def _replace_pass(spec: loader.ProgramSpec, helper: Attachment, mode: str, defines: dict[str, int | str],
+                  options: dict[str, object], peer_program: bool) -> tuple[Attachment, bool]:
+    """A program attached where fastpath's pass program runs takes over its link."""
+    if mode == "generic":
+        raise FastpathError(
+            f"{helper.ifname} is the veth peer of {helper.options.get('for', 'a native XDP program')}, so "
+            "fastpath keeps a native XDP program on it",
+            fix="attach with --mode native or auto")
+    pdir = pin_dir(helper.ifname, helper.netns)
+    prog = loader.load(spec, defines, pin_dir=str(pdir))
+    try:
+        fd = syscall.obj_get(str(pdir / "link"))
+        try:
+            syscall.link_update(fd, prog.prog_fd)
+        finally:
+            os.close(fd)
+        att = Attachment(spec.name, helper.ifname, helper.netns, helper.ifindex, helper.mode,
+                         syscall.prog_info(prog.prog_fd).id, helper.link_id, defines, time.time(),
+                         options=options)
+        att.peer = ensure_peer_program(helper.ifname, helper.netns, helper.mode, peer_program)
+        _pin_replace(prog.prog_fd, pdir / "prog")
+        _write_state(att)
+        return att, False
+    finally:
+        prog.close()
+
+
+def _hand_back_to_pass(att: Attachment, needed: list[Attachment]) -> None:
+    """Detaching a program from an interface that others use as their veth peer: the link
+    stays, running the pass program again."""
+    pdir = pin_dir(att.ifname, att.netns)
+    prog = peer.load_pass_program()
+    try:
+        fd = syscall.obj_get(str(pdir / "link"))
+        try:
+            syscall.link_update(fd, prog)
+        finally:
+            os.close(fd)
+        for entry in pdir.iterdir():
+            if entry.name != "link":
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        owner = f"{needed[0].ifname} in {needed[0].netns}" if needed[0].netns else needed[0].ifname
+        helper = Attachment(PEER_PROGRAM, att.ifname, att.netns, att.ifindex, att.mode,
+                            syscall.prog_info(prog).id, att.link_id, {}, time.time(), options={"for": owner})
+        remove_state(att)
+        _write_state(helper)
+    finally:
+        os.close(prog)
+    release_peer_program(att)

@@ -72,8 +72,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     att = xs.add_parser("attach", help="attach the guard (or replace it atomically, keeping its maps)",
                         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _iface(att)
-    att.add_argument("--mode", choices=xdp.MODES, default="auto",
-                     help="native, generic, or auto (native, else generic)")
+    xdp.add_mode_args(att)
     att.add_argument("--ports", default="80,443", metavar="LIST",
                      help="TCP ports answered with SYN cookies (default 80,443; '' for none)")
     att.add_argument("--drop-ports", default="", metavar="LIST",
@@ -180,7 +179,7 @@ def cmd_attach(args: argparse.Namespace) -> int:
         defines = synguard.plan_defines(args.iface, args.netns)
         sys.stdout.write(dump_source(synguard.SPEC, defines, str(xdp.pin_dir(args.iface, args.netns))))
         return 0
-    res = synguard.attach(args.iface, args.netns, args.mode, cfg)
+    res = synguard.attach(args.iface, args.netns, args.mode, cfg, peer_program=args.peer_program)
     att = res.attachment
     if args.json:
         print_json({**synguard.status(att), "replaced": res.replaced, "defines": res.defines,

@@ -98,13 +98,15 @@ def _write_addrs(att: xdp.Attachment, wanted: Iterable[IPAddress]) -> None:
 
 
 def attach(ifname: str, netns: str | None, mode: str = "auto",
-           extra: Iterable[IPAddress] = ()) -> tuple[xdp.Attachment, bool, list[IPAddress]]:
+           extra: Iterable[IPAddress] = (), peer_program: bool = True,
+           ) -> tuple[xdp.Attachment, bool, list[IPAddress]]:
     """Attach decap (or replace it, keeping its counters) and load the addresses it takes
     tunnels for: the interface's own plus `extra`. Returns the attachment, whether it
     replaced a running program, and the addresses."""
     extra = sorted(set(extra), key=lambda a: (a.version, a))
+    xdp.clear_stale(ifname, netns)
     old = xdp.read_state(ifname, netns)
-    if old is not None and old.program != SPEC.name:
+    if old is not None and old.program not in (SPEC.name, xdp.PEER_PROGRAM):
         raise FastpathError(f"{ifname} runs fastpath program {old.program}; decap cannot share it",
                             fix="run decap on the backend's interface, not the balancer's")
     addrs = sorted(set(interface_addresses(ifname, netns)) | set(extra), key=lambda a: (a.version, a))
@@ -113,7 +115,8 @@ def attach(ifname: str, netns: str | None, mode: str = "auto",
         raise FastpathError(f"{ifname} has {len(addrs)} addresses, decap holds {limit}",
                             fix="remove addresses from the interface")
     options = {"addrs": [str(a) for a in extra]}
-    att, replaced = xdp.attach(SPEC, ifname, netns, mode, dict(TUNABLES), options)
+    att, replaced = xdp.attach(SPEC, ifname, netns, mode, dict(TUNABLES), options,
+                               peer_program=peer_program)
     try:
         _write_addrs(att, addrs)
     except BaseException:

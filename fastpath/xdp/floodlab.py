@@ -6,9 +6,12 @@ Topology: client, attacker and server on one bridge. The server runs with
 tcp_syncookies=0 (it covers IPv6 too) and routes the spoofed source networks (IPv4 and
 IPv6) back through the attacker (a SYN flood only hurts a server that answers, and the
 attacker's kernel silently drops the SYN-ACKs since the addresses are not its own).
-Every link has GRO on (veth delivers XDP_TX frames to a peer only through NAPI) and TX
-checksum offload off (so frames carry real checksums that XDP can check and the guard's
-SYN-ACKs are complete).
+Every link has GRO on, which gives each veth its own NAPI ring: without it every veth of
+one CPU feeds that CPU's one backlog queue, and the flood would crowd the client's frames
+out of it, which separate NICs (or queues) would not. TX checksum offload is off (so frames
+carry real checksums that XDP can check and the guard's SYN-ACKs are complete). Nothing is
+done for veth's XDP_TX delivery: the runtime puts its pass program on the server's bridge
+port when the guard attaches natively.
 
 The module is also the service and the probe: `python -m fastpath.xdp.floodlab serve|probe`.
 """
@@ -23,12 +26,12 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fastpath.errors import FastpathError
 
 if TYPE_CHECKING:
-    from fastpath.bpf.xdp import Attachment
     from fastpath.netns import Lab
 
 SERVICE_PORT = 8080
@@ -75,46 +78,50 @@ def probe_argv(target: str = SERVER4, port: int = SERVICE_PORT, count: int = 200
 
 
 def flood_argv(lab: Lab, count: int, seconds: float, port: int = SERVICE_PORT,
-               target: str = SERVER4) -> list[str]:
-    """The spoofed flood at `target` (SERVER4: sources from SPOOFED_NET; SERVER6: SPOOFED_NET6)."""
+               target: str = SERVER4, engine: str | None = None) -> list[str]:
+    """The spoofed flood at `target` (SERVER4: sources from SPOOFED_NET; SERVER6: SPOOFED_NET6),
+    with `engine` (default: $FASTPATH_FLOOD_ENGINE, else auto)."""
     src_net = SPOOFED_NET6 if ":" in target else SPOOFED_NET
     return [sys.executable, "-m", "fastpath.xdp.flood", "--iface", "eth0",
             "--dst-mac", lab.mac("server", "eth0"), "--dst", target, "--dport", str(port),
-            "--src-net", src_net, "--count", str(count), "--seconds", str(seconds)]
+            "--src-net", src_net, "--count", str(count), "--seconds", str(seconds),
+            *(["--engine", engine] if engine else [])]
 
 
-def flood_result(out: str) -> tuple[int, float]:
-    """(frames sent, seconds) from the generator's last line."""
+@dataclass(frozen=True)
+class FloodResult:
+    sent: int
+    seconds: float
+    engine: str
+
+    @property
+    def rate(self) -> float:
+        return self.sent / self.seconds if self.seconds > 0 else 0.0
+
+
+def flood_engine(out: str) -> str:
+    """The engine the generator reported (`engine NAME ...`), once it is ready."""
+    for line in out.splitlines():
+        if line.startswith("engine "):
+            return line.split()[1]
+    raise FastpathError(f"the flood generator did not start: {flood_error(out)}")
+
+
+def flood_error(out: str) -> str:
+    """The generator's error line, or the tail of its output."""
+    for line in reversed(out.splitlines()):
+        if line.startswith("error: "):
+            return line[len("error: "):]
+    return repr(out[-300:]) if out.strip() else "no output"
+
+
+def flood_result(out: str) -> FloodResult:
+    """Frames sent, seconds and engine from the generator's last line."""
     for line in reversed(out.splitlines()):
         parts = line.split()
-        if len(parts) == 4 and parts[0] == "sent":
-            return int(parts[1]), float(parts[3])
-    raise FastpathError(f"the flood generator reported nothing: {out[-300:]!r}")
-
-
-def bridge_port(lab: Lab, node: str) -> str:
-    """The bridge-side veth of `node`'s eth0, in the lab's switch namespace."""
-    port = lab.interface(node, "eth0").get("bridge_port")
-    if not port:
-        raise FastpathError(f"{node}:eth0 is not on a bridge in lab {lab.name}")
-    return str(port)
-
-
-def wake_peer(lab: Lab, node: str = "server") -> Attachment:
-    """veth hands XDP_TX frames to its peer's ring but wakes the peer's NAPI only when the
-    peer runs an XDP program itself; without one, SYN-ACKs wait until other traffic drains
-    the ring. Give the bridge port a pass-everything program (xdp_count)."""
-    from fastpath.bpf import xdp, xdp_count
-
-    att, _ = xdp.attach(xdp_count.SPEC, bridge_port(lab, node), lab.netns("sw"), "native",
-                        {"WATCH_PORT": SERVICE_PORT, "GENERATION": 0})
-    return att
-
-
-def unwake_peer(lab: Lab, node: str = "server") -> None:
-    from fastpath.bpf import xdp
-
-    xdp.detach(bridge_port(lab, node), lab.netns("sw"))
+        if len(parts) == 6 and parts[0] == "sent":
+            return FloodResult(int(parts[1]), float(parts[3]), parts[5])
+    raise FastpathError(f"the flood generator failed: {flood_error(out)}")
 
 
 def cleanup(lab: Lab) -> list[str]:
@@ -128,8 +135,8 @@ def cleanup(lab: Lab) -> list[str]:
         names.add(lab.topology.switch_netns)
     done = []
     for att in xdp.attachments():
-        if att.netns not in names:
-            continue
+        if att.netns not in names or xdp.read_state(att.ifname, att.netns, att.program) is None:
+            continue  # elsewhere, or a peer's pass program already removed with its user
         if att.program == synguard.PROGRAM:
             synguard.detach(att.ifname, att.netns)
         else:

@@ -1168,12 +1168,14 @@ def session(ifname: str, netns: str | None, *, write: bool = True) -> Iterator[B
 
 
 def attach(ifname: str, netns: str | None, mode: str = "auto",
-           tunables: Mapping[str, int] | None = None) -> tuple[xdp.Attachment, bool]:
+           tunables: Mapping[str, int] | None = None,
+           peer_program: bool = True) -> tuple[xdp.Attachment, bool]:
     """Attach l4lb (or replace the running one, keeping its maps and therefore every flow).
 
     A replacement keeps the attachment's sizes: pinned maps cannot change shape (the flow
     timeouts may change).
     """
+    xdp.clear_stale(ifname, netns)
     old = xdp.read_state(ifname, netns, SPEC.name)
     defines: dict[str, int | str] = dict(TUNABLES)
     if old is not None and old.program == SPEC.name:
@@ -1191,7 +1193,7 @@ def attach(ifname: str, netns: str | None, mode: str = "auto",
         defines.update(tunables or {})
     check_tunables(defines)
     with _locked(ifname, netns):
-        att, replaced = xdp.attach(SPEC, ifname, netns, mode, defines)
+        att, replaced = xdp.attach(SPEC, ifname, netns, mode, defines, peer_program=peer_program)
         state = load_state(ifname, netns)
         if state is None or not replaced:
             fresh = LbState.for_defines(defines)

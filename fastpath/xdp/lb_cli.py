@@ -53,8 +53,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     att = s.add_parser("attach", help="attach the balancer (or hot-reload it, keeping every flow)")
     att.add_argument("iface", metavar="IFACE", help="interface clients reach the VIPs through")
     att.add_argument("--netns", metavar="NAME", help="network namespace of the interface")
-    att.add_argument("--mode", choices=xdp.MODES, default="auto",
-                     help="native, generic, or auto (native, else generic)")
+    xdp.add_mode_args(att)
     att.add_argument("--table-size", type=int, metavar="PRIME",
                      help=f"Maglev table size per VIP (default {lb.TUNABLES['LB_RING_SIZE']})")
     att.add_argument("--seed", type=int, help="hash seed: equal on every node of a fleet (default 0)")
@@ -161,8 +160,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = ds.add_parser("attach", help="strip the balancer's outer IP headers on this interface")
     p.add_argument("iface", metavar="IFACE", help="the backend's interface the tunnels arrive on")
     p.add_argument("--netns", metavar="NAME", help="network namespace of the interface")
-    p.add_argument("--mode", choices=xdp.MODES, default="auto",
-                   help="native, generic, or auto (native, else generic)")
+    xdp.add_mode_args(p)
     p.add_argument("--addr", action="append", default=[], metavar="ADDR",
                    help="also take tunnels to this address (the interface's own are always taken)")
     _json_arg(p)
@@ -228,7 +226,7 @@ def cmd_attach(args: argparse.Namespace) -> int:
         lb.check_tunables(defines)
         sys.stdout.write(dump_source(lb.SPEC, defines, str(xdp.pin_dir(args.iface, args.netns))))
         return 0
-    att, replaced = lb.attach(args.iface, args.netns, args.mode, tunables)
+    att, replaced = lb.attach(args.iface, args.netns, args.mode, tunables, peer_program=args.peer_program)
     if args.json:
         print_json({**att.to_json(), "replaced": replaced})
         return 0
@@ -511,7 +509,8 @@ def cmd_decap_attach(args: argparse.Namespace) -> int:
     if args.dump_bpf:
         sys.stdout.write(dump_source(decap.SPEC, decap.TUNABLES, str(xdp.pin_dir(args.iface, args.netns))))
         return 0
-    att, replaced, addrs = decap.attach(args.iface, args.netns, args.mode, extra)
+    att, replaced, addrs = decap.attach(args.iface, args.netns, args.mode, extra,
+                                        peer_program=args.peer_program)
     if args.json:
         print_json({**att.to_json(), "replaced": replaced, "addresses": [str(a) for a in addrs]})
         return 0

@@ -551,6 +551,7 @@ def attach(
     netns: str | None = None,
     mode: str = "auto",
     config: GuardConfig | None = None,
+    peer_program: bool = True,
 ) -> AttachResult:
     """Attach the guard to `ifname` (or replace it atomically, keeping every map) and make
     the maps and SYNPROXY rules match `config`. On a first attach that fails half-way,
@@ -560,6 +561,7 @@ def attach(
     use_nft = cfg.cookies and bool(cfg.cookie_ports)
     if use_nft:
         nft.require()
+    xdp.clear_stale(ifname, netns)
     old = xdp.read_state(ifname, netns, PROGRAM)
     ours = old is not None and old.program == PROGRAM and "config" in old.options
     previous = guard_config(old) if ours and old is not None else None
@@ -568,7 +570,7 @@ def attach(
         for key in ("nft_table", "tcp_loose_was"):
             if key in old.options:
                 options[key] = old.options[key]
-    att, replaced = xdp.attach(SPEC, ifname, netns, mode, defines, options)
+    att, replaced = xdp.attach(SPEC, ifname, netns, mode, defines, options, peer_program)
     seeded = existing.Seeded()
     try:
         table = nft.table_name(ifname, att.ifindex)
@@ -621,6 +623,11 @@ def _remove_nft(att: xdp.Attachment, force_table: str | None = None) -> None:
               if a.ifname != att.ifname and a.netns == att.netns and "nft_table" in a.options]
     if loose is not None and not others:
         nft.set_tcp_loose(att.netns, int(loose))  # type: ignore[call-overload]
+
+
+# An entry whose interface or namespace went away still leaves its nft table behind when
+# only the interface went: the runtime calls this when it removes the dead entry.
+xdp.STALE_HOOKS[PROGRAM] = _remove_nft
 
 
 def detach(ifname: str, netns: str | None = None) -> xdp.Attachment | None:

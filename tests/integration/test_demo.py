@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -44,8 +45,24 @@ def test_demo_synflood_guard_keeps_legit_clients_in(netns_required):
     assert total >= 50, "a connect every 50 ms for 8 s"
     assert on["legit_ok"] >= 0.95 * total, on
     assert out["cookies_sent"] > 0 and on["flood_pps"] > 0
+    assert out["ok"] is True and out["problems"] == []
+    assert out["engine"] in ("live", "packet")
     assert not [n for n in _netns() if n.startswith("fpsynflood")]
     assert not (xdp.PIN_ROOT / "fpsynflood-server").exists()
+
+
+def test_demo_synflood_fails_loudly_when_the_flood_dies(netns_required):
+    """A flood generator that cannot start (here: an engine name it does not know) ends the
+    demo with its error and a non-zero exit, not a success-shaped summary, and the lab goes."""
+    env = {**os.environ, "FASTPATH_FLOOD_ENGINE": "warp"}
+    res = subprocess.run([sys.executable, "-m", "fastpath.cli", "demo", "synflood", "--seconds", "2",
+                          "--json"], capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode != 0
+    assert res.stdout == ""
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("fastpath: error:")]
+    assert len(errors) == 1 and "unknown flood engine 'warp'" in errors[0], res.stderr
+    assert "Traceback" not in res.stderr
+    assert not [n for n in _netns() if n.startswith("fpsynflood")]
 
 
 def test_demo_rejects_bad_duration():

@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 EXPECTED_OK = (
     "privileges",
     "bpffs",
+    "bpf-memlock",
     "btf",
     "bcc",
     "xdp-native",
@@ -37,6 +38,7 @@ EXPECTED_OK = (
     "dpdk",
     "dpdk-pmds",
     "liburing",
+    "veth-peer-programs",
 )
 
 
@@ -123,6 +125,34 @@ def test_missing_kernel_features_warn_not_fail(report: dict[str, Any]) -> None:
         assert "this kernel has no VFIO/UIO" in by_name["vfio"]["detail"] or (
             "uio" in by_name["vfio"]["detail"]
         )
+
+
+def test_flood_engine_row_follows_the_live_frames_probe(report: dict[str, Any]) -> None:
+    """Whatever this host answers: OK with the live engine where live frames work, WARN with
+    the packet engine where they are refused (EPERM on some VMs)."""
+    from fastpath.xdp import flood
+
+    row = rows(report)["xdp-live-frames"]
+    refused = flood.live_frames_refused()
+    assert row["data"]["live_frames_refused"] == refused
+    if os.environ.get(flood.ENGINE_ENV):
+        return  # the engine was forced: the row names it, whatever the probe says
+    if refused is None:
+        assert row["status"] == "OK" and row["detail"] == "live frames work; flood engine: live"
+    elif flood.packet_engine_missing() is None:
+        assert row["status"] == "WARN", row["detail"]
+        assert row["detail"].endswith("flood engine: packet (AF_PACKET, sendmmsg)")
+        assert refused in row["detail"]
+    else:
+        assert row["status"] == "FAIL" and row["fix"] == "run as root (CAP_NET_RAW and CAP_BPF)"
+
+
+def test_memlock_row_states_this_process_limits(report: dict[str, Any]) -> None:
+    import resource
+
+    data = rows(report)["bpf-memlock"]["data"]
+    assert (data["memlock_soft"], data["memlock_hard"]) == resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    assert data["memcg_accounting"] is (doctor.parse_kernel_version(os.uname().release) >= (5, 11))
 
 
 def test_nothing_is_left_behind(report: dict[str, Any]) -> None:

@@ -14,7 +14,7 @@ from types import ModuleType
 
 import pytest
 
-from fastpath.bpf import xdp, xdp_count
+from fastpath.bpf import xdp
 from fastpath.xdp import lb
 
 pytestmark = pytest.mark.integration
@@ -80,7 +80,6 @@ def nat_lab(make_lab):
     lab.run("lb", ["sysctl", "-qw", "net.ipv4.conf.eth0.rp_filter=0"])
     echo = lab.spawn("b1", [sys.executable, "-c", ECHO, str(ECHO_PORT)])
     echo.wait_output("ready")
-    xdp.attach(xdp_count.SPEC, "lb-eth0", sw, "native")  # see test_lb: wakes the veth peer
     try:
         L.fastpath("lb", "attach", "eth0", "--netns", t.ns, "--mode", "native", "--table-size", "4099")
         t.lb("vip", "add", ECHO_VIP, "--mode", "nat")
@@ -91,7 +90,7 @@ def nat_lab(make_lab):
     finally:
         if lb.state_path("eth0", t.ns).exists() or xdp.read_state("eth0", t.ns):
             L.fastpath("lb", "detach", "eth0", "--netns", t.ns, check=False)
-        xdp.detach("lb-eth0", sw)
+        assert xdp.read_state("lb-eth0", sw) is None, "detach removes the peer's pass program"
 
 
 def ask(t, port: int, sport: int) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from fastpath.bpf import xdp
-from fastpath.xdp import floodlab, nft
+from fastpath.xdp import flood, floodlab, nft
 from fastpath.xdp import synguard as sg
 
 pytestmark = pytest.mark.integration
@@ -37,23 +37,32 @@ def _sysctl(lab, node: str, name: str) -> str:
     return lab.run(node, ["sysctl", "-n", name]).stdout.strip()
 
 
+def engines() -> list[str]:
+    """The packet engine runs everywhere; the live engine where this host allows live frames
+    (doctor's xdp-live-frames row says which)."""
+    return ["packet"] + (["live"] if flood.live_frames_refused() is None else [])
+
+
 def _flood_and_probe(lab, attempts: int, timeout: float, interval: float,
-                     target: str) -> tuple[dict, int, float]:
-    flood = lab.spawn("attacker", floodlab.flood_argv(lab, FLOOD_FRAMES, FLOOD_SECONDS, target=target))
+                     target: str, engine: str) -> tuple[dict, int, float]:
+    gen = lab.spawn("attacker", floodlab.flood_argv(lab, FLOOD_FRAMES, FLOOD_SECONDS, target=target,
+                                                    engine=engine))
     try:
-        flood.wait_output("ready")
+        gen.wait_output("ready")
+        assert floodlab.flood_engine(gen.output()) == engine
         lab.run("client", ["sleep", "0.5"])  # let the flood fill the SYN queue first
         probe = floodlab.probe_result(lab.run(
             "client", floodlab.probe_argv(target=target, count=attempts, timeout=timeout, interval=interval,
                                           seconds=90),
             timeout=150).stdout)
-        assert flood.running, f"the flood must outlast the probe: {probe}"
-        flood.signal(signal.SIGTERM)
-        flood.wait(30)
-        sent, seconds = floodlab.flood_result(flood.output())
+        assert gen.running, f"the flood must outlast the probe: {probe}"
+        gen.signal(signal.SIGTERM)
+        gen.wait(30)
+        result = floodlab.flood_result(gen.output())
+        assert result.engine == engine
     finally:
-        flood.stop()
-    return probe, sent, seconds
+        gen.stop()
+    return probe, result.sent, result.seconds
 
 
 @pytest.fixture
@@ -63,8 +72,9 @@ def lab(make_lab):
     floodlab.cleanup(lab)  # a failed test may have left programs attached
 
 
+@pytest.mark.parametrize("engine", engines())
 @pytest.mark.parametrize("target", [floodlab.SERVER4, floodlab.SERVER6], ids=["v4", "v6"])
-def test_guard_keeps_service_reachable_under_spoofed_flood(lab, target):
+def test_guard_keeps_service_reachable_under_spoofed_flood(lab, target, engine):
     ns = lab.netns("server")
     assert _sysctl(lab, "server", "net.ipv4.tcp_syncookies") == "0"
     loose_before = _sysctl(lab, "server", "net.netfilter.nf_conntrack_tcp_loose")
@@ -75,7 +85,8 @@ def test_guard_keeps_service_reachable_under_spoofed_flood(lab, target):
     base = floodlab.probe_result(lab.run("client", floodlab.probe_argv(target=target, count=10,
                                                                        timeout=2)).stdout)
     assert base["ok"] == 10, f"service broken before any flood: {base}"
-    unguarded, sent0, _ = _flood_and_probe(lab, attempts=20, timeout=1.0, interval=0.05, target=target)
+    unguarded, sent0, _ = _flood_and_probe(lab, attempts=20, timeout=1.0, interval=0.05, target=target,
+                                           engine=engine)
     print(f"\nwithout guard: {unguarded['ok']}/{unguarded['attempts']} ok, flood {sent0} frames")
     assert unguarded["failed"] >= 0.8 * unguarded["attempts"], f"the flood did not hurt: {unguarded}"
     # A fresh listener drops the half-open connections the unguarded flood left.
@@ -91,17 +102,13 @@ def test_guard_keeps_service_reachable_under_spoofed_flood(lab, target):
     table = att["nft_table"]
     assert nft.exists(ns, table) and nft.ports(ns, table) == [floodlab.SERVICE_PORT]
     assert _sysctl(lab, "server", "net.netfilter.nf_conntrack_tcp_loose") == "0"
-    floodlab.wake_peer(lab)
-    try:
-        # 5 s per attempt: a connect whose first SYN or SYN-ACK is lost in the flood still
-        # succeeds on the kernel's first retransmit (1 s), as it would for any real client.
-        guarded, sent, seconds = _flood_and_probe(lab, attempts=ATTEMPTS, timeout=5.0, interval=0.01,
-                                                  target=target)
-        stats = json.loads(fastpath("xdp", "stats", "eth0", "--netns", ns, "--json",
-                                    "--interval", "0").stdout)
-        xdp_seen = floodlab.xdp_rx_packets(lab) - xdp_before
-    finally:
-        floodlab.unwake_peer(lab)
+    # 5 s per attempt: a connect whose first SYN or SYN-ACK is lost in the flood still
+    # succeeds on the kernel's first retransmit (1 s), as it would for any real client.
+    guarded, sent, seconds = _flood_and_probe(lab, attempts=ATTEMPTS, timeout=5.0, interval=0.01,
+                                              target=target, engine=engine)
+    stats = json.loads(fastpath("xdp", "stats", "eth0", "--netns", ns, "--json",
+                                "--interval", "0").stdout)
+    xdp_seen = floodlab.xdp_rx_packets(lab) - xdp_before
     c = {k: v["packets"] for k, v in stats["counters"].items()}
     print(f"with guard: {guarded['ok']}/{guarded['attempts']} ok {guarded['failures']} "
           f"({guarded['stalled']} stalled after connect), flood {sent} frames "
@@ -143,3 +150,59 @@ def test_guard_keeps_service_reachable_under_spoofed_flood(lab, target):
     assert "fastpath" not in lab.run("server", ["nft", "list", "ruleset"]).stdout
     assert _sysctl(lab, "server", "net.netfilter.nf_conntrack_tcp_loose") == loose_before
     assert all(s["netns"] != ns for s in json.loads(fastpath("xdp", "status", "--json").stdout))
+
+
+BARE = {
+    "name": "bare",
+    "nodes": {"client": {}, "server": {"sysctls": {"net.ipv4.tcp_syncookies": 0,
+                                                   "net.ipv4.tcp_synack_retries": 1}}},
+    # One veth pair with the kernel's defaults (GRO off, TX checksum offload on): the
+    # setting a first XDP lab, a container or a pod has.
+    "links": [{"endpoints": ["client:eth0", "server:eth0"]}],
+    "addresses": {"client:eth0": ["10.67.0.1/24"], "server:eth0": ["10.67.0.2/24"]},
+    "routes": {"server": [{"dst": floodlab.SPOOFED_NET, "via": "10.67.0.1"}]},
+}
+
+
+def test_guard_on_a_bare_veth_pair(make_lab):
+    """The README's `fastpath xdp attach` on a plain veth pair, no program on the peer and
+    no helper from the test: the runtime puts its pass program on the client's end, connects
+    keep working (>= 99 %) with and without a spoofed flood, and detach removes both."""
+    lab = make_lab(BARE)
+    ns, peer_ns = lab.netns("server"), lab.netns("client")
+    server = lab.spawn("server", floodlab.serve_argv(port=80))
+    server.wait_output("ready")
+    try:
+        res = fastpath("xdp", "attach", "eth0", "--netns", ns, "--ports", "80", "--json")
+        att = json.loads(res.stdout)
+        assert att["mode"] == "native"
+        assert att["peer"] == {"ifname": "eth0", "netns": peer_ns, "helper": True}
+        assert f"veth peer eth0 in {peer_ns}" in res.stderr
+        assert xdp.read_state("eth0", peer_ns).program == xdp.PEER_PROGRAM
+        quiet = floodlab.probe_result(lab.run("client", floodlab.probe_argv(
+            target="10.67.0.2", port=80, count=100, timeout=2.0, interval=0.005), timeout=120).stdout)
+        assert quiet["ok"] >= 99, quiet
+        gen = lab.spawn("client", [sys.executable, "-m", "fastpath.xdp.flood", "--iface", "eth0",
+                                   "--dst-mac", lab.mac("server", "eth0"), "--dst", "10.67.0.2",
+                                   "--dport", "80", "--src-net", floodlab.SPOOFED_NET,
+                                   "--count", str(FLOOD_FRAMES), "--seconds", str(FLOOD_SECONDS)])
+        try:
+            gen.wait_output("ready")
+            flooded = floodlab.probe_result(lab.run("client", floodlab.probe_argv(
+                target="10.67.0.2", port=80, count=200, timeout=5.0, interval=0.01, seconds=90),
+                timeout=150).stdout)
+            assert gen.running, "the flood must outlast the probe"
+        finally:
+            gen.stop()
+        stats = json.loads(fastpath("xdp", "stats", "eth0", "--netns", ns, "--json",
+                                    "--interval", "0").stdout)
+        cookies = stats["counters"]["tx_cookie"]["packets"]
+        print(f"\nbare veth: quiet {quiet['ok']}/100, flooded {flooded['ok']}/{flooded['attempts']}, "
+              f"{cookies} cookies")
+        assert cookies > 10_000, "the flood reached the guard"
+        assert flooded["ok"] >= 0.99 * flooded["attempts"], flooded
+    finally:
+        fastpath("xdp", "detach", "eth0", "--netns", ns, check=False)
+        server.stop()
+    assert xdp.read_state("eth0", peer_ns) is None, "detach removed the peer's pass program"
+    assert "xdp" not in lab.run("client", ["ip", "link", "show", "eth0"]).stdout

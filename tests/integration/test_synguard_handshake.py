@@ -116,9 +116,6 @@ def test_open_connections_survive_attach_reattach_and_port_changes_under_flood(l
     flood = lab.spawn("attacker", floodlab.flood_argv(lab, count=2_000_000_000, seconds=90))
     flood.wait_output("ready")
     try:
-        # The server's bridge port gets its program first: until it has one, the guard's
-        # XDP_TX frames would sit in its ring and hold up the server's own segments.
-        floodlab.wake_peer(lab)
         att = json.loads(fastpath("xdp", "attach", "eth0", "--netns", ns, "--mode", "native", "--ports",
                                   f"{PORT},{LONG_PORT}", "--json").stdout)
         assert att["kept"] == 2, ("both connections found in the socket table and carried over",

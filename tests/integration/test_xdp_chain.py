@@ -13,7 +13,7 @@ from types import ModuleType
 
 import pytest
 
-from fastpath.bpf import xdp, xdp_count
+from fastpath.bpf import xdp
 from fastpath.xdp import lb
 
 pytestmark = pytest.mark.integration
@@ -55,7 +55,6 @@ def chain_lab(make_lab):
     for node in L.BACKENDS:
         lab.run(node, ["ip", "addr", "add", f"{L.VIP}/32", "dev", "lo"])
         t.start_server(node)
-    xdp.attach(xdp_count.SPEC, "lb-eth0", sw, "native")  # see test_lb: wakes the veth peer
     try:
         yield t
     finally:
@@ -63,7 +62,7 @@ def chain_lab(make_lab):
             L.fastpath("xdp", "detach", "eth0", "--netns", t.ns, check=False)
         if xdp.read_state("eth0", t.ns, "l4lb") or lb.state_path("eth0", t.ns).exists():
             L.fastpath("lb", "detach", "eth0", "--netns", t.ns, check=False)
-        xdp.detach("lb-eth0", sw)
+        assert xdp.read_state("lb-eth0", sw) is None, "detach removes the peer's pass program"
 
 
 def attach_guard(t) -> None:

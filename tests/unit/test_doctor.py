@@ -115,6 +115,76 @@ def test_kernel_version_thresholds(fake_root: Path, release: str, status: Status
     assert row.data["release"] == release
 
 
+# --- BPF memory limits -------------------------------------------------------------------
+
+MIB = 1 << 20
+NO_SYS_RESOURCE = "Uid:\t0\t0\t0\t0\nCapEff:\t000001fffeffffff\n"  # this VM: all but bit 24
+ALL_CAPS = "Uid:\t0\t0\t0\t0\nCapEff:\t000001ffffffffff\n"
+
+
+@pytest.mark.parametrize(
+    ("release", "status_text", "rlimit", "status", "words"),
+    [
+        ("5.10.0-26-amd64", NO_SYS_RESOURCE, (8 * MIB, 8 * MIB), Status.WARN, "counts BPF maps against it"),
+        ("5.10.0-26-amd64", ALL_CAPS, (8 * MIB, 8 * MIB), Status.OK, "raises it with CAP_SYS_RESOURCE"),
+        ("5.10.0-26-amd64", NO_SYS_RESOURCE, (8 * MIB, -1), Status.OK, "up to the unlimited hard limit"),
+        ("5.10.0-26-amd64", NO_SYS_RESOURCE, (-1, -1), Status.OK, "enough for fastpath's maps"),
+        ("5.10.0-26-amd64", NO_SYS_RESOURCE, (64 * MIB, 64 * MIB), Status.OK, "enough for fastpath's maps"),
+        (
+            "5.11.0",
+            NO_SYS_RESOURCE,
+            (64 << 10, 64 << 10),
+            Status.OK,
+            "kernel 5.11 charges BPF memory to memcg",
+        ),
+        (RELEASE, NO_SYS_RESOURCE, (8 * MIB, 8 * MIB), Status.OK, "kernel 6.18 charges BPF memory to memcg"),
+    ],
+)
+def test_bpf_memlock_depends_on_kernel_limit_and_capability(
+    fake_root: Path, release: str, status_text: str, rlimit: tuple[int, int], status: Status, words: str
+) -> None:
+    write(fake_root, "/proc/self/status", status_text)
+    row = doctor.probe_bpf_memlock(fake_root, release, rlimit)
+    assert row.status is status, row.detail
+    assert words in row.detail
+    assert row.data["memlock_soft"] == rlimit[0] and row.data["memlock_hard"] == rlimit[1]
+    assert row.data["cap_sys_resource"] is ("ffffffffff" in status_text)
+    if status is Status.WARN:
+        assert row.fix is not None and "ulimit -l unlimited" in row.fix and "CAP_SYS_RESOURCE" in row.fix
+
+
+def test_bpf_memlock_message_states_the_numbers(fake_root: Path) -> None:
+    write(fake_root, "/proc/self/status", NO_SYS_RESOURCE)
+    row = doctor.probe_bpf_memlock(fake_root, RELEASE, (8 * MIB, 8 * MIB))
+    assert row.detail == (
+        "RLIMIT_MEMLOCK 8 MiB (hard 8 MiB), CAP_SYS_RESOURCE absent; "
+        "kernel 6.18 charges BPF memory to memcg, so the limit does not apply"
+    )
+    row = doctor.probe_bpf_memlock(fake_root, "5.4.0", (64 << 10, -1))
+    assert row.detail.startswith("RLIMIT_MEMLOCK 64 KiB (hard unlimited), CAP_SYS_RESOURCE absent; ")
+
+
+def test_bpf_memlock_reads_release_and_status_from_root(fake_root: Path) -> None:
+    # No status file: the capability is unknown, and an old kernel then warns.
+    write(fake_root, "/proc/sys/kernel/osrelease", "5.4.0-150-generic\n")
+    row = doctor.probe_bpf_memlock(fake_root, rlimit=(8 * MIB, 8 * MIB))
+    assert row.status is Status.WARN
+    assert "CAP_SYS_RESOURCE unknown" in row.detail and "kernel 5.4 (< 5.11)" in row.detail
+    assert row.data["release"] == "5.4.0-150-generic" and row.data["cap_sys_resource"] is None
+    write(fake_root, "/proc/self/status", ALL_CAPS)
+    assert doctor.probe_bpf_memlock(fake_root, rlimit=(8 * MIB, 8 * MIB)).status is Status.OK
+
+
+def test_bpf_memlock_defaults_to_this_process(fake_root: Path) -> None:
+    import resource
+
+    write(fake_root, "/proc/self/status", NO_SYS_RESOURCE)
+    row = doctor.probe_bpf_memlock(fake_root)
+    soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    assert (row.data["memlock_soft"], row.data["memlock_hard"]) == (soft, hard)
+    assert row.status is Status.OK  # the fake root's kernel is 6.18
+
+
 # --- bpffs, BTF, headers -----------------------------------------------------------------
 
 
@@ -389,6 +459,120 @@ def test_io_uring_disabled_sysctl_fails_before_any_syscall(fake_root: Path) -> N
     row = doctor.probe_io_uring(fake_root)
     assert row.status is Status.FAIL
     assert row.fix == "sysctl -w kernel.io_uring_disabled=0"
+
+
+# --- flood engine and veth peer programs ---------------------------------------------------
+
+
+@pytest.fixture
+def flood_host(monkeypatch: pytest.MonkeyPatch) -> dict[str, str | None]:
+    """What the kernel and the PATH answer, chosen by the test.
+
+    Only `live_frames_refused` (the kernel's answer) and `packet_engine_missing` (whether a packet
+    socket opens) are replaced: one machine can show only one answer, and this checks how the row
+    reads for each. `choose_engine` and its $FASTPATH_FLOOD_ENGINE handling run for real.
+    """
+    from fastpath.xdp import flood
+
+    host: dict[str, str | None] = {"refused": None, "missing": None}
+    monkeypatch.setattr(flood, "live_frames_refused", lambda ifindex=1: host["refused"])
+    monkeypatch.setattr(flood, "packet_engine_missing", lambda: host["missing"])
+    monkeypatch.delenv(flood.ENGINE_ENV, raising=False)
+    return host
+
+
+EPERM_REASON = "BPF_PROG_TEST_RUN with live frames failed: Operation not permitted"
+
+
+def test_live_frames_working_picks_the_live_engine(flood_host: dict[str, str | None]) -> None:
+    row = doctor.probe_live_frames()
+    assert row.status is Status.OK
+    assert row.detail == "live frames work; flood engine: live"
+    assert row.data["engine"] == "live" and row.data["live_frames_refused"] is None
+
+
+def test_live_frames_refused_warns_and_falls_back_to_packet(flood_host: dict[str, str | None]) -> None:
+    flood_host["refused"] = EPERM_REASON
+    row = doctor.probe_live_frames()
+    assert row.status is Status.WARN
+    assert row.detail == f"live frames refused ({EPERM_REASON}); flood engine: packet (AF_PACKET, sendmmsg)"
+    assert row.data["engine"] == "packet" and row.fix
+
+
+def test_engine_env_packet_is_honoured_where_live_frames_work(
+    flood_host: dict[str, str | None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FASTPATH_FLOOD_ENGINE", "packet")
+    row = doctor.probe_live_frames()
+    assert row.status is Status.OK
+    assert row.detail == (
+        "live frames work; flood engine: packet (AF_PACKET, sendmmsg) (FASTPATH_FLOOD_ENGINE=packet)"
+    )
+    assert row.data["engine"] == "packet"
+
+
+def test_no_flood_engine_at_all_fails(flood_host: dict[str, str | None]) -> None:
+    flood_host["refused"] = EPERM_REASON
+    flood_host["missing"] = "no AF_PACKET socket: Operation not permitted"
+    row = doctor.probe_live_frames()
+    assert row.status is Status.FAIL
+    assert "no AF_PACKET socket" in row.detail and EPERM_REASON in row.detail
+    assert row.fix == "run as root (CAP_NET_RAW and CAP_BPF)"
+    assert row.data["engine"] is None
+
+
+@pytest.mark.parametrize("engine", ["live", "warp"])
+def test_an_engine_env_that_cannot_run_warns_when_auto_would(
+    flood_host: dict[str, str | None], monkeypatch: pytest.MonkeyPatch, engine: str
+) -> None:
+    flood_host["refused"] = EPERM_REASON
+    monkeypatch.setenv("FASTPATH_FLOOD_ENGINE", engine)
+    row = doctor.probe_live_frames()
+    assert row.status is Status.WARN
+    assert f"FASTPATH_FLOOD_ENGINE={engine}: " in row.detail
+    assert row.fix is not None and "unset FASTPATH_FLOOD_ENGINE" in row.fix
+
+
+def _record(run_root: Path, program: str, ifname: str, netns: str | None, member: bool = False) -> None:
+    from dataclasses import asdict
+
+    from fastpath.bpf.xdp import Attachment
+
+    att = Attachment(program, ifname, netns, ifindex=7, mode="native", prog_id=42, link_id=43)
+    nsdir = run_root / "xdp" / (netns or "root")
+    path = nsdir / f"{ifname}.d" / f"{program}.json" if member else nsdir / f"{ifname}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(asdict(att)))
+
+
+def test_veth_peer_programs_are_listed_from_the_state_files(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from fastpath.bpf import xdp
+
+    monkeypatch.setattr(xdp, "RUN_ROOT", tmp_path)
+    row = doctor.probe_veth_peers()
+    assert row.status is Status.OK and row.detail.startswith("none installed")
+    assert row.data["peers"] == []
+
+    _record(tmp_path, "syn_guard", "veth-srv", "lab1-server")
+    _record(tmp_path, xdp.PEER_PROGRAM, "veth-cli", "lab1-client")
+    _record(tmp_path, xdp.PEER_PROGRAM, "veth0", None)
+    _record(tmp_path, "counter", "veth0", None, member=True)
+    row = doctor.probe_veth_peers()
+    assert row.status is Status.OK
+    assert row.detail == (
+        "2 pass program(s) on veth peers installed by fastpath: "
+        "veth-cli in lab1-client, veth0 in the root namespace"
+    )
+    assert [p["ifname"] for p in row.data["peers"]] == ["veth-cli", "veth0"]
+
+
+def test_new_rows_are_registered_in_order() -> None:
+    names = list(doctor.PROBES)
+    assert names.index("bpffs") < names.index("bpf-memlock") < names.index("btf")
+    assert names.index("xdp-test-run") + 1 == names.index("xdp-live-frames")
+    assert names.index("xdp-live-frames") + 1 == names.index("veth-peer-programs")
 
 
 # --- Check, runner, report, CLI ------------------------------------------------------------

@@ -148,3 +148,30 @@ def test_flood_frame_is_a_valid_syn():
     fresh.chksum = None
     assert IP(fresh.build()).chksum == pkt[IP].chksum
     assert len(raw) == 14 + 20 + 24
+
+
+def _demo_result(off_ok: int, off_failed: int, on_ok: int, on_failed: int, pps: int = 300_000) -> dict:
+    phase = {"flood_pps": pps, "synacks_from_xdp_pps": 0, "seconds": 6.0}
+    return {"engine": "packet",
+            "phases": [{**phase, "guard": "off", "legit_ok": off_ok, "legit_failed": off_failed},
+                       {**phase, "guard": "on", "legit_ok": on_ok, "legit_failed": on_failed}]}
+
+
+def test_synflood_demo_verdict_checks_its_premise() -> None:
+    from fastpath.xdp import flooddemo
+
+    assert flooddemo.verdict(_demo_result(0, 7, 120, 1)) == []
+    unhurt = flooddemo.verdict(_demo_result(117, 0, 120, 0, pps=98))
+    assert any("did not hurt the unguarded server: 117/117" in p for p in unhurt)
+    assert any("barely reached" in p and "98 frames/s" in p for p in unhurt)
+    assert any("served only 90/120" in p for p in flooddemo.verdict(_demo_result(0, 7, 90, 30)))
+
+
+def test_lb_demo_verdict_checks_its_clients() -> None:
+    from fastpath.xdp import lb_demo
+
+    assert lb_demo.verdict({"b1": 300, "b2": 200, "b3": 100}) == []
+    failing = {"b1": 300, "b2": 200, "b3": 100, "error": 50}
+    assert lb_demo.verdict(failing) == ["50 of 650 client connections failed"]
+    assert lb_demo.verdict({"error": 600}) == ["600 of 600 client connections failed",
+                                               "no connection reached b1, b2, b3"]

@@ -61,7 +61,7 @@ from typing import Any
 
 from fastpath.bench import BenchContext, Metric, Scenario, Target, register_scenario
 from fastpath.bench.environment import cpu_busy_ns
-from fastpath.bpf import loader, testrun, xdp, xdp_count
+from fastpath.bpf import loader, testrun, xdp
 from fastpath.errors import CapabilityError, FastpathError
 from fastpath.xdp import lb
 
@@ -286,9 +286,6 @@ class LbThroughput(Scenario):
         self._ns = lab.netns("lb")
         self._peer_ns = lab.netns("sw")
         self._attached: list[tuple[str, str]] = []
-        # XDP_TX'ed frames need an XDP program on the veth peer to be delivered at once.
-        xdp.attach(xdp_count.SPEC, "lb-eth0", self._peer_ns, "native")
-        self._attached.append(("lb-eth0", self._peer_ns))
         dsr_vip = VIPS["fastpath-dsr"][0]
         for node in BACKENDS:
             lab.run(node, ["ip", "addr", "add", f"{dsr_vip}/32", "dev", "lo"])

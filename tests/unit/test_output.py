@@ -1,0 +1,46 @@
+"""fastpath.output: a table never cuts a fact."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from rich.console import Console
+
+from fastpath import output
+
+COLUMNS = ["namespace", "interface", "VIP", "backend", "share %"]
+ROWS = [["fpt-1234abcd-lb-namespace", "veth-balancer0", "[fd93:aaaa:bbbb:cccc::1]:8443/tcp",
+         "[fd93:aaaa:bbbb:cccc:dddd:eeee:ffff:1234]:8443", "33.3"]]
+
+
+def render(monkeypatch: pytest.MonkeyPatch, terminal: bool, width: int) -> str:
+    buf = io.StringIO()
+    monkeypatch.setattr(output, "console", Console(file=buf, force_terminal=terminal, width=width))
+    monkeypatch.setattr(output.sys, "stdout", buf)
+    monkeypatch.delenv(output.TABLES_ENV, raising=False)
+    output.print_table(COLUMNS, ROWS, title="balancer")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(("terminal", "width"), [(False, 80), (True, 80), (True, 40), (True, 200)])
+def test_every_value_is_printed_whole(monkeypatch: pytest.MonkeyPatch, terminal: bool, width: int) -> None:
+    text = render(monkeypatch, terminal, width)
+    for value in ROWS[0]:
+        assert value in text, text
+    assert "…" not in text
+
+
+def test_pipe_and_narrow_terminal_get_records(monkeypatch: pytest.MonkeyPatch) -> None:
+    text = render(monkeypatch, False, 80)
+    assert text.splitlines() == [
+        "# balancer",
+        "namespace=fpt-1234abcd-lb-namespace interface=veth-balancer0 vip=[fd93:aaaa:bbbb:cccc::1]:8443/tcp "
+        "backend=[fd93:aaaa:bbbb:cccc:dddd:eeee:ffff:1234]:8443 share_pct=33.3"]
+    assert render(monkeypatch, True, 80).splitlines()[1].startswith("namespace=")
+    assert "┃" in render(monkeypatch, True, 200)
+
+
+def test_values_with_spaces_are_quoted() -> None:
+    text = output.format_records(["alive"], [["NO (interface gone)"], [None]])
+    assert text == 'alive="NO (interface gone)"\nalive=""\n'
