@@ -199,6 +199,7 @@ def _probe(target: str, port: int, count: int, timeout: float, interval: float, 
     attempt_ms: list[float] = []  # every attempt: until the echo came back, or until it failed
     deadline = time.monotonic() + seconds
     attempts = 0
+    ports: set[int] = set()  # distinct client ports: a reused one may meet its old flow
     stalled = 0  # failed attempts whose connect had succeeded (the exchange got no echo)
     for i in range(count):
         if time.monotonic() > deadline:
@@ -211,6 +212,7 @@ def _probe(target: str, port: int, count: int, timeout: float, interval: float, 
         try:
             with socket.create_connection((target, port), timeout=timeout) as s:
                 t1 = time.monotonic()
+                ports.add(s.getsockname()[1])
                 s.sendall(msg)
                 reply = b""
                 while len(reply) < len(msg) + 5:
@@ -232,7 +234,8 @@ def _probe(target: str, port: int, count: int, timeout: float, interval: float, 
             print("ok" if ok > ok_before else "fail", flush=True)
         time.sleep(interval)
     print(json.dumps({"attempts": attempts, "ok": ok, "failed": attempts - ok, "failures": failures,
-                      "stalled": stalled, "connect_ms": [round(x, 3) for x in connect_ms],
+                      "stalled": stalled, "local_ports": len(ports),
+                      "connect_ms": [round(x, 3) for x in connect_ms],
                       "attempt_ms": [round(x, 3) for x in attempt_ms]}), flush=True)
     return 0
 

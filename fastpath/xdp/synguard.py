@@ -665,7 +665,7 @@ def status(att: xdp.Attachment) -> dict[str, object]:
     data: dict[str, object] = {
         "ifname": att.ifname, "netns": att.netns, "mode": att.mode, "prog_id": att.prog_id,
         "generation": att.generation, "alive": xdp.link_alive(att), "pin_dir": str(att.pin_dir),
-        "nft_table": att.options.get("nft_table"),
+        "nft_table": att.options.get("nft_table"), "peer": att.peer,
     }
     with contextlib.suppress(FastpathError):
         data["config"] = guard_config(att).to_json()

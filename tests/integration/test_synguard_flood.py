@@ -133,7 +133,10 @@ def test_guard_keeps_service_reachable_under_spoofed_flood(lab, target, engine):
     assert sum(c[name] for name in sg.OUTCOME_NAMES) == stats["frames"]
     assert c["tx_cookie"] + c["pass_cookie"] + c["pass_flow"] + c["drop_cookie"] >= stats["frames"] - 100
     assert c["pass_other"] + c["pass_tcp"] < 100
-    assert c["pass_cookie"] >= guarded["ok"], "every good connect went through a validated cookie"
+    # Every good connect went through a validated cookie, except where the client reused a
+    # port whose earlier connection's flow entry the guard still holds (then: pass_flow).
+    assert c["pass_cookie"] >= guarded["ok"] - (guarded["attempts"] - guarded["local_ports"]), (
+        "every good connect went through a validated cookie")
     assert c["drop_malformed"] == c["drop_error"] == c["pass_syn"] == 0
     synproxy = lab.run("server", ["cat", "/proc/net/stat/synproxy"]).stdout.splitlines()[1:]
     valid = sum(int(line.split()[3], 16) for line in synproxy if line.strip())

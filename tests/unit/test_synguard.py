@@ -175,3 +175,35 @@ def test_lb_demo_verdict_checks_its_clients() -> None:
     assert lb_demo.verdict(failing) == ["50 of 650 client connections failed"]
     assert lb_demo.verdict({"error": 600}) == ["600 of 600 client connections failed",
                                                "no connection reached b1, b2, b3"]
+
+
+@pytest.mark.parametrize(("src", "dst", "net"), [("10.99.0.0", "10.66.0.2", "10.99.0.0/16"),
+                                                 ("fd99::", "fd66::2", "fd99::/64"),
+                                                 ("10.96.0.0", "10.66.0.2", "10.96.0.0/12")])
+def test_packet_engine_pool_frames_are_valid_distinct_syns(src: str, dst: str, net: str) -> None:
+    """The packet engine's frames: each a SYN to the target with a random source inside
+    --src-net (whole random bytes: a /12 narrows to its first /16), and checksums a kernel
+    accepts (recomputed by scapy here)."""
+    import random
+
+    frame = flood.syn_frame(b"\x02" * 6, b"\x04" * 6, src, dst, 8080)
+    network = ipaddress.ip_network(net)
+    pool = flood.frame_pool(frame, network, count=200, rng=random.Random(7))
+    n = len(frame)
+    assert len(pool) == 200 * n
+    sources = set()
+    for i in range(200):
+        raw = pool[i * n:(i + 1) * n]
+        pkt = Ether(raw)
+        redo = Ether(raw)
+        del redo[TCP].chksum
+        if IP in redo:
+            del redo[IP].chksum
+        redo = Ether(bytes(redo))
+        assert pkt[TCP].chksum == redo[TCP].chksum
+        if IP in pkt:
+            assert pkt[IP].chksum == redo[IP].chksum
+        assert pkt[TCP].flags == "S" and pkt[TCP].dport == 8080 and pkt.payload.dst == dst
+        assert ipaddress.ip_address(pkt.payload.src) in network
+        sources.add((pkt.payload.src, pkt[TCP].sport))
+    assert len(sources) >= 195
