@@ -161,7 +161,7 @@ def join(
             spec.name, ifname, netns, ifindex, head.mode, syscall.prog_info(fd).id, head.link_id,
             defines, old.attached_at if old else now, now if old else None,
             old.generation + 1 if old else 1, options, subdir,
-            chain_defines(spec.name, ch.occupied, pdir),
+            chain_defines(spec.name, ch.occupied, pdir), dict(old.peer) if old else {},
         )
         ch.pin([att, *reloaded])
         for o in [att, *reloaded]:

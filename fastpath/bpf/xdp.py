@@ -510,7 +510,8 @@ def clear_stale(ifname: str, netns: str | None) -> list[Attachment]:
 
 
 def prune() -> list[tuple[Attachment, str]]:
-    """Remove every dead entry; returns each removed attachment with the reason."""
+    """Remove every dead entry, and every veth peer pass program nothing relies on any more;
+    returns each removed attachment with the reason."""
     out = []
     for att in attachments():
         reason = dead_reason(att)
@@ -519,6 +520,10 @@ def prune() -> list[tuple[Attachment, str]]:
         present = members(att.ifname, att.netns)
         _remove_dead(att.ifname, att.netns, present)
         out.extend((a, reason) for a in present)
+    for att in attachments():
+        if att.program == PEER_PROGRAM and not _peer_dependents(att.ifname, att.netns):
+            detach(att.ifname, att.netns)
+            out.append((att, "no fastpath program relies on this pass program"))
     return out
 
 
