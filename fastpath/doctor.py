@@ -44,8 +44,8 @@ from typing import Any
 
 from fastpath.bpf import syscall
 from fastpath.bpf.loader import captured_stderr
+from fastpath.core.namespaces import NETNS_RUN_DIR, netns_context
 from fastpath.errors import FastpathError
-from fastpath.netns.namespaces import NETNS_RUN_DIR, netns_context
 
 ROOT = Path("/")
 NETNS_PREFIX = "fpdoc"

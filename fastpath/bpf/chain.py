@@ -4,7 +4,9 @@ An interface has one bpf_link (`<pin dir>/link`). A lone program is attached exa
 before. When a second program joins, each program keeps its maps in its own pin directory
 (the first one's stay where they were, the newcomer's go to `<pin dir>/<program>/`), and the
 programs are chained through a pinned prog array `<pin dir>/chain` with fixed slots
-(`SLOTS`). A program is compiled with `-DFP_CHAIN=1 -DFP_CHAIN_NEXT=<slot>` only while a
+(each program's `chain_slot`, declared in its ProgramSpec: the SYN guard 0, the balancer
+1; the runtime knows programs only by what they declare, and what an attachment's state
+records). A program is compiled with `-DFP_CHAIN=1 -DFP_CHAIN_NEXT=<slot>` only while a
 later slot is occupied: it then tail-calls that slot where it would return XDP_PASS (an
 empty slot falls through to XDP_PASS). The link points at the occupied slot that comes
 first. Every change is a map update or a BPF_LINK_UPDATE, so traffic never sees an
@@ -20,27 +22,21 @@ import os
 import shutil
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from fastpath.bpf import loader, syscall, xdp
 from fastpath.errors import FastpathError
 
-SLOTS: dict[str, int] = {"syn_guard": 0, "l4lb": 1}
 CHAIN_MAP = "chain"
+MAX_SLOTS = 2  # FP_CHAIN_SLOTS in bpf/fastpath.h
 
 
-def _spec(program: str) -> loader.ProgramSpec:
-    from fastpath.xdp import lb, synguard
-
-    specs = {synguard.SPEC.name: synguard.SPEC, lb.SPEC.name: lb.SPEC}
-    return specs[program]
-
-
-def chain_defines(program: str, occupied: Iterable[str], pdir: Path) -> dict[str, int | str]:
-    """The FP_CHAIN defines `program` needs when the programs `occupied` share `pdir`."""
-    slot = SLOTS[program]
-    later = sorted(SLOTS[p] for p in occupied if SLOTS[p] > slot)
+def chain_defines(program: str, occupied: Mapping[str, int], pdir: Path) -> dict[str, int | str]:
+    """The FP_CHAIN defines `program` needs when the programs `occupied` (name -> slot)
+    share `pdir`."""
+    slot = occupied[program]
+    later = sorted(s for s in occupied.values() if s > slot)
     if not later:
         return {}
     return {"FP_CHAIN": 1, "FP_CHAIN_NEXT": later[0], "FP_CHAIN_PIN": f'"{pdir / CHAIN_MAP}"'}
@@ -50,19 +46,28 @@ def _u32(value: int) -> ctypes.Array[ctypes.c_char]:
     return ctypes.create_string_buffer(struct.pack("=I", value), 4)
 
 
-def _check(program: str, others: Iterable[xdp.Attachment], ifname: str) -> None:
+def _check(spec: loader.ProgramSpec, others: Iterable[xdp.Attachment], ifname: str) -> dict[str, int]:
+    """The chain's slots (program -> slot), or an error when a program declares none or two
+    want one slot."""
+    slots = {spec.name: spec.chain_slot}
     for o in others:
-        if o.program not in SLOTS or program not in SLOTS:
+        slots[o.program] = xdp.program_spec(o).chain_slot
+    taken: dict[int, str] = {}
+    for o in others:
+        slot = slots[o.program]
+        if slot is None or spec.chain_slot is None or slot in taken or slot == spec.chain_slot:
             raise FastpathError(
-                f"{ifname} runs fastpath program {o.program}, which cannot share it with {program}",
-                fix=f"detach it first (fastpath {o.program} detach {ifname})",
+                f"{ifname} runs fastpath program {o.program}, which cannot share it with {spec.name}",
+                fix=f"detach it first: {xdp.detach_hint(o)}",
             )
+        taken[slot] = o.program
+    return {k: v for k, v in slots.items() if v is not None}
 
 
 class _Chain:
     """Loads the programs whose chain position changes and publishes the new chain."""
 
-    def __init__(self, ifname: str, netns: str | None, occupied: set[str]) -> None:
+    def __init__(self, ifname: str, netns: str | None, occupied: dict[str, int]) -> None:
         self.pdir = xdp.pin_dir(ifname, netns)
         self.occupied = occupied
         self.progs: dict[str, int] = {}
@@ -84,7 +89,7 @@ class _Chain:
             self.fds.append(fd)
             self.progs[att.program] = fd
             return False
-        fd = self.load(_spec(att.program), dict(att.defines), att.pin_dir)
+        fd = self.load(xdp.program_spec(att), dict(att.defines), att.pin_dir)
         att.chain = want
         att.prog_id = syscall.prog_info(fd).id
         att.replaced_at = time.time()
@@ -93,21 +98,22 @@ class _Chain:
 
     def publish(self) -> None:
         """Fill the chain's slots, point the link at its head, then empty the stale slots."""
-        order = sorted(self.occupied, key=SLOTS.__getitem__)
+        order = sorted(self.occupied, key=self.occupied.__getitem__)
         path = self.pdir / CHAIN_MAP
         cfd = syscall.obj_get(str(path)) if path.exists() else -1
         try:
             if cfd >= 0:
                 for program in order[1:]:
-                    syscall.map_update(cfd, _u32(SLOTS[program]), _u32(self.progs[program]))
+                    syscall.map_update(cfd, _u32(self.occupied[program]), _u32(self.progs[program]))
             link = syscall.obj_get(str(self.pdir / "link"))
             try:
                 syscall.link_update(link, self.progs[order[0]])
             finally:
                 os.close(link)
             if cfd >= 0:
-                for program, slot in SLOTS.items():
-                    if program not in order[1:]:
+                used = {self.occupied[p] for p in order[1:]}
+                for slot in range(MAX_SLOTS):
+                    if slot not in used:
                         syscall.map_delete(cfd, _u32(slot))
         finally:
             if cfd >= 0:
@@ -143,14 +149,14 @@ def join(
     Every program of the chain runs in the mode the interface's link was created in (the
     first program's): `mode` must be that one or "auto".
     """
-    _check(spec.name, others, ifname)
+    slots = _check(spec, others, ifname)
     xdp.check_link_mode(spec.name, ifname, netns, mode, others[0])
     pdir = xdp.pin_dir(ifname, netns)
     subdir = old.subdir if old is not None else spec.name
     mdir = pdir / subdir if subdir else pdir
     created = not mdir.exists()
     mdir.mkdir(parents=True, exist_ok=True)
-    ch = _Chain(ifname, netns, {spec.name, *(o.program for o in others)})
+    ch = _Chain(ifname, netns, slots)
     now = time.time()
     try:
         fd = ch.load(spec, defines, mdir)
@@ -161,7 +167,7 @@ def join(
             spec.name, ifname, netns, ifindex, head.mode, syscall.prog_info(fd).id, head.link_id,
             defines, old.attached_at if old else now, now if old else None,
             old.generation + 1 if old else 1, options, subdir,
-            chain_defines(spec.name, ch.occupied, pdir), dict(old.peer) if old else {},
+            chain_defines(spec.name, ch.occupied, pdir), dict(old.peer) if old else {}, spec.to_json(),
         )
         ch.pin([att, *reloaded])
         for o in [att, *reloaded]:
@@ -178,7 +184,8 @@ def join(
 def leave(att: xdp.Attachment, others: list[xdp.Attachment]) -> None:
     """Take `att` out of its interface's chain; the programs `others` keep running."""
     pdir = att.pin_dir if not att.subdir else att.pin_dir.parent
-    ch = _Chain(att.ifname, att.netns, {o.program for o in others})
+    occupied = {o.program: slot for o in others if (slot := xdp.program_spec(o).chain_slot) is not None}
+    ch = _Chain(att.ifname, att.netns, occupied)
     try:
         reloaded = [o for o in others if ch.keep_or_reload(o)]
         ch.publish()

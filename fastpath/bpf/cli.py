@@ -73,7 +73,7 @@ def _peer_note(data: dict[str, object]) -> str:
 
 def cmd_ls(args: argparse.Namespace) -> int:
     if args.prune:
-        _load_stale_hooks()
+        # The guard's nft clean-up is registered by its module, which the CLI has imported.
         removed = xdp.prune()
         if args.json:
             print_json([{**att.to_json(), "reason": reason} for att, reason in removed])
@@ -104,11 +104,6 @@ def cmd_ls(args: argparse.Namespace) -> int:
     if any(not r["alive"] for r in rows):
         info("dead entries: remove them with 'fastpath bpf ls --prune' (attach also removes them)")
     return 0
-
-
-def _load_stale_hooks() -> None:
-    """Applications register what they clean up beside the pins (the guard: its nft table)."""
-    import fastpath.xdp.synguard  # noqa: F401
 
 
 def cmd_count_attach(args: argparse.Namespace) -> int:

@@ -37,6 +37,28 @@ class ProgramSpec:
     maps: tuple[str, ...]
     defaults: Mapping[str, int] = field(default_factory=dict)
     directory: Path | None = None
+    # What the application declares to the runtime (which imports no application): the
+    # command that manages an attachment ("fastpath lb" -> "fastpath lb detach IFACE"), and
+    # its slot in an interface's program chain (None: it does not share an interface).
+    command: str = ""
+    chain_slot: int | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return {"name": self.name, "entry": self.entry, "maps": list(self.maps),
+                "defaults": dict(self.defaults), "directory": str(self.directory) if self.directory else None,
+                "command": self.command, "chain_slot": self.chain_slot}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, object]) -> ProgramSpec:
+        directory = data.get("directory")
+        maps = data.get("maps") or ()
+        defaults = data.get("defaults") or {}
+        slot = data.get("chain_slot")
+        assert isinstance(maps, list | tuple) and isinstance(defaults, dict)
+        return cls(str(data["name"]), str(data["entry"]), tuple(str(m) for m in maps),
+                   {str(k): int(v) for k, v in defaults.items()},
+                   Path(str(directory)) if directory else None, str(data.get("command") or ""),
+                   int(slot) if isinstance(slot, int) else None)
 
     @property
     def source_dir(self) -> Path:

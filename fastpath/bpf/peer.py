@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from fastpath.bpf import syscall
+from fastpath.core.namespaces import netns_context
 from fastpath.errors import FastpathError
-from fastpath.netns.namespaces import netns_context
 
 # r0 = XDP_PASS; exit
 PASS_INSNS = bytes.fromhex("b700000002000000" "9500000000000000")

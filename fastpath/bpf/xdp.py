@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from fastpath.bpf import loader, peer, syscall
+from fastpath.core.namespaces import netns_context
 from fastpath.errors import CapabilityError, FastpathError
-from fastpath.netns.namespaces import netns_context
 
 PIN_ROOT = Path(os.environ.get("FASTPATH_PIN_ROOT", "/sys/fs/bpf/fastpath"))
 RUN_ROOT = Path(os.environ.get("FASTPATH_RUN_ROOT", "/run/fastpath"))
@@ -86,6 +86,9 @@ class Attachment:
     # {"ifname", "netns", "helper": True when this attachment relies on fastpath's pass
     # program there, "note": what was found}. Empty otherwise.
     peer: dict[str, object] = field(default_factory=dict)
+    # The ProgramSpec the application declared (loader.ProgramSpec.to_json): how to reload
+    # the program in a chain and which command detaches it, without importing its module.
+    spec: dict[str, object] = field(default_factory=dict)
 
     @property
     def pin_dir(self) -> Path:
@@ -218,7 +221,6 @@ def check_link_mode(program: str, ifname: str, netns: str | None, mode: str,
     rather than ignore it (a new link would leave a window without a program)."""
     if running is None or mode == "auto" or mode == running.mode:
         return
-    ns = f" --netns {netns}" if netns else ""
     if running.program == program:
         raise FastpathError(
             f"{program} runs on {ifname} in {running.mode} mode; a hot reload keeps its XDP link "
@@ -229,13 +231,26 @@ def check_link_mode(program: str, ifname: str, netns: str | None, mode: str,
         f"{ifname} runs {running.program} in {running.mode} mode; {program} shares its XDP link "
         f"(one program chain per interface) and so runs in {running.mode} mode, not {mode}",
         fix=f"give --mode {running.mode} or auto, or detach {running.program} "
-            f"(fastpath {_COMMANDS.get(running.program, running.program)} detach {ifname}{ns}) "
-            f"and attach both in {mode} mode",
+            f"({detach_hint(running)}) and attach both in {mode} mode",
     )
 
 
-# The CLI command that detaches each program.
-_COMMANDS = {"syn_guard": "xdp", "l4lb": "lb", "xdp_count": "count"}
+def program_spec(att: Attachment) -> loader.ProgramSpec:
+    """The spec `att`'s application declared when it attached (recorded in its state)."""
+    if not att.spec:
+        raise FastpathError(f"the state of {att.program} on {att.ifname} records no program spec "
+                            "(written by an older fastpath)",
+                            fix=f"detach and attach it again: {detach_hint(att)}")
+    return loader.ProgramSpec.from_json(att.spec)
+
+
+def detach_hint(att: Attachment) -> str:
+    """The command line that detaches `att`, from what its application declared."""
+    command = att.spec.get("command") if att.spec else None
+    if not command:
+        return "see 'fastpath bpf ls'"
+    ns = f" --netns {att.netns}" if att.netns else ""
+    return f"{command} detach {att.ifname}{ns}"
 
 
 def _pin_replace(fd: int, path: Path) -> None:
@@ -281,7 +296,7 @@ def attach(
     if replacing and old is not None and old.program != spec.name:
         raise FastpathError(
             f"{ifname} runs fastpath program {old.program}, not {spec.name}",
-            fix=f"detach it first (fastpath {old.program} detach {ifname})",
+            fix=f"detach it first: {detach_hint(old)}",
         )
     if replacing:
         check_link_mode(spec.name, ifname, netns, mode, old)
@@ -303,7 +318,7 @@ def attach(
             att = Attachment(
                 spec.name, ifname, netns, ifindex, got_mode, info.id, old.link_id, defs,
                 old.attached_at, now, old.generation + 1, dict(options or {}), old.subdir,
-                {}, dict(old.peer),
+                {}, dict(old.peer), spec.to_json(),
             )
         else:
             # The peer's pass program goes first, so that no XDP_TX frame ever waits for it.
@@ -313,7 +328,7 @@ def attach(
             syscall.obj_pin(link_fd, str(pdir / "link"))
             link_id = syscall.link_info(link_fd).id
             att = Attachment(spec.name, ifname, netns, ifindex, got_mode, info.id, link_id, defs,
-                             now, None, 1, dict(options or {}))
+                             now, None, 1, dict(options or {}), spec=spec.to_json())
             att.peer = peer_record
             if got_mode != "native":
                 release_peer_program(att)
@@ -382,7 +397,7 @@ def detach(ifname: str, netns: str | None = None, program: str | None = None) ->
                             fix="see 'fastpath bpf ls'")
     if att is not None and program is not None and att.program != program:
         raise FastpathError(f"{ifname} runs fastpath program {att.program}, not {program}",
-                            fix=f"use 'fastpath {att.program} detach {ifname}'")
+                            fix=f"use '{detach_hint(att)}'")
     link = pdir / "link"
     needed = _peer_dependents(ifname, netns) if att is not None and att.program != PEER_PROGRAM else []
     if needed and att is not None and link.exists():
@@ -632,7 +647,7 @@ def _replace_pass(spec: loader.ProgramSpec, helper: Attachment, mode: str, defin
             os.close(fd)
         att = Attachment(spec.name, helper.ifname, helper.netns, helper.ifindex, helper.mode,
                          syscall.prog_info(prog.prog_fd).id, helper.link_id, defines, time.time(),
-                         options=options)
+                         options=options, spec=spec.to_json())
         att.peer = ensure_peer_program(helper.ifname, helper.netns, helper.mode, peer_program)
         _pin_replace(prog.prog_fd, pdir / "prog")
         _write_state(att)

@@ -13,7 +13,7 @@ from fastpath.bpf.loader import ProgramSpec
 from fastpath.bpf.maps import TypedMap
 
 SPEC = ProgramSpec(name="xdp_count", entry="xdp_count", maps=("counters", "generations"),
-                   defaults={"WATCH_PORT": 9, "GENERATION": 0})
+                   defaults={"WATCH_PORT": 9, "GENERATION": 0}, command="fastpath count")
 
 # enum count_stat
 COUNT_ALL, COUNT_IPV4, COUNT_IPV6, COUNT_OTHER, COUNT_WATCHED, COUNT_STAT_MAX = range(6)

@@ -88,7 +88,7 @@ def _iproute(netns: str | None) -> Any:
 
     if netns is None:
         return IPRoute()
-    from fastpath.netns.namespaces import netns_context, netns_exists
+    from fastpath.core.namespaces import netns_context, netns_exists
 
     if not netns_exists(netns):
         raise FastpathError(f"no network namespace {netns!r} (see 'ip netns list')")

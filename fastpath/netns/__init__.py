@@ -11,6 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from fastpath.core.namespaces import netns_context, netns_unavailable_reason, pids_in_netns
     from fastpath.netns.fileformat import (
         bundled_topology,
         load_topology,
@@ -20,7 +21,6 @@ if TYPE_CHECKING:
     )
     from fastpath.netns.lab import Lab, LabSummary, down, list_labs
     from fastpath.netns.model import Iface, Topology, TopologyBuilder, TopologyError
-    from fastpath.netns.namespaces import netns_context, netns_unavailable_reason, pids_in_netns
     from fastpath.netns.procs import (
         CommandFailed,
         CommandTimeout,

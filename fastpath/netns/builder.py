@@ -35,6 +35,15 @@ from typing import Any
 from pyroute2 import IPRoute, NetlinkError
 from pyroute2 import netns as pr_netns
 
+from fastpath.core.namespaces import (
+    list_netns,
+    netns_context,
+    netns_exists,
+    netns_fd_inode,
+    netns_unavailable_reason,
+    open_netns,
+    pids_in_netns_inode,
+)
 from fastpath.errors import CapabilityError, FastpathError
 from fastpath.netns import state
 from fastpath.netns.fileformat import topology_to_dict
@@ -47,15 +56,6 @@ from fastpath.netns.model import (
     Topology,
     lab_of_netns,
     sysctl_path,
-)
-from fastpath.netns.namespaces import (
-    list_netns,
-    netns_context,
-    netns_exists,
-    netns_fd_inode,
-    netns_unavailable_reason,
-    open_netns,
-    pids_in_netns_inode,
 )
 from fastpath.netns.procs import kill_processes_in
 

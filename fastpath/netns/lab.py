@@ -24,11 +24,11 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
+from fastpath.core.namespaces import netns_context, netns_exists
 from fastpath.errors import FastpathError
 from fastpath.netns import builder, state
 from fastpath.netns.fileformat import coerce_topology, parse_topology
 from fastpath.netns.model import Topology, check_lab_name
-from fastpath.netns.namespaces import netns_context, netns_exists
 from fastpath.netns.procs import NodeProcess, run_in_netns
 
 

@@ -17,13 +17,13 @@ import time
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 
-from fastpath.errors import CapabilityError, FastpathError
-from fastpath.netns.namespaces import (
+from fastpath.core.namespaces import (
     netns_exists,
     netns_fd_inode,
     open_netns,
     pids_in_netns_inode,
 )
+from fastpath.errors import CapabilityError, FastpathError
 
 # Every background process still running, so a leak check can find the forgotten ones.
 _live: set[NodeProcess] = set()

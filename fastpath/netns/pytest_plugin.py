@@ -36,17 +36,17 @@ from typing import Any
 import pytest
 from pyroute2 import IPRoute
 
-from fastpath.errors import FastpathError
-from fastpath.netns import builder, state
-from fastpath.netns.fileformat import bundled_topology
-from fastpath.netns.lab import Lab
-from fastpath.netns.model import Topology
-from fastpath.netns.namespaces import (
+from fastpath.core.namespaces import (
     NETNS_RUN_DIR,
     list_netns,
     netns_unavailable_reason,
     umount_detach,
 )
+from fastpath.errors import FastpathError
+from fastpath.netns import builder, state
+from fastpath.netns.fileformat import bundled_topology
+from fastpath.netns.lab import Lab
+from fastpath.netns.model import Topology
 from fastpath.netns.procs import live_processes
 
 REQUIRE_ALL_ENV = "FASTPATH_REQUIRE_ALL"

@@ -26,7 +26,8 @@ from fastpath.errors import FastpathError
 
 # Tunables of bpf/decap.c (its #ifndef defaults), passed as -D flags.
 TUNABLES: dict[str, int] = {"DECAP_MAX_ADDRS": 64}
-SPEC = ProgramSpec(name="decap", entry="decap", maps=("addrs", "stats"), defaults=TUNABLES)
+SPEC = ProgramSpec(name="decap", entry="decap", maps=("addrs", "stats"), defaults=TUNABLES,
+                   command="fastpath lb decap")
 
 # enum decap_stat, in order
 STAT_NAMES = ("pass_not_ip", "pass_not_tunnel", "pass_not_local", "pass_malformed", "decap_v4",

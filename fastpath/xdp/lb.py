@@ -53,7 +53,8 @@ TUNABLES: dict[str, int] = {
 }
 MAPS = ("vips", "vip_addrs", "rings", "backends", "conntrack", "nat_reverse", "vip_stats",
         "backend_stats", "stats", "config")
-SPEC = ProgramSpec(name="l4lb", entry="l4lb", maps=MAPS, defaults=TUNABLES)
+SPEC = ProgramSpec(name="l4lb", entry="l4lb", maps=MAPS, defaults=TUNABLES, command="fastpath lb",
+                   chain_slot=1)
 
 # enum lb_mode
 MODES: dict[str, int] = {"dsr": 0, "nat": 1, "ipip": 2}
@@ -827,7 +828,7 @@ class Balancer:
         _hash(hash_, f"VIP {vip}")
         if str(vip) in self.state.vips:
             raise FastpathError(f"VIP {vip} already exists",
-                                fix="delete it first, or use 'fastpath lb apply' to change it")
+                                fix="delete it first, or change it with 'fastpath lb apply CONFIG.yaml'")
 
     def add_vip(self, vip: VipId, mode: str = "dsr", hash_: str = "5tuple") -> VipState:
         self._check_new_vip(vip, mode, hash_)
@@ -867,7 +868,8 @@ class Balancer:
         check_weight(weight, f"backend {name}")
         if name in vs.backends:
             raise FastpathError(f"VIP {vip} already has backend {name}",
-                                fix="use 'fastpath lb backend weight' or 'drain' to change it")
+                                fix="change it with 'fastpath lb backend weight VIP BACKEND N' "
+                                    "or '... drain'")
         bid = self._alloc(taken, self.state.max_backends, self.state.next_backend, "backend")
         mac = check_mac(mac, f"backend {name}") if mac is not None else self.resolver(addr)
         taken.add(bid)

@@ -61,6 +61,8 @@ SPEC = ProgramSpec(
     entry="syn_guard",
     maps=("stats", "config", "ports", "acl_v4", "acl_v6", "sources", "flows"),
     defaults=TUNABLES,
+    command="fastpath xdp",
+    chain_slot=0,
 )
 
 # enum sg_stat: outcome counters (every frame lands in exactly one), then event counters.
@@ -635,7 +637,7 @@ def detach(ifname: str, netns: str | None = None) -> xdp.Attachment | None:
     att = xdp.read_state(ifname, netns, PROGRAM)
     if att is not None and att.program != PROGRAM:
         raise FastpathError(f"{ifname} runs fastpath program {att.program}, not the SYN guard",
-                            fix=f"use 'fastpath {att.program} detach {ifname}'")
+                            fix=f"use '{xdp.detach_hint(att)}'")
     if att is not None:
         _remove_nft(att)
     return xdp.detach(ifname, netns, program=PROGRAM)

@@ -16,8 +16,8 @@ import pytest
 from fastpath.bench.registry import ScenarioUnavailable, load_scenario
 from fastpath.bench.report import write_reports
 from fastpath.bench.runner import run_scenario
+from fastpath.core.namespaces import list_netns
 from fastpath.dpdk import eal, hugepages
-from fastpath.netns.namespaces import list_netns
 from fastpath.netns.pytest_plugin import session_lab_name
 
 pytestmark = pytest.mark.integration

@@ -12,6 +12,7 @@ import pytest
 from pyroute2 import IPRoute
 from pyroute2 import netns as pr_netns
 
+from fastpath.core.namespaces import list_netns, netns_context
 from fastpath.errors import FastpathError
 from fastpath.netns import (
     CommandFailed,
@@ -24,7 +25,6 @@ from fastpath.netns import (
     state,
 )
 from fastpath.netns import builder as builder_mod
-from fastpath.netns.namespaces import list_netns, netns_context
 from fastpath.netns.pytest_plugin import require_netns, session_lab_name
 
 pytestmark = pytest.mark.integration

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fastpath.core.namespaces import list_netns
 from fastpath.netns import builder as builder_mod
 from fastpath.netns import bundled_topology, state
-from fastpath.netns.namespaces import list_netns
 from fastpath.netns.pytest_plugin import require_netns, session_lab_name
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,7 @@ import os
 import pytest
 from pyroute2 import IPRoute
 
-from fastpath.netns.namespaces import list_netns
+from fastpath.core.namespaces import list_netns
 from fastpath.netns.pytest_plugin import require_netns
 
 pytestmark = pytest.mark.integration

@@ -59,12 +59,12 @@ from pathlib import Path
 from typing import IO, Any
 
 from fastpath.bench import BenchContext, Metric, Scenario, Target, register_scenario
+from fastpath.core.namespaces import netns_unavailable_reason
 from fastpath.dpdk import build, eal
 from fastpath.dpdk.eal import EalConfig, MemoryChoice, Vdev
 from fastpath.dpdk.l2fwd import L2fwdOptions, L2fwdProcess
 from fastpath.errors import CapabilityError, FastpathError
 from fastpath.netns.lab import Lab
-from fastpath.netns.namespaces import netns_unavailable_reason
 
 TESTPMD = "dpdk-testpmd"
 FRAME_BYTES = 60  # without the FCS: 64-byte frames on a wire
