@@ -43,9 +43,9 @@ _EXPORTS = {
     "Topology": "model",
     "TopologyBuilder": "model",
     "TopologyError": "model",
-    "netns_context": "namespaces",
-    "netns_unavailable_reason": "namespaces",
-    "pids_in_netns": "namespaces",
+    "netns_context": "fastpath.core.namespaces",
+    "netns_unavailable_reason": "fastpath.core.namespaces",
+    "pids_in_netns": "fastpath.core.namespaces",
     "CommandFailed": "procs",
     "CommandTimeout": "procs",
     "NodeProcess": "procs",
@@ -81,7 +81,8 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'fastpath.netns' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"fastpath.netns.{_EXPORTS[name]}"), name)
+    module = _EXPORTS[name]
+    value = getattr(importlib.import_module(module if "." in module else f"fastpath.netns.{module}"), name)
     globals()[name] = value
     return value
 
