@@ -18,7 +18,6 @@ namespace (a container's) cannot be addressed by name and is reported as unreach
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from fastpath.bpf import syscall
-from fastpath.core.namespaces import netns_context
+from fastpath.core.namespaces import in_netns
 from fastpath.errors import FastpathError
 
 # r0 = XDP_PASS; exit
@@ -49,15 +48,6 @@ class VethPeer:
         return f"{self.ifname} in {self.netns}" if self.netns else f"{self.ifname} (root namespace)"
 
 
-@contextlib.contextmanager
-def _in(netns: str | None) -> Any:
-    if netns is None:
-        yield
-    else:
-        with netns_context(netns):
-            yield
-
-
 def _link(ipr: Any, ifindex: int) -> Any:
     links = ipr.get_links(ifindex)
     return links[0] if links else None
@@ -77,7 +67,7 @@ def _namespace_of(nsid: int, netns: str | None, home_fd: int) -> str | None:
     candidates: list[tuple[str | None, str]] = [(None, f"/proc/self/fd/{home_fd}")]
     if NETNS_DIR.is_dir():
         candidates += [(p.name, str(p)) for p in sorted(NETNS_DIR.iterdir())]
-    with _in(netns), IPRoute() as ipr:
+    with in_netns(netns), IPRoute() as ipr:
         for name, path in candidates:
             if name == netns:
                 continue
@@ -104,7 +94,7 @@ def find(ifname: str, netns: str | None) -> VethPeer | None:
 
     home_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        with _in(netns), IPRoute() as ipr:
+        with in_netns(netns), IPRoute() as ipr:
             found = ipr.link_lookup(ifname=ifname)
             link = _link(ipr, found[0]) if found else None
             if link is None:
@@ -117,7 +107,7 @@ def find(ifname: str, netns: str | None) -> VethPeer | None:
         if not peer_index:
             raise PeerUnreachable(f"the veth peer of {ifname} is gone")
         peer_ns = netns if nsid is None else _namespace_of(int(nsid), netns, home_fd)
-        with _in(peer_ns), IPRoute() as ipr:
+        with in_netns(peer_ns), IPRoute() as ipr:
             plink = _link(ipr, int(peer_index))
             if plink is None:
                 raise PeerUnreachable(f"the veth peer of {ifname} (index {peer_index}) is gone")
@@ -140,7 +130,7 @@ def attach_pass(peer: VethPeer) -> int:
     """A native-mode XDP link running the pass program on `peer`; the caller owns the fd."""
     prog = load_pass_program()
     try:
-        with _in(peer.netns):
+        with in_netns(peer.netns):
             return syscall.xdp_link_create(prog, peer.ifindex, syscall.XDP_FLAGS_DRV_MODE)
     finally:
         os.close(prog)

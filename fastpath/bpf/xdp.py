@@ -17,12 +17,12 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from fastpath.bpf import loader, peer, syscall
-from fastpath.core.namespaces import netns_context
+from fastpath.core.namespaces import in_netns, netns_exists
 from fastpath.errors import CapabilityError, FastpathError
 
 PIN_ROOT = Path(os.environ.get("FASTPATH_PIN_ROOT", "/sys/fs/bpf/fastpath"))
@@ -32,16 +32,6 @@ MODES = ("auto", "native", "generic")
 # reach it at once (see ensure_peer_program); listed by `fastpath bpf ls` like any other.
 PEER_PROGRAM = "veth_peer_pass"
 
-
-
-@contextlib.contextmanager
-def in_netns(netns: str | None) -> Iterator[None]:
-    """Run the block with this thread in network namespace `netns` (None: stay put)."""
-    if netns is None:
-        yield
-        return
-    with netns_context(netns):
-        yield
 
 
 def add_mode_args(parser: argparse.ArgumentParser) -> None:
@@ -459,14 +449,7 @@ def attachments() -> list[Attachment]:
 
 def link_alive(att: Attachment) -> bool:
     """True when the pinned link still drives a live interface."""
-    try:
-        fd = syscall.obj_get(str(pin_dir(att.ifname, att.netns) / "link"))
-    except syscall.BpfError:
-        return False
-    try:
-        return syscall.link_info(fd).ifindex != 0
-    finally:
-        os.close(fd)
+    return dead_reason(att) is None
 
 
 # -- entries whose interface or namespace went away --------------------------------------------
@@ -478,7 +461,7 @@ STALE_HOOKS: dict[str, Callable[[Attachment], None]] = {}
 
 def dead_reason(att: Attachment) -> str | None:
     """Why `att` no longer drives its interface (None: it does)."""
-    if att.netns is not None and not os.path.exists(f"/run/netns/{att.netns}"):
+    if att.netns is not None and not netns_exists(att.netns):
         return f"namespace {att.netns} is gone"
     try:
         fd = syscall.obj_get(str(pin_dir(att.ifname, att.netns) / "link"))

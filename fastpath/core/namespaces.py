@@ -47,6 +47,16 @@ def list_netns() -> list[str]:
         return []
 
 
+@contextlib.contextmanager
+def in_netns(netns: str | None) -> Iterator[None]:
+    """Run the block with this thread in network namespace `netns` (None: stay put)."""
+    if netns is None:
+        yield
+        return
+    with netns_context(netns):
+        yield
+
+
 def netns_exists(name: str) -> bool:
     return os.path.exists(netns_path(name))
 

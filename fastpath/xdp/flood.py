@@ -364,9 +364,9 @@ class Flood:
         choice = choose_engine(engine, self.ifindex)
         self.engine, self.note = choice.engine, choice.note
         self.frame = syn_frame(_iface_mac(iface), _mac(dst_mac), str(net.network_address), dst, dport)
-        self._dir = tempfile.TemporaryDirectory(prefix="fastpath-flood-")
         self.prog: loader.LoadedProgram | None = None
         self._sender: _PacketSender | None = None
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
         if self.engine == "packet":
             pool = frame_pool(self.frame, net)
             try:
@@ -375,6 +375,7 @@ class Flood:
                 raise FastpathError(f"cannot open a packet socket on {iface}: {exc.strerror or exc}",
                                     fix="run as root (CAP_NET_RAW)") from None
             return
+        self._dir = tempfile.TemporaryDirectory(prefix="fastpath-flood-")
         Path(self._dir.name, "syn_flood.c").write_text(PROGRAM)
         spec = loader.ProgramSpec(name="syn_flood", entry="syn_flood", maps=(),
                                   directory=Path(self._dir.name))
@@ -408,7 +409,8 @@ class Flood:
             self.prog.close()
         if self._sender is not None:
             self._sender.close()
-        self._dir.cleanup()
+        if self._dir is not None:
+            self._dir.cleanup()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
