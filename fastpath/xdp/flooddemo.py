@@ -95,6 +95,7 @@ def _watch(lab: Lab, phase: Phase, tally: _Tally, live: Live | None, rows: list[
 # The demo's premise: the unguarded server must fail most legitimate connects, the guarded one
 # serve nearly all of them. A demo that cannot show that says so and exits non-zero.
 UNGUARDED_MAX_OK = 0.5
+PROBE_TIMEOUT = 1.5
 GUARDED_MIN_OK = 0.95
 
 
@@ -154,11 +155,14 @@ def run(seconds: float, as_json: bool) -> int:
             engine = floodlab.flood_engine(flood.output())
             note = next((ln for ln in flood.output().splitlines() if ln.startswith("engine ")), "")
             info(f"flood engine: {note.removeprefix('engine ')}")
-            probe = lab.spawn("client", floodlab.probe_argv(count=1_000_000, timeout=1.0, interval=0.05,
+            # 1.5 s per connect: room for the kernel's first SYN retransmit (after 1 s), as a
+            # real client waits when the flood crowds out its SYN or the SYN-ACK.
+            probe = lab.spawn("client", floodlab.probe_argv(count=1_000_000, timeout=PROBE_TIMEOUT,
+                                                            interval=0.05,
                                                             seconds=total, progress=True))
             tally = _Tally(probe)
             info(f"flooding {floodlab.SERVER4}:{floodlab.SERVICE_PORT} from spoofed {floodlab.SPOOFED_NET}; "
-                 "a client connects every 50 ms (1 s timeout)")
+                 f"a client connects every 50 ms ({PROBE_TIMEOUT:g} s timeout: one SYN retransmit)")
             t0 = time.monotonic()
             with Live(console=console, auto_refresh=False, transient=as_json) as live:
                 _watch(lab, phases[0], tally, None if as_json else live, rows, t0, seconds)
@@ -166,8 +170,11 @@ def run(seconds: float, as_json: bool) -> int:
                 info("attaching the XDP SYN guard (the compile takes a few seconds; the flood goes on)")
                 cfg = synguard.GuardConfig(cookie_ports=(floodlab.SERVICE_PORT,))
                 res = synguard.attach("eth0", ns, "auto", cfg)
+                # A connect that began before the attach ends within one timeout: it belongs to
+                # neither phase.
+                time.sleep(PROBE_TIMEOUT)
                 cookies_before = _cookies(lab)
-                tally.take()  # connects that spanned the attach belong to neither phase
+                tally.take()
                 _watch(lab, phases[1], tally, None if as_json else live, rows, t0, seconds)
                 cookies = _cookies(lab) - cookies_before
             _alive(flood, "while the guard was attached")
