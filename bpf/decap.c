@@ -11,7 +11,7 @@
  *   write the Ethernet header back in front of the inner packet with the inner family's
  *   ethertype. No checksum changes: the inner packet is delivered as the client sent it.
  * - Only tunnels to this host's own addresses: the `addrs` map holds them (the control
- *   plane, fastpath/xdp/decap.py, fills it with the interface's addresses at attach), so
+ *   plane, fastpath/apps/decap/decap.py, fills it with the interface's addresses at attach), so
  *   transit tunnel traffic is never touched.
  * - Defined verdicts (tests/bpf/test_decap.py pins each): non-IP, non-tunnel and
  *   not-for-us traffic passes untouched; a broken outer header (bad length, version or

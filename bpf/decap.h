@@ -4,7 +4,7 @@
  * decapsulator that lets a backend take the load balancer's ipip traffic without a kernel
  * tunnel module.
  *
- * Included by bpf/decap.c; mirrored as ctypes.Structures in fastpath/xdp/decap.py, and
+ * Included by bpf/decap.c; mirrored as ctypes.Structures in fastpath/apps/decap/decap.py, and
  * tests/bpf/test_decap.py checks the two layouts against bcc's decoded types. Fixed-width
  * types only, no implicit padding. Addresses are 16 bytes in network order: IPv4 uses the
  * first 4 and leaves the rest zero, `family` (4 or 6) says which.

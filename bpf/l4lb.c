@@ -6,7 +6,7 @@
  * IPv4-in-IPv4 / IPv6-in-IPv6 encapsulation (ipip, Katran-compatible DSR).
  *
  * Techniques:
- * - The control plane (fastpath/xdp/lb.py) computes each VIP's Maglev table and writes it
+ * - The control plane (fastpath/apps/lb/lb.py) computes each VIP's Maglev table and writes it
  *   into the idle one of the VIP's two rings, then replaces the VIP entry (a hash map
  *   element, swapped whole under RCU) to flip `ring`: a packet sees the old table or the
  *   new one, never a half-written one.
@@ -80,7 +80,7 @@
 #define LB_CONNTRACK_SIZE 131072
 #endif
 
-/* Seed of the flow hash; fastpath/xdp/lb.py computes the same hash for `lb explain`. */
+/* Seed of the flow hash; fastpath/apps/lb/lb.py computes the same hash for `lb explain`. */
 #ifndef LB_HASH_SEED
 #define LB_HASH_SEED 0
 #endif
@@ -159,7 +159,7 @@ struct pkt {
 	__u8 icmp;                /* an ICMP error being forwarded: never recorded */
 };
 
-/* ---- jhash (include/linux/jhash.h), mirrored by fastpath/xdp/lb.py ---- */
+/* ---- jhash (include/linux/jhash.h), mirrored by fastpath/apps/lb/lb.py ---- */
 
 #define LB_JHASH_INITVAL 0xdeadbeef
 

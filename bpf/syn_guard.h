@@ -3,7 +3,7 @@
  * syn_guard.h - what crosses the kernel/user boundary for bpf/syn_guard.c.
  *
  * Included by bpf/syn_guard.c (kernel side) only; mirrored as ctypes.Structures in
- * fastpath/xdp/synguard.py, and tests/bpf/test_syn_guard.py checks every mirror against
+ * fastpath/apps/guard/synguard.py, and tests/bpf/test_syn_guard.py checks every mirror against
  * bcc's decoded map types and the enum values against this file. Fixed-width types only;
  * addresses and ports in network byte order unless a comment says otherwise.
  */

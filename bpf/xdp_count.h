@@ -2,7 +2,7 @@
 /*
  * xdp_count.h - what crosses the kernel/user boundary for bpf/xdp_count.c.
  *
- * Included by bpf/xdp_count.c; mirrored as ctypes.Structures in fastpath/bpf/xdp_count.py,
+ * Included by bpf/xdp_count.c; mirrored as ctypes.Structures in fastpath/apps/count/xdp_count.py,
  * and tests/bpf/test_xdp_count.py checks the two layouts against bcc's decoded types.
  * Fixed-width types only.
  */

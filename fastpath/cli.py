@@ -15,14 +15,15 @@ from fastpath.errors import FastpathError
 # Each module exposes register(subparsers); handlers are set with set_defaults(func=...).
 COMMAND_MODULES = (
     "fastpath.doctor",
-    "fastpath.demo",
+    "fastpath.labs.demo",
     "fastpath.netns.cli",
     "fastpath.bpf.cli",
-    "fastpath.xdp.cli",
+    "fastpath.apps.count.cli",
+    "fastpath.apps.guard.cli",
     "fastpath.bench.cli",
     "fastpath.dpdk.cli",
     "fastpath.uring.cli",
-    "fastpath.xdp.lb_cli",
+    "fastpath.apps.lb.cli",
 )
 
 EPILOG = """\

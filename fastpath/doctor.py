@@ -873,7 +873,7 @@ LIVE_FRAMES_FIX = (
 
 def probe_live_frames() -> Check:
     name = "xdp-live-frames"
-    from fastpath.xdp import flood
+    from fastpath.labs import flood
 
     refused = flood.live_frames_refused()
     missing = flood.packet_engine_missing()

@@ -6,8 +6,8 @@ import importlib
 from dataclasses import dataclass
 from typing import TypeVar
 
-from fastpath.bench import scenarios as builtin
 from fastpath.bench.scenario import Scenario, check_scenario_class
+from fastpath.bench.scenarios import SCENARIOS as BUILTIN
 from fastpath.errors import CapabilityError, FastpathError
 
 S = TypeVar("S", bound=type[Scenario])
@@ -36,14 +36,14 @@ def unregister_scenario(name: str) -> None:
 
 
 def scenario_names() -> list[str]:
-    return sorted(set(_REGISTRY) | set(builtin.SCENARIOS))
+    return sorted(set(_REGISTRY) | set(BUILTIN))
 
 
 def load_scenario(name: str) -> type[Scenario]:
     """The class registered as `name`, importing its module on first use."""
     if name in _REGISTRY:
         return _REGISTRY[name]
-    module = builtin.SCENARIOS.get(name)
+    module = BUILTIN.get(name)
     if module is None:
         names = scenario_names()
         raise FastpathError(

@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from fastpath.bpf import loader, syscall, xdp
+from fastpath.bpf import loader, state, syscall
 from fastpath.errors import FastpathError
 
 CHAIN_MAP = "chain"
@@ -46,19 +46,19 @@ def _u32(value: int) -> ctypes.Array[ctypes.c_char]:
     return ctypes.create_string_buffer(struct.pack("=I", value), 4)
 
 
-def _check(spec: loader.ProgramSpec, others: Iterable[xdp.Attachment], ifname: str) -> dict[str, int]:
+def _check(spec: loader.ProgramSpec, others: Iterable[state.Attachment], ifname: str) -> dict[str, int]:
     """The chain's slots (program -> slot), or an error when a program declares none or two
     want one slot."""
     slots = {spec.name: spec.chain_slot}
     for o in others:
-        slots[o.program] = xdp.program_spec(o).chain_slot
+        slots[o.program] = state.program_spec(o).chain_slot
     taken: dict[int, str] = {}
     for o in others:
         slot = slots[o.program]
         if slot is None or spec.chain_slot is None or slot in taken or slot == spec.chain_slot:
             raise FastpathError(
                 f"{ifname} runs fastpath program {o.program}, which cannot share it with {spec.name}",
-                fix=f"detach it first: {xdp.detach_hint(o)}",
+                fix=f"detach it first: {state.detach_hint(o)}",
             )
         taken[slot] = o.program
     return {k: v for k, v in slots.items() if v is not None}
@@ -68,7 +68,7 @@ class _Chain:
     """Loads the programs whose chain position changes and publishes the new chain."""
 
     def __init__(self, ifname: str, netns: str | None, occupied: dict[str, int]) -> None:
-        self.pdir = xdp.pin_dir(ifname, netns)
+        self.pdir = state.pin_dir(ifname, netns)
         self.occupied = occupied
         self.progs: dict[str, int] = {}
         self.loaded: list[loader.LoadedProgram] = []
@@ -81,7 +81,7 @@ class _Chain:
         self.progs[spec.name] = prog.prog_fd
         return prog.prog_fd
 
-    def keep_or_reload(self, att: xdp.Attachment) -> bool:
+    def keep_or_reload(self, att: state.Attachment) -> bool:
         """Use `att`'s running program, or reload it when its chain defines change."""
         want = chain_defines(att.program, self.occupied, self.pdir)
         if want == att.chain:
@@ -89,7 +89,7 @@ class _Chain:
             self.fds.append(fd)
             self.progs[att.program] = fd
             return False
-        fd = self.load(xdp.program_spec(att), dict(att.defines), att.pin_dir)
+        fd = self.load(state.program_spec(att), dict(att.defines), att.pin_dir)
         att.chain = want
         att.prog_id = syscall.prog_info(fd).id
         att.replaced_at = time.time()
@@ -119,7 +119,7 @@ class _Chain:
             if cfd >= 0:
                 os.close(cfd)
 
-    def pin(self, atts: Iterable[xdp.Attachment]) -> None:
+    def pin(self, atts: Iterable[state.Attachment]) -> None:
         for att in atts:
             fd = self.progs[att.program]
             with contextlib.suppress(FileNotFoundError):
@@ -140,18 +140,18 @@ def join(
     ifindex: int,
     defines: dict[str, int | str],
     options: dict[str, object],
-    old: xdp.Attachment | None,
-    others: list[xdp.Attachment],
+    old: state.Attachment | None,
+    others: list[state.Attachment],
     mode: str = "auto",
-) -> tuple[xdp.Attachment, bool]:
+) -> tuple[state.Attachment, bool]:
     """Attach `spec` next to the programs `others` on `ifname` (or replace it there).
 
     Every program of the chain runs in the mode the interface's link was created in (the
     first program's): `mode` must be that one or "auto".
     """
     slots = _check(spec, others, ifname)
-    xdp.check_link_mode(spec.name, ifname, netns, mode, others[0])
-    pdir = xdp.pin_dir(ifname, netns)
+    state.check_link_mode(spec.name, ifname, netns, mode, others[0])
+    pdir = state.pin_dir(ifname, netns)
     subdir = old.subdir if old is not None else spec.name
     mdir = pdir / subdir if subdir else pdir
     created = not mdir.exists()
@@ -163,7 +163,7 @@ def join(
         reloaded = [o for o in others if ch.keep_or_reload(o)]
         ch.publish()
         head = others[0]
-        att = xdp.Attachment(
+        att = state.Attachment(
             spec.name, ifname, netns, ifindex, head.mode, syscall.prog_info(fd).id, head.link_id,
             defines, old.attached_at if old else now, now if old else None,
             old.generation + 1 if old else 1, options, subdir,
@@ -171,7 +171,7 @@ def join(
         )
         ch.pin([att, *reloaded])
         for o in [att, *reloaded]:
-            xdp.save_state(o)
+            state.save_state(o)
         return att, old is not None
     except BaseException:
         if old is None and created:
@@ -181,10 +181,10 @@ def join(
         ch.close()
 
 
-def leave(att: xdp.Attachment, others: list[xdp.Attachment]) -> None:
+def leave(att: state.Attachment, others: list[state.Attachment]) -> None:
     """Take `att` out of its interface's chain; the programs `others` keep running."""
     pdir = att.pin_dir if not att.subdir else att.pin_dir.parent
-    occupied = {o.program: slot for o in others if (slot := xdp.program_spec(o).chain_slot) is not None}
+    occupied = {o.program: slot for o in others if (slot := state.program_spec(o).chain_slot) is not None}
     ch = _Chain(att.ifname, att.netns, occupied)
     try:
         reloaded = [o for o in others if ch.keep_or_reload(o)]
@@ -196,7 +196,7 @@ def leave(att: xdp.Attachment, others: list[xdp.Attachment]) -> None:
             if others[0] not in reloaded:
                 reloaded.append(others[0])
         for o in reloaded:
-            xdp.save_state(o)
+            state.save_state(o)
     finally:
         ch.close()
     if att.subdir:
@@ -208,4 +208,4 @@ def leave(att: xdp.Attachment, others: list[xdp.Attachment]) -> None:
     if not any(o.chain for o in others):
         with contextlib.suppress(FileNotFoundError):
             (pdir / CHAIN_MAP).unlink()
-    xdp.remove_state(att)
+    state.remove_state(att)

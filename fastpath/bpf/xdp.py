@@ -12,26 +12,71 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
-import json
 import os
 import shutil
 import socket
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from fastpath.bpf import loader, peer, syscall
+from fastpath.bpf import chain, loader, peer, syscall
+
+# The attachment records are fastpath.bpf.state's; callers of attach see them here too.
+from fastpath.bpf.state import (
+    PIN_ROOT as PIN_ROOT,
+)
+from fastpath.bpf.state import (
+    RUN_ROOT as RUN_ROOT,
+)
+from fastpath.bpf.state import (
+    Attachment as Attachment,
+)
+from fastpath.bpf.state import (
+    _write_state,
+)
+from fastpath.bpf.state import (
+    attachments as attachments,
+)
+from fastpath.bpf.state import (
+    check_link_mode as check_link_mode,
+)
+from fastpath.bpf.state import (
+    detach_hint as detach_hint,
+)
+from fastpath.bpf.state import (
+    member_state_path as member_state_path,
+)
+from fastpath.bpf.state import (
+    members as members,
+)
+from fastpath.bpf.state import (
+    pin_dir as pin_dir,
+)
+from fastpath.bpf.state import (
+    program_spec as program_spec,
+)
+from fastpath.bpf.state import (
+    read_state as read_state,
+)
+from fastpath.bpf.state import (
+    remove_state as remove_state,
+)
+from fastpath.bpf.state import (
+    require as require,
+)
+from fastpath.bpf.state import (
+    save_state as save_state,
+)
+from fastpath.bpf.state import (
+    state_path as state_path,
+)
 from fastpath.core.namespaces import in_netns, netns_exists
 from fastpath.errors import CapabilityError, FastpathError
 
-PIN_ROOT = Path(os.environ.get("FASTPATH_PIN_ROOT", "/sys/fs/bpf/fastpath"))
-RUN_ROOT = Path(os.environ.get("FASTPATH_RUN_ROOT", "/run/fastpath"))
 MODES = ("auto", "native", "generic")
 # The pass-everything program the runtime puts on a veth peer so that native XDP_TX frames
 # reach it at once (see ensure_peer_program); listed by `fastpath bpf ls` like any other.
 PEER_PROGRAM = "veth_peer_pass"
-
 
 
 def add_mode_args(parser: argparse.ArgumentParser) -> None:
@@ -41,125 +86,6 @@ def add_mode_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-peer-program", dest="peer_program", action="store_false",
                         help="on a veth, do not put fastpath's pass program on the peer (native XDP_TX "
                              "frames then reach it only when it runs XDP of its own)")
-
-
-def pin_dir(ifname: str, netns: str | None) -> Path:
-    return PIN_ROOT / (netns or "root") / ifname
-
-
-def state_path(ifname: str, netns: str | None) -> Path:
-    return RUN_ROOT / "xdp" / (netns or "root") / f"{ifname}.json"
-
-
-@dataclass
-class Attachment:
-    """What fastpath attached to one interface, as recorded in its state file."""
-
-    program: str
-    ifname: str
-    netns: str | None
-    ifindex: int
-    mode: str
-    prog_id: int
-    link_id: int
-    defines: dict[str, int | str] = field(default_factory=dict)
-    attached_at: float = 0.0
-    replaced_at: float | None = None
-    generation: int = 1
-    options: dict[str, object] = field(default_factory=dict)
-    # Set when the program shares the interface with another (see fastpath.bpf.chain): its
-    # maps then live in a sub-directory of the interface's pin directory, and `chain` holds
-    # the FP_CHAIN defines it was compiled with.
-    subdir: str = ""
-    chain: dict[str, int | str] = field(default_factory=dict)
-    # The veth peer of the interface, when the link was made in native mode on a veth:
-    # {"ifname", "netns", "helper": True when this attachment relies on fastpath's pass
-    # program there, "note": what was found}. Empty otherwise.
-    peer: dict[str, object] = field(default_factory=dict)
-    # The ProgramSpec the application declared (loader.ProgramSpec.to_json): how to reload
-    # the program in a chain and which command detaches it, without importing its module.
-    spec: dict[str, object] = field(default_factory=dict)
-
-    @property
-    def pin_dir(self) -> Path:
-        base = pin_dir(self.ifname, self.netns)
-        return base / self.subdir if self.subdir else base
-
-    def map_path(self, name: str) -> str:
-        return str(self.pin_dir / name)
-
-    def to_json(self) -> dict[str, object]:
-        data = asdict(self)
-        data["pin_dir"] = str(self.pin_dir)
-        return data
-
-
-def member_state_path(ifname: str, netns: str | None, program: str) -> Path:
-    """State of a program that joined an interface already running another one."""
-    return RUN_ROOT / "xdp" / (netns or "root") / f"{ifname}.d" / f"{program}.json"
-
-
-def _read(path: Path) -> Attachment | None:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    # Keys a newer fastpath may add are ignored, so one state file never breaks listing.
-    known = {f.name for f in fields(Attachment)}
-    return Attachment(**{k: v for k, v in data.items() if k in known})
-
-
-def read_state(ifname: str, netns: str | None, program: str | None = None) -> Attachment | None:
-    """The attachment on `ifname`: the first one attached, or with `program` that program's."""
-    att = _read(state_path(ifname, netns))
-    if program is None or (att is not None and att.program == program):
-        return att
-    return _read(member_state_path(ifname, netns, program))
-
-
-def require(ifname: str, netns: str | None, program: str, what: str, attach_cmd: str) -> Attachment:
-    """`program`'s attachment on `ifname`, else one error naming what is attached there
-    instead and the command (`attach_cmd IFACE [--netns NS]`) that attaches it."""
-    att = read_state(ifname, netns, program)
-    if att is not None and att.program == program:
-        return att
-    first = read_state(ifname, netns)
-    where = f" in namespace {netns}" if netns else ""
-    there = f"fastpath program {first.program} is" if first is not None else "nothing from fastpath is"
-    ns = f" --netns {netns}" if netns else ""
-    raise FastpathError(f"{what} is not attached to {ifname}{where} ({there})",
-                        fix=f"attach it: {attach_cmd} {ifname}{ns}")
-
-
-def members(ifname: str, netns: str | None) -> list[Attachment]:
-    """Every program fastpath attached to `ifname` (more than one when chained)."""
-    out = []
-    first = _read(state_path(ifname, netns))
-    if first is not None:
-        out.append(first)
-    d = state_path(ifname, netns).parent / f"{ifname}.d"
-    if d.is_dir():
-        out.extend(a for f in sorted(d.glob("*.json")) if (a := _read(f)) is not None)
-    return out
-
-
-def _state_file(att: Attachment) -> Path:
-    if att.subdir:
-        return member_state_path(att.ifname, att.netns, att.program)
-    return state_path(att.ifname, att.netns)
-
-
-def _write_state(att: Attachment) -> None:
-    path = _state_file(att)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(att.to_json(), indent=2))
-    tmp.replace(path)
-
-
-def save_state(att: Attachment) -> None:
-    """Rewrite the state file of `att`, e.g. after a control plane changed its `options`."""
-    _write_state(att)
 
 
 def _ifindex(ifname: str, netns: str | None) -> int:
@@ -204,45 +130,6 @@ def _create_link(prog_fd: int, ifindex: int, netns: str | None, mode: str, ifnam
     )
 
 
-def check_link_mode(program: str, ifname: str, netns: str | None, mode: str,
-                     running: Attachment | None) -> None:
-    """A program that joins an interface's chain, or replaces itself there, runs behind the
-    interface's existing XDP link, so in that link's mode: refuse an explicit other mode
-    rather than ignore it (a new link would leave a window without a program)."""
-    if running is None or mode == "auto" or mode == running.mode:
-        return
-    if running.program == program:
-        raise FastpathError(
-            f"{program} runs on {ifname} in {running.mode} mode; a hot reload keeps its XDP link "
-            f"and so its mode, not {mode}",
-            fix=f"give --mode {running.mode} or auto, or detach first to attach in {mode} mode",
-        )
-    raise FastpathError(
-        f"{ifname} runs {running.program} in {running.mode} mode; {program} shares its XDP link "
-        f"(one program chain per interface) and so runs in {running.mode} mode, not {mode}",
-        fix=f"give --mode {running.mode} or auto, or detach {running.program} "
-            f"({detach_hint(running)}) and attach both in {mode} mode",
-    )
-
-
-def program_spec(att: Attachment) -> loader.ProgramSpec:
-    """The spec `att`'s application declared when it attached (recorded in its state)."""
-    if not att.spec:
-        raise FastpathError(f"the state of {att.program} on {att.ifname} records no program spec "
-                            "(written by an older fastpath)",
-                            fix=f"detach and attach it again: {detach_hint(att)}")
-    return loader.ProgramSpec.from_json(att.spec)
-
-
-def detach_hint(att: Attachment) -> str:
-    """The command line that detaches `att`, from what its application declared."""
-    command = att.spec.get("command") if att.spec else None
-    if not command:
-        return "see 'fastpath bpf ls'"
-    ns = f" --netns {att.netns}" if att.netns else ""
-    return f"{command} detach {att.ifname}{ns}"
-
-
 def _pin_replace(fd: int, path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
@@ -280,8 +167,6 @@ def attach(
     replacing = old is not None and (pdir / "link").exists()
     others = [a for a in members(ifname, netns) if a.program != spec.name]
     if others and (pdir / "link").exists():
-        from fastpath.bpf import chain
-
         return chain.join(spec, ifname, netns, ifindex, defs, dict(options or {}), old, others, mode)
     if replacing and old is not None and old.program != spec.name:
         raise FastpathError(
@@ -377,8 +262,6 @@ def detach(ifname: str, netns: str | None = None, program: str | None = None) ->
     others = [a for a in present if att is not None and a.program != att.program]
     if att is not None and (program is None or att.program == program) and others \
             and (pdir / "link").exists():
-        from fastpath.bpf import chain
-
         chain.leave(att, others)
         return att
     if att is None and not pdir.exists():
@@ -418,33 +301,6 @@ def _remove_files(ifname: str, netns: str | None, att: Attachment | None) -> Non
     with contextlib.suppress(OSError):
         (sp.parent / f"{ifname}.d").rmdir()
     _prune(sp.parent)
-
-
-def remove_state(att: Attachment) -> None:
-    """Remove the state file of `att` (and its interface's member directory once empty)."""
-    path = _state_file(att)
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-    if att.subdir:
-        with contextlib.suppress(OSError):
-            path.parent.rmdir()
-
-
-def attachments() -> list[Attachment]:
-    """Every attachment fastpath recorded, in every namespace."""
-    out: list[Attachment] = []
-    base = RUN_ROOT / "xdp"
-    if not base.is_dir():
-        return out
-    for nsdir in sorted(base.iterdir()):
-        netns = None if nsdir.name == "root" else nsdir.name
-        for f in sorted(nsdir.glob("*.json")):
-            att = read_state(f.stem, netns)
-            if att is not None:
-                out.append(att)
-        for d in sorted(nsdir.glob("*.d")):
-            out.extend(a for f in sorted(d.glob("*.json")) if (a := _read(f)) is not None)
-    return out
 
 
 def link_alive(att: Attachment) -> bool:

@@ -21,7 +21,6 @@ live here, so an interface of NS carries it only when this namespace routes thro
 
 from __future__ import annotations
 
-import fcntl
 import ipaddress
 import json
 import os
@@ -31,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from fastpath.core.jsonstate import locked, write_json
 from fastpath.dpdk.sysfs import REAL_HOST, Host
 from fastpath.errors import FastpathError
 
@@ -591,17 +591,13 @@ def load_bindings(host: Host) -> dict[str, Any]:
 
 def _save_binding(host: Host, bdf: str, record: dict[str, Any] | None) -> None:
     path = host.path(BINDINGS)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with locked(path):
         data = load_bindings(host)
         if record is None:
             data.pop(bdf, None)
         else:
             data[bdf] = record
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
+        write_json(path, data, sort_keys=True)
 
 
 def _other_net(links: Links | None, other: NetState | None) -> NetState | None:

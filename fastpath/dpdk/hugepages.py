@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fastpath.core.jsonstate import locked, write_json
 from fastpath.dpdk.sysfs import REAL_HOST, Host
 from fastpath.errors import FastpathError
 
@@ -387,14 +388,10 @@ class Ledger:
     @contextlib.contextmanager
     def edit(self) -> Iterator[dict[str, Any]]:
         """Load, let the caller change, save, all under an exclusive lock."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_suffix(".lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with locked(self.path):
             data = self.load()
             yield data
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-            os.replace(tmp, self.path)
+            write_json(self.path, data, sort_keys=True)
 
     def load(self) -> dict[str, Any]:
         try:

@@ -44,6 +44,7 @@ from fastpath.core.namespaces import (
     open_netns,
     pids_in_netns_inode,
 )
+from fastpath.core.paths import PIN_ROOT
 from fastpath.errors import CapabilityError, FastpathError
 from fastpath.netns import state
 from fastpath.netns.fileformat import topology_to_dict
@@ -62,7 +63,7 @@ from fastpath.netns.procs import kill_processes_in
 # Root-namespace veths carry this alias while in flight, so a leak check (and `topo down`)
 # can tell which lab a stray `fpXXXXXXXX` link belongs to.
 ALIAS_PREFIX = "fastpath-topo:"
-BPF_PIN_ROOT = "/sys/fs/bpf/fastpath"
+BPF_PIN_ROOT = str(PIN_ROOT)
 NUD_PERMANENT = 0x80
 GONE_TIMEOUT = 5.0
 

@@ -36,6 +36,7 @@ from typing import Any
 import pytest
 from pyroute2 import IPRoute
 
+from fastpath.core import paths
 from fastpath.core.namespaces import (
     NETNS_RUN_DIR,
     list_netns,
@@ -50,7 +51,7 @@ from fastpath.netns.model import Topology
 from fastpath.netns.procs import live_processes
 
 REQUIRE_ALL_ENV = "FASTPATH_REQUIRE_ALL"
-RUN_ROOT = os.environ.get("FASTPATH_RUN_ROOT", "/run/fastpath")
+RUN_ROOT = str(paths.RUN_ROOT)
 
 # 24 random bits: enough that concurrent sessions on one machine never share a token, short
 # enough that `t<token><n>` stays a 12-character lab name.

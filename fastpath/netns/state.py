@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from fastpath.core.jsonstate import write_json
 from fastpath.errors import FastpathError
 
 STATE_DIR = Path("/run/fastpath/topo")
@@ -43,11 +44,7 @@ def claim(name: str, data: dict[str, Any]) -> Path:
 
 def save(name: str, data: dict[str, Any]) -> None:
     """Replace the statefile atomically, so readers never see half a file."""
-    path = state_path(name)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
+    write_json(state_path(name), data)
 
 
 def load(name: str) -> dict[str, Any] | None:

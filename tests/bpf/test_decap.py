@@ -18,9 +18,10 @@ from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import Raw
 
+from fastpath.apps.decap import decap
+from fastpath.apps.lb import lb
 from fastpath.bpf import loader, testrun
 from fastpath.bpf.maps import TypedMap, layout
-from fastpath.xdp import decap, lb
 
 pytestmark = pytest.mark.bpf
 

@@ -26,10 +26,10 @@ from scapy.layers.inet6 import (
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import Raw
 
+from fastpath.apps.lb import lb
 from fastpath.bpf import loader, testrun
 from fastpath.bpf.maps import layout
 from fastpath.errors import FastpathError
-from fastpath.xdp import lb
 
 pytestmark = pytest.mark.bpf
 

@@ -11,9 +11,9 @@ import os
 
 import pytest
 
+from fastpath.apps.lb import lb, maglev
 from fastpath.bpf import loader
 from fastpath.errors import FastpathError
-from fastpath.xdp import lb, maglev
 
 pytestmark = pytest.mark.bpf
 

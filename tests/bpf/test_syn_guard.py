@@ -26,9 +26,9 @@ from scapy.layers.ipsec import AH
 from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 from scapy.packet import Packet, Raw
 
+from fastpath.apps.guard import synguard as sg
 from fastpath.bpf import loader, testrun
 from fastpath.bpf.maps import TypedMap, layout
-from fastpath.xdp import synguard as sg
 
 pytestmark = pytest.mark.bpf
 

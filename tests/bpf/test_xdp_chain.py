@@ -12,9 +12,9 @@ from types import ModuleType
 
 import pytest
 
+from fastpath.apps.guard import synguard as sg
+from fastpath.apps.lb import lb
 from fastpath.bpf import loader
-from fastpath.xdp import lb
-from fastpath.xdp import synguard as sg
 
 pytestmark = pytest.mark.bpf
 

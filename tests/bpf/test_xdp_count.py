@@ -12,7 +12,8 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Ether
 
-from fastpath.bpf import loader, testrun, xdp_count
+from fastpath.apps.count import xdp_count
+from fastpath.bpf import loader, testrun
 from fastpath.bpf.maps import TypedMap, layout
 from fastpath.errors import FastpathError
 

@@ -130,7 +130,7 @@ def test_missing_kernel_features_warn_not_fail(report: dict[str, Any]) -> None:
 def test_flood_engine_row_follows_the_live_frames_probe(report: dict[str, Any]) -> None:
     """Whatever this host answers: OK with the live engine where live frames work, WARN with
     the packet engine where they are refused (EPERM on some VMs)."""
-    from fastpath.xdp import flood
+    from fastpath.labs import flood
 
     row = rows(report)["xdp-live-frames"]
     refused = flood.live_frames_refused()

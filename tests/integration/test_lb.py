@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from fastpath.apps.lb import lb
 from fastpath.bpf import xdp
-from fastpath.xdp import lb
 
 pytestmark = pytest.mark.integration
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from fastpath.bpf import xdp, xdp_count
-from fastpath.xdp import lb
+from fastpath.apps.count import xdp_count
+from fastpath.apps.lb import lb
+from fastpath.bpf import xdp
 
 pytestmark = pytest.mark.integration
 

@@ -9,9 +9,10 @@ import sys
 
 import pytest
 
+from fastpath.apps.lb import lb
 from fastpath.bpf import xdp
+from fastpath.labs import lb_demo
 from fastpath.netns import list_labs
-from fastpath.xdp import lb, lb_demo
 
 pytestmark = pytest.mark.integration
 

@@ -16,8 +16,9 @@ from types import ModuleType
 
 import pytest
 
+from fastpath.apps.decap import decap
+from fastpath.apps.lb import lb
 from fastpath.bpf import xdp
-from fastpath.xdp import decap, lb
 
 pytestmark = pytest.mark.integration
 

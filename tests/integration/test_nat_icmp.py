@@ -14,8 +14,8 @@ from types import ModuleType
 
 import pytest
 
+from fastpath.apps.lb import lb
 from fastpath.bpf import xdp
-from fastpath.xdp import lb
 
 pytestmark = pytest.mark.integration
 

@@ -13,8 +13,9 @@ import time
 
 import pytest
 
+from fastpath.apps.guard import nft, synguard
 from fastpath.bpf import xdp
-from fastpath.xdp import floodlab, nft, synguard
+from fastpath.labs import floodlab
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +39,10 @@ def lab(make_lab):
     floodlab.cleanup(lab)  # a failed test may have left the guard attached
 
 
-def probe(lab, count: int = 3, timeout: float = 1.0, target: str = floodlab.SERVER4) -> dict:
+# Connects that must succeed wait 2.5 s, as a real client does: on 6.18 the server counts one
+# TSEcrRejected per proxied handshake and now and then a connect completes only on the server's
+# SYN-ACK retransmit after 1 s (an open guard defect, issue 11, not what this test checks).
+def probe(lab, count: int = 3, timeout: float = 2.5, target: str = floodlab.SERVER4) -> dict:
     return floodlab.probe_result(lab.run("client", floodlab.probe_argv(
         target=target, count=count, timeout=timeout, interval=0.0), timeout=60).stdout)
 

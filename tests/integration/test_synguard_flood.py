@@ -1,4 +1,4 @@
-"""The SYN guard against a real spoofed SYN flood in a namespace lab (fastpath/xdp/floodlab),
+"""The SYN guard against a real spoofed SYN flood in a namespace lab (fastpath/labs/floodlab),
 over IPv4 and over IPv6: without it legitimate connects fail; with it >= 99 % of >= 200
 connect+exchange attempts succeed during the flood, the counters account for every frame
 XDP saw, and detach leaves nothing behind."""
@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from fastpath.apps.guard import nft
+from fastpath.apps.guard import synguard as sg
 from fastpath.bpf import xdp
-from fastpath.xdp import flood, floodlab, nft
-from fastpath.xdp import synguard as sg
+from fastpath.labs import flood, floodlab
 
 pytestmark = pytest.mark.integration
 
@@ -187,7 +188,7 @@ def test_guard_on_a_bare_veth_pair(make_lab):
         quiet = floodlab.probe_result(lab.run("client", floodlab.probe_argv(
             target="10.67.0.2", port=80, count=100, timeout=2.0, interval=0.005), timeout=120).stdout)
         assert quiet["ok"] >= 99, quiet
-        gen = lab.spawn("client", [sys.executable, "-m", "fastpath.xdp.flood", "--iface", "eth0",
+        gen = lab.spawn("client", [sys.executable, "-m", "fastpath.labs.flood", "--iface", "eth0",
                                    "--dst-mac", lab.mac("server", "eth0"), "--dst", "10.67.0.2",
                                    "--dport", "80", "--src-net", floodlab.SPOOFED_NET,
                                    "--count", str(FLOOD_FRAMES), "--seconds", str(FLOOD_SECONDS)])

@@ -1,6 +1,6 @@
-"""The SYN guard and the edges of a handshake, in the flood lab (fastpath/xdp/floodlab):
+"""The SYN guard and the edges of a handshake, in the flood lab (fastpath/labs/floodlab):
 connections open before attach keep exchanging data through attach, re-attach and port
-changes while a spoofed flood runs (fastpath/xdp/existing.py carries them over), and a
+changes while a spoofed flood runs (fastpath/apps/guard/existing.py carries them over), and a
 client whose handshake ACK is lost still gets its connection within a few seconds (its
 zero-window probe stands in for the ACK, bpf/syn_guard.c), except in the MSS classes
 where a probe cannot be told from an ACK (the README's limit, pinned down here too)."""
@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from fastpath.xdp import floodlab
-from fastpath.xdp import synguard as sg
+from fastpath.apps.guard import synguard as sg
+from fastpath.labs import floodlab
 
 pytestmark = pytest.mark.integration
 

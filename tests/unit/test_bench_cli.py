@@ -7,7 +7,7 @@ import pytest
 
 import fastpath.cli
 from fastpath.bench import registry
-from fastpath.bench import scenarios as builtin
+from fastpath.bench import registry as bench_registry
 from fastpath.bench.registry import register_scenario
 from fastpath.bench.scenario import BenchContext, Metric, Scenario, Target
 
@@ -38,7 +38,7 @@ class Beta(Alpha):
 def main(monkeypatch, tmp_path):
     monkeypatch.setattr(fastpath.cli, "COMMAND_MODULES", ("fastpath.bench.cli",))
     monkeypatch.setattr(registry, "_REGISTRY", {})
-    monkeypatch.setattr(builtin, "SCENARIOS", {})
+    monkeypatch.setattr(bench_registry, "BUILTIN", {})
     register_scenario(Alpha)
     register_scenario(Beta)
     out = tmp_path / "results"
@@ -61,7 +61,7 @@ def test_unknown_scenario_is_one_line_naming_the_valid_ones(main, capsys):
 def test_list(main, capsys, tmp_path, monkeypatch):
     (tmp_path / "bench_cli_dep.py").write_text("import fastpath_no_such_dependency\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(builtin, "SCENARIOS", {"gamma": "bench_cli_dep"})
+    monkeypatch.setattr(bench_registry, "BUILTIN", {"gamma": "bench_cli_dep"})
     assert main("--list") == 0
     out = capsys.readouterr().out
     assert "alpha" in out and "fastpath against a peer, scripted" in out

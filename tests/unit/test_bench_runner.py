@@ -6,7 +6,7 @@ from typing import ClassVar
 import pytest
 
 from fastpath.bench import registry
-from fastpath.bench import scenarios as builtin
+from fastpath.bench import registry as bench_registry
 from fastpath.bench.registry import (
     ScenarioUnavailable,
     list_scenarios,
@@ -65,7 +65,7 @@ def measured_order(scenario: Scripted) -> list[str]:
 def isolated(monkeypatch):
     """An empty registry and no built-ins, so tests never run the real scenarios."""
     monkeypatch.setattr(registry, "_REGISTRY", {})
-    monkeypatch.setattr(builtin, "SCENARIOS", {})
+    monkeypatch.setattr(bench_registry, "BUILTIN", {})
 
 
 def test_schedule_rotates_contenders_every_round():
@@ -245,7 +245,7 @@ def test_lazy_builtin_import_and_missing_dependency(isolated, tmp_path, monkeypa
     )
     (tmp_path / "bench_dep_mod.py").write_text("import fastpath_no_such_dependency\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(builtin, "SCENARIOS", {"ok": "bench_ok_mod", "needs-dep": "bench_dep_mod"})
+    monkeypatch.setattr(bench_registry, "BUILTIN", {"ok": "bench_ok_mod", "needs-dep": "bench_dep_mod"})
     assert registry.scenario_names() == ["needs-dep", "ok"]
     assert "ok" not in registry._REGISTRY  # nothing imported yet
     listing = {item.name: item for item in list_scenarios()}

@@ -472,7 +472,7 @@ def flood_host(monkeypatch: pytest.MonkeyPatch) -> dict[str, str | None]:
     socket opens) are replaced: one machine can show only one answer, and this checks how the row
     reads for each. `choose_engine` and its $FASTPATH_FLOOD_ENGINE handling run for real.
     """
-    from fastpath.xdp import flood
+    from fastpath.labs import flood
 
     host: dict[str, str | None] = {"refused": None, "missing": None}
     monkeypatch.setattr(flood, "live_frames_refused", lambda ifindex=1: host["refused"])
@@ -548,9 +548,9 @@ def _record(run_root: Path, program: str, ifname: str, netns: str | None, member
 def test_veth_peer_programs_are_listed_from_the_state_files(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from fastpath.bpf import xdp
+    from fastpath.bpf import state, xdp
 
-    monkeypatch.setattr(xdp, "RUN_ROOT", tmp_path)
+    monkeypatch.setattr(state, "RUN_ROOT", tmp_path)
     row = doctor.probe_veth_peers()
     assert row.status is Status.OK and row.detail.startswith("none installed")
     assert row.data["peers"] == []

@@ -14,9 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from fastpath.bpf import xdp, xdp_count
+from fastpath.apps.count import xdp_count
+from fastpath.apps.decap import decap
+from fastpath.apps.guard import synguard
+from fastpath.apps.lb import lb
+from fastpath.bpf import xdp
 from fastpath.cli import build_parser
-from fastpath.xdp import decap, lb, synguard
 
 PACKAGE = Path(__file__).resolve().parents[2] / "fastpath"
 # What a placeholder stands for, by the words in its expression; a flag-shaped name

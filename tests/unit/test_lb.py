@@ -8,8 +8,8 @@ import socket
 
 import pytest
 
+from fastpath.apps.lb import health, lb, maglev
 from fastpath.errors import FastpathError
-from fastpath.xdp import lb, lb_health, maglev
 
 ip = ipaddress.ip_address
 
@@ -241,9 +241,9 @@ def test_backend_status():
 
 def test_health_hysteresis():
     st = _state()
-    t = lb_health.targets(st)
+    t = health.targets(st)
     assert [x.port for x in t] == [8080, 8080, 8080]
-    hc = lb_health.HealthChecker(fall=2, rise=2)
+    hc = health.HealthChecker(fall=2, rise=2)
     ok = dict.fromkeys(t)
     # unknown -> up on the first success
     moves = hc.update(st, ok)
@@ -258,7 +258,7 @@ def test_health_hysteresis():
     assert hc.update(st, ok) == []           # one success: not yet back
     assert [(m.backend, m.up) for m in hc.update(st, ok)] == [(t[0].backend, True)]
     with pytest.raises(FastpathError):
-        lb_health.HealthChecker(fall=0)
+        health.HealthChecker(fall=0)
 
 
 def test_health_probe_against_local_sockets():
@@ -270,9 +270,9 @@ def test_health_probe_against_local_sockets():
     port_closed = closed.getsockname()[1]
     closed.close()
     try:
-        up = lb_health.Target("v", "up", "127.0.0.1", srv.getsockname()[1])
-        down = lb_health.Target("v", "down", "127.0.0.1", port_closed)
-        res = lb_health.probe([up, down], None, 1.0)
+        up = health.Target("v", "up", "127.0.0.1", srv.getsockname()[1])
+        down = health.Target("v", "down", "127.0.0.1", port_closed)
+        res = health.probe([up, down], None, 1.0)
         assert res[up] is None
         assert res[down] == "ECONNREFUSED"
     finally:
@@ -282,4 +282,4 @@ def test_health_probe_against_local_sockets():
 def test_udp_vips_are_not_health_checked():
     st = _state()
     st.vips["10.0.0.10:80/tcp"].proto = "udp"
-    assert lb_health.targets(st) == []
+    assert health.targets(st) == []

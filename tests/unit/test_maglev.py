@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastpath.xdp import maglev
+from fastpath.apps.lb import maglev
 
 SIZE = maglev.DEFAULT_TABLE_SIZE
 

@@ -9,10 +9,11 @@ import pytest
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
+from fastpath.apps.guard import cli, nft
+from fastpath.apps.guard import synguard as sg
 from fastpath.cli import build_parser
 from fastpath.errors import FastpathError
-from fastpath.xdp import cli, flood, nft
-from fastpath.xdp import synguard as sg
+from fastpath.labs import flood
 
 
 @pytest.mark.parametrize("text,want", [("80", (80,)), ("443,80,80", (80, 443)), ("", ()),
@@ -158,7 +159,7 @@ def _demo_result(off_ok: int, off_failed: int, on_ok: int, on_failed: int, pps: 
 
 
 def test_synflood_demo_verdict_checks_its_premise() -> None:
-    from fastpath.xdp import flooddemo
+    from fastpath.labs import flooddemo
 
     assert flooddemo.verdict(_demo_result(0, 7, 120, 1)) == []
     unhurt = flooddemo.verdict(_demo_result(117, 0, 120, 0, pps=98))
@@ -168,7 +169,7 @@ def test_synflood_demo_verdict_checks_its_premise() -> None:
 
 
 def test_lb_demo_verdict_checks_its_clients() -> None:
-    from fastpath.xdp import lb_demo
+    from fastpath.labs import lb_demo
 
     assert lb_demo.verdict({"b1": 300, "b2": 200, "b3": 100}) == []
     failing = {"b1": 300, "b2": 200, "b3": 100, "error": 50}

@@ -1,4 +1,4 @@
-"""fastpath/xdp/existing.py without privileges: the ctnetlink request it sends for a carried-over
+"""fastpath/apps/guard/existing.py without privileges: the ctnetlink request it sends for a carried-over
 connection (decoded by pyroute2's own conntrack message class), the sock_diag request, and
 the IPv6 frame of the flood generator."""
 
@@ -12,7 +12,8 @@ from pyroute2.netlink.nfnetlink.nfctsocket import nfct_msg
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
-from fastpath.xdp import existing, flood
+from fastpath.apps.guard import existing
+from fastpath.labs import flood
 
 
 def _conn(client: str, server: str, state: int = existing.TCP_ESTABLISHED) -> existing.Connection:

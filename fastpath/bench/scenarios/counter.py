@@ -16,8 +16,9 @@ import os
 import threading
 from pathlib import Path
 
+from fastpath.apps.count import xdp_count
 from fastpath.bench import BenchContext, Metric, Scenario, Target, register_scenario
-from fastpath.bpf import loader, testrun, xdp_count
+from fastpath.bpf import loader, testrun
 
 _PEERS = {
     "textbook": """

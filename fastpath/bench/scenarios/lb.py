@@ -59,11 +59,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from fastpath.apps.lb import lb
 from fastpath.bench import BenchContext, Metric, Scenario, Target, register_scenario
 from fastpath.bench.environment import cpu_busy_ns
 from fastpath.bpf import loader, testrun, xdp
 from fastpath.errors import CapabilityError, FastpathError
-from fastpath.xdp import lb
 
 # ---------------------------------------------------------------------------------------
 # lb-packet

@@ -9,8 +9,8 @@ around no guard at all; `ns_net` takes a harness run made just before off each p
 which leaves the guard's own cost.
 Targets on ns_net: drop paths <= 50 ns, cookie paths <= 250 ns.
 
-`synflood`: the same spoofed flood (fastpath/xdp/flood.py, the fastest this machine makes)
-against one server (fastpath/xdp/floodlab.py) defended in turn by
+`synflood`: the same spoofed flood (fastpath/labs/flood.py, the fastest this machine makes)
+against one server (fastpath/labs/floodlab.py) defended in turn by
 - `fastpath`: the guard, SYN cookies from XDP + SYNPROXY for the ACKs;
 - `syncookies`: the kernel's own SYN cookies (net.ipv4.tcp_syncookies=2), the baseline;
 - `synproxy`: nftables SYNPROXY without XDP (SYN notracked, cookies from netfilter);
@@ -42,12 +42,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fastpath.apps.guard import nft
+from fastpath.apps.guard import synguard as sg
 from fastpath.bench import BenchContext, Metric, Scenario, Target, register_scenario
 from fastpath.bench.environment import cpu_busy_ns
 from fastpath.bpf import loader, testrun, xdp
 from fastpath.errors import CapabilityError, FastpathError
-from fastpath.xdp import floodlab, nft
-from fastpath.xdp import synguard as sg
+from fastpath.labs import floodlab
 
 # ---------------------------------------------------------------------------------------
 # synflood-packet
@@ -263,7 +264,7 @@ class Synflood(Scenario):
         self._server = lab.spawn("server", ["taskset", "-c", self._others, *floodlab.serve_argv()])
         self._server.wait_output("ready")
         with lab.enter("attacker"):
-            from fastpath.xdp.flood import Flood
+            from fastpath.labs.flood import Flood
 
             self._flood = Flood("eth0", lab.mac("server", "eth0"), floodlab.SERVER4, floodlab.SERVICE_PORT,
                                 floodlab.SPOOFED_NET)

@@ -1,5 +1,5 @@
 """`fastpath demo synflood`: a spoofed SYN flood against a TCP service, first unguarded, then
-with the XDP SYN guard attached, on the embedded flood topology (fastpath/xdp/floodlab.py).
+with the XDP SYN guard attached, on the embedded flood topology (fastpath/labs/floodlab.py).
 
 A live table gets one row a second: flood frames per second arriving at the server, SYN-ACKs
 per second the guard sends from XDP, and the legitimate client's connects that succeeded
@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 from rich.live import Live
 
 from fastpath.errors import FastpathError
+from fastpath.labs import floodlab
 from fastpath.output import console, info, make_table, print_json
-from fastpath.xdp import floodlab
 
 if TYPE_CHECKING:
     from fastpath.netns import Lab, NodeProcess
@@ -58,7 +58,7 @@ class _Tally:
 
 
 def _cookies(lab: Lab) -> int:
-    from fastpath.xdp import synguard
+    from fastpath.apps.guard import synguard
 
     try:
         att = synguard.attachment("eth0", lab.netns("server"))
@@ -131,8 +131,8 @@ def run(seconds: float, as_json: bool) -> int:
     more, tear everything down; prints a summary (or JSON). Exits non-zero, saying why,
     when the flood died or the demo did not show an unguarded server failing and a guarded
     one serving."""
+    from fastpath.apps.guard import synguard
     from fastpath.netns import Lab, list_labs
-    from fastpath.xdp import synguard
 
     if any(s.name == DEMO_LAB for s in list_labs()):
         raise FastpathError(f"a demo lab {DEMO_LAB!r} is already up",

@@ -20,7 +20,7 @@ port, sequence number and IP ID, correct checksums); IPv4 or IPv6 after --dst (a
 else `packet` with one line saying why. Bounded by --count and --seconds; SIGTERM or SIGINT
 stops it early.
 
-    ip netns exec lab-attacker python -m fastpath.xdp.flood --iface eth0 \
+    ip netns exec lab-attacker python -m fastpath.labs.flood --iface eth0 \
         --dst-mac 02:..:02 --dst 10.66.0.2 --dport 8080 --src-net 10.99.0.0/16 \
         --count 20000000 --seconds 10
     ... --dst fd66::2 --src-net fd99::/64 --engine packet
@@ -54,7 +54,7 @@ from fastpath.errors import CapabilityError, FastpathError
 PROGRAM = r"""
 #include <uapi/linux/bpf.h>
 
-/* Frame layout is fixed (built by fastpath/xdp/flood.py): Ethernet, IPv4 without options
+/* Frame layout is fixed (built by fastpath/labs/flood.py): Ethernet, IPv4 without options
  * or IPv6 without extension headers (FLOOD_V6), TCP with one MSS option. */
 #define ETH_LEN 14
 #define TCP_LEN 24
@@ -414,7 +414,7 @@ class Flood:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m fastpath.xdp.flood", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m fastpath.labs.flood", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--iface", required=True, help="interface to send from (in this namespace)")
     p.add_argument("--dst-mac", required=True, help="next hop's MAC address")

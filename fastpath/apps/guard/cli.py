@@ -1,5 +1,5 @@
 """`fastpath xdp ...`: the XDP SYN-flood guard (attach, detach, status, stats, allow, deny,
-ports, rate). Logic lives in fastpath/xdp/synguard.py; this module parses and prints."""
+ports, rate). Logic lives in fastpath/apps/guard/synguard.py; this module parses and prints."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import argparse
 import sys
 import time
 
+from fastpath.apps.guard import nft, synguard
+from fastpath.apps.guard.synguard import GuardConfig
 from fastpath.bpf import xdp
 from fastpath.bpf.loader import dump_source
 from fastpath.errors import FastpathError
 from fastpath.output import console, info, make_table, print_json, print_table
-from fastpath.xdp import nft, synguard
-from fastpath.xdp.synguard import GuardConfig
 
 EPILOG = """\
 examples:

@@ -86,8 +86,8 @@ print(" ".join(f"{k}={v}" for k, v in sorted(seen.items())))
 
 
 def run(args: argparse.Namespace) -> int:
+    from fastpath.apps.lb import lb
     from fastpath.netns import Lab, list_labs
-    from fastpath.xdp import lb
 
     if any(s.name == LAB for s in list_labs()):
         raise FastpathError(f"a demo lab {LAB!r} is already up",

@@ -3,9 +3,9 @@
 Mirrors bpf/syn_guard.h (tests/bpf/test_syn_guard.py checks the mirror against bcc) and
 drives the program through its pinned maps, so every change after attach (ports, rate,
 allow/deny lists) is live, with no reload. Attach also installs the netfilter SYNPROXY
-rules that finish handshakes whose cookie XDP has checked (fastpath/xdp/nft.py), in the
+rules that finish handshakes whose cookie XDP has checked (fastpath/apps/guard/nft.py), in the
 interface's own namespace; detach removes them. Connections already open on cookie ports
-are carried into the flow table and conntrack first (fastpath/xdp/existing.py), at attach,
+are carried into the flow table and conntrack first (fastpath/apps/guard/existing.py), at attach,
 re-attach and port changes, so the guard never cuts them.
 
     att = synguard.attach("eth0", netns="lab1-server", config=GuardConfig(cookie_ports=(80,)))
@@ -26,15 +26,16 @@ import re
 import socket
 import struct
 import sys
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from fastpath.apps.guard import existing, nft
 from fastpath.bpf import xdp
 from fastpath.bpf.loader import ProgramSpec
 from fastpath.bpf.maps import TypedMap
 from fastpath.errors import FastpathError
-from fastpath.xdp import existing, nft
 
 PROGRAM = "syn_guard"
 
@@ -548,6 +549,38 @@ def plan_defines(ifname: str, netns: str | None) -> dict[str, int]:
     return {**TUNABLES, **interface_defines(ifname, netns)}
 
 
+# -- carried-over connections: the XDP flows map ----------------------------------------------
+
+def add_flows(att: xdp.Attachment, conns: Sequence[existing.Connection]) -> None:
+    if not conns:
+        return
+    # The program stamps flows with bpf_ktime_get_coarse_ns(): CLOCK_MONOTONIC_COARSE (6).
+    now = time.clock_gettime_ns(getattr(time, "CLOCK_MONOTONIC_COARSE", 6))
+    with open_map(att, "flows") as m:
+        for conn in conns:
+            key = SgFlowKey()
+            key.client[:] = mapped_words(conn.client)
+            key.server[:] = mapped_words(conn.server)
+            key.client_port = socket.htons(conn.client_port)  # as read from the header
+            key.server_port = socket.htons(conn.server_port)
+            m.set(key, SgFlow(created_ns=now))
+
+
+@dataclass
+class Seeded:
+    connections: int = 0  # open connections (ESTABLISHED .. LAST-ACK) on cookie ports
+    conntrack: int = 0    # conntrack entries created (the rest were tracked already)
+
+
+def seed_existing(att: xdp.Attachment, ports: Iterable[int], conntrack: bool = True) -> Seeded:
+    """Carry the namespace's open connections on `ports` into the flows map and (unless
+    `conntrack` is False) into conntrack."""
+    conns = existing.connections(att.netns, ports)
+    add_flows(att, conns)
+    created = existing.add_conntrack(att.netns, conns) if conntrack else 0
+    return Seeded(len(conns), created)
+
+
 def attach(
     ifname: str,
     netns: str | None = None,
@@ -573,7 +606,7 @@ def attach(
             if key in old.options:
                 options[key] = old.options[key]
     att, replaced = xdp.attach(SPEC, ifname, netns, mode, defines, options, peer_program)
-    seeded = existing.Seeded()
+    seeded = Seeded()
     try:
         table = nft.table_name(ifname, att.ifindex)
         # A first attach starts with every port open (zeroed maps), a re-attach with the old
@@ -592,24 +625,24 @@ def attach(
 
 
 def _switch(att: xdp.Attachment, cfg: GuardConfig, previous: GuardConfig | None,
-            defines: Mapping[str, int], table: str | None) -> existing.Seeded:
+            defines: Mapping[str, int], table: str | None) -> Seeded:
     """Make the maps and the SYNPROXY table match `cfg` without cutting open connections
-    (fastpath/xdp/existing.py): flows seeded, XDP maps (cookies on, so a flood never reaches
+    (fastpath/apps/guard/existing.py): flows seeded, XDP maps (cookies on, so a flood never reaches
     conntrack), nft table, flows and conntrack seeded, tcp_loose=0."""
     if table is None:
         write_ports(att, cfg, previous)
         write_config(att, cfg)
         _remove_nft(att)
-        return existing.Seeded()
-    first = existing.seed(att, cfg.cookie_ports, conntrack=False)
+        return Seeded()
+    first = seed_existing(att, cfg.cookie_ports, conntrack=False)
     write_ports(att, cfg, previous)
     write_config(att, cfg)
     nft.install(att.netns, table, att.ifname, cfg.cookie_ports, defines)
     att.options["nft_table"] = table
-    seeded = existing.seed(att, cfg.cookie_ports)  # and handshakes completed meanwhile
+    seeded = seed_existing(att, cfg.cookie_ports)  # and handshakes completed meanwhile
     if "tcp_loose_was" not in att.options:
         att.options["tcp_loose_was"] = nft.set_tcp_loose(att.netns, 0)
-    return existing.Seeded(max(first.connections, seeded.connections), seeded.conntrack)
+    return Seeded(max(first.connections, seeded.connections), seeded.conntrack)
 
 
 def _remove_nft(att: xdp.Attachment, force_table: str | None = None) -> None:

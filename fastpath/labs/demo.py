@@ -19,8 +19,8 @@ from fastpath.errors import FastpathError
 from fastpath.output import console, info, make_table, print_json
 
 if TYPE_CHECKING:
+    from fastpath.apps.count.xdp_count import Totals
     from fastpath.bpf.xdp import Attachment
-    from fastpath.bpf.xdp_count import Totals
     from fastpath.netns import NodeProcess
 
 DEMO_LAB = "fpdemo"
@@ -59,14 +59,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not 1 <= args.seconds <= 60:
         raise FastpathError(f"--seconds {args.seconds:g} out of range", fix="use 1 to 60")
     if args.scenario == "synflood":
-        from fastpath.xdp import flooddemo
+        from fastpath.labs import flooddemo
 
         return flooddemo.run(args.seconds, args.json)
     if args.scenario == "lb":
-        from fastpath.xdp import lb_demo
+        from fastpath.labs import lb_demo
 
         return lb_demo.run(args)
-    from fastpath.bpf import xdp, xdp_count
+    from fastpath.apps.count import xdp_count
+    from fastpath.bpf import xdp
     from fastpath.netns import Lab, bundled_topology, list_labs
 
     if any(s.name == DEMO_LAB for s in list_labs()):
@@ -103,7 +104,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _watch(att: Attachment, args: argparse.Namespace, sender: NodeProcess) -> dict[str, Totals]:
-    from fastpath.bpf import xdp_count
+    from fastpath.apps.count import xdp_count
 
     prev = xdp_count.read_counters(att)
     t_prev = time.monotonic()

@@ -44,7 +44,6 @@ import ipaddress
 import os
 import socket
 import struct
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -258,37 +257,3 @@ def add_conntrack(netns: str | None, conns: Sequence[Connection]) -> int:
                     f"{conn.server}:{conn.server_port} failed: {os.strerror(code)}",
                     fix="the kernel needs nf_conntrack_netlink (modprobe nf_conntrack_netlink)")
     return created
-
-
-# -- the XDP flows map -------------------------------------------------------------------------------
-
-def add_flows(att: xdp.Attachment, conns: Sequence[Connection]) -> None:
-    from fastpath.xdp import synguard
-
-    if not conns:
-        return
-    # The program stamps flows with bpf_ktime_get_coarse_ns(): CLOCK_MONOTONIC_COARSE (6).
-    now = time.clock_gettime_ns(getattr(time, "CLOCK_MONOTONIC_COARSE", 6))
-    with synguard.open_map(att, "flows") as m:
-        for conn in conns:
-            key = synguard.SgFlowKey()
-            key.client[:] = synguard.mapped_words(conn.client)
-            key.server[:] = synguard.mapped_words(conn.server)
-            key.client_port = socket.htons(conn.client_port)  # as read from the header
-            key.server_port = socket.htons(conn.server_port)
-            m.set(key, synguard.SgFlow(created_ns=now))
-
-
-@dataclass
-class Seeded:
-    connections: int = 0  # open connections (ESTABLISHED .. LAST-ACK) on cookie ports
-    conntrack: int = 0    # conntrack entries created (the rest were tracked already)
-
-
-def seed(att: xdp.Attachment, ports: Iterable[int], conntrack: bool = True) -> Seeded:
-    """Carry the namespace's open connections on `ports` into the flows map and (unless
-    `conntrack` is False) into conntrack."""
-    conns = connections(att.netns, ports)
-    add_flows(att, conns)
-    created = add_conntrack(att.netns, conns) if conntrack else 0
-    return Seeded(len(conns), created)

@@ -1,6 +1,6 @@
 """The SYN-flood lab shared by the integration test, `fastpath demo synflood` and the
 `synflood` benchmark: one topology, an echo service, a legitimate-client probe and the
-spoofed flood (fastpath/xdp/flood.py), each run in its node with `Lab.spawn`/`Lab.run`.
+spoofed flood (fastpath/labs/flood.py), each run in its node with `Lab.spawn`/`Lab.run`.
 
 Topology: client, attacker and server on one bridge. The server runs with
 tcp_syncookies=0 (it covers IPv6 too) and routes the spoofed source networks (IPv4 and
@@ -13,7 +13,7 @@ carry real checksums that XDP can check and the guard's SYN-ACKs are complete). 
 done for veth's XDP_TX delivery: the runtime puts its pass program on the server's bridge
 port when the guard attaches natively.
 
-The module is also the service and the probe: `python -m fastpath.xdp.floodlab serve|probe`.
+The module is also the service and the probe: `python -m fastpath.labs.floodlab serve|probe`.
 """
 
 from __future__ import annotations
@@ -66,13 +66,13 @@ TOPOLOGY: dict[str, Any] = {
 # -- commands to run in the lab's nodes ---------------------------------------------------------
 
 def serve_argv(port: int = SERVICE_PORT, backlog: int = 128) -> list[str]:
-    return [sys.executable, "-m", "fastpath.xdp.floodlab", "serve", "--port", str(port),
+    return [sys.executable, "-m", "fastpath.labs.floodlab", "serve", "--port", str(port),
             "--backlog", str(backlog)]
 
 
 def probe_argv(target: str = SERVER4, port: int = SERVICE_PORT, count: int = 200, timeout: float = 3.0,
                interval: float = 0.01, seconds: float = 120.0, progress: bool = False) -> list[str]:
-    return [sys.executable, "-m", "fastpath.xdp.floodlab", "probe", "--target", target, "--port", str(port),
+    return [sys.executable, "-m", "fastpath.labs.floodlab", "probe", "--target", target, "--port", str(port),
             "--count", str(count), "--timeout", str(timeout), "--interval", str(interval),
             "--seconds", str(seconds), *(["--progress"] if progress else [])]
 
@@ -82,7 +82,7 @@ def flood_argv(lab: Lab, count: int, seconds: float, port: int = SERVICE_PORT,
     """The spoofed flood at `target` (SERVER4: sources from SPOOFED_NET; SERVER6: SPOOFED_NET6),
     with `engine` (default: $FASTPATH_FLOOD_ENGINE, else auto)."""
     src_net = SPOOFED_NET6 if ":" in target else SPOOFED_NET
-    return [sys.executable, "-m", "fastpath.xdp.flood", "--iface", "eth0",
+    return [sys.executable, "-m", "fastpath.labs.flood", "--iface", "eth0",
             "--dst-mac", lab.mac("server", "eth0"), "--dst", target, "--dport", str(port),
             "--src-net", src_net, "--count", str(count), "--seconds", str(seconds),
             *(["--engine", engine] if engine else [])]
@@ -127,8 +127,8 @@ def flood_result(out: str) -> FloodResult:
 def cleanup(lab: Lab) -> list[str]:
     """Detach every fastpath XDP program in the lab's namespaces (the guard with its nft
     rules); for finally-blocks and fixtures, so a failed run leaves no state file behind."""
+    from fastpath.apps.guard import synguard
     from fastpath.bpf import xdp
-    from fastpath.xdp import synguard
 
     names = {lab.netns(n) for n in lab.nodes}
     if lab.topology.switch_netns:
@@ -249,7 +249,7 @@ def probe_result(out: str) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m fastpath.xdp.floodlab")
+    p = argparse.ArgumentParser(prog="python -m fastpath.labs.floodlab")
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve", help="TCP echo service (IPv4 and IPv6) until SIGTERM")
     s.add_argument("--port", type=int, default=SERVICE_PORT)

@@ -31,11 +31,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fastpath.apps.lb import maglev
 from fastpath.bpf import syscall, xdp
 from fastpath.bpf.loader import LoadedProgram, ProgramSpec
 from fastpath.bpf.maps import TypedMap
+from fastpath.core.jsonstate import write_json
 from fastpath.errors import FastpathError
-from fastpath.xdp import maglev
 
 # Tunables of bpf/l4lb.c (its #ifndef defaults), passed as -D flags: the one Python copy.
 TUNABLES: dict[str, int] = {
@@ -1119,16 +1120,12 @@ def load_state(ifname: str, netns: str | None) -> LbState | None:
 
 
 def save_state(ifname: str, netns: str | None, state: LbState) -> None:
-    path = state_path(ifname, netns)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state.to_json(), indent=2))
-    tmp.replace(path)
+    write_json(state_path(ifname, netns), state.to_json())
 
 
 def remove_state(ifname: str, netns: str | None) -> None:
     path = state_path(ifname, netns)
-    for p in (path, path.with_suffix(".lock"), path.with_suffix(".tmp")):
+    for p in (path, path.with_suffix(".lock")):
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
     with contextlib.suppress(OSError):

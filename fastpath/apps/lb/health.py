@@ -18,9 +18,9 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from fastpath.apps.lb import lb
 from fastpath.bpf import xdp
 from fastpath.errors import FastpathError
-from fastpath.xdp import lb
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,12 @@ from typing import Any
 
 import yaml
 
+from fastpath.apps.decap import cli as decap_cli
+from fastpath.apps.lb import health, lb
 from fastpath.bpf import xdp
 from fastpath.bpf.loader import dump_source
 from fastpath.errors import FastpathError
 from fastpath.output import console, info, make_table, print_json, print_table
-from fastpath.xdp import decap, lb, lb_health
 
 EPILOG = """\
 examples:
@@ -155,26 +156,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--once", action="store_true", help="one round, then exit")
     p.set_defaults(func=cmd_health)
 
-    dc = s.add_parser("decap", help="XDP decapsulation on a backend of an ipip VIP (no tunnel module)")
-    ds = dc.add_subparsers(dest="decap_command", metavar="ACTION", required=True)
-    p = ds.add_parser("attach", help="strip the balancer's outer IP headers on this interface")
-    p.add_argument("iface", metavar="IFACE", help="the backend's interface the tunnels arrive on")
-    p.add_argument("--netns", metavar="NAME", help="network namespace of the interface")
-    xdp.add_mode_args(p)
-    p.add_argument("--addr", action="append", default=[], metavar="ADDR",
-                   help="also take tunnels to this address (the interface's own are always taken)")
-    _json_arg(p)
-    p.add_argument("--dump-bpf", action="store_true", help=argparse.SUPPRESS)
-    p.set_defaults(func=cmd_decap_attach)
-    p = ds.add_parser("detach", help="detach decap and remove its pins and state")
-    p.add_argument("iface", metavar="IFACE")
-    p.add_argument("--netns", metavar="NAME")
-    p.set_defaults(func=cmd_decap_detach)
-    p = ds.add_parser("stats", help="packets decapsulated, passed and dropped, per verdict")
-    p.add_argument("iface", metavar="IFACE")
-    p.add_argument("--netns", metavar="NAME")
-    _json_arg(p)
-    p.set_defaults(func=cmd_decap_stats)
+    decap_cli.register(s)
 
 
 # ---------------------------------------------------------------------------------------
@@ -482,7 +464,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def cmd_health(args: argparse.Namespace) -> int:
     iface, netns = target(args)
 
-    def report(t: lb_health.Transition) -> None:
+    def report(t: health.Transition) -> None:
         state = "up: back in the ring" if t.up else f"DOWN ({t.reason}): drained"
         info(f"{time.strftime('%H:%M:%S')} {t.vip} backend {t.backend} {state}")
 
@@ -491,52 +473,11 @@ def cmd_health(args: argparse.Namespace) -> int:
              f"(fall {args.fall}, rise {args.rise}); Ctrl-C to stop")
     # One round decides on its own: a single failure drains, a single success restores.
     fall, rise = (1, 1) if args.once else (args.fall, args.rise)
-    lb_health.run(iface, netns, interval=args.interval, timeout=args.timeout, fall=fall, rise=rise,
+    health.run(iface, netns, interval=args.interval, timeout=args.timeout, fall=fall, rise=rise,
                   rounds=1 if args.once else None, report=report)
     if args.once:
         state = lb.load_state(iface, netns)
         rows = [[v, b.name, b.health, b.status] for v, vs in sorted((state.vips if state else {}).items())
                 for b in vs.backends.values()]
         print_table(["VIP", "backend", "health", "status"], rows)
-    return 0
-
-
-# ---------------------------------------------------------------------------------------
-# decap (runs on backends)
-
-def cmd_decap_attach(args: argparse.Namespace) -> int:
-    extra = [decap.parse_addr(a) for a in args.addr]
-    if args.dump_bpf:
-        sys.stdout.write(dump_source(decap.SPEC, decap.TUNABLES, str(xdp.pin_dir(args.iface, args.netns))))
-        return 0
-    att, replaced, addrs = decap.attach(args.iface, args.netns, args.mode, extra,
-                                        peer_program=args.peer_program)
-    if args.json:
-        print_json({**att.to_json(), "replaced": replaced, "addresses": [str(a) for a in addrs]})
-        return 0
-    ns = f" --netns {args.netns}" if args.netns else ""
-    verb = "replaced program on" if replaced else "attached to"
-    info(f"decap {verb} {_where(args.iface, args.netns)} ({att.mode} mode, prog id {att.prog_id}); "
-         f"IPv4-in-IPv4 and IPv6-in-IPv6 to {', '.join(map(str, addrs)) or 'no address'} are "
-         f"decapsulated; stop with: fastpath lb decap detach {args.iface}{ns}")
-    return 0
-
-
-def cmd_decap_detach(args: argparse.Namespace) -> int:
-    decap.detach(args.iface, args.netns)
-    info(f"decap detached from {_where(args.iface, args.netns)}; pins and state removed")
-    return 0
-
-
-def cmd_decap_stats(args: argparse.Namespace) -> int:
-    att = decap.attachment(args.iface, args.netns)
-    counters = decap.read_counters(att)
-    addrs = [str(a) for a in decap.addresses(att)]
-    if args.json:
-        print_json({"iface": att.ifname, "netns": att.netns, "mode": att.mode, "addresses": addrs,
-                    "counters": counters})
-        return 0
-    print_table(["counter", "packets", "bytes"],
-                [[k, f"{v['packets']:,}", f"{v['bytes']:,}"] for k, v in counters.items()],
-                title=f"decap on {_where(att.ifname, att.netns)} (tunnels to {', '.join(addrs)})")
     return 0

@@ -1,0 +1,1 @@
+"""The per-CPU packet counter: `bpf/xdp_count.c` (`fastpath count ...`)."""
