@@ -7,12 +7,15 @@ import argparse
 import sys
 import time
 
+from rich.table import Table
+
 from fastpath.apps.guard import nft, synguard
 from fastpath.apps.guard.synguard import GuardConfig
 from fastpath.bpf import xdp
 from fastpath.bpf.loader import dump_source
+from fastpath.core.watch import watch
 from fastpath.errors import FastpathError
-from fastpath.output import console, info, make_table, print_json, print_table
+from fastpath.output import info, make_table, print_json, print_table
 
 EPILOG = """\
 examples:
@@ -271,25 +274,20 @@ def cmd_stats(args: argparse.Namespace) -> int:
                       f"{r['bytes']:,}", STAT_HELP[str(r["counter"])]] for r in rows],
                     title=f"{title}: {frames:,} frames")
         return 0
-    from rich.live import Live
+    Counters = dict[str, tuple[int, int]]
 
-    prev = synguard.read_counters(att)
-    t0 = time.monotonic()
-    with Live(console=console, auto_refresh=False) as live:
-        while True:
-            time.sleep(args.watch)
-            cur = synguard.read_counters(att)
-            now = time.monotonic()
-            rows = _stats_rows(cur, prev, now - t0)
-            prev, t0 = cur, now
-            if args.json:
-                print_json({r["counter"]: {k: v for k, v in r.items() if k != "counter"} for r in rows})
-                continue
-            live.update(make_table(
-                ["counter", "packets", "pps", "bytes", "meaning"],
-                [[r["counter"], f"{r['packets']:,}", f"{r.get('pps', 0):,.0f}", f"{r['bytes']:,}",
-                  STAT_HELP[str(r["counter"])]] for r in rows],
-                title=f"{title} (Ctrl-C to stop)"), refresh=True)
+    def render(cur: Counters, prev: Counters, dt: float) -> Table:
+        return make_table(
+            ["counter", "packets", "pps", "bytes", "meaning"],
+            [[r["counter"], f"{r['packets']:,}", f"{r.get('pps', 0):,.0f}", f"{r['bytes']:,}",
+              STAT_HELP[str(r["counter"])]] for r in _stats_rows(cur, prev, dt)],
+            title=f"{title} (Ctrl-C to stop)")
+
+    def as_json(cur: Counters, prev: Counters, dt: float) -> dict[object, object]:
+        rows = _stats_rows(cur, prev, dt)
+        return {r["counter"]: {k: v for k, v in r.items() if k != "counter"} for r in rows}
+
+    return watch(args.watch, lambda: synguard.read_counters(att), render, as_json if args.json else None)
 
 
 def cmd_acl(args: argparse.Namespace) -> int:

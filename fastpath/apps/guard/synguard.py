@@ -35,6 +35,7 @@ from fastpath.apps.guard import existing, nft
 from fastpath.bpf import xdp
 from fastpath.bpf.loader import ProgramSpec
 from fastpath.bpf.maps import TypedMap
+from fastpath.core.args import parse_port
 from fastpath.errors import FastpathError
 
 PROGRAM = "syn_guard"
@@ -174,16 +175,6 @@ def address_of(words: Sequence[int]) -> ipaddress.IPv4Address | ipaddress.IPv6Ad
 # -- user input ---------------------------------------------------------------------------------
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def parse_port(text: str) -> int:
-    text = text.strip()
-    if not text.isdigit():
-        raise FastpathError(f"port {text!r} is not a number", fix="ports are 1-65535")
-    value = int(text)
-    if not 1 <= value <= 65535:
-        raise FastpathError(f"port {value} out of range", fix="ports are 1-65535")
-    return value
 
 
 def parse_ports(text: str) -> tuple[int, ...]:

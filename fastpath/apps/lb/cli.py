@@ -14,6 +14,7 @@ from fastpath.apps.decap import cli as decap_cli
 from fastpath.apps.lb import health, lb
 from fastpath.bpf import xdp
 from fastpath.bpf.loader import dump_source
+from fastpath.core.watch import watch
 from fastpath.errors import FastpathError
 from fastpath.output import console, info, make_table, print_json, print_table
 
@@ -372,8 +373,11 @@ def cmd_apply(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stats_rows(data: dict[str, Any], prev: dict[str, Any] | None, dt: float) -> tuple[list[list[Any]],
-                                                                                       list[list[Any]]]:
+Rows = list[list[Any]]
+
+
+def _stats_rows(data: dict[str, Any], prev: dict[tuple[str, str], int] | None,
+                dt: float) -> tuple[Rows, Rows]:
     def rate(kind: str, key: str, now: int) -> str:
         if prev is None:
             return ""
@@ -423,23 +427,14 @@ def cmd_stats(args: argparse.Namespace) -> int:
             print_table(["counter", "packets", "bytes"], nz, title="other traffic")
         return 0
     from rich.console import Group
-    from rich.live import Live
 
-    prev: dict[Any, int] | None = None
-    t0 = time.monotonic()
-    with Live(console=console, auto_refresh=False) as live:
-        while True:
-            data = read()
-            now = time.monotonic()
-            if args.json:
-                print_json({"iface": iface, "netns": netns, **data})
-            else:
-                vrows, brows = _stats_rows(data, prev, max(now - t0, 1e-3))  # type: ignore[arg-type]
-                live.update(Group(make_table(VIP_COLS, vrows, title=f"l4lb on {_where(iface, netns)} "
-                                                                   "(Ctrl-C to stop)"),
-                                  make_table(BACKEND_COLS, brows)), refresh=True)
-            prev, t0 = _flat(data), now  # type: ignore[assignment]
-            time.sleep(args.watch)
+    def render(cur: dict[str, Any], prev: dict[str, Any], dt: float) -> Group:
+        vrows, brows = _stats_rows(cur, _flat(prev), dt)
+        return Group(make_table(VIP_COLS, vrows, title=f"l4lb on {_where(iface, netns)} (Ctrl-C to stop)"),
+                     make_table(BACKEND_COLS, brows))
+
+    return watch(args.watch, read, render,
+                 (lambda cur, _prev, _dt: {"iface": iface, "netns": netns, **cur}) if args.json else None)
 
 
 def cmd_explain(args: argparse.Namespace) -> int:

@@ -35,6 +35,7 @@ from fastpath.apps.lb import maglev
 from fastpath.bpf import syscall, xdp
 from fastpath.bpf.loader import LoadedProgram, ProgramSpec
 from fastpath.bpf.maps import TypedMap
+from fastpath.core.args import parse_port
 from fastpath.core.jsonstate import write_json
 from fastpath.errors import FastpathError
 
@@ -264,15 +265,6 @@ class VipId:
         return k
 
 
-def _port(text: str, what: str, fix: str) -> int:
-    if not text.isdigit():
-        raise FastpathError(f"bad {what}: port {text!r} is not a number", fix=fix)
-    value = int(text)
-    if not 1 <= value <= 65535:
-        raise FastpathError(f"bad {what}: port {value} out of range 1-65535", fix=fix)
-    return value
-
-
 def _address(text: str, what: str, fix: str) -> IPAddress:
     try:
         addr = ipaddress.ip_address(text)
@@ -297,7 +289,7 @@ def parse_vip(text: str) -> VipId:
     proto = m.group("proto").lower()
     if proto not in PROTOS:
         raise FastpathError(f"bad {what}: protocol {m.group('proto')!r} is not tcp or udp", fix=_VIP_FIX)
-    return VipId(addr, _port(m.group("port"), what, _VIP_FIX), proto)
+    return VipId(addr, parse_port(m.group("port"), what, _VIP_FIX), proto)
 
 
 def parse_backend(text: str) -> tuple[IPAddress, int | None]:
@@ -309,12 +301,12 @@ def parse_backend(text: str) -> tuple[IPAddress, int | None]:
         if not m:
             raise FastpathError(f"bad {what}", fix=_BACKEND_FIX)
         addr = _address(m.group(1), what, _BACKEND_FIX)
-        port = _port(m.group(2), what, _BACKEND_FIX) if m.group(2) is not None else None
+        port = parse_port(m.group(2), what, _BACKEND_FIX) if m.group(2) is not None else None
         return addr, port
     if text.count(":") == 1:
         host, _, port_text = text.partition(":")
         addr = _address(host, what, _BACKEND_FIX)
-        return addr, _port(port_text, what, _BACKEND_FIX)
+        return addr, parse_port(port_text, what, _BACKEND_FIX)
     return _address(text, what, _BACKEND_FIX), None
 
 
