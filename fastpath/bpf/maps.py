@@ -9,7 +9,7 @@ from __future__ import annotations
 import ctypes
 import os
 from collections.abc import Iterator
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from fastpath.bpf import syscall
 from fastpath.errors import FastpathError
@@ -94,6 +94,17 @@ class TypedMap(Generic[K, V]):
         if not syscall.map_lookup(self.fd, _raw(key), buf):
             return None
         return [self._decode(buf, cpu) for cpu in range(self.ncpus)]
+
+    def sum_percpu(self, key: K) -> dict[str, int]:
+        """Every field of the value at `key` summed over CPUs (all zero when the key is
+        absent): how per-CPU counters are read, whatever the struct."""
+        struct = cast("type[ctypes.Structure]", self.value_type)
+        names = [f[0] for f in struct._fields_]
+        out = dict.fromkeys(names, 0)
+        for v in self.get_percpu(key) or []:
+            for n in names:
+                out[n] += getattr(v, n)
+        return out
 
     def set(self, key: K, value: V, flags: int = syscall.BPF_ANY) -> None:
         if self.percpu:

@@ -31,20 +31,14 @@ class Totals:
     bytes: int
 
 
-def _sum(values: list[CountValue] | None) -> Totals:
-    if not values:
-        return Totals(0, 0)
-    return Totals(sum(v.packets for v in values), sum(v.bytes for v in values))
-
-
 def read_counters(att: xdp.Attachment) -> dict[str, Totals]:
     """Totals over all CPUs per counter, read from the pinned map."""
     with TypedMap.open_pinned(att.map_path("counters"), ctypes.c_uint32, CountValue) as m:
-        return {name: _sum(m.get_percpu(ctypes.c_uint32(i))) for i, name in enumerate(STAT_NAMES)}
+        return {name: Totals(**m.sum_percpu(ctypes.c_uint32(i))) for i, name in enumerate(STAT_NAMES)}
 
 
 def read_generations(att: xdp.Attachment) -> dict[int, Totals]:
     """Watched frames counted by each program version that has run."""
     with TypedMap.open_pinned(att.map_path("generations"), ctypes.c_uint32, CountValue) as m:
-        out = {g: _sum(m.get_percpu(ctypes.c_uint32(g))) for g in range(COUNT_GENERATIONS)}
+        out = {g: Totals(**m.sum_percpu(ctypes.c_uint32(g))) for g in range(COUNT_GENERATIONS)}
     return {g: t for g, t in out.items() if t.packets}

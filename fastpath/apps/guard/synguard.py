@@ -362,16 +362,11 @@ def open_map(att: xdp.Attachment, name: str) -> Iterator[TypedMap]:  # type: ign
         yield m
 
 
-def _sum(values: list[SgCounter] | None) -> tuple[int, int]:
-    if not values:
-        return 0, 0
-    return sum(v.packets for v in values), sum(v.bytes for v in values)
-
-
 def read_counters(att: xdp.Attachment) -> dict[str, tuple[int, int]]:
     """(packets, bytes) per counter, summed over CPUs."""
     with open_map(att, "stats") as m:
-        return {name: _sum(m.get_percpu(ctypes.c_uint32(i))) for i, name in enumerate(STAT_NAMES)}
+        sums = [m.sum_percpu(ctypes.c_uint32(i)) for i in range(len(STAT_NAMES))]
+    return {name: (s["packets"], s["bytes"]) for name, s in zip(STAT_NAMES, sums, strict=True)}
 
 
 def _acl_nonempty(att: xdp.Attachment) -> tuple[bool, bool]:

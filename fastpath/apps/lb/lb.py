@@ -518,15 +518,6 @@ class LbMaps:
         self.close()
 
 
-def _sum(values: list[Any] | None, cls: type[Any]) -> dict[str, int]:
-    names = [f[0] for f in cls._fields_]
-    out = dict.fromkeys(names, 0)
-    for v in values or []:
-        for n in names:
-            out[n] += getattr(v, n)
-    return out
-
-
 # ---------------------------------------------------------------------------------------
 # backend MAC resolution
 
@@ -1013,13 +1004,13 @@ class Balancer:
     def counters(self) -> dict[str, dict[str, int]]:
         """The global counters (enum lb_stat), summed over CPUs."""
         m = self.maps["stats"]
-        return {name: _sum(m.get_percpu(ctypes.c_uint32(i)), Counter) for i, name in enumerate(STAT_NAMES)}
+        return {name: m.sum_percpu(ctypes.c_uint32(i)) for i, name in enumerate(STAT_NAMES)}
 
     def vip_counters(self, vs: VipState) -> dict[str, int]:
-        return _sum(self.maps["vip_stats"].get_percpu(ctypes.c_uint32(vs.index)), VipStats)
+        return self.maps["vip_stats"].sum_percpu(ctypes.c_uint32(vs.index))
 
     def backend_counters(self, b: BackendState) -> dict[str, int]:
-        return _sum(self.maps["backend_stats"].get_percpu(ctypes.c_uint32(b.id)), BackendStats)
+        return self.maps["backend_stats"].sum_percpu(ctypes.c_uint32(b.id))
 
     def stats(self) -> dict[str, Any]:
         """Every VIP with its counters and its backends' (status, Maglev share, counters)."""
