@@ -14,7 +14,7 @@ from fastpath.errors import FastpathError
 
 # Each module exposes register(subparsers); handlers are set with set_defaults(func=...).
 COMMAND_MODULES = (
-    "fastpath.doctor",
+    "fastpath.doctor.cli",
     "fastpath.labs.demo",
     "fastpath.netns.cli",
     "fastpath.bpf.cli",

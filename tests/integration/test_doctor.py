@@ -14,6 +14,9 @@ import pytest
 
 from fastpath import doctor
 from fastpath.doctor import Status
+from fastpath.doctor import checks as doctor_checks
+from fastpath.doctor import cli as doctor_cli
+from fastpath.doctor import session as doctor_session
 
 pytestmark = [
     pytest.mark.integration,
@@ -108,7 +111,7 @@ def test_io_uring_opcodes_include_what_the_echo_servers_submit(report: dict[str,
 
 def test_dpdk_version_and_hugepages_data(report: dict[str, Any]) -> None:
     by_name = rows(report)
-    assert doctor._version_tuple(by_name["dpdk"]["data"]["version"])[:2] >= (22, 11)
+    assert doctor_checks._version_tuple(by_name["dpdk"]["data"]["version"])[:2] >= (22, 11)
     hp = by_name["hugepages"]["data"]
     assert "2048kB" in hp["sizes"] and hp["nodes"]
     assert all(set(p) == {"total", "free"} for node in hp["nodes"].values() for p in node.values())
@@ -199,7 +202,7 @@ def test_namespace_removed_when_a_probe_fails_midway(monkeypatch: pytest.MonkeyP
         session.load_xdp("doctor_pass")
         raise RuntimeError("failed after creating a veth")
 
-    monkeypatch.setitem(doctor.PROBES, "half-done", half_done)
+    monkeypatch.setitem(doctor_cli.PROBES, "half-done", half_done)
     (row,) = doctor.run_checks(["half-done"])
     assert row.status is Status.FAIL and "failed after creating a veth" in row.detail
     assert seen and not (doctor.NETNS_DIR / seen[0]).exists()
@@ -207,7 +210,7 @@ def test_namespace_removed_when_a_probe_fails_midway(monkeypatch: pytest.MonkeyP
 
 def test_verifier_refusal_reaches_the_row(monkeypatch: pytest.MonkeyPatch) -> None:
     unchecked_read = "int doctor_bad(struct xdp_md *ctx) { return *(u8 *)(long)ctx->data; }\n"
-    monkeypatch.setattr(doctor, "PROBE_BPF_TEXT", doctor.PROBE_BPF_TEXT + unchecked_read)
+    monkeypatch.setattr(doctor_session, "PROBE_BPF_TEXT", doctor_session.PROBE_BPF_TEXT + unchecked_read)
     with doctor.DoctorSession() as session:
         session.load_xdp("doctor_pass")
         with pytest.raises(RuntimeError, match="doctor_bad.*invalid access to packet"):

@@ -4,6 +4,7 @@ system headers (the bpf(2) ones are tests/unit/test_bpf_abi.py's)."""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import re
@@ -16,6 +17,10 @@ import pytest
 
 from fastpath import doctor
 from fastpath.doctor import Check, Status
+from fastpath.doctor import cli as doctor_cli
+from fastpath.doctor import dpdk as doctor_dpdk
+from fastpath.doctor import session as doctor_session
+from fastpath.doctor import uring as doctor_uring
 from fastpath.errors import FastpathError
 
 RELEASE = "6.18.44-fc-v669"
@@ -424,7 +429,7 @@ def test_dpdk_pmds_without_socket_pmds_warns_and_missing_dir_fails(tmp_path: Pat
     ("version", "status"), [("22.11.11", Status.OK), ("21.11.3", Status.WARN), (None, Status.FAIL)]
 )
 def test_dpdk_version(monkeypatch: pytest.MonkeyPatch, version: str | None, status: Status) -> None:
-    monkeypatch.setattr(doctor, "_pkg_config", lambda *args: version)
+    monkeypatch.setattr(doctor_dpdk, "_pkg_config", lambda *args: version)
     row = doctor.probe_dpdk()
     assert row.status is status
     if status is not Status.FAIL:
@@ -432,7 +437,7 @@ def test_dpdk_version(monkeypatch: pytest.MonkeyPatch, version: str | None, stat
 
 
 def test_liburing_missing_fails(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(doctor, "_pkg_config", lambda *args: None)
+    monkeypatch.setattr(doctor_uring, "_pkg_config", lambda *args: None)
     row = doctor.probe_liburing()
     assert row.status is Status.FAIL and row.fix is not None and "liburing-dev" in row.fix
 
@@ -441,7 +446,7 @@ def test_liburing_reports_ffi_library(monkeypatch: pytest.MonkeyPatch, tmp_path:
     for name in ("liburing.so.2.5", "liburing-ffi.so.2.5"):
         (tmp_path / name).write_text("")
     answers = {"--modversion": "2.5", "--variable=libdir": str(tmp_path)}
-    monkeypatch.setattr(doctor, "_pkg_config", lambda flag, pkg: answers[flag])
+    monkeypatch.setattr(doctor_uring, "_pkg_config", lambda flag, pkg: answers[flag])
     row = doctor.probe_liburing()
     assert row.status is Status.OK
     assert row.data["ffi"] == ["liburing-ffi.so.2.5"]
@@ -606,8 +611,8 @@ FAKE_ROWS = {
 @pytest.fixture
 def fake_probes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     probes = {name: (lambda s, row=row: row) for name, row in FAKE_ROWS.items()}
-    monkeypatch.setattr(doctor, "PROBES", probes)
-    monkeypatch.setattr(doctor, "NETNS_DIR", tmp_path / "netns")
+    monkeypatch.setattr(doctor_cli, "PROBES", probes)
+    monkeypatch.setattr(doctor_session, "NETNS_DIR", tmp_path / "netns")
 
 
 def test_json_report_schema_and_exit_code(fake_probes: None, capsys: pytest.CaptureFixture[str]) -> None:
@@ -706,10 +711,10 @@ def test_io_uring_abi_matches_the_system_headers(tmp_path: Path) -> None:
     out = subprocess.run([str(tmp_path / "layout")], check=True, capture_output=True, text=True)
     got = dict(line.rsplit(" ", 1) for line in out.stdout.splitlines() if not line.startswith("ops"))
     ctypes_layout = {
-        "params": doctor.ctypes.sizeof(doctor._UringParams),
-        "struct io_uring_params.sq_off": doctor._UringParams.sq_off.offset,
-        "struct io_uring_params.cq_off": doctor._UringParams.cq_off.offset,
-        "sqe": doctor._SQE.size,
+        "params": ctypes.sizeof(doctor_uring._UringParams),
+        "struct io_uring_params.sq_off": doctor_uring._UringParams.sq_off.offset,
+        "struct io_uring_params.cq_off": doctor_uring._UringParams.cq_off.offset,
+        "sqe": doctor_uring._SQE.size,
         "struct io_uring_sqe.user_data": 32,
         "struct io_uring_sqe.buf_group": 40,
     }
@@ -734,7 +739,7 @@ def test_reap_only_touches_dead_doctor_namespaces(monkeypatch: pytest.MonkeyPatc
     for name in (f"fpdoc-{os.getpid()}-abc123", "fpdoc-999999999-abc123", "fpdev-t1"):
         (netns_dir / name).write_text("")
     removed: list[str] = []
-    monkeypatch.setattr(doctor, "NETNS_DIR", netns_dir)
+    monkeypatch.setattr(doctor_session, "NETNS_DIR", netns_dir)
     monkeypatch.setattr("fastpath.netns.builder.remove_netns", removed.append)
     assert doctor.reap_stale_netns() == ["fpdoc-999999999-abc123"]
     assert removed == ["fpdoc-999999999-abc123"]
