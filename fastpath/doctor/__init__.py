@@ -90,10 +90,6 @@ from fastpath.doctor.session import (
     temp_netns,
 )
 from fastpath.doctor.uring import (
-    IORING_FEATS,
-    IORING_OP,
-    IORING_OPS,
-    REQUIRED_OPS,
     probe_io_uring,
     probe_io_uring_multishot,
     probe_io_uring_opcodes,
@@ -124,9 +120,6 @@ __all__ = [
     "CAPS",
     "EPILOG",
     "FORGED_COOKIE_DELTA",
-    "IORING_FEATS",
-    "IORING_OP",
-    "IORING_OPS",
     "IPTABLES_SYNPROXY",
     "LIVE_FRAMES_FIX",
     "MEMCG_BPF_KERNEL",
@@ -139,7 +132,6 @@ __all__ = [
     "PROBE_BPF_CFLAGS",
     "PROBE_BPF_PATH",
     "PROBE_BPF_TEXT",
-    "REQUIRED_OPS",
     "ROOT",
     "ROOT_FIX",
     "SETUP_HOST",

@@ -32,12 +32,27 @@ from fastpath.doctor.checks import (
     _warn,
     parse_kernel_version,
 )
+from fastpath.uring.abi import (
+    ECHO_OPCODES,
+    FEATURES,
+    IO_URING_OP_SUPPORTED,
+    IORING_ACCEPT_MULTISHOT,
+    IORING_CQE_F_BUFFER,
+    IORING_CQE_F_MORE,
+    IORING_ENTER_GETEVENTS,
+    IORING_OFF_SQES,
+    IORING_RECV_MULTISHOT,
+    IORING_REGISTER_PROBE,
+    IOSQE_BUFFER_SELECT,
+    NR_IO_URING_ENTER,
+    NR_IO_URING_REGISTER,
+    NR_IO_URING_SETUP,
+    OP,
+    OPCODES,
+)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
-NR_IO_URING_SETUP = 425
-NR_IO_URING_ENTER = 426
-NR_IO_URING_REGISTER = 427
 
 
 def _syscall(nr: int, *args: Any) -> int:
@@ -69,35 +84,6 @@ class _UringParams(ctypes.Structure):
     ] + [("resv", ctypes.c_uint32 * 3), ("sq_off", _SqOffsets), ("cq_off", _CqOffsets)]
 
 
-# enum io_uring_op (include/uapi/linux/io_uring.h); the probe reports numbers, these name them.
-IORING_OPS = (
-    "NOP READV WRITEV FSYNC READ_FIXED WRITE_FIXED POLL_ADD POLL_REMOVE SYNC_FILE_RANGE "
-    "SENDMSG RECVMSG TIMEOUT TIMEOUT_REMOVE ACCEPT ASYNC_CANCEL LINK_TIMEOUT CONNECT FALLOCATE "
-    "OPENAT CLOSE FILES_UPDATE STATX READ WRITE FADVISE MADVISE SEND RECV OPENAT2 EPOLL_CTL "
-    "SPLICE PROVIDE_BUFFERS REMOVE_BUFFERS TEE SHUTDOWN RENAMEAT UNLINKAT MKDIRAT SYMLINKAT "
-    "LINKAT MSG_RING FSETXATTR SETXATTR FGETXATTR GETXATTR SOCKET URING_CMD SEND_ZC SENDMSG_ZC "
-    "READ_MULTISHOT WAITID FUTEX_WAIT FUTEX_WAKE FUTEX_WAITV FIXED_FD_INSTALL FTRUNCATE BIND "
-    "LISTEN RECV_ZC EPOLL_WAIT READV_FIXED WRITEV_FIXED PIPE"
-).split()
-IORING_OP = {op: i for i, op in enumerate(IORING_OPS)}
-# What fastpath's echo servers submit.
-REQUIRED_OPS = ("ACCEPT", "RECV", "SEND", "CLOSE", "ASYNC_CANCEL", "TIMEOUT", "PROVIDE_BUFFERS")
-
-IORING_FEATS = (
-    "SINGLE_MMAP NODROP SUBMIT_STABLE RW_CUR_POS CUR_PERSONALITY FAST_POLL POLL_32BITS "
-    "SQPOLL_NONFIXED EXT_ARG NATIVE_WORKERS RSRC_TAGS CQE_SKIP LINKED_FILE REG_REG_RING "
-    "RECVSEND_BUNDLE MIN_TIMEOUT RW_ATTR NO_IOWAIT"
-).split()
-
-IORING_REGISTER_PROBE = 8
-IO_URING_OP_SUPPORTED = 1
-IORING_ENTER_GETEVENTS = 1
-IORING_OFF_SQES = 0x10000000
-IOSQE_BUFFER_SELECT = 1 << 5
-IORING_ACCEPT_MULTISHOT = 1 << 0
-IORING_RECV_MULTISHOT = 1 << 1
-IORING_CQE_F_BUFFER = 1 << 0
-IORING_CQE_F_MORE = 1 << 1
 _SQE = struct.Struct("<BBHiQQIIQHHiQQ")
 _CQE = struct.Struct("<QiI")
 
@@ -225,7 +211,7 @@ class _Ring:
 
 
 def _op_name(op: int) -> str:
-    return IORING_OPS[op] if op < len(IORING_OPS) else f"OP_{op}"
+    return OPCODES[op] if op < len(OPCODES) else f"OP_{op}"
 
 
 def probe_io_uring(root: Path = ROOT) -> Check:
@@ -249,7 +235,7 @@ def probe_io_uring(root: Path = ROOT) -> Check:
         )
         return _fail(name, f"io_uring_setup failed: {exc.strerror}", fix, errno=exc.errno, **data)
     try:
-        feats = [f for i, f in enumerate(IORING_FEATS) if ring.params.features >> i & 1]
+        feats = [f for i, f in enumerate(FEATURES) if ring.params.features >> i & 1]
     finally:
         ring.close()
     data["features"] = feats
@@ -276,18 +262,18 @@ def probe_io_uring_opcodes() -> Check:
         )
     finally:
         ring.close()
-    names = sorted((_op_name(op) for op in ops), key=lambda n: IORING_OP.get(n, 999))
-    required = {op: IORING_OP[op] in ops for op in REQUIRED_OPS}
+    names = sorted((_op_name(op) for op in ops), key=lambda n: OP.get(n, 999))
+    required = {op: OP[op] in ops for op in ECHO_OPCODES}
     data = {"last_op": last_op, "supported": names, "required": required}
     missing = [op for op, ok in required.items() if not ok]
     if missing:
         return _fail(
             name,
             f"{len(ops)} opcodes, missing {', '.join(missing)}",
-            f"boot Linux 5.19+ (fastpath's echo servers need all of {', '.join(REQUIRED_OPS)})",
+            f"boot Linux 5.19+ (fastpath's echo servers need all of {', '.join(ECHO_OPCODES)})",
             **data,
         )
-    return _ok(name, f"{len(ops)} opcodes (last {last_op}); has {', '.join(REQUIRED_OPS)}", **data)
+    return _ok(name, f"{len(ops)} opcodes (last {last_op}); has {', '.join(ECHO_OPCODES)}", **data)
 
 
 def _multishot_round_trip(ring: _Ring) -> dict[str, Any]:
@@ -302,7 +288,7 @@ def _multishot_round_trip(ring: _Ring) -> dict[str, Any]:
         listener.bind(("127.0.0.1", 0))
         listener.listen(4)
         client = socket.create_connection(listener.getsockname(), timeout=1)
-        ring.submit(IORING_OP["ACCEPT"], fd=listener.fileno(), ioprio=IORING_ACCEPT_MULTISHOT, user_data=1)
+        ring.submit(OP["ACCEPT"], fd=listener.fileno(), ioprio=IORING_ACCEPT_MULTISHOT, user_data=1)
         cqe = ring.reap(1)
         result["accept_cqe"] = cqe
         if cqe is not None and cqe[0] >= 0:
@@ -311,7 +297,7 @@ def _multishot_round_trip(ring: _Ring) -> dict[str, Any]:
         else:
             conn, _ = listener.accept()
         ring.submit(
-            IORING_OP["PROVIDE_BUFFERS"],
+            OP["PROVIDE_BUFFERS"],
             fd=nbufs,
             addr=ctypes.addressof(buffers),
             length=buf_size,
@@ -321,7 +307,7 @@ def _multishot_round_trip(ring: _Ring) -> dict[str, Any]:
         )
         result["provide_cqe"] = ring.reap(2)
         ring.submit(
-            IORING_OP["RECV"],
+            OP["RECV"],
             fd=conn.fileno(),
             flags=IOSQE_BUFFER_SELECT,
             ioprio=IORING_RECV_MULTISHOT,
@@ -343,7 +329,7 @@ def _multishot_round_trip(ring: _Ring) -> dict[str, Any]:
         if result["recv"]:
             ring.reap(3)
         if result["accept"]:
-            ring.submit(IORING_OP["ASYNC_CANCEL"], addr=1, user_data=4)
+            ring.submit(OP["ASYNC_CANCEL"], addr=1, user_data=4)
             result["cancel_cqe"] = ring.reap(4)
             ring.reap(1)
     finally:

@@ -35,97 +35,113 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from fastpath.errors import CapabilityError, FastpathError
+from fastpath.uring.abi import (
+    ECHO_OPCODES as ECHO_OPCODES,
+)
+from fastpath.uring.abi import (
+    FEATURE_NAMES as FEATURE_NAMES,
+)
+from fastpath.uring.abi import (
+    IO_URING_OP_SUPPORTED as IO_URING_OP_SUPPORTED,
+)
+from fastpath.uring.abi import (
+    IORING_ASYNC_CANCEL_ALL as IORING_ASYNC_CANCEL_ALL,
+)
+from fastpath.uring.abi import (
+    IORING_ASYNC_CANCEL_ANY as IORING_ASYNC_CANCEL_ANY,
+)
+from fastpath.uring.abi import (
+    IORING_ASYNC_CANCEL_FD as IORING_ASYNC_CANCEL_FD,
+)
+from fastpath.uring.abi import (
+    IORING_CQE_BUFFER_SHIFT as IORING_CQE_BUFFER_SHIFT,
+)
+from fastpath.uring.abi import (
+    IORING_CQE_F_BUFFER as IORING_CQE_F_BUFFER,
+)
+from fastpath.uring.abi import (
+    IORING_CQE_F_MORE as IORING_CQE_F_MORE,
+)
+from fastpath.uring.abi import (
+    IORING_CQE_F_NOTIF as IORING_CQE_F_NOTIF,
+)
+from fastpath.uring.abi import (
+    IORING_CQE_F_SOCK_NONEMPTY as IORING_CQE_F_SOCK_NONEMPTY,
+)
+from fastpath.uring.abi import (
+    IORING_FEAT_EXT_ARG as IORING_FEAT_EXT_ARG,
+)
+from fastpath.uring.abi import (
+    IORING_FEAT_NODROP as IORING_FEAT_NODROP,
+)
+from fastpath.uring.abi import (
+    IORING_SETUP_CLAMP as IORING_SETUP_CLAMP,
+)
+from fastpath.uring.abi import (
+    IORING_SETUP_COOP_TASKRUN as IORING_SETUP_COOP_TASKRUN,
+)
+from fastpath.uring.abi import (
+    IORING_SETUP_CQSIZE as IORING_SETUP_CQSIZE,
+)
+from fastpath.uring.abi import (
+    IORING_SETUP_DEFER_TASKRUN as IORING_SETUP_DEFER_TASKRUN,
+)
 
-# --- constants (from linux/io_uring.h; numbers are kernel ABI and never change) -----------
-
-IORING_SETUP_IOPOLL = 1 << 0
-IORING_SETUP_SQPOLL = 1 << 1
-IORING_SETUP_SQ_AFF = 1 << 2
-IORING_SETUP_CQSIZE = 1 << 3
-IORING_SETUP_CLAMP = 1 << 4
-IORING_SETUP_SUBMIT_ALL = 1 << 7
-IORING_SETUP_COOP_TASKRUN = 1 << 8
-IORING_SETUP_TASKRUN_FLAG = 1 << 9
-IORING_SETUP_SINGLE_ISSUER = 1 << 12
-IORING_SETUP_DEFER_TASKRUN = 1 << 13
-
-SETUP_FLAG_NAMES = {
-    IORING_SETUP_IOPOLL: "IOPOLL",
-    IORING_SETUP_SQPOLL: "SQPOLL",
-    IORING_SETUP_SQ_AFF: "SQ_AFF",
-    IORING_SETUP_CQSIZE: "CQSIZE",
-    IORING_SETUP_CLAMP: "CLAMP",
-    IORING_SETUP_SUBMIT_ALL: "SUBMIT_ALL",
-    IORING_SETUP_COOP_TASKRUN: "COOP_TASKRUN",
-    IORING_SETUP_TASKRUN_FLAG: "TASKRUN_FLAG",
-    IORING_SETUP_SINGLE_ISSUER: "SINGLE_ISSUER",
-    IORING_SETUP_DEFER_TASKRUN: "DEFER_TASKRUN",
-}
-
-FEATURE_NAMES = {
-    1 << 0: "SINGLE_MMAP",
-    1 << 1: "NODROP",
-    1 << 2: "SUBMIT_STABLE",
-    1 << 3: "RW_CUR_POS",
-    1 << 4: "CUR_PERSONALITY",
-    1 << 5: "FAST_POLL",
-    1 << 6: "POLL_32BITS",
-    1 << 7: "SQPOLL_NONFIXED",
-    1 << 8: "EXT_ARG",
-    1 << 9: "NATIVE_WORKERS",
-    1 << 10: "RSRC_TAGS",
-    1 << 11: "CQE_SKIP",
-    1 << 12: "LINKED_FILE",
-    1 << 13: "REG_REG_RING",
-    1 << 14: "RECVSEND_BUNDLE",
-    1 << 15: "MIN_TIMEOUT",
-    1 << 16: "RW_ATTR",
-    1 << 17: "NO_IOWAIT",
-}
-IORING_FEAT_NODROP = 1 << 1
-IORING_FEAT_EXT_ARG = 1 << 8
-
-IOSQE_FIXED_FILE = 1 << 0
-IOSQE_IO_DRAIN = 1 << 1
-IOSQE_IO_LINK = 1 << 2
-IOSQE_IO_HARDLINK = 1 << 3
-IOSQE_ASYNC = 1 << 4
-IOSQE_BUFFER_SELECT = 1 << 5
-IOSQE_CQE_SKIP_SUCCESS = 1 << 6
-
-IORING_CQE_F_BUFFER = 1 << 0
-IORING_CQE_F_MORE = 1 << 1
-IORING_CQE_F_SOCK_NONEMPTY = 1 << 2
-IORING_CQE_F_NOTIF = 1 << 3
-IORING_CQE_BUFFER_SHIFT = 16
-
-IORING_TIMEOUT_ABS = 1 << 0
-IORING_TIMEOUT_ETIME_SUCCESS = 1 << 5
-
-IORING_ASYNC_CANCEL_ALL = 1 << 0
-IORING_ASYNC_CANCEL_FD = 1 << 1
-IORING_ASYNC_CANCEL_ANY = 1 << 2
-
-IO_URING_OP_SUPPORTED = 1 << 0
-
-# Opcode numbers by name, in kernel order (numbers past SENDMSG_ZC are newer than
-# liburing 2.3's header but fixed by the kernel ABI).
-OPCODES: tuple[str, ...] = (
-    "NOP", "READV", "WRITEV", "FSYNC", "READ_FIXED", "WRITE_FIXED", "POLL_ADD",
-    "POLL_REMOVE", "SYNC_FILE_RANGE", "SENDMSG", "RECVMSG", "TIMEOUT", "TIMEOUT_REMOVE",
-    "ACCEPT", "ASYNC_CANCEL", "LINK_TIMEOUT", "CONNECT", "FALLOCATE", "OPENAT", "CLOSE",
-    "FILES_UPDATE", "STATX", "READ", "WRITE", "FADVISE", "MADVISE", "SEND", "RECV",
-    "OPENAT2", "EPOLL_CTL", "SPLICE", "PROVIDE_BUFFERS", "REMOVE_BUFFERS", "TEE",
-    "SHUTDOWN", "RENAMEAT", "UNLINKAT", "MKDIRAT", "SYMLINKAT", "LINKAT", "MSG_RING",
-    "FSETXATTR", "SETXATTR", "FGETXATTR", "GETXATTR", "SOCKET", "URING_CMD", "SEND_ZC",
-    "SENDMSG_ZC", "READ_MULTISHOT", "WAITID", "FUTEX_WAIT", "FUTEX_WAKE", "FUTEX_WAITV",
-    "FIXED_FD_INSTALL", "FTRUNCATE", "BIND", "LISTEN", "RECV_ZC", "EPOLL_WAIT",
-    "READV_FIXED", "WRITEV_FIXED", "PIPE",
-)  # fmt: skip
-OP = {name: number for number, name in enumerate(OPCODES)}
-
-#: Opcodes the echo servers cannot run without.
-ECHO_OPCODES = ("ACCEPT", "RECV", "SEND", "ASYNC_CANCEL", "TIMEOUT", "READ", "CLOSE")
+# Constants are the kernel ABI's (fastpath.uring.abi); the bindings' users find them here too.
+from fastpath.uring.abi import (
+    IORING_SETUP_IOPOLL as IORING_SETUP_IOPOLL,
+)
+from fastpath.uring.abi import (
+    IORING_SETUP_SINGLE_ISSUER as IORING_SETUP_SINGLE_ISSUER,
+)
+from fastpath.uring.abi import (
+    IORING_SETUP_SQ_AFF as IORING_SETUP_SQ_AFF,
+)
+from fastpath.uring.abi import (
+    IORING_SETUP_SQPOLL as IORING_SETUP_SQPOLL,
+)
+from fastpath.uring.abi import (
+    IORING_SETUP_SUBMIT_ALL as IORING_SETUP_SUBMIT_ALL,
+)
+from fastpath.uring.abi import (
+    IORING_SETUP_TASKRUN_FLAG as IORING_SETUP_TASKRUN_FLAG,
+)
+from fastpath.uring.abi import (
+    IORING_TIMEOUT_ABS as IORING_TIMEOUT_ABS,
+)
+from fastpath.uring.abi import (
+    IORING_TIMEOUT_ETIME_SUCCESS as IORING_TIMEOUT_ETIME_SUCCESS,
+)
+from fastpath.uring.abi import (
+    IOSQE_ASYNC as IOSQE_ASYNC,
+)
+from fastpath.uring.abi import (
+    IOSQE_BUFFER_SELECT as IOSQE_BUFFER_SELECT,
+)
+from fastpath.uring.abi import (
+    IOSQE_CQE_SKIP_SUCCESS as IOSQE_CQE_SKIP_SUCCESS,
+)
+from fastpath.uring.abi import (
+    IOSQE_FIXED_FILE as IOSQE_FIXED_FILE,
+)
+from fastpath.uring.abi import (
+    IOSQE_IO_DRAIN as IOSQE_IO_DRAIN,
+)
+from fastpath.uring.abi import (
+    IOSQE_IO_HARDLINK as IOSQE_IO_HARDLINK,
+)
+from fastpath.uring.abi import (
+    IOSQE_IO_LINK as IOSQE_IO_LINK,
+)
+from fastpath.uring.abi import (
+    OP as OP,
+)
+from fastpath.uring.abi import (
+    OPCODES as OPCODES,
+)
+from fastpath.uring.abi import (
+    SETUP_FLAG_NAMES as SETUP_FLAG_NAMES,
+)
 
 # --- ctypes mirrors of the C structs ---------------------------------------------------------
 
