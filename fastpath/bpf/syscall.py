@@ -33,6 +33,7 @@ PROG_TEST_RUN = 10
 PROG_GET_FD_BY_ID = 13
 MAP_GET_FD_BY_ID = 14
 OBJ_GET_INFO_BY_FD = 15
+MAP_UPDATE_BATCH = 26
 LINK_CREATE = 28
 LINK_UPDATE = 29
 LINK_GET_FD_BY_ID = 30
@@ -106,6 +107,14 @@ class _ProgLoadAttr(ctypes.Structure):
         ("prog_ifindex", _u32),
         ("expected_attach_type", _u32),
     ]
+
+
+class _BatchAttr(ctypes.Structure):
+    """union bpf_attr, the BPF_MAP_*_BATCH variant."""
+
+    _fields_ = [("in_batch", ctypes.c_uint64), ("out_batch", ctypes.c_uint64),
+                ("keys", ctypes.c_uint64), ("values", ctypes.c_uint64), ("count", ctypes.c_uint32),
+                ("map_fd", ctypes.c_uint32), ("elem_flags", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
 
 
 class _ObjAttr(ctypes.Structure):
@@ -277,6 +286,16 @@ def map_update(
 ) -> None:
     attr = _MapElemAttr(map_fd=fd, key=_addr(key), value=_addr(value), flags=flags)
     _call(MAP_UPDATE_ELEM, attr, "map update")
+
+
+def map_update_batch(fd: int, keys: int, values: int, count: int) -> tuple[int, int]:
+    """BPF_MAP_UPDATE_BATCH (Linux 5.6+) of `count` packed keys and values at the addresses
+    `keys` and `values`: (elements written, 0 or the errno that stopped it). A kernel or map
+    type without batch support answers (0, EINVAL/EOPNOTSUPP/ENOTSUPP)."""
+    attr = _BatchAttr(keys=keys, values=values, count=count, map_fd=fd)
+    ret = _libc.syscall(ctypes.c_long(_SYS_BPF), ctypes.c_int(MAP_UPDATE_BATCH), ctypes.byref(attr),
+                        ctypes.c_uint(ctypes.sizeof(attr)))
+    return int(attr.count), (0 if ret == 0 else ctypes.get_errno())
 
 
 def map_delete(fd: int, key: ctypes.Array[ctypes.c_char]) -> bool:

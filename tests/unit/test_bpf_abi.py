@@ -24,6 +24,7 @@ HEADERS = ("linux/bpf.h", "linux/if_link.h")
 LAYOUTS: dict[type[ctypes.Structure], tuple[str, str]] = {
     syscall._MapElemAttr: ("union bpf_attr", ""),
     syscall._ObjAttr: ("union bpf_attr", ""),
+    syscall._BatchAttr: ("union bpf_attr", "batch."),
     syscall._ProgLoadAttr: ("union bpf_attr", ""),
     syscall._GetFdByIdAttr: ("union bpf_attr", ""),
     syscall._TestRunAttr: ("union bpf_attr", "test."),

@@ -20,7 +20,6 @@ import fcntl
 import ipaddress
 import json
 import os
-import platform
 import re
 import socket
 import struct
@@ -426,20 +425,6 @@ def predict(state: LbState, vip: VipId, client: IPAddress, sport: int) -> str | 
 # maps
 
 
-class _BatchAttr(ctypes.Structure):
-    """union bpf_attr, the BPF_MAP_*_BATCH variant."""
-
-    _fields_ = [("in_batch", ctypes.c_uint64), ("out_batch", ctypes.c_uint64),
-                ("keys", ctypes.c_uint64), ("values", ctypes.c_uint64), ("count", ctypes.c_uint32),
-                ("map_fd", ctypes.c_uint32), ("elem_flags", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
-
-
-_BPF_MAP_UPDATE_BATCH = 26
-_SYS_BPF = {"x86_64": 321, "aarch64": 280}.get(platform.machine(), 321)
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-
-
 def write_u32_array(fd: int, first: int, values: array[int]) -> None:
     """Write values[i] at key first + i of a u32 -> u32 array map: one BPF_MAP_UPDATE_BATCH
     (kernel 5.6+) where possible, element by element otherwise."""
@@ -448,14 +433,11 @@ def write_u32_array(fd: int, first: int, values: array[int]) -> None:
     vaddr, _ = values.buffer_info()
     done = 0
     while done < len(values):
-        attr = _BatchAttr(keys=kaddr + 4 * done, values=vaddr + 4 * done, count=len(values) - done,
-                          map_fd=fd)
-        ret = _libc.syscall(_SYS_BPF, _BPF_MAP_UPDATE_BATCH, ctypes.byref(attr), ctypes.sizeof(attr))
-        if ret == 0:
+        written, err = syscall.map_update_batch(fd, kaddr + 4 * done, vaddr + 4 * done, len(values) - done)
+        if not err:
             return
-        err = ctypes.get_errno()
-        done += attr.count
-        if attr.count == 0:
+        done += written
+        if written == 0:
             if err not in _NO_BATCH:
                 raise syscall.BpfError(err, "map update batch")
             break
