@@ -15,6 +15,7 @@ bench: setup
 
 lint: setup
 	.venv/bin/ruff check .
+	.venv/bin/mypy
 
 clean:
-	rm -rf build bench-results .pytest_cache .ruff_cache
+	rm -rf build bench-results .pytest_cache .ruff_cache .mypy_cache

@@ -173,9 +173,9 @@ def _check_contenders(scenario: Scenario) -> list[str]:
     if scenario.baseline not in declared:
         raise FastpathError(f"scenario {name!r}: baseline {scenario.baseline!r} is not one of {declared}")
     for t in scenario.targets:
-        for c in (t.contender, t.versus):
-            if c is not None and c not in declared:
-                raise FastpathError(f"scenario {name!r}: target names unknown contender {c!r}")
+        for who in (t.contender, t.versus):
+            if who is not None and who not in declared:
+                raise FastpathError(f"scenario {name!r}: target names unknown contender {who!r}")
     return declared
 
 

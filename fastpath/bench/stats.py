@@ -167,12 +167,12 @@ def evaluate_target(
             reason = f"{name} skipped: {why}" if why else f"{name} was not measured"
             return TargetResult(target, desc, None, False, reason)
     median = summaries[target.contender].median
-    if target.versus is None:
-        measured: float | None = median
-    else:
-        measured = advantage(median, summaries[target.versus].median, metric.better)
-        if measured is None:
+    measured = median
+    if target.versus is not None:
+        ratio = advantage(median, summaries[target.versus].median, metric.better)
+        if ratio is None:
             return TargetResult(target, desc, None, False, "ratio undefined (zero median)")
+        measured = ratio
     return TargetResult(target, desc, measured, compare(measured, target.op, target.value), "")
 
 

@@ -107,7 +107,7 @@ def build_cflags(spec: ProgramSpec, defines: Mapping[str, int | str], pin_dir: s
 
 def _bcc() -> Any:
     try:
-        from bcc import BPF  # type: ignore[import-not-found]
+        from bcc import BPF
     except ImportError as exc:
         raise CapabilityError(
             "bcc's Python module is not importable",

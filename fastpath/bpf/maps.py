@@ -56,7 +56,7 @@ class TypedMap(Generic[K, V]):
         try:
             fd = syscall.obj_get(path)
         except syscall.BpfError as exc:
-            raise FastpathError(f"cannot open pinned map {path}: {os.strerror(exc.errno)}") from exc
+            raise FastpathError(f"cannot open pinned map {path}: {exc.reason}") from exc
         try:
             return cls(fd, key_type, value_type, name=os.path.basename(path))
         except Exception:

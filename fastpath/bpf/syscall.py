@@ -239,6 +239,7 @@ class BpfError(OSError):
     def __init__(self, err: int, what: str) -> None:
         super().__init__(err, f"{what}: {os.strerror(err)}")
         self.what = what
+        self.reason = os.strerror(err)  # the errno's text alone, for one-line messages
 
 
 def _call(cmd: int, attr: ctypes.Structure, what: str) -> int:

@@ -125,7 +125,7 @@ def _create_link(prog_fd: int, ifindex: int, netns: str | None, mode: str, ifnam
                 last = exc
     assert last is not None
     raise FastpathError(
-        f"cannot attach XDP in {mode} mode to {ifname}: {os.strerror(last.errno)}",
+        f"cannot attach XDP in {mode} mode to {ifname}: {last.reason}",
         fix="try --mode generic" if mode == "native" else None,
     )
 
@@ -366,7 +366,7 @@ def clear_stale(ifname: str, netns: str | None) -> list[Attachment]:
 def prune() -> list[tuple[Attachment, str]]:
     """Remove every dead entry, and every veth peer pass program nothing relies on any more;
     returns each removed attachment with the reason."""
-    out = []
+    out: list[tuple[Attachment, str]] = []
     for att in attachments():
         reason = dead_reason(att)
         if reason is None or read_state(att.ifname, att.netns, att.program) is None:
@@ -435,7 +435,7 @@ def _attach_pass(found: peer.VethPeer, owner: str) -> Attachment:
         fd = peer.attach_pass(found)
     except syscall.BpfError as exc:
         raise FastpathError(f"cannot put a pass program on veth peer {found.where()}: "
-                            f"{os.strerror(exc.errno)}",
+                            f"{exc.reason}",
                             fix="use --mode generic, or pass --no-peer-program") from None
     pdir = pin_dir(found.ifname, found.netns)
     try:

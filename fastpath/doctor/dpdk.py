@@ -219,7 +219,7 @@ def probe_dpdk() -> Check:
     version = _pkg_config("--modversion", "libdpdk")
     if version is None:
         return _fail(name, "pkg-config finds no libdpdk", "apt install dpdk libdpdk-dev")
-    data = {"version": version}
+    data: dict[str, Any] = {"version": version}
     if _version_tuple(version)[:2] < MIN_DPDK:
         return _warn(
             name,

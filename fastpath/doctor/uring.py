@@ -77,11 +77,15 @@ class _CqOffsets(ctypes.Structure):
     ] + [("user_addr", ctypes.c_uint64)]
 
 
+_PARAMS_FIELDS: list[tuple[str, Any]] = [
+    (n, ctypes.c_uint32)
+    for n in ("sq_entries", "cq_entries", "flags", "sq_thread_cpu", "sq_thread_idle", "features", "wq_fd")
+]
+
+
 class _UringParams(ctypes.Structure):
-    _fields_ = [
-        (n, ctypes.c_uint32)
-        for n in ("sq_entries", "cq_entries", "flags", "sq_thread_cpu", "sq_thread_idle", "features", "wq_fd")
-    ] + [("resv", ctypes.c_uint32 * 3), ("sq_off", _SqOffsets), ("cq_off", _CqOffsets)]
+    _fields_ = [*_PARAMS_FIELDS, ("resv", ctypes.c_uint32 * 3), ("sq_off", _SqOffsets),
+                ("cq_off", _CqOffsets)]
 
 
 _SQE = struct.Struct("<BBHiQQIIQHHiQQ")

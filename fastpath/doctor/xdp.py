@@ -120,7 +120,7 @@ def probe_xdp_link(session: DoctorSession | None = None) -> Check:
         except syscall.BpfError as exc:
             return _warn(
                 name,
-                f"BPF_LINK_CREATE(BPF_XDP) failed: {os.strerror(exc.errno)}",
+                f"BPF_LINK_CREATE(BPF_XDP) failed: {exc.reason}",
                 "needs Linux 5.9+; without it replace programs with netlink XDP_FLAGS_REPLACE (5.7+)",
                 errno=exc.errno,
             )
@@ -153,7 +153,7 @@ def probe_xdp_test_run(session: DoctorSession | None = None) -> Check:
         except syscall.BpfError as exc:
             return _fail(
                 name,
-                f"BPF_PROG_TEST_RUN failed: {os.strerror(exc.errno)}",
+                f"BPF_PROG_TEST_RUN failed: {exc.reason}",
                 "needs Linux 4.12+ with CONFIG_BPF_SYSCALL; tests/bpf cannot run",
                 errno=exc.errno,
             )
@@ -233,7 +233,7 @@ def _cookie_round_trip(s: DoctorSession, func: str, family: int) -> tuple[bool, 
     try:
         retval = syscall.prog_test_run(fn.fd, syn_packet(family)).retval
     except syscall.BpfError as exc:
-        return True, f"loaded; round trip not run ({os.strerror(exc.errno)})"
+        return True, f"loaded; round trip not run ({exc.reason})"
     meaning = {
         XDP_TX: "cookie issued and accepted, forged one rejected",
         XDP_PASS: "forged cookie accepted",

@@ -424,8 +424,8 @@ def _show_plan(plan: devbind.Plan, as_json: bool, dry_run: bool) -> None:
     for w in plan.warnings:
         info(f"  warning: {w}")
     if dry_run:
-        for w in plan.writes:
-            info(f"  would write {w.value.strip()!r} to {w.path}")
+        for write in plan.writes:
+            info(f"  would write {write.value.strip()!r} to {write.path}")
 
 
 def _finish(plan: devbind.Plan, args: argparse.Namespace, host: Host) -> int:

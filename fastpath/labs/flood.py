@@ -180,12 +180,12 @@ def live_frames_refused(ifindex: int = 1) -> str | None:
     try:
         fd = syscall.prog_load_xdp(_DROP_INSNS, "fp_live_probe")
     except syscall.BpfError as exc:
-        reason = f"loading an XDP program failed ({os.strerror(exc.errno)})"
+        reason = f"loading an XDP program failed ({exc.reason})"
     else:
         try:
             syscall.prog_test_run_live(fd, bytes(64), 1, ifindex)
         except syscall.BpfError as exc:
-            reason = f"BPF_PROG_TEST_RUN with live frames failed: {os.strerror(exc.errno)}"
+            reason = f"BPF_PROG_TEST_RUN with live frames failed: {exc.reason}"
         finally:
             os.close(fd)
     _probe_cache[ifindex] = reason
@@ -379,6 +379,7 @@ class Flood:
         Path(self._dir.name, "syn_flood.c").write_text(PROGRAM)
         spec = loader.ProgramSpec(name="syn_flood", entry="syn_flood", maps=(),
                                   directory=Path(self._dir.name))
+        defines: dict[str, int | str]
         if version == 4:
             defines = {"SRC_BASE": f"{int(net.network_address):#x}U", "SRC_MASK": f"{int(net.hostmask):#x}U"}
         else:

@@ -222,9 +222,9 @@ def plan(topo: Topology) -> list[Step]:
                 offload_steps.append(SetOffloads(end.netns, end.ifname, label, feats))
     steps.extend(offload_steps)
 
-    for node in topo.nodes.values():
-        if node.sysctls:
-            steps.append(SetSysctls(topo.netns(node.name), node.name, tuple(node.sysctls.items())))
+    for spec in topo.nodes.values():
+        if spec.sysctls:
+            steps.append(SetSysctls(topo.netns(spec.name), spec.name, tuple(spec.sysctls.items())))
     for iface, addrs in topo.addresses.items():
         for addr in addrs:
             steps.append(AddAddress(topo.netns(iface.node), iface, addr))

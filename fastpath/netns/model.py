@@ -432,15 +432,15 @@ def validate(topo: Topology) -> None:
             raise TopologyError(f"{what}: MAC {mac} is already used by {macs_seen[mac]}")
         macs_seen[mac] = iface
 
-    for node, routes in topo.routes.items():
-        if node not in topo.nodes:
-            raise TopologyError(f"routes: unknown node {node!r} (nodes: {_names(topo.nodes)})")
+    for node_name, routes in topo.routes.items():
+        if node_name not in topo.nodes:
+            raise TopologyError(f"routes: unknown node {node_name!r} (nodes: {_names(topo.nodes)})")
         seen_dst: set[tuple[IPNetwork, int | None]] = set()
         for idx, route in enumerate(routes):
-            dst = _check_route(topo, node, route, f"routes[{node}][{idx}]", check_iface)
+            dst = _check_route(topo, node_name, route, f"routes[{node_name}][{idx}]", check_iface)
             if (dst, route.metric) in seen_dst:
                 raise TopologyError(
-                    f"routes[{node}][{idx}]: a route to {route.dst} is listed twice "
+                    f"routes[{node_name}][{idx}]: a route to {route.dst} is listed twice "
                     "(give them different metrics)"
                 )
             seen_dst.add((dst, route.metric))

@@ -201,7 +201,7 @@ def pytest_report_header(config: pytest.Config) -> str:
 class Leak:
     kind: str
     what: str
-    cleanup: Callable[[], None]
+    cleanup: Callable[[], object]
 
     def __str__(self) -> str:
         return f"{self.kind} {self.what}"

@@ -1067,7 +1067,7 @@ class Ring:
         n = self._lib.io_uring_peek_batch_cqe(self._addr, self._reap_ptrs, limit)
         out = []
         for i in range(n):
-            cqe = IoUringCqe.from_address(self._reap_ptrs[i])
+            cqe = IoUringCqe.from_address(self._reap_ptrs[i])  # type: ignore[arg-type]  # never NULL below n
             out.append(Completion(cqe.user_data, cqe.res, cqe.flags))
         if n:
             self._lib.io_uring_cq_advance(self._addr, n)

@@ -40,7 +40,7 @@ class EchoProtocol(asyncio.Protocol):
         self.server.opened(self)
 
     def data_received(self, data: bytes) -> None:
-        self.transport.write(data)  # type: ignore[union-attr] - set before any data
+        self.transport.write(data)  # type: ignore[union-attr]  # set in connection_made; no check per read
 
     def eof_received(self) -> bool:
         return False  # close once the echoes already written are flushed

@@ -30,6 +30,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from fastpath.apps.guard import existing, nft
 from fastpath.bpf import xdp
@@ -283,11 +284,11 @@ class GuardConfig:
     @classmethod
     def from_json(cls, data: Mapping[str, object]) -> GuardConfig:
         known = {f for f in cls.__dataclass_fields__}
-        kw = {k: v for k, v in data.items() if k in known}
+        kw: dict[str, Any] = {k: v for k, v in data.items() if k in known}
         for key in ("cookie_ports", "drop_ports"):
             if key in kw:
-                kw[key] = tuple(int(p) for p in kw[key])  # type: ignore[union-attr]
-        return cls(**kw)  # type: ignore[arg-type]
+                kw[key] = tuple(int(p) for p in kw[key])
+        return cls(**kw)
 
     def describe(self) -> str:
         parts = []
@@ -356,7 +357,7 @@ def interface_defines(ifname: str, netns: str | None) -> dict[str, int]:
 # -- the pinned maps of one attachment ------------------------------------------------------------
 
 @contextlib.contextmanager
-def open_map(att: xdp.Attachment, name: str) -> Iterator[TypedMap]:  # type: ignore[type-arg]
+def open_map(att: xdp.Attachment, name: str) -> Iterator[TypedMap]:
     key, value = MAP_TYPES[name]
     with TypedMap.open_pinned(att.map_path(name), key, value) as m:
         yield m
@@ -414,8 +415,9 @@ def read_ports(att: xdp.Attachment) -> dict[int, int]:
     return {p: mode for p, mode in enumerate(buf) if mode != PORT_OPEN}
 
 
-def _array_values(m: TypedMap) -> list[int]:  # type: ignore[type-arg]
-    return [int(m.get(ctypes.c_uint32(i)).value) for i in range(m.info.max_entries)]  # type: ignore[union-attr]
+def _array_values(m: TypedMap) -> list[int]:
+    values = (m.get(ctypes.c_uint32(i)) for i in range(m.info.max_entries))
+    return [int(v.value) if v is not None else 0 for v in values]
 
 
 def lpm_key(net: Network) -> SgLpmV4 | SgLpmV6:
@@ -606,7 +608,8 @@ def attach(
             with contextlib.suppress(Exception):
                 xdp.detach(ifname, netns, program=PROGRAM)
         raise
-    return AttachResult(att, replaced, att.options.get("nft_table"), defines,  # type: ignore[arg-type]
+    nft_table = att.options.get("nft_table")
+    return AttachResult(att, replaced, nft_table if isinstance(nft_table, str) else None, defines,
                         seeded.connections)
 
 
@@ -643,7 +646,7 @@ def _remove_nft(att: xdp.Attachment, force_table: str | None = None) -> None:
     others = [a for a in attachments(netns=att.netns)
               if a.ifname != att.ifname and a.netns == att.netns and "nft_table" in a.options]
     if loose is not None and not others:
-        nft.set_tcp_loose(att.netns, int(loose))  # type: ignore[call-overload]
+        nft.set_tcp_loose(att.netns, int(str(loose)))
 
 
 # An entry whose interface or namespace went away still leaves its nft table behind when
@@ -677,8 +680,8 @@ def set_config(att: xdp.Attachment, config: GuardConfig) -> xdp.Attachment:
     return att
 
 
-def with_changes(config: GuardConfig, **changes: object) -> GuardConfig:
-    return replace(config, **changes)  # type: ignore[arg-type]
+def with_changes(config: GuardConfig, **changes: Any) -> GuardConfig:
+    return replace(config, **changes)
 
 
 def status(att: xdp.Attachment) -> dict[str, object]:

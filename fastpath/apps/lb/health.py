@@ -69,11 +69,11 @@ def probe(checks: Iterable[Target], netns: str | None, timeout: float) -> dict[T
         deadline = time.monotonic() + timeout
         while len(sel.get_map()) and time.monotonic() < deadline:
             for key, _ in sel.select(max(0.0, deadline - time.monotonic())):
-                s = key.fileobj
-                assert isinstance(s, socket.socket)
-                err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 results[key.data] = None if err == 0 else errno.errorcode.get(err, str(err))
-                sel.unregister(s)
+                sel.unregister(sock)
         for key in list(sel.get_map().values()):
             results[key.data] = f"no answer within {timeout:g}s"
     finally:

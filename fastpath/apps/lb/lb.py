@@ -446,7 +446,7 @@ def write_u32_array(fd: int, first: int, values: array[int]) -> None:
     for i in range(done, len(values)):
         k.value = first + i
         v.value = values[i]
-        syscall.map_update(fd, k, v)  # type: ignore[arg-type]
+        syscall.map_update(fd, k, v)  # type: ignore[arg-type]  # any ctypes object is a buffer to bpf(2)
 
 
 # errnos of a kernel without batch operations for the map type (524: ENOTSUPP, kernel-only)
@@ -478,7 +478,7 @@ class LbMaps:
             except syscall.BpfError as exc:
                 for fd in fds.values():
                     os.close(fd)
-                raise FastpathError(f"cannot open pinned map {att.map_path(name)}: {os.strerror(exc.errno)}",
+                raise FastpathError(f"cannot open pinned map {att.map_path(name)}: {exc.reason}",
                                     fix="re-attach: fastpath lb attach " + att.ifname) from exc
         return cls(fds)
 
@@ -777,10 +777,10 @@ class Balancer:
             if (bytes(key.addr), key.family) not in counts:
                 m.delete(key)
         for (addr, fam), n in counts.items():
-            k = AddrKey()
-            k.addr[:] = addr
-            k.family = fam
-            m.set(k, ctypes.c_uint32(n))
+            akey = AddrKey()
+            akey.addr[:] = addr
+            akey.family = fam
+            m.set(akey, ctypes.c_uint32(n))
         self.maps["config"].set(ctypes.c_uint32(0), Config(nat_vips=nat))
 
     def _zero_stats(self, name: str, index: int, cls: type[Any]) -> None:

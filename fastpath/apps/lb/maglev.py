@@ -79,14 +79,14 @@ def build_table(backends: Mapping[str, int] | Sequence[tuple[str, int]], size: i
     max_weight = max(w for _, w in live)
     perms = [permutation(names[i], size, seed) for i, _ in live]
     index = [i for i, _ in live]
-    weight = [w for _, w in live]
+    weights = [w for _, w in live]
     pos = [p.offset for p in perms]
     skip = [p.skip for p in perms]
     credit = [0] * len(live)
     filled = 0
     while True:
         for k in range(len(live)):
-            credit[k] += weight[k]
+            credit[k] += weights[k]
             if credit[k] < max_weight:
                 continue
             credit[k] -= max_weight

@@ -210,7 +210,8 @@ class Echo(Scenario):
             ctx.skip_contender("uvloop", "uvloop is not installed (pip install -e '.[bench]')")
         allowed = sorted(os.sched_getaffinity(0))
         if len(allowed) >= 2:
-            self._server_cpu, self._client_cpu = allowed[0], allowed[1]
+            self._server_cpu: int | None = allowed[0]
+            self._client_cpu: int | None = allowed[1]
             ctx.log(f"echo: servers pinned to CPU {allowed[0]}, load generator to CPU {allowed[1]}")
         else:
             self._server_cpu = self._client_cpu = None

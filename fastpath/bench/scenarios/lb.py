@@ -304,18 +304,18 @@ class LbThroughput(Scenario):
                 bal.add_vip(vip, mode)
                 for a in BACKENDS.values():
                     bal.add_backend(vip, ipaddress.ip_address(a), NAT_BACKEND_PORT if mode == "nat" else None)
-        vip, port = VIPS["nft"]
+        nft_vip, port = VIPS["nft"]
         nmap = ", ".join(f"{i} : {a}" for i, a in enumerate(BACKENDS.values()))
-        lab.run("lb", ["nft", "-f", "-"], input=_NFT % {"vip": vip, "port": port, "map": nmap,
+        lab.run("lb", ["nft", "-f", "-"], input=_NFT % {"vip": nft_vip, "port": port, "map": nmap,
                                                         "bport": BACKEND_PORT})
         if shutil.which("haproxy") is None:
             ctx.skip_contender("haproxy", "haproxy is not installed (apt-get install haproxy)")
         else:
-            vip, port = VIPS["haproxy"]
-            lab.run("lb", ["ip", "addr", "add", f"{vip}/32", "dev", "lo"])
+            ha_vip, port = VIPS["haproxy"]
+            lab.run("lb", ["ip", "addr", "add", f"{ha_vip}/32", "dev", "lo"])
             cfg = Path(ctx.workdir) / "haproxy.cfg"
             servers = "\n".join(f"  server {n} {a}:{BACKEND_PORT}" for n, a in BACKENDS.items())
-            cfg.write_text(_HAPROXY % {"vip": vip, "port": port, "servers": servers})
+            cfg.write_text(_HAPROXY % {"vip": ha_vip, "port": port, "servers": servers})
             self._haproxy = lab.spawn("lb", ["haproxy", "-db", "-f", str(cfg)])
         time.sleep(0.5)
         for c in self.contenders():
