@@ -25,6 +25,11 @@ err_console = Console(stderr=True)
 TABLES_ENV = "FASTPATH_TABLES"
 
 
+def where(iface: str, netns: str | None) -> str:
+    """'eth0' or 'eth0 in lab1-server', as messages name an interface."""
+    return f"{iface} in {netns}" if netns else iface
+
+
 def print_json(data: Any) -> None:
     """Write `data` as indented JSON on stdout."""
     json.dump(data, sys.stdout, indent=2, sort_keys=False, default=str)

@@ -9,7 +9,7 @@ import sys
 from fastpath.apps.decap import decap
 from fastpath.bpf import xdp
 from fastpath.bpf.loader import dump_source
-from fastpath.output import info, print_json, print_table
+from fastpath.output import info, print_json, print_table, where
 
 
 def register(lb_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -36,10 +36,6 @@ def register(lb_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.set_defaults(func=cmd_stats)
 
 
-def _where(iface: str, netns: str | None) -> str:
-    return f"{iface} in {netns}" if netns else iface
-
-
 def cmd_attach(args: argparse.Namespace) -> int:
     extra = [decap.parse_addr(a) for a in args.addr]
     if args.dump_bpf:
@@ -52,7 +48,7 @@ def cmd_attach(args: argparse.Namespace) -> int:
         return 0
     ns = f" --netns {args.netns}" if args.netns else ""
     verb = "replaced program on" if replaced else "attached to"
-    info(f"decap {verb} {_where(args.iface, args.netns)} ({att.mode} mode, prog id {att.prog_id}); "
+    info(f"decap {verb} {where(args.iface, args.netns)} ({att.mode} mode, prog id {att.prog_id}); "
          f"IPv4-in-IPv4 and IPv6-in-IPv6 to {', '.join(map(str, addrs)) or 'no address'} are "
          f"decapsulated; stop with: fastpath lb decap detach {args.iface}{ns}")
     return 0
@@ -60,7 +56,7 @@ def cmd_attach(args: argparse.Namespace) -> int:
 
 def cmd_detach(args: argparse.Namespace) -> int:
     decap.detach(args.iface, args.netns)
-    info(f"decap detached from {_where(args.iface, args.netns)}; pins and state removed")
+    info(f"decap detached from {where(args.iface, args.netns)}; pins and state removed")
     return 0
 
 
@@ -74,5 +70,5 @@ def cmd_stats(args: argparse.Namespace) -> int:
         return 0
     print_table(["counter", "packets", "bytes"],
                 [[k, f"{v['packets']:,}", f"{v['bytes']:,}"] for k, v in counters.items()],
-                title=f"decap on {_where(att.ifname, att.netns)} (tunnels to {', '.join(addrs)})")
+                title=f"decap on {where(att.ifname, att.netns)} (tunnels to {', '.join(addrs)})")
     return 0

@@ -16,7 +16,7 @@ from fastpath.bpf import xdp
 from fastpath.bpf.loader import dump_source
 from fastpath.core.watch import watch
 from fastpath.errors import FastpathError
-from fastpath.output import console, info, make_table, print_json, print_table
+from fastpath.output import console, info, make_table, print_json, print_table, where
 
 EPILOG = """\
 examples:
@@ -189,10 +189,6 @@ def _weight(text: str, what: str) -> int:
     return lb.check_weight(value, what)
 
 
-def _where(iface: str, netns: str | None) -> str:
-    return f"{iface} in {netns}" if netns else iface
-
-
 # ---------------------------------------------------------------------------------------
 # attach / detach
 
@@ -217,7 +213,7 @@ def cmd_attach(args: argparse.Namespace) -> int:
     verb = "hot-reloaded on" if replaced else "attached to"
     state = lb.load_state(args.iface, args.netns)
     nv = len(state.vips) if state else 0
-    info(f"l4lb {verb} {_where(args.iface, args.netns)} ({att.mode} mode, prog id {att.prog_id}, "
+    info(f"l4lb {verb} {where(args.iface, args.netns)} ({att.mode} mode, prog id {att.prog_id}, "
          f"generation {att.generation}); {nv} VIPs configured"
          + ("; conntrack and counters kept" if replaced else "")
          + f"; stop with: fastpath lb detach {args.iface}{ns}")
@@ -226,7 +222,7 @@ def cmd_attach(args: argparse.Namespace) -> int:
 
 def cmd_detach(args: argparse.Namespace) -> int:
     lb.detach(args.iface, args.netns)
-    info(f"l4lb detached from {_where(args.iface, args.netns)}; pins, state and flows removed")
+    info(f"l4lb detached from {where(args.iface, args.netns)}; pins, state and flows removed")
     return 0
 
 
@@ -269,11 +265,11 @@ def cmd_vip_list(args: argparse.Namespace) -> int:
         print_json(rows)
         return 0
     if not rows:
-        info(f"no VIPs on {_where(iface, netns)}; add one with: fastpath lb vip add VIP:PORT/PROTO")
+        info(f"no VIPs on {where(iface, netns)}; add one with: fastpath lb vip add VIP:PORT/PROTO")
         return 0
     print_table(["VIP", "mode", "hash", "backends", "active"],
                 [[r["vip"], r["mode"], r["hash"], r["backends"], r["active"]] for r in rows],
-                title=f"l4lb on {_where(iface, netns)}")
+                title=f"l4lb on {where(iface, netns)}")
     return 0
 
 
@@ -340,7 +336,7 @@ def cmd_backend_list(args: argparse.Namespace) -> int:
     print_table(["VIP", "backend", "weight", "status", "health", "MAC", "share %", "packets", "new flows"],
                 [[r["vip"], r["backend"], r["weight"], r["status"], r["health"], r["mac"], r["share"],
                   r["packets"], r["new_flows"]] for r in rows],
-                title=f"l4lb backends on {_where(iface, netns)}")
+                title=f"l4lb backends on {where(iface, netns)}")
     return 0
 
 
@@ -420,7 +416,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
             print_json({"iface": iface, "netns": netns, **data})
             return 0
         vrows, brows = _stats_rows(data, None, 1.0)
-        print_table(VIP_COLS, vrows, title=f"l4lb VIPs on {_where(iface, netns)}")
+        print_table(VIP_COLS, vrows, title=f"l4lb VIPs on {where(iface, netns)}")
         print_table(BACKEND_COLS, brows, title="backends")
         nz = [[k, v["packets"], v["bytes"]] for k, v in data["counters"].items() if v["packets"]]
         if nz:
@@ -430,7 +426,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
     def render(cur: dict[str, Any], prev: dict[str, Any], dt: float) -> Group:
         vrows, brows = _stats_rows(cur, _flat(prev), dt)
-        return Group(make_table(VIP_COLS, vrows, title=f"l4lb on {_where(iface, netns)} (Ctrl-C to stop)"),
+        return Group(make_table(VIP_COLS, vrows, title=f"l4lb on {where(iface, netns)} (Ctrl-C to stop)"),
                      make_table(BACKEND_COLS, brows))
 
     return watch(args.watch, read, render,
@@ -464,7 +460,7 @@ def cmd_health(args: argparse.Namespace) -> int:
         info(f"{time.strftime('%H:%M:%S')} {t.vip} backend {t.backend} {state}")
 
     if not args.once:
-        info(f"health checks of every TCP backend on {_where(iface, netns)} every {args.interval:g}s "
+        info(f"health checks of every TCP backend on {where(iface, netns)} every {args.interval:g}s "
              f"(fall {args.fall}, rise {args.rise}); Ctrl-C to stop")
     # One round decides on its own: a single failure drains, a single success restores.
     fall, rise = (1, 1) if args.once else (args.fall, args.rise)
