@@ -1,9 +1,10 @@
 /* SPDX-License-Identifier: GPL-2.0-only */
 /*
  * common.h - what fastpath-uring-echo, fastpath-epoll-echo and fastpath-echo-bench share:
- *            the endpoint they listen on or connect to, option values parsed with range
- *            checks, the listener with its one-line bind errors, and the servers' life
- *            cycle around their workers (signals, pinned threads, a bounded stop).
+ *            the endpoint they listen on or connect to, a getopt loop and option values
+ *            parsed with range checks, the listener with its one-line bind errors, and
+ *            the servers' life cycle around their workers (signals, pinned threads, a
+ *            bounded stop).
  *
  * User space only; every function is static (COMMON: unused ones draw no warning), so each
  * program keeps its own copy and the build stays one translation unit per binary. Define PROG (the program's name, used in
@@ -67,6 +68,31 @@ COMMON void die_bad_option(char **argv)
 	if (optopt)
 		die_usage("option %s needs a value (see --help)", argv[optind - 1]);
 	die_usage("unknown option %s (see --help)", argv[optind - 1]);
+}
+
+/*
+ * The command line, long options only: each option of `longopts` goes to take(ctx, its
+ * val, its value), which returns false for one it does not know; --help (val 'h') prints
+ * usage() and exits 0. An unknown option, a missing value or a stray argument exits 2
+ * with one line that names it.
+ */
+COMMON void parse_args(int argc, char **argv, const struct option *longopts, void (*usage)(void),
+		       bool (*take)(void *ctx, int ch, const char *arg), void *ctx)
+{
+	int ch;
+
+	opterr = 0;
+	while ((ch = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+		if (ch == 'h') {
+			usage();
+			exit(0);
+		}
+		if (ch != '?' && ch != ':' && take(ctx, ch, optarg))
+			continue;
+		die_bad_option(argv);
+	}
+	if (optind < argc)
+		die_usage("unexpected argument %s (see --help)", argv[optind]);
 }
 
 COMMON long parse_long(const char *opt, const char *text, long lo, long hi)
@@ -211,12 +237,18 @@ COMMON void thread_fail(int id, const char *fmt, ...)
 	kill(getpid(), SIGTERM);
 }
 
-COMMON double now_s(void)
+/* Monotonic time: ns for latencies and deadlines, seconds for uptimes. */
+COMMON uint64_t now_ns(void)
 {
 	struct timespec ts;
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+COMMON double now_s(void)
+{
+	return (double)now_ns() / 1e9;
 }
 
 /* SIGINT, SIGTERM and SIGUSR1 blocked (call it before any thread starts, so every thread

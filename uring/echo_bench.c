@@ -113,14 +113,6 @@ struct thread_state {
 
 static uint64_t g_start_ns, g_warm_ns, g_end_ns;
 
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 /* ---------------------------------------------------------------- payload pattern */
 
 static inline uint64_t splitmix64(uint64_t x)
@@ -494,6 +486,33 @@ static void usage(void)
 	       MAX_CONNECTIONS, MAX_THREADS, MAX_SIZE, MAX_DEPTH, MAX_REQUESTS_PER_CONN);
 }
 
+static bool take_option(void *ctx, int ch, const char *arg)
+{
+	struct options *o = ctx;
+
+	switch (ch) {
+	case 'a': parse_addr(&o->ep, arg); return true;
+	case 'p': o->ep.port = (int)parse_long("--port", arg, 1, 65535); return true;
+	case 'c': o->connections = (int)parse_long("--connections", arg, 1, MAX_CONNECTIONS); return true;
+	case 't': o->threads = (int)parse_long("--threads", arg, 1, MAX_THREADS); return true;
+	case 's': o->size = (unsigned)parse_long("--size", arg, 1, MAX_SIZE); return true;
+	case 'd': o->depth = (unsigned)parse_long("--depth", arg, 1, MAX_DEPTH); return true;
+	case 'D': o->duration = parse_seconds("--duration", arg, 0.1, 86400); return true;
+	case 'w': o->warmup = parse_seconds("--warmup", arg, 0, 3600); return true;
+	case 'r':
+		o->requests_per_conn = (unsigned)parse_long("--requests-per-conn", arg, 0,
+							    MAX_REQUESTS_PER_CONN);
+		return true;
+	case 'n': o->requests_per_conn = 1; return true;
+	case 'C':
+		if (strcmp(arg, "reset") && strcmp(arg, "fin"))
+			die_usage("--close %s: expected reset or fin", arg);
+		o->close_fin = !strcmp(arg, "fin");
+		return true;
+	}
+	return false;
+}
+
 static void parse_options(struct options *o, int argc, char **argv)
 {
 	static const struct option longopts[] = {
@@ -511,7 +530,6 @@ static void parse_options(struct options *o, int argc, char **argv)
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	int ch;
 
 	memset(o, 0, sizeof(*o));
 	parse_addr(&o->ep, "127.0.0.1");
@@ -522,33 +540,7 @@ static void parse_options(struct options *o, int argc, char **argv)
 	o->depth = 1;
 	o->duration = 5;
 	o->warmup = 1;
-	opterr = 0;
-	while ((ch = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
-		switch (ch) {
-		case 'a': parse_addr(&o->ep, optarg); break;
-		case 'p': o->ep.port = (int)parse_long("--port", optarg, 1, 65535); break;
-		case 'c': o->connections = (int)parse_long("--connections", optarg, 1, MAX_CONNECTIONS); break;
-		case 't': o->threads = (int)parse_long("--threads", optarg, 1, MAX_THREADS); break;
-		case 's': o->size = (unsigned)parse_long("--size", optarg, 1, MAX_SIZE); break;
-		case 'd': o->depth = (unsigned)parse_long("--depth", optarg, 1, MAX_DEPTH); break;
-		case 'D': o->duration = parse_seconds("--duration", optarg, 0.1, 86400); break;
-		case 'w': o->warmup = parse_seconds("--warmup", optarg, 0, 3600); break;
-		case 'r':
-			o->requests_per_conn = (unsigned)parse_long("--requests-per-conn", optarg, 0,
-								    MAX_REQUESTS_PER_CONN);
-			break;
-		case 'n': o->requests_per_conn = 1; break;
-		case 'C':
-			if (strcmp(optarg, "reset") && strcmp(optarg, "fin"))
-				die_usage("--close %s: expected reset or fin", optarg);
-			o->close_fin = !strcmp(optarg, "fin");
-			break;
-		case 'h': usage(); exit(0);
-		default: die_bad_option(argv);
-		}
-	}
-	if (optind < argc)
-		die_usage("unexpected argument %s (see --help)", argv[optind]);
+	parse_args(argc, argv, longopts, usage, take_option, o);
 	if (o->ep.port < 0)
 		die_usage("--port is required (the echo server's port)");
 	if ((unsigned long long)o->connections * o->size * o->depth > MAX_INFLIGHT_BYTES)
