@@ -109,7 +109,8 @@ if [ ! -f "$next/VERSION" ]; then
   say "unpacked liburing $(cat "$next/VERSION") (liburing-ffi) under $next for the binding tests"
   changed=1
 fi
-if [ ! -f "$next/libfastpath_uring_ffi.so" ] || [ uring/ffi_shim.c -nt "$next/libfastpath_uring_ffi.so" ]; then
+if [ ! -f "$next/libfastpath_uring_ffi.so" ] ||
+   [ -n "$(find uring/ffi_shim.c uring/echo_core.c uring/echo_core.h -newer "$next/libfastpath_uring_ffi.so")" ]; then
   make -s -C uring compat-shim LIBURING_ROOT="$next/root" OUT="$next/libfastpath_uring_ffi.so"
   say "built the liburing shim against liburing $(cat "$next/VERSION")"
   changed=1

@@ -13,26 +13,24 @@
  *             included, so the header's definitions become private `fp_inl_*`
  *             functions and this file can define the public name as an exported
  *             wrapper around them (compiled with -fvisibility=hidden: only FP_EXPORT
- *             symbols leave the library). The non-inline liburing API
- *             (io_uring_queue_init_params, io_uring_submit, ...) resolves through this
- *             library's DT_NEEDED on liburing.so.2. Extra batched helpers keep
- *             per-completion work out of Python: fastpath_uring_* reap and recycle, and
- *             the echo core (fastpath_echo_*) does the Python echo server's per-CQE
+ *             and echo_core.h's FASTPATH_ECHO_API symbols leave the library). The
+ *             non-inline liburing API (io_uring_queue_init_params, io_uring_submit, ...)
+ *             resolves through this library's DT_NEEDED on liburing.so.2. Extra batched
+ *             helpers keep per-completion work out of Python: fastpath_uring_* reap and
+ *             recycle, and the echo core (fastpath_echo_*, echo_core.c linked in: the
+ *             same code fastpath-uring-echo runs) does the Python echo server's per-CQE
  *             bookkeeping for a whole batch in one call. A layout table lets Python
  *             check its ctypes mirrors of struct io_uring & co. (and of the echo core's
  *             structs) against the compiler's view before it runs.
  * Kernel:     whatever liburing supports (the echo core: 6.0+, multishot recv into a
  *             provided-buffer ring). Only fastpath_echo_enter enters the kernel, once per
  *             batch; the other helpers make no syscalls unless the SQ is full.
- * Usage:      built and installed by uring/Makefile as
+ * Usage:      built (with echo_core.c) and installed by uring/Makefile as
  *             $(PREFIX)/lib/fastpath/libfastpath_uring_ffi.so; loaded by liburing.py.
  * Test:       python -c 'from fastpath.uring import liburing as l; print(l.load().kind)'
  */
-#include <errno.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
 
 /* Step 1: rename the header's inline helpers so the public names are free to export. */
 #define io_uring_cq_advance fp_inl_io_uring_cq_advance
@@ -79,6 +77,8 @@
 
 /* Step 2: the system header, compiled once here exactly as any liburing user sees it. */
 #include <liburing.h>
+
+#include "echo_core.h"
 
 #undef io_uring_cq_advance
 #undef io_uring_cqe_seen
@@ -413,371 +413,45 @@ FP_EXPORT void fastpath_buf_ring_recycle(struct io_uring_buf_ring *br, void *bas
 }
 
 /*
- * Step 5: the echo core. fastpath/uring/echo.py stays the server - it accepts, decides
- * when a connection pauses, resumes, finishes or is aborted, owns timers, signals and
- * stats - but the per-completion bookkeeping of an echo runs here, once per batch:
- * a recv completion queues its buffer on the connection and prepares the send, a send
- * completion retires the buffer and prepares the next send (short sends resume where
- * they stopped), and finished buffers go back to the provided-buffer ring. Only the
- * completions that need a decision are copied out for Python: everything that is not a
- * recv or send, a recv whose multishot ended or that crossed the backpressure mark, and
- * a send that failed, hit a closing connection or left the connection ready to finish
- * or resume. Python used to spend a few microseconds on every completion (two per
- * echo) in ctypes calls and bookkeeping; here a batch of dozens costs one call.
- *
- * Connections live in fixed chunks that never move, indexed by the user_data slot (the
- * Python engine uses the fd), so Python can hold a view of one for its whole life.
- * Buffers are published to the kernel as a window of the most recently used ones, as in
- * echo_server.c: the kernel takes ring entries oldest first, and publishing the whole
- * pool would make every recv land in a cold page.
- */
-#define FP_ECHO_CHUNK_SHIFT 10
-#define FP_ECHO_CHUNK (1u << FP_ECHO_CHUNK_SHIFT)   /* connections per chunk */
-#define FP_ECHO_MAX_SLOTS (1u << 20)                 /* fs.nr_open's default ceiling */
-#define FP_ECHO_GEN_MASK 0xffffffu
-#define FP_ECHO_WINDOW_MIN 64   /* buffers published at least ... */
-#define FP_ECHO_WINDOW_SLACK 64 /* ... and this many beyond one per connection */
-
-/* One connection: Python reads and writes it through a ctypes mirror between calls. */
-struct fastpath_echo_conn {
-	__s32 fd;
-	__u32 gen;
-	__s32 q_head, q_tail; /* queued buffer ids, oldest first, linked by buf_next */
-	__u32 q_bytes;        /* received, not yet echoed */
-	__u32 sent_off;       /* bytes of q_head already sent */
-	__u8 live;            /* set by fastpath_echo_open, cleared by fastpath_echo_close */
-	__u8 closing;         /* Python: aborting or finishing, buffers are recycled */
-	__u8 recv_armed;      /* multishot recv outstanding (cleared here when it ends) */
-	__u8 send_inflight;
-	__u8 paused;          /* Python: backpressure, recv cancelled */
-	__u8 eof;             /* Python: no more reads */
-	__u8 starved;         /* Python: waiting for buffers after ENOBUFS */
-	__u8 pad;
-};
-
-/* Counters and pool state Python reads for its stats lines. */
-struct fastpath_echo_stats {
-	__u64 enters, cqes, messages, bytes_in, sends, bytes_out, short_sends, bytes_queued;
-	__u32 open_conns;
-	__u32 free_buffers;    /* neither queued nor published */
-	__u32 published;       /* buffers the kernel may still pick (an estimate, see flush) */
-	__u32 window;          /* published at least; doubles on ENOBUFS with buffers free */
-	__s32 error;           /* first failure (-errno): the submission queue stayed full */
-	__u32 pad;
-};
-
-struct fastpath_echo {
-	struct fastpath_echo_stats st; /* first: Python maps the mirror at the same address */
-	struct io_uring *ring;
-	struct io_uring_buf_ring *br;
-	char *base;
-	__u32 buf_size, entries, mask, conn_max;
-	__u8 op_recv, op_send;
-	__s32 *buf_next;
-	__u32 *buf_len;
-	__u16 *free_bufs;
-	struct fastpath_echo_conn *chunks[FP_ECHO_MAX_SLOTS / FP_ECHO_CHUNK];
-};
-
-static inline __u64 echo_ud(__u8 op, __u32 gen, __u32 slot)
-{
-	return ((__u64)op << 56) | ((__u64)(gen & FP_ECHO_GEN_MASK) << 32) | slot;
-}
-
-static inline struct fastpath_echo_conn *echo_conn(struct fastpath_echo *e, __u32 slot)
-{
-	struct fastpath_echo_conn *chunk;
-
-	if (slot >= FP_ECHO_MAX_SLOTS)
-		return NULL;
-	chunk = e->chunks[slot >> FP_ECHO_CHUNK_SHIFT];
-	return chunk ? &chunk[slot & (FP_ECHO_CHUNK - 1)] : NULL;
-}
-
-/* A free SQE; a full SQ is flushed to the kernel first (with SQPOLL, waited for). */
-static struct io_uring_sqe *echo_sqe(struct fastpath_echo *e)
-{
-	struct io_uring_sqe *sqe = io_uring_get_sqe(e->ring);
-	int tries;
-
-	for (tries = 0; !sqe && tries < 1000; tries++) {
-		io_uring_submit(e->ring);
-		if (e->ring->flags & IORING_SETUP_SQPOLL)
-			io_uring_sqring_wait(e->ring);
-		sqe = io_uring_get_sqe(e->ring);
-	}
-	if (!sqe && !e->st.error)
-		e->st.error = -EBUSY;
-	return sqe;
-}
-
-static void echo_send_head(struct fastpath_echo *e, struct fastpath_echo_conn *c, __u32 slot)
-{
-	struct io_uring_sqe *sqe;
-	__s32 bid = c->q_head;
-
-	if (c->send_inflight || bid < 0)
-		return;
-	sqe = echo_sqe(e);
-	if (!sqe)
-		return;
-	fp_inl_io_uring_prep_send(sqe, c->fd, e->base + (size_t)bid * e->buf_size + c->sent_off,
-				  e->buf_len[bid] - c->sent_off, MSG_NOSIGNAL);
-	fp_inl_io_uring_sqe_set_data64(sqe, echo_ud(e->op_send, c->gen, slot));
-	c->send_inflight = 1;
-}
-
-static inline void echo_recycle(struct fastpath_echo *e, __s32 bid)
-{
-	e->free_bufs[e->st.free_buffers++] = (__u16)bid;
-}
-
-/* Top the published window up from the free stack, most recently used first. */
-static unsigned echo_flush(struct fastpath_echo *e)
-{
-	unsigned want = e->st.window, n = 0;
-
-	if (want < e->st.open_conns + FP_ECHO_WINDOW_SLACK)
-		want = e->st.open_conns + FP_ECHO_WINDOW_SLACK;
-	while (e->st.published < want && e->st.free_buffers) {
-		__u16 bid = e->free_bufs[--e->st.free_buffers];
-
-		fp_inl_io_uring_buf_ring_add(e->br, e->base + (size_t)bid * e->buf_size, e->buf_size,
-					     bid, (int)e->mask, (int)n);
-		n++;
-		e->st.published++;
-	}
-	if (n)
-		fp_inl_io_uring_buf_ring_advance(e->br, (int)n);
-	return e->st.published;
-}
-
-/* Returns 1 when Python must see the completion (the buffer part is done either way). */
-static int echo_on_recv(struct fastpath_echo *e, struct fastpath_echo_conn *c, __u32 slot,
-			__s32 res, __u32 flags)
-{
-	if (flags & IORING_CQE_F_BUFFER) {
-		__s32 bid = (__s32)(flags >> IORING_CQE_BUFFER_SHIFT);
-
-		if (e->st.published)
-			e->st.published--;
-		if (res > 0 && !c->closing) {
-			e->buf_len[bid] = (__u32)res;
-			e->buf_next[bid] = -1;
-			if (c->q_tail >= 0)
-				e->buf_next[c->q_tail] = bid;
-			else
-				c->q_head = bid;
-			c->q_tail = bid;
-			c->q_bytes += (__u32)res;
-			e->st.messages++;
-			e->st.bytes_in += (__u64)res;
-			e->st.bytes_queued += (__u64)res;
-			echo_send_head(e, c, slot);
-		} else {
-			echo_recycle(e, bid);
-		}
-	}
-	if (!(flags & IORING_CQE_F_MORE)) {
-		c->recv_armed = 0;
-		/* The kernel found the ring empty, whatever our count says; and if the window
-		 * ran dry while the pool had buffers, publish more from now on. */
-		if (res == -ENOBUFS) {
-			e->st.published = 0;
-			if (e->st.free_buffers && e->st.window < e->entries)
-				e->st.window = e->st.window * 2 < e->entries ? e->st.window * 2
-									     : e->entries;
-		}
-		return 1;
-	}
-	return res <= 0 || (!c->closing && !c->paused && c->q_bytes >= e->conn_max);
-}
-
-static int echo_on_send(struct fastpath_echo *e, struct fastpath_echo_conn *c, __u32 slot,
-			__s32 res)
-{
-	__s32 bid = c->q_head;
-	__u32 left;
-
-	c->send_inflight = 0;
-	if (c->closing || res <= 0 || bid < 0)
-		return 1;
-	e->st.sends++;
-	e->st.bytes_out += (__u64)res;
-	left = e->buf_len[bid] - c->sent_off;
-	c->q_bytes -= (__u32)res;
-	e->st.bytes_queued -= (__u64)res;
-	if ((__u32)res < left) {
-		/* Short send: the rest of this buffer goes next, before anything queued after. */
-		e->st.short_sends++;
-		c->sent_off += (__u32)res;
-		echo_send_head(e, c, slot);
-		return 0;
-	}
-	c->q_head = e->buf_next[bid];
-	if (c->q_head < 0)
-		c->q_tail = -1;
-	c->sent_off = 0;
-	echo_recycle(e, bid);
-	echo_send_head(e, c, slot);
-	return c->eof || c->paused || !c->recv_armed;
-}
-
-static int echo_complete(struct fastpath_echo *e, const struct io_uring_cqe *cqe)
-{
-	__u64 ud = cqe->user_data;
-	__u8 op = (__u8)(ud >> 56);
-	__u32 slot = (__u32)ud;
-	struct fastpath_echo_conn *c;
-
-	if (op != e->op_recv && op != e->op_send)
-		return 1;
-	c = echo_conn(e, slot);
-	/* A completion for no live connection is Python's to report. */
-	if (!c || !c->live || c->gen != ((ud >> 32) & FP_ECHO_GEN_MASK))
-		return 1;
-	if (op == e->op_recv)
-		return echo_on_recv(e, c, slot, cqe->res, cqe->flags);
-	return echo_on_send(e, c, slot, cqe->res);
-}
-
-/*
- * Set up the echo core on a ring and a registered, still empty provided-buffer ring
- * (`entries` buffers of `buf_size` bytes at `base`, buffer i at base + i * buf_size).
- * Recv completions carry user_data op `op_recv`, sends `op_send`; a connection whose
- * queue reaches `conn_max` bytes is reported for Python to pause. NULL: out of memory.
- */
-FP_EXPORT struct fastpath_echo *fastpath_echo_new(struct io_uring *ring,
-						  struct io_uring_buf_ring *br, void *base,
-						  unsigned buf_size, unsigned entries,
-						  unsigned conn_max, unsigned op_recv,
-						  unsigned op_send)
-{
-	struct fastpath_echo *e;
-	unsigned i;
-
-	if (!entries || entries > 32768 || (entries & (entries - 1)) || op_recv > 255 ||
-	    op_send > 255)
-		return NULL;
-	e = calloc(1, sizeof(*e));
-	if (!e)
-		return NULL;
-	e->buf_next = calloc(entries, sizeof(*e->buf_next));
-	e->buf_len = calloc(entries, sizeof(*e->buf_len));
-	e->free_bufs = calloc(entries, sizeof(*e->free_bufs));
-	if (!e->buf_next || !e->buf_len || !e->free_bufs) {
-		free(e->buf_next);
-		free(e->buf_len);
-		free(e->free_bufs);
-		free(e);
-		return NULL;
-	}
-	e->ring = ring;
-	e->br = br;
-	e->base = base;
-	e->buf_size = buf_size;
-	e->entries = entries;
-	e->mask = (__u32)fp_inl_io_uring_buf_ring_mask(entries);
-	e->conn_max = conn_max;
-	e->op_recv = (__u8)op_recv;
-	e->op_send = (__u8)op_send;
-	for (i = entries; i > 0; i--)
-		echo_recycle(e, (__s32)(i - 1));
-	e->st.window = FP_ECHO_WINDOW_MIN < entries ? FP_ECHO_WINDOW_MIN : entries;
-	echo_flush(e);
-	return e;
-}
-
-FP_EXPORT void fastpath_echo_free(struct fastpath_echo *e)
-{
-	unsigned i;
-
-	if (!e)
-		return;
-	for (i = 0; i < FP_ECHO_MAX_SLOTS / FP_ECHO_CHUNK; i++)
-		free(e->chunks[i]);
-	free(e->buf_next);
-	free(e->buf_len);
-	free(e->free_bufs);
-	free(e);
-}
-
-/*
- * Claim slot `fd` for a new connection (the next generation of that slot) and return
- * it; the caller arms its recv. NULL: fd out of range, slot busy, or out of memory.
+ * Step 5: the echo core (echo_core.c, shared with fastpath-uring-echo) for the Python
+ * server: fastpath_echo_new, _free, _close and _flush are exported as they are; these
+ * three add what ctypes needs - a connection's slot is its fd, and the completions that
+ * need Python's decision are copied out into an array it reads in one go.
  */
 FP_EXPORT struct fastpath_echo_conn *fastpath_echo_open(struct fastpath_echo *e, int fd)
 {
-	struct fastpath_echo_conn *c, **chunk;
-	__u32 gen;
-
-	if (fd < 0 || (unsigned)fd >= FP_ECHO_MAX_SLOTS)
-		return NULL;
-	chunk = &e->chunks[(unsigned)fd >> FP_ECHO_CHUNK_SHIFT];
-	if (!*chunk && !(*chunk = calloc(FP_ECHO_CHUNK, sizeof(**chunk))))
-		return NULL;
-	c = &(*chunk)[(unsigned)fd & (FP_ECHO_CHUNK - 1)];
-	if (c->live)
-		return NULL;
-	gen = (c->gen + 1) & FP_ECHO_GEN_MASK;
-	memset(c, 0, sizeof(*c));
-	c->fd = fd;
-	c->gen = gen;
-	c->q_head = c->q_tail = -1;
-	c->live = 1;
-	e->st.open_conns++;
-	return c;
+	return fd < 0 ? NULL : fastpath_echo_open_slot(e, (unsigned)fd, fd);
 }
 
-/* Release a connection the kernel holds nothing of any more: its queue goes back to the
- * pool (published by the next flush) and its slot is free. The caller closes the fd. */
-FP_EXPORT void fastpath_echo_close(struct fastpath_echo *e, unsigned slot)
+struct copy_out {
+	struct fastpath_cqe *out;
+	unsigned n, max;
+};
+
+static int copy_out(void *ctx, const struct io_uring_cqe *cqe)
 {
-	struct fastpath_echo_conn *c = echo_conn(e, slot);
+	struct copy_out *co = ctx;
 
-	if (!c || !c->live)
-		return;
-	while (c->q_head >= 0) {
-		__s32 bid = c->q_head;
-
-		c->q_head = e->buf_next[bid];
-		echo_recycle(e, bid);
-	}
-	c->q_tail = -1;
-	e->st.bytes_queued -= c->q_bytes;
-	c->q_bytes = 0;
-	c->sent_off = 0;
-	c->live = 0;
-	e->st.open_conns--;
+	co->out[co->n].user_data = cqe->user_data;
+	co->out[co->n].res = cqe->res;
+	co->out[co->n].flags = cqe->flags;
+	return ++co->n < co->max;
 }
 
 /*
- * Process every ready completion (up to `max` of them for Python), copy out the ones
- * Python must decide on, retire all of them from the CQ ring, then publish buffers.
- * Returns how many were copied; `max` means there may be more. Never enters the kernel
- * unless the submission queue is full.
+ * Do the bookkeeping of every ready completion (up to `max` of them for Python), copy out
+ * the ones Python must decide on, then publish buffers. Returns how many were copied;
+ * `max` means there may be more. Never enters the kernel unless the SQ is full.
  */
 FP_EXPORT unsigned fastpath_echo_reap(struct fastpath_echo *e, struct fastpath_cqe *out,
 				      unsigned max)
 {
-	struct io_uring_cqe *cqe;
-	unsigned head, seen = 0, n = 0;
+	struct copy_out co = { out, 0, max };
 
-	io_uring_for_each_cqe(e->ring, head, cqe) {
-		if (n == max)
-			break;
-		seen++;
-		if (echo_complete(e, cqe)) {
-			out[n].user_data = cqe->user_data;
-			out[n].res = cqe->res;
-			out[n].flags = cqe->flags;
-			n++;
-		}
-	}
-	fp_inl_io_uring_cq_advance(e->ring, seen);
-	e->st.cqes += seen;
-	echo_flush(e);
-	return n;
+	if (max)
+		fastpath_echo_run(e, copy_out, &co);
+	fastpath_echo_flush(e);
+	return co.n;
 }
 
 /*
@@ -789,20 +463,12 @@ FP_EXPORT unsigned fastpath_echo_reap(struct fastpath_echo *e, struct fastpath_c
 FP_EXPORT int fastpath_echo_enter(struct fastpath_echo *e, struct fastpath_cqe *out,
 				  unsigned max, unsigned wait_nr)
 {
-	int ret = io_uring_submit_and_wait(e->ring, wait_nr);
+	int ret = fastpath_echo_submit_and_wait(e, wait_nr);
 
-	if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY && ret != -ETIME)
+	if (ret < 0)
 		return ret;
-	e->st.enters++;
 	ret = (int)fastpath_echo_reap(e, out, max);
 	return e->st.error ? e->st.error : ret;
-}
-
-/* Publish recycled buffers now (after Python released connections); returns how many
- * buffers the kernel may pick, for Python to re-arm that many starved connections. */
-FP_EXPORT unsigned fastpath_echo_flush(struct fastpath_echo *e)
-{
-	return echo_flush(e);
 }
 
 /*
