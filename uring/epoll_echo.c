@@ -29,43 +29,19 @@
  * Test:       fastpath-epoll-echo --port 7777 & sleep 0.2; echo hi | nc -N 127.0.0.1 7777; kill %1
  */
 #define _GNU_SOURCE
-#include <arpa/inet.h>
 #include <errno.h>
-#include <getopt.h>
-#include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <pthread.h>
-#include <sched.h>
-#include <signal.h>
-#include <stdarg.h>
-#include <stdbool.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <sys/epoll.h>
-#include <sys/eventfd.h>
-#include <sys/socket.h>
-#include <time.h>
-#include <unistd.h>
 
 /* Tunables (compile-time; run-time options below are validated against their ranges). */
 #define EPOLL_BATCH 256                   /* events taken per epoll_wait */
 #define ACCEPT_BATCH 64                   /* accept4 calls per listener wake-up */
 #define ACCEPT_RETRY_MS 50                /* listener parked this long after EMFILE/ENFILE */
 #define DEFAULT_BUFFER_SIZE 16384         /* --buffer-size: bytes per read, per pending buffer */
-#define MIN_BUFFER_SIZE 64
-#define MAX_BUFFER_SIZE (1u << 20)
-#define DEFAULT_PORT 7777
-#define MAX_THREADS 256
-#define DEFAULT_DRAIN_MS 2000             /* --drain-ms: SIGTERM grace for pending echoes */
-#define MAX_DRAIN_MS 60000
-#define JOIN_SLACK_MS 3000                /* beyond the drain, how long main waits for workers */
-#define LISTEN_BACKLOG 4096
 
 #define PROG "fastpath-epoll-echo"
 
-#include "common.h"
+#include "server.h"
 
 struct conn {
 	int fd;
@@ -76,47 +52,22 @@ struct conn {
 	struct conn *prev, *next; /* the worker's open connections */
 };
 
-/* Counters: written by their worker only, read by main; relaxed atomics keep it defined.
- * Names match fastpath-uring-echo's where the meaning is the same. */
-struct stats {
-	uint64_t accepted, closed, messages, bytes_in, sends, bytes_out, waits, events;
-	uint64_t short_sends, accept_emfile, accept_errors, recv_errors, send_errors, pauses;
-	uint64_t queued; /* gauge: bytes read and not yet echoed, all connections */
-};
-#define STAT_ADD(w, field, n) \
-	__atomic_store_n(&(w)->stats.field, (w)->stats.field + (n), __ATOMIC_RELAXED)
-#define STAT_SUB(w, field, n) \
-	__atomic_store_n(&(w)->stats.field, (w)->stats.field - (n), __ATOMIC_RELAXED)
-#define STAT_GET(w, field) __atomic_load_n(&(w)->stats.field, __ATOMIC_RELAXED)
-
-struct options {
-	struct endpoint ep;       /* --addr, --port */
-	int threads;
-	unsigned buffer_size;
-	double stats_interval;
-	unsigned drain_ms;
-};
-
+/* Its counters are server.h's, named as fastpath-uring-echo's where the meaning is the
+ * same; waits and events are epoll_waits and the events they returned. */
 struct worker {
-	int id, cpu;
-	int listen_fd, wake_fd, epfd;
-	const struct options *opt;
-	pthread_t thread;
-	bool thread_started;
+	struct server_worker base; /* id, cpu, listener, wake-up eventfd, counters */
+	int epfd;
+	const struct server_options *opt;
 	char *scratch;            /* every read lands here first */
 	struct conn *conns;       /* open connections, newest first */
 	uint32_t open_conns;
 	bool listen_parked, stopping;
 	uint64_t accept_retry_ms, drain_deadline_ms;
-	struct stats stats;
 };
 
 static uint64_t now_ms(void)
 {
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+	return now_ns() / 1000000u;
 }
 
 /* ---------------------------------------------------------------- connections */
@@ -271,13 +222,13 @@ static void on_writable(struct worker *w, struct conn *c)
 
 static void park_listener(struct worker *w, bool parked)
 {
-	struct epoll_event ev = { .events = EPOLLIN, .data.ptr = &w->listen_fd };
+	struct epoll_event ev = { .events = EPOLLIN, .data.ptr = &w->base.listen_fd };
 
 	/* DEL rather than MOD to no events: epoll reports EPOLLERR/EPOLLHUP regardless. */
 	if (parked)
-		epoll_ctl(w->epfd, EPOLL_CTL_DEL, w->listen_fd, NULL);
-	else if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->listen_fd, &ev) < 0)
-		thread_fail(w->id, "re-adding the listener to epoll: %s", strerror(errno));
+		epoll_ctl(w->epfd, EPOLL_CTL_DEL, w->base.listen_fd, NULL);
+	else if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->base.listen_fd, &ev) < 0)
+		thread_fail(w->base.id, "re-adding the listener to epoll: %s", strerror(errno));
 	w->listen_parked = parked;
 }
 
@@ -286,7 +237,7 @@ static void on_accept(struct worker *w)
 	int i, fd;
 
 	for (i = 0; i < ACCEPT_BATCH; i++) {
-		fd = accept4(w->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		fd = accept4(w->base.listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd >= 0) {
 			new_conn(w, fd);
 			continue;
@@ -313,7 +264,7 @@ static void begin_stop(struct worker *w)
 	struct conn *c, *next;
 
 	w->stopping = true;
-	epoll_ctl(w->epfd, EPOLL_CTL_DEL, w->wake_fd, NULL);
+	epoll_ctl(w->epfd, EPOLL_CTL_DEL, w->base.wake_fd, NULL);
 	if (!w->listen_parked)
 		park_listener(w, true);
 	/* Drain: read nothing more, finish echoing what already arrived, then close. */
@@ -353,7 +304,7 @@ static void *worker_main(void *arg)
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
-			thread_fail(w->id, "epoll_wait: %s", strerror(errno));
+			thread_fail(w->base.id, "epoll_wait: %s", strerror(errno));
 			break;
 		}
 		STAT_ADD(w, waits, 1);
@@ -364,9 +315,9 @@ static void *worker_main(void *arg)
 			uint32_t e = evs[i].events;
 			struct conn *c = p;
 
-			if (p == &w->listen_fd) {
+			if (p == &w->base.listen_fd) {
 				on_accept(w);
-			} else if (p == &w->wake_fd) {
+			} else if (p == &w->base.wake_fd) {
 				/* Not here: begin_stop frees idle connections, and later events of
 				 * this batch may point at them. */
 				stop_requested = true;
@@ -394,236 +345,89 @@ static void *worker_main(void *arg)
 
 /* ---------------------------------------------------------------- options */
 
-static void usage(FILE *out)
+static void usage(void)
 {
-	fprintf(out,
-		"usage: " PROG " [options]\n"
-		"  --addr ADDR            IPv4 or IPv6 address to listen on (default 127.0.0.1)\n"
-		"  --port PORT            TCP port, 0 picks a free one (default %d)\n"
-		"  --threads N            epoll threads on SO_REUSEPORT listeners, 1..%d (default 1)\n"
-		"  --buffer-size BYTES    bytes per read and per connection's pending buffer,\n"
-		"                         %d..%u (default %d)\n"
-		"  --stats-interval SEC   also print stats every SEC seconds (0 = off)\n"
-		"  --drain-ms MS          on SIGTERM/SIGINT, time allowed to flush echoes, 0..%d (default %d)\n"
-		"signals: SIGUSR1 prints stats; SIGINT/SIGTERM drain, close every connection, exit 0\n"
-		"example: " PROG " --port 0 --threads 2\n",
-		DEFAULT_PORT, MAX_THREADS, MIN_BUFFER_SIZE, MAX_BUFFER_SIZE, DEFAULT_BUFFER_SIZE,
-		MAX_DRAIN_MS, DEFAULT_DRAIN_MS);
-}
-
-static void parse_options(struct options *o, int argc, char **argv)
-{
-	static const struct option longopts[] = {
-		{ "addr", required_argument, NULL, 'a' },
-		{ "port", required_argument, NULL, 'p' },
-		{ "threads", required_argument, NULL, 't' },
-		{ "buffer-size", required_argument, NULL, 's' },
-		{ "stats-interval", required_argument, NULL, 'i' },
-		{ "drain-ms", required_argument, NULL, 'd' },
-		{ "help", no_argument, NULL, 'h' },
-		{ NULL, 0, NULL, 0 },
-	};
-	int ch;
-
-	memset(o, 0, sizeof(*o));
-	parse_addr(&o->ep, "127.0.0.1");
-	o->ep.port = DEFAULT_PORT;
-	o->threads = 1;
-	o->buffer_size = DEFAULT_BUFFER_SIZE;
-	o->drain_ms = DEFAULT_DRAIN_MS;
-	opterr = 0;
-	while ((ch = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
-		switch (ch) {
-		case 'a': parse_addr(&o->ep, optarg); break;
-		case 'p': o->ep.port = (int)parse_long("--port", optarg, 0, 65535); break;
-		case 't': o->threads = (int)parse_long("--threads", optarg, 1, MAX_THREADS); break;
-		case 's':
-			o->buffer_size = (unsigned)parse_long("--buffer-size", optarg, MIN_BUFFER_SIZE,
-							      MAX_BUFFER_SIZE);
-			break;
-		case 'i': o->stats_interval = parse_seconds("--stats-interval", optarg, 0, 86400); break;
-		case 'd': o->drain_ms = (unsigned)parse_long("--drain-ms", optarg, 0, MAX_DRAIN_MS); break;
-		case 'h': usage(stdout); exit(0);
-		default: die_bad_option(argv);
-		}
-	}
-	if (optind < argc)
-		die_usage("unexpected argument %s (see --help)", argv[optind]);
-}
-
-/* ---------------------------------------------------------------- stats */
-
-static void print_stats(struct worker *ws, int n, double started, bool final)
-{
-	struct stats t;
-	int i;
-
-	memset(&t, 0, sizeof(t));
-	for (i = 0; i < n; i++) {
-		struct worker *w = &ws[i];
-
-		t.accepted += STAT_GET(w, accepted);
-		t.closed += STAT_GET(w, closed);
-		t.messages += STAT_GET(w, messages);
-		t.bytes_in += STAT_GET(w, bytes_in);
-		t.sends += STAT_GET(w, sends);
-		t.bytes_out += STAT_GET(w, bytes_out);
-		t.waits += STAT_GET(w, waits);
-		t.events += STAT_GET(w, events);
-		t.short_sends += STAT_GET(w, short_sends);
-		t.accept_emfile += STAT_GET(w, accept_emfile);
-		t.accept_errors += STAT_GET(w, accept_errors);
-		t.recv_errors += STAT_GET(w, recv_errors);
-		t.send_errors += STAT_GET(w, send_errors);
-		t.pauses += STAT_GET(w, pauses);
-		t.queued += STAT_GET(w, queued);
-	}
-	printf("{\"event\":\"stats\",\"final\":%s,\"engine\":\"epoll\",\"uptime_s\":%.3f,"
-	       "\"threads\":%d,\"connections_accepted\":%llu,\"connections_open\":%llu,"
-	       "\"connections_closed\":%llu,\"messages\":%llu,\"bytes_in\":%llu,\"sends\":%llu,"
-	       "\"bytes_out\":%llu,\"epoll_waits\":%llu,\"events\":%llu,\"events_per_wait\":%.2f,"
-	       "\"short_sends\":%llu,\"accept_emfile\":%llu,\"accept_errors\":%llu,"
-	       "\"recv_errors\":%llu,\"send_errors\":%llu,\"backpressure_pauses\":%llu,"
-	       "\"bytes_queued\":%llu}\n",
-	       final ? "true" : "false", now_s() - started, n, (unsigned long long)t.accepted,
-	       (unsigned long long)(t.accepted - t.closed), (unsigned long long)t.closed,
-	       (unsigned long long)t.messages, (unsigned long long)t.bytes_in,
-	       (unsigned long long)t.sends, (unsigned long long)t.bytes_out,
-	       (unsigned long long)t.waits, (unsigned long long)t.events,
-	       t.waits ? (double)t.events / (double)t.waits : 0.0,
-	       (unsigned long long)t.short_sends, (unsigned long long)t.accept_emfile,
-	       (unsigned long long)t.accept_errors, (unsigned long long)t.recv_errors,
-	       (unsigned long long)t.send_errors, (unsigned long long)t.pauses,
-	       (unsigned long long)t.queued);
-	fflush(stdout);
+	server_usage_head();
+	printf("  --threads N            epoll threads on SO_REUSEPORT listeners, 1..%d (default 1)\n"
+	       "  --buffer-size BYTES    bytes per read and per connection's pending buffer,\n"
+	       "                         %d..%u (default %d)\n",
+	       MAX_THREADS, MIN_BUFFER_SIZE, MAX_BUFFER_SIZE, DEFAULT_BUFFER_SIZE);
+	server_usage_tail();
 }
 
 /* ---------------------------------------------------------------- main */
 
-static int setup_worker(struct worker *w)
+/* run_server's hooks (server.h). */
+
+static int prepare_worker(struct server_worker *base, const void *opt)
 {
+	struct worker *w = (struct worker *)base;
 	struct epoll_event ev = { .events = EPOLLIN };
 
+	w->opt = opt;
 	w->scratch = malloc(w->opt->buffer_size);
 	w->epfd = epoll_create1(EPOLL_CLOEXEC);
 	if (!w->scratch || w->epfd < 0) {
-		fprintf(stderr, PROG ": error: thread %d set-up: %s\n", w->id, strerror(errno));
+		fprintf(stderr, PROG ": error: thread %d set-up: %s\n", w->base.id, strerror(errno));
 		return -1;
 	}
-	ev.data.ptr = &w->listen_fd;
-	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->listen_fd, &ev) < 0)
+	ev.data.ptr = &w->base.listen_fd;
+	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->base.listen_fd, &ev) < 0)
 		goto fail;
-	ev.data.ptr = &w->wake_fd;
-	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->wake_fd, &ev) < 0)
+	ev.data.ptr = &w->base.wake_fd;
+	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->base.wake_fd, &ev) < 0)
 		goto fail;
 	return 0;
 fail:
-	fprintf(stderr, PROG ": error: thread %d: epoll_ctl: %s\n", w->id, strerror(errno));
+	fprintf(stderr, PROG ": error: thread %d: epoll_ctl: %s\n", w->base.id, strerror(errno));
 	return -1;
+}
+
+static void ready_fields(const void *workers, const void *opt, char *buf, size_t len)
+{
+	const struct server_options *o = opt;
+
+	(void)workers;
+	snprintf(buf, len, "\"setup\":\"level-triggered\",\"buffer_size\":%u,", o->buffer_size);
+}
+
+static void stats_fields(const struct server_stats *t, char *buf, size_t len)
+{
+	snprintf(buf, len, "\"epoll_waits\":%llu,\"events\":%llu,\"events_per_wait\":%.2f,",
+		 (unsigned long long)t->waits, (unsigned long long)t->events,
+		 t->waits ? (double)t->events / (double)t->waits : 0.0);
+}
+
+/* Main's part; the worker closed its connections before it ended. */
+static void release_worker(struct server_worker *base)
+{
+	struct worker *w = (struct worker *)base;
+
+	if (w->epfd >= 0)
+		close(w->epfd);
+	free(w->scratch);
 }
 
 int main(int argc, char **argv)
 {
-	struct options opt;
-	struct worker *ws = NULL;
-	sigset_t sigs;
-	int cpus[CPU_SETSIZE], ncpus, i, probe_fd, rc = 1;
-	double started = now_s();
+	static const struct option longopts[] = { SERVER_LONGOPTS, { NULL, 0, NULL, 0 } };
+	static const struct server_engine engine = {
+		.name = "epoll",
+		.worker_size = sizeof(struct worker),
+		.sock_flags = SOCK_NONBLOCK,
+		.wake_flags = EFD_NONBLOCK,
+		.worker_main = worker_main,
+		.prepare = prepare_worker,
+		.ready_fields = ready_fields,
+		.stats_fields = stats_fields,
+		.release = release_worker,
+	};
+	struct server_options opt;
 
 	/* Step 1: options, validated before anything is opened. */
-	parse_options(&opt, argc, argv);
-	set_port(&opt.ep, opt.ep.port);
-
-	/* Step 2: signals. Blocked in every thread; main alone takes them with sigwaitinfo. */
-	block_signals(&sigs);
-
-	/* Step 3: listeners. A plain bind first, so a port held by anyone (even another
-	 * SO_REUSEPORT group of ours) is reported instead of silently shared. */
-	ws = calloc((size_t)opt.threads, sizeof(*ws));
-	if (!ws) {
-		fprintf(stderr, PROG ": error: out of memory\n");
-		return 1;
-	}
-	for (i = 0; i < opt.threads; i++)
-		ws[i].listen_fd = ws[i].wake_fd = ws[i].epfd = -1;
-	if (opt.ep.port != 0) {
-		probe_fd = open_listener(&opt.ep, SOCK_NONBLOCK, false);
-		if (probe_fd < 0)
-			goto out;
-		close(probe_fd);
-	}
-	for (i = 0; i < opt.threads; i++) {
-		ws[i].id = i;
-		ws[i].opt = &opt;
-		ws[i].listen_fd = open_listener(&opt.ep, SOCK_NONBLOCK, true);
-		if (ws[i].listen_fd < 0)
-			goto out;
-		ws[i].wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-		if (ws[i].wake_fd < 0) {
-			fprintf(stderr, PROG ": error: eventfd: %s\n", strerror(errno));
-			goto out;
-		}
-		if (setup_worker(&ws[i]) < 0)
-			goto out;
-	}
-
-	/* Step 4: one worker per listener, pinned round-robin to the CPUs we may use. */
-	ncpus = allowed_cpus(cpus);
-	for (i = 0; i < opt.threads; i++) {
-		struct worker *w = &ws[i];
-
-		w->cpu = ncpus ? cpus[i % ncpus] : -1;
-		if (start_pinned(&w->thread, w->cpu, worker_main, w) < 0)
-			goto stop;
-		w->thread_started = true;
-	}
-
-	/* Step 5: ready line, then serve until SIGINT/SIGTERM; SIGUSR1 prints stats. */
-	printf("{\"event\":\"ready\",\"engine\":\"epoll\",\"addr\":\"%s\",\"port\":%d,"
-	       "\"threads\":%d,\"pid\":%d,\"setup\":\"level-triggered\",\"buffer_size\":%u,"
-	       "\"drain_ms\":%u}\n",
-	       opt.ep.text, opt.ep.port, opt.threads, (int)getpid(), opt.buffer_size,
-	       opt.drain_ms);
-	fflush(stdout);
-	for (;;) {
-		int sig = wait_signal(&sigs, opt.stats_interval);
-
-		if (sig == SIGINT || sig == SIGTERM)
-			break;
-		print_stats(ws, opt.threads, started, false); /* SIGUSR1 or the interval */
-	}
-	rc = 0;
-
-stop:
-	/* Step 6: stop every worker (they drain, then close every connection) and wait. */
-	for (i = 0; i < opt.threads; i++) {
-		uint64_t one = 1;
-
-		if (ws[i].thread_started && write(ws[i].wake_fd, &one, sizeof(one)) < 0)
-			fprintf(stderr, PROG ": error: waking thread %d: %s\n", i, strerror(errno));
-	}
-	for (i = 0; i < opt.threads; i++) {
-		if (!ws[i].thread_started)
-			continue;
-		join_or_exit(ws[i].thread, i, opt.drain_ms + JOIN_SLACK_MS);
-		ws[i].thread_started = false;
-	}
-	if (rc == 0)
-		print_stats(ws, opt.threads, started, true);
-	if (g_failed)
-		rc = 1;
-
-out:
-	/* Step 7: the single clean-up path (workers have closed their connections). */
-	for (i = 0; i < opt.threads; i++) {
-		if (ws[i].epfd >= 0)
-			close(ws[i].epfd);
-		if (ws[i].listen_fd >= 0)
-			close(ws[i].listen_fd);
-		if (ws[i].wake_fd >= 0)
-			close(ws[i].wake_fd);
-		free(ws[i].scratch);
-	}
-	free(ws);
-	return rc;
+	server_defaults(&opt, DEFAULT_BUFFER_SIZE);
+	parse_args(argc, argv, longopts, usage, server_option, &opt);
+	/* Steps 2-7 (server.h): signals, listeners, pinned workers, the ready line, serving
+	 * until SIGINT/SIGTERM, the drain and the single clean-up path. */
+	return run_server(&engine, &opt, &opt);
 }
