@@ -370,15 +370,19 @@ static int parse_portmask(const char *arg, uint64_t *mask)
 	return 0;
 }
 
-static int parse_uint(const char *arg, unsigned long min, unsigned long max, unsigned int *out)
+/* A decimal value of option `opt` in min..max, or -1 after one line naming it and the range. */
+static int parse_uint(const char *opt, const char *arg, unsigned long min, unsigned long max,
+		      unsigned int *out)
 {
 	char *end = NULL;
 	unsigned long v;
 
 	errno = 0;
 	v = strtoul(arg, &end, 10);
-	if (errno != 0 || end == arg || *end != '\0' || arg[0] == '-' || v < min || v > max)
+	if (errno != 0 || end == arg || *end != '\0' || arg[0] == '-' || v < min || v > max) {
+		report_error("invalid %s '%s': give %lu..%lu", opt, arg, min, max);
 		return -1;
+	}
 	*out = (unsigned int)v;
 	return 0;
 }
@@ -466,11 +470,8 @@ static int parse_args(int argc, char **argv)
 			cfg.have_portmask = true;
 			break;
 		case 'q':
-			if (parse_uint(optarg, 1, MAX_RX_PORTS_PER_LCORE, &cfg.ports_per_lcore) != 0) {
-				report_error("invalid -q '%s': give 1..%d", optarg,
-					     MAX_RX_PORTS_PER_LCORE);
+			if (parse_uint("-q", optarg, 1, MAX_RX_PORTS_PER_LCORE, &cfg.ports_per_lcore) != 0)
 				return -1;
-			}
 			break;
 		case 'T':
 			errno = 0;
@@ -501,11 +502,9 @@ static int parse_args(int argc, char **argv)
 			cfg.mac_updating = true;
 			break;
 		case OPT_IDLE:
-			if (parse_uint(optarg, 0, IDLE_SLEEP_MAX_US, &cfg.idle_sleep_us) != 0) {
-				report_error("invalid --idle-sleep-us '%s': give 0..%d", optarg,
-					     IDLE_SLEEP_MAX_US);
+			if (parse_uint("--idle-sleep-us", optarg, 0, IDLE_SLEEP_MAX_US,
+				       &cfg.idle_sleep_us) != 0)
 				return -1;
-			}
 			break;
 		case 'h':
 			usage(prog);
