@@ -1,6 +1,6 @@
 """The io_uring kernel ABI by name: setup and SQE/CQE flags, feature bits, opcode numbers,
 and the opcodes fastpath's echo servers submit. Numbers come from linux/io_uring.h and never
-change; the bindings (liburing.py) and doctor's raw probes both read them from here.
+change; the bindings (ring.py) and doctor's raw probes both read them from here.
 """
 
 from __future__ import annotations
@@ -108,3 +108,8 @@ IORING_ENTER_GETEVENTS = 1 << 0
 IORING_OFF_SQES = 0x10000000
 IORING_ACCEPT_MULTISHOT = 1 << 0
 IORING_RECV_MULTISHOT = 1 << 1
+
+
+def flag_names(value: int, names: dict[int, str]) -> list[str]:
+    """The names of the bits set in `value` (SETUP_FLAG_NAMES, FEATURE_NAMES), low bit first."""
+    return [name for bit, name in sorted(names.items()) if value & bit]

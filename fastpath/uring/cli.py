@@ -60,7 +60,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from fastpath.uring.liburing import probe_features
+    from fastpath.uring.probe import probe_features
 
     report = probe_features()
     if args.json:

@@ -40,19 +40,12 @@ from types import FrameType
 from typing import IO, Any
 
 from fastpath.errors import FastpathError
-from fastpath.uring.liburing import (
-    IORING_CQE_F_BUFFER,
-    IORING_CQE_F_MORE,
-    SETUP_FLAG_NAMES,
-    BufferRing,
-    EchoConn,
-    EchoStats,
-    FastpathCqe,
-    Ring,
-    flag_names,
-    strerror,
-)
+from fastpath.uring.abi import IORING_CQE_F_BUFFER, IORING_CQE_F_MORE, SETUP_FLAG_NAMES, flag_names
+from fastpath.uring.bufring import BufferRing
+from fastpath.uring.liburing import strerror
 from fastpath.uring.native import EchoOptions, _die_with_parent
+from fastpath.uring.ring import Ring
+from fastpath.uring.structs import EchoConn, EchoStats, FastpathCqe
 
 # Tunables, the same values as the native server's.
 SQ_ENTRIES = 1024  # SQEs per ring

@@ -13,8 +13,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from fastpath.uring import echo
+from fastpath.uring import abi, echo
 from fastpath.uring import liburing as lu
+from fastpath.uring import ring as rg
 
 CORES = ("shim", "python")
 
@@ -30,7 +31,7 @@ class Harness:
     """A ring, an empty buffer ring of `entries` x `size` and one echo core on them."""
 
     def __init__(self, kind: str, entries: int = 256, size: int = 64, conn_max: int = 1 << 20):
-        self.ring = lu.Ring(64, cq_entries=1024)
+        self.ring = rg.Ring(64, cq_entries=1024)
         self.bufs = self.ring.buffer_ring(echo.BUF_GROUP, entries, size, publish=False)
         cls = echo._ShimCore if kind == "shim" else echo._PythonCore
         self.core = cls(self.ring, self.bufs, conn_max)
@@ -133,7 +134,7 @@ def test_eof_is_handed_up_and_close_recycles_the_queue(harness):
         b.shutdown(socket.SHUT_WR)
         events = harness.pump(lambda e: any(res == 0 for _ud, res, _f in e))
         ud, res, flags = events[-1]
-        assert ud >> 56 == echo.OP_RECV and res == 0 and not flags & lu.IORING_CQE_F_MORE
+        assert ud >> 56 == echo.OP_RECV and res == 0 and not flags & abi.IORING_CQE_F_MORE
         assert not conn.recv_armed  # the core saw the multishot end
         harness.pump(lambda _e: harness.counters()["sends"] == 1)  # submits the echo
         assert recv_exactly(b, 10) == b"last words"
@@ -152,9 +153,9 @@ def test_backpressure_mark_is_handed_up_once_crossed(core_kind):
             conn = h.open(a.fileno())
             b.setblocking(False)
             b.send(os.urandom(2048))  # nobody reads the echo: the queue grows
-            events = h.pump(lambda e: any(f & lu.IORING_CQE_F_MORE for _u, _r, f in e))
+            events = h.pump(lambda e: any(f & abi.IORING_CQE_F_MORE for _u, _r, f in e))
             assert conn.q_bytes >= 256 and not conn.paused  # Python decides the pause
-            ud, res, flags = next(e for e in events if e[2] & lu.IORING_CQE_F_MORE)
+            ud, res, flags = next(e for e in events if e[2] & abi.IORING_CQE_F_MORE)
             assert ud >> 56 == echo.OP_RECV and res > 0
     finally:
         h.close()
@@ -236,7 +237,7 @@ def test_open_refuses_a_busy_slot(harness):
 
 def test_unknown_core_setting_is_one_clear_error(monkeypatch):
     monkeypatch.setenv(echo.CORE_ENV, "turbo")
-    with lu.Ring(8) as ring:
+    with rg.Ring(8) as ring:
         bufs = ring.buffer_ring(echo.BUF_GROUP, 16, 64, publish=False)
         with pytest.raises(Exception, match="FASTPATH_ECHO_CORE=turbo"):
             echo._make_core(ring, bufs, 1024)
