@@ -1,16 +1,22 @@
-"""`fastpath uring probe`: what this kernel and liburing offer fastpath, found by using it."""
+"""`fastpath uring probe`: what this kernel and liburing offer fastpath, found by using it.
+
+The binding, its layout check, the setup flags and the opcode table come through the
+bindings (a Ring); the multishot checks are rawring.py's round trip, the same one doctor runs.
+"""
 
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
-from fastpath.errors import FastpathError
 from fastpath.uring.abi import ECHO_OPCODES, FEATURE_NAMES, SETUP_FLAG_NAMES, flag_names
-from fastpath.uring.liburing import load, strerror
+from fastpath.uring.liburing import load
+from fastpath.uring.rawring import RawRing, multishot_round_trip, why_not
 from fastpath.uring.ring import Probe, Ring
+
+# `fastpath uring probe` row -> the round trip's result key
+MULTISHOT_CHECKS = {"multishot_accept": "accept", "multishot_recv_buffer_ring": "recv"}
 
 
 def probe_opcodes() -> Probe:
@@ -18,46 +24,17 @@ def probe_opcodes() -> Probe:
         return ring.probe()
 
 
-def _functional(name: str, fn: Any) -> tuple[bool, str]:
+def multishot_checks() -> dict[str, dict[str, Any]]:
+    """{"ok", "detail"} for multishot accept and multishot recv into a buffer ring."""
     try:
-        return fn()
-    except FastpathError as exc:
-        return False, str(exc)
+        with RawRing(16) as ring:
+            result = multishot_round_trip(ring)
     except OSError as exc:
-        return False, f"{name}: {exc}"
-
-
-def _try_multishot_accept() -> tuple[bool, str]:
-    with Ring(8) as ring, socket.socket() as lsock:
-        lsock.bind(("127.0.0.1", 0))
-        lsock.listen(4)
-        ring.prep_multishot_accept(lsock.fileno(), 1)
-        ring.submit()
-        with socket.create_connection(lsock.getsockname(), timeout=2):
-            (c,) = ring.completions(1, timeout=2)
-        if c.res >= 0:
-            os.close(c.res)
-        ring.prep_cancel(1, 2)
-        ring.completions(2, timeout=2)
-        if c.res < 0:
-            return False, strerror(c.res)
-        return (c.more, "ok" if c.more else "accept completed without F_MORE")
-
-
-def _try_multishot_recv() -> tuple[bool, str]:
-    a, b = socket.socketpair()
-    with Ring(8) as ring, a, b:
-        ring.buffer_ring(7, 4, 64)
-        ring.prep_recv_multishot(a.fileno(), 7, 1)
-        ring.submit()
-        b.send(b"x")
-        (c,) = ring.completions(1, timeout=2)
-        if c.more:
-            ring.prep_cancel(1, 2)
-            ring.completions(2, timeout=2)
-        if c.res < 0:
-            return False, strerror(c.res)
-        return (c.more and c.buffer_id is not None, "ok")
+        return {name: {"ok": False, "detail": f"multishot probe: {exc}"} for name in MULTISHOT_CHECKS}
+    return {
+        name: {"ok": True, "detail": "ok"} if result[key] else {"ok": False, "detail": why_not(result, key)}
+        for name, key in MULTISHOT_CHECKS.items()
+    }
 
 
 def probe_features() -> dict[str, Any]:
@@ -83,9 +60,5 @@ def probe_features() -> dict[str, Any]:
     report["last_opcode"] = probe.last_op
     report["opcodes"] = probe.names()
     report["missing_for_echo"] = probe.missing(ECHO_OPCODES)
-    checks = {
-        "multishot_accept": _functional("multishot accept", _try_multishot_accept),
-        "multishot_recv_buffer_ring": _functional("multishot recv", _try_multishot_recv),
-    }
-    report["functional"] = {k: {"ok": ok, "detail": d} for k, (ok, d) in checks.items()}
+    report["functional"] = multishot_checks()
     return report

@@ -3,8 +3,9 @@
 Each mirror names its C struct (`_c_name_`); the shim compiles a table of the same structs'
 sizes and offsets against the system liburing's headers, and liburing.check_layout()
 compares the two before any ring is built. The mirrors are plain data: importing this module
-loads no library. Members are listed in the C headers' order, a run of one type in one
-members() call, so a reader can hold the two side by side.
+loads no library, so the raw-syscall ring (rawring.py) uses them too. Members are listed in
+the C headers' order, a run of one type in one members() call, so a reader can hold the two
+side by side.
 """
 
 from __future__ import annotations
