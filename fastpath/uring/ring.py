@@ -163,6 +163,12 @@ class Ring:
         self._closed = False
         self.params = params
         self._check_ring(entries)
+        # What the kernel granted, fixed for the ring's life.
+        self.fd = int(self._ring.ring_fd)
+        self.setup_flags = int(self._ring.flags)
+        self.features = int(self._ring.features)
+        self.sq_entries = int(params.sq_entries)
+        self.cq_entries = int(params.cq_entries)
         self._reap_max = reap_batch
         self._reap_buf = (FastpathCqe * reap_batch)()
         self._reap_ptrs = (c_void_p * reap_batch)()
@@ -218,26 +224,6 @@ class Ring:
     @property
     def closed(self) -> bool:
         return self._closed
-
-    @property
-    def fd(self) -> int:
-        return int(self._ring.ring_fd)
-
-    @property
-    def setup_flags(self) -> int:
-        return int(self._ring.flags)
-
-    @property
-    def features(self) -> int:
-        return int(self._ring.features)
-
-    @property
-    def sq_entries(self) -> int:
-        return int(self.params.sq_entries)
-
-    @property
-    def cq_entries(self) -> int:
-        return int(self.params.cq_entries)
 
     @property
     def address(self) -> int:
