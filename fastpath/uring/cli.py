@@ -54,7 +54,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from fastpath.uring.native import run_native
 
         return run_native(opts)
-    from fastpath.uring.echo import serve_python
+    from fastpath.uring.echo_serve import serve_python
 
     return serve_python(opts)
 
