@@ -231,10 +231,10 @@ class Child:
             if self._ended:
                 raise self._exited(event)
             left = deadline - time.monotonic()
-            if left <= 0:
-                raise ChildTimeout(f"{self.name}: no '{event}' line within {timeout:.0f} s")
-            got = self.next_event(left)
+            got = self.next_event(left)  # at or past the deadline, a line already read counts
             if got is None:
+                if left <= 0 and not self._ended:
+                    raise ChildTimeout(f"{self.name}: no '{event}' line within {timeout:.0f} s")
                 continue
             if errors and got["event"] == "error":
                 raise ChildReported(got)

@@ -75,6 +75,15 @@ def test_expect_passes_over_other_events(talker: Child) -> None:
     assert talker.next_event(0.1) is None and not talker.ended
 
 
+def test_a_line_already_read_counts_at_the_deadline() -> None:
+    with Child.spawn([PY, "-c", "print('{\"event\": \"ready\", \"n\": 1}')"]) as child:
+        assert child.stop([(None, 10)]) == 0  # a None rung only waits; the readers are done
+        assert child.signals == []
+        assert child.expect("ready", 0) == {"event": "ready", "n": 1}
+        with pytest.raises(ChildExited):
+            child.expect("stats", 0)
+
+
 def test_on_event_sees_what_nobody_awaits() -> None:
     seen: list[dict[str, Any]] = []
     script = "import json\nfor i in range(5): print(json.dumps({'event': 'stats', 'i': i}))\n"
