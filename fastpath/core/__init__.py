@@ -1,1 +1,2 @@
-"""What every layer shares: network namespaces (more to come: state files, supervised children)."""
+"""What every layer shares: network namespaces, paths, atomic JSON state, the port parser,
+the --watch loop, and supervised children that report as JSON lines (child.py)."""

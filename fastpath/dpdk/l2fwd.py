@@ -10,21 +10,19 @@ files named by its prefix) is removed after it exits, also after a crash.
 
 from __future__ import annotations
 
-import collections
-import json
 import math
-import queue
 import re
 import shutil
 import signal
 import subprocess
-import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fastpath.core.child import Child, ChildExited, ChildReported, ChildTimeout, Process
 from fastpath.dpdk import build, devbind, eal, hugepages
 from fastpath.dpdk.eal import EalConfig, MemoryChoice, Vdev
 from fastpath.dpdk.sysfs import REAL_HOST, Host
@@ -228,16 +226,12 @@ class L2fwdProcess:
             self.eal.file_prefix = file_prefix
         self.eal_args = eal.build_eal_args(self.eal)
         self.app_args = app_args(opts)
-        self.proc: subprocess.Popen[str] | None = None
-        self.events: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        self.log: collections.deque[str] = collections.deque(maxlen=LOG_LINES)
+        self.child: Child | None = None
         self.ready: dict[str, Any] | None = None
         self.stats: list[dict[str, Any]] = []
         self.exit_event: dict[str, Any] | None = None
         self.error_event: dict[str, Any] | None = None
-        self.signals: list[str] = []
         self.cleaned: list[str] = []
-        self._threads: list[threading.Thread] = []
         self._result: RunResult | None = None
 
     @property
@@ -246,8 +240,21 @@ class L2fwdProcess:
                        self.opts.netns)
 
     @property
+    def proc(self) -> Process | None:
+        return self.child.proc if self.child else None
+
+    @property
     def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
+        return self.child.pid if self.child else None
+
+    @property
+    def log(self) -> deque[str]:
+        """Its stderr and non-event stdout lines, the newest LOG_LINES."""
+        return self.child.log if self.child else deque()
+
+    @property
+    def signals(self) -> list[str]:
+        return self.child.signals if self.child else []
 
     # -- start -----------------------------------------------------------------------
 
@@ -258,44 +265,31 @@ class L2fwdProcess:
             self.binary = build.ensure_built(progress=self.progress)
         if self.opts.netns is not None and shutil.which("ip") is None:
             raise FastpathError("iproute2's 'ip' is missing: apt-get install iproute2")
-        self.proc = subprocess.Popen(
-            self.argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            bufsize=1,
-            start_new_session=True,  # a terminal's Ctrl-C reaches us, and we stop it in order
-        )
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        self._threads = [
-            threading.Thread(target=self._read_stdout, args=(self.proc.stdout,), daemon=True),
-            threading.Thread(target=self._read_stderr, args=(self.proc.stderr,), daemon=True),
-        ]
-        for t in self._threads:
-            t.start()
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                self.stop()
-                raise FastpathError(
-                    f"fastpath-l2fwd was not ready after {timeout:.0f}s; last output: "
-                    f"{self._last_log()}"
-                )
-            try:
-                ev = self.events.get(timeout=min(left, 0.5))
-            except queue.Empty:
-                continue
-            if ev is None:
-                result = self.stop()
-                raise FastpathError(self._failure_message(result))
-            if ev.get("event") == "ready":
-                self.ready = ev
-                return ev
-            if ev.get("event") == "error":
-                result = self.stop()
-                raise FastpathError(self._failure_message(result))
+        # Its own session: a terminal's Ctrl-C reaches us, and we stop it in order.
+        self.child = Child.spawn(self.argv, name="fastpath-l2fwd", on_event=self._on_event,
+                                 log_lines=LOG_LINES)  # fmt: skip
+        try:
+            self.ready = self.child.expect("ready", timeout, errors=True)
+        except ChildTimeout:
+            self.stop()
+            raise FastpathError(
+                f"fastpath-l2fwd was not ready after {timeout:.0f}s; last output: "
+                f"{self._last_log()}"
+            ) from None
+        except (ChildExited, ChildReported):
+            result = self.stop()
+            raise FastpathError(self._failure_message(result)) from None
+        return self.ready
+
+    def _on_event(self, ev: dict[str, Any]) -> None:
+        """Runs on the reader thread: counts are kept even when nobody iterates."""
+        kind = ev["event"]
+        if kind == "stats":
+            self.stats.append(ev)
+        elif kind == "exit":
+            self.exit_event = ev
+        elif kind == "error":
+            self.error_event = ev
 
     def _failure_message(self, result: RunResult) -> str:
         if self.error_event is not None:
@@ -319,49 +313,24 @@ class L2fwdProcess:
         lines = [ln for ln in self.log if ln.strip()]
         return " | ".join(lines[-3:]) if lines else "none"
 
-    def _read_stdout(self, stream: Any) -> None:
-        for line in stream:
-            line = line.rstrip("\n")
-            ev = None
-            if line.startswith("{"):
-                try:
-                    ev = json.loads(line)
-                except ValueError:
-                    ev = None
-            if not isinstance(ev, dict) or "event" not in ev:
-                self.log.append(line)
-                continue
-            kind = ev["event"]
-            if kind == "stats":
-                self.stats.append(ev)
-            elif kind == "exit":
-                self.exit_event = ev
-            elif kind == "error":
-                self.error_event = ev
-                self.log.append(f"error: {ev.get('message')}")
-            self.events.put(ev)
-        self.events.put(None)
-
-    def _read_stderr(self, stream: Any) -> None:
-        for line in stream:
-            self.log.append(line.rstrip("\n"))
-
     # -- run -------------------------------------------------------------------------
 
     def iter_stats(self, duration: float | None = None) -> Iterator[dict[str, Any]]:
         """Stats events as they arrive, until `duration` seconds pass or the process ends."""
+        child = self.child
+        if child is None:
+            return
         deadline = None if duration is None else time.monotonic() + duration
         while True:
             timeout = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
             if timeout <= 0:
                 return
-            try:
-                ev = self.events.get(timeout=timeout)
-            except queue.Empty:
-                continue
+            ev = child.next_event(timeout)
             if ev is None:
-                return
-            if ev.get("event") == "stats":
+                if child.ended:
+                    return
+                continue
+            if ev["event"] == "stats":
                 yield ev
 
     def wait_stats(self, predicate: Any, timeout: float) -> dict[str, Any] | None:
@@ -377,27 +346,15 @@ class L2fwdProcess:
         """SIGINT, then SIGTERM, then SIGKILL; then clean what the run left behind."""
         if self._result is not None:
             return self._result
-        proc = self.proc
-        if proc is not None:
-            for sig, grace in ((signal.SIGINT, SIGINT_GRACE_S), (signal.SIGTERM, SIGTERM_GRACE_S),
-                               (signal.SIGKILL, SIGKILL_GRACE_S)):
-                if proc.poll() is not None:
-                    break
-                try:
-                    proc.send_signal(sig)
-                except ProcessLookupError:
-                    break
-                self.signals.append(sig.name)
-                try:
-                    proc.wait(timeout=grace)
-                except subprocess.TimeoutExpired:
-                    continue
-            proc.wait()
-            for t in self._threads:
-                t.join(timeout=5)
+        returncode = None
+        if self.child is not None:
+            returncode = self.child.stop([(signal.SIGINT, SIGINT_GRACE_S),
+                                          (signal.SIGTERM, SIGTERM_GRACE_S),
+                                          (signal.SIGKILL, SIGKILL_GRACE_S)])  # fmt: skip
+            self.child.close()
         self.cleaned = self.clean_leftovers()
         self._result = RunResult(
-            returncode=proc.returncode if proc is not None else None,
+            returncode=returncode,
             signals=list(self.signals),
             ready=self.ready,
             stats=list(self.stats),

@@ -1,2 +1,3 @@
-"""io_uring data plane: ctypes bindings (liburing.py), the Python echo server (echo.py),
-the native binary's supervisor (native.py) and `fastpath uring` (cli.py)."""
+"""io_uring data plane: ctypes bindings (structs, liburing, ring, bufring), probes (rawring,
+probe), the Python echo server (echo_core, echo, echo_serve), the native binary's supervisor
+(native) and `fastpath uring` (cli)."""

@@ -1,6 +1,7 @@
 """The io_uring kernel ABI by name: setup and SQE/CQE flags, feature bits, opcode numbers,
 and the opcodes fastpath's echo servers submit. Numbers come from linux/io_uring.h and never
-change; the bindings (liburing.py) and doctor's raw probes both read them from here.
+change; the bindings (ring.py) and the raw-syscall ring doctor probes with (rawring.py) both
+read them from here.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ FEATURE_NAMES = {
     1 << 16: "RW_ATTR",
     1 << 17: "NO_IOWAIT",
 }
+IORING_FEAT_SINGLE_MMAP = 1 << 0
 IORING_FEAT_NODROP = 1 << 1
 IORING_FEAT_EXT_ARG = 1 << 8
 
@@ -104,7 +106,16 @@ ECHO_OPCODES = ("ACCEPT", "RECV", "SEND", "ASYNC_CANCEL", "TIMEOUT", "READ", "CL
 FEATURES: tuple[str, ...] = tuple(FEATURE_NAMES[1 << i] for i in range(len(FEATURE_NAMES)))
 
 IORING_REGISTER_PROBE = 8
+IORING_REGISTER_PBUF_RING = 22
+IORING_UNREGISTER_PBUF_RING = 23
 IORING_ENTER_GETEVENTS = 1 << 0
+IORING_OFF_SQ_RING = 0
+IORING_OFF_CQ_RING = 0x8000000
 IORING_OFF_SQES = 0x10000000
 IORING_ACCEPT_MULTISHOT = 1 << 0
 IORING_RECV_MULTISHOT = 1 << 1
+
+
+def flag_names(value: int, names: dict[int, str]) -> list[str]:
+    """The names of the bits set in `value` (SETUP_FLAG_NAMES, FEATURE_NAMES), low bit first."""
+    return [name for bit, name in sorted(names.items()) if value & bit]

@@ -54,13 +54,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from fastpath.uring.native import run_native
 
         return run_native(opts)
-    from fastpath.uring.echo import serve_python
+    from fastpath.uring.echo_serve import serve_python
 
     return serve_python(opts)
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from fastpath.uring.liburing import probe_features
+    from fastpath.uring.probe import probe_features
 
     report = probe_features()
     if args.json:

@@ -4,26 +4,23 @@ Both echo engines speak the same line protocol on stdout: one JSON ``ready`` lin
 the listeners are bound (with the port actually bound, so ``--port 0`` works), JSON
 ``stats`` lines on SIGUSR1 / ``--stats-interval``, and a final ``stats`` line (with
 ``"final": true``) after SIGINT/SIGTERM drained and closed every connection.
-:class:`ServerProcess` drives any command that speaks it.
+:class:`ServerProcess` drives any command that speaks it, as a fastpath.core.child.Child.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import queue
 import shutil
 import signal
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from fastpath.core.child import Child, ChildExited, die_with_parent
 from fastpath.errors import CapabilityError, FastpathError
 
 BINARY = "fastpath-uring-echo"
@@ -136,7 +133,7 @@ def _check_range(name: str, value: int, bounds: tuple[int, int]) -> None:
 
 
 class ServerProcess:
-    """An echo server child speaking the ready/stats line protocol.
+    """An echo server child speaking the ready/stats line protocol (a core.child.Child).
 
     Use as a context manager: the child is killed on exit whatever happened.
     """
@@ -151,77 +148,30 @@ class ServerProcess:
         stderr: int | IO[Any] | None = subprocess.PIPE,
     ) -> None:
         self.argv = list(argv)
-        self.lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        self.other_output: list[str] = []
         self.ready: dict[str, Any] = {}
         self.final_stats: dict[str, Any] | None = None
-        self.stderr_text = ""
-        self.proc = subprocess.Popen(
-            self.argv,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            env=env,
-            preexec_fn=preexec_fn,
-            start_new_session=True,  # kill() reaches the whole tree (CLI + native binary)
-        )
-        self._reader = threading.Thread(target=self._read_stdout, daemon=True)
-        self._reader.start()
-        self._err_reader: threading.Thread | None = None
-        if stderr == subprocess.PIPE:
-            self._err_reader = threading.Thread(target=self._read_stderr, daemon=True)
-            self._err_reader.start()
+        # start_new_session (Child.spawn): kill() reaches the whole tree (CLI + native binary)
+        self.child = Child.spawn(self.argv, env=env, preexec_fn=preexec_fn, stderr=stderr,
+                                 on_event=self._on_event)  # fmt: skip
         try:
             self.ready = self._expect("ready", ready_timeout)
         except BaseException:
             self.kill()
             raise
 
-    def _read_stdout(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError:
-                self.other_output.append(line)
-                continue
-            if isinstance(obj, dict):
-                self.lines.put(obj)
-        self.lines.put(None)
-
-    def _read_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        self.stderr_text = self.proc.stderr.read()
+    def _on_event(self, event: dict[str, Any]) -> None:
+        if event["event"] == "stats" and event.get("final"):
+            self.final_stats = event
 
     def _expect(self, event: str, timeout: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise FastpathError(f"{self.argv[0]}: no '{event}' line within {timeout:.0f} s")
-            try:
-                obj = self.lines.get(timeout=left)
-            except queue.Empty:
-                continue
-            if obj is None:
-                self.proc.wait(timeout=5)
-                if self._err_reader:
-                    self._err_reader.join(timeout=5)
-                msg = self.stderr_text.strip().splitlines()
-                detail = msg[-1] if msg else f"exit status {self.proc.returncode}"
-                raise FastpathError(f"echo server exited before '{event}': {detail}")
-            if obj.get("event") == event:
-                if obj.get("final"):
-                    self.final_stats = obj
-                return obj
+        try:
+            return self.child.expect(event, timeout)
+        except ChildExited as exc:
+            raise FastpathError(f"echo server exited before '{event}': {exc.detail}") from None
 
     @property
     def pid(self) -> int:
-        return self.proc.pid
+        return self.child.pid
 
     @property
     def port(self) -> int:
@@ -231,61 +181,37 @@ class ServerProcess:
     def address(self) -> tuple[str, int]:
         return str(self.ready["addr"]), self.port
 
+    @property
+    def other_output(self) -> list[str]:
+        """Lines on stdout that were not JSON events."""
+        return list(self.child.output)
+
+    @property
+    def stderr_text(self) -> str:
+        return "\n".join(self.child.stderr)
+
     def stats(self, timeout: float = 5.0) -> dict[str, Any]:
         """Ask for counters (SIGUSR1) and return the next stats line."""
-        self.proc.send_signal(signal.SIGUSR1)
+        self.child.proc.send_signal(signal.SIGUSR1)
         return self._expect("stats", timeout)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
         """Signal, wait for exit within `timeout`, return the exit status; kills on timeout."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            rc = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise FastpathError(f"echo server ignored signal {sig} for {timeout} s; killed") from None
-        self._reader.join(timeout=5)
-        while True:
-            try:
-                obj = self.lines.get_nowait()
-            except queue.Empty:
-                break
-            if obj and obj.get("event") == "stats" and obj.get("final"):
-                self.final_stats = obj
-        if self._err_reader:
-            self._err_reader.join(timeout=5)
+        rc = self.child.stop([(sig, timeout)])
+        if self.child.killed:
+            raise FastpathError(f"echo server ignored signal {sig} for {timeout} s; killed")
         return rc
 
     def kill(self) -> None:
         """SIGKILL the child's whole process group (it leads its own session), reap it,
         and close the pipes once their readers have seen EOF."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=5)
-        readers = [(self._reader, self.proc.stdout), (self._err_reader, self.proc.stderr)]
-        for thread, stream in readers:
-            if thread is not None:
-                thread.join(timeout=5)
-            # Closing a pipe under a blocked reader thread would deadlock on its lock.
-            if stream is not None and (thread is None or not thread.is_alive()):
-                with contextlib.suppress(OSError):
-                    stream.close()
+        self.child.close()
 
     def __enter__(self) -> ServerProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.kill()
-
-
-def _die_with_parent() -> None:
-    """In the forked child: SIGTERM (a clean drain) if the supervising process dies."""
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
 
 
 def run_native(options: EchoOptions, *, out: IO[str] | None = None) -> int:
@@ -300,7 +226,7 @@ def run_native(options: EchoOptions, *, out: IO[str] | None = None) -> int:
         stdout=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
         text=True,
-        preexec_fn=_die_with_parent,
+        preexec_fn=die_with_parent,
     )
     forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 

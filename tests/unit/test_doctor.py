@@ -22,7 +22,7 @@ from fastpath.doctor import dpdk as doctor_dpdk
 from fastpath.doctor import session as doctor_session
 from fastpath.doctor import uring as doctor_uring
 from fastpath.errors import FastpathError
-from fastpath.uring import abi
+from fastpath.uring import abi, structs
 
 RELEASE = "6.18.44-fc-v669"
 
@@ -682,46 +682,56 @@ def test_syn_packets_parse_as_tcp_syns() -> None:
 
 
 # The bpf(2) side (union bpf_attr, helper ids) is fastpath/bpf/syscall.py's, checked in
-# tests/unit/test_bpf_abi.py; doctor's io_uring probe uses raw syscalls of its own.
-LAYOUT_C = r"""
-#include <stdio.h>
-#include <stddef.h>
-#include <linux/io_uring.h>
-#define OFF(t, f) printf(#t "." #f " %zu\n", offsetof(t, f))
-int main(void)
-{
-    printf("params %zu\n", sizeof(struct io_uring_params));
-    OFF(struct io_uring_params, sq_off);
-    OFF(struct io_uring_params, cq_off);
-    printf("sqe %zu\n", sizeof(struct io_uring_sqe));
-    OFF(struct io_uring_sqe, user_data);
-    OFF(struct io_uring_sqe, buf_group);
-    printf("ops");
-    OPS
-    printf("\n");
-    return 0;
+# tests/unit/test_bpf_abi.py. doctor's io_uring probes run on fastpath.uring.rawring, which
+# speaks to the kernel directly: the structs and constants it uses are checked here against
+# the kernel's own header (the bindings' check is against liburing's, through the shim).
+RAW_STRUCTS = {
+    "io_uring_params": (structs.IoUringParams, ("sq_off", "cq_off", "features")),
+    "io_uring_sqe": (structs.IoUringSqe, ("ioprio", "addr", "user_data", "buf_group")),
+    "io_uring_cqe": (structs.IoUringCqe, ("res", "flags")),
+    "io_uring_probe": (structs.IoUringProbe, ("ops_len",)),
+    "io_uring_probe_op": (structs.IoUringProbeOp, ("flags",)),
+    "io_uring_buf": (structs.IoUringBuf, ("len", "bid")),
+    "io_uring_buf_reg": (structs.IoUringBufReg, ("ring_entries", "bgid")),
 }
-"""
+RAW_CONSTANTS = (
+    "IORING_OFF_SQ_RING", "IORING_OFF_CQ_RING", "IORING_OFF_SQES", "IORING_FEAT_SINGLE_MMAP",
+    "IORING_ENTER_GETEVENTS", "IORING_REGISTER_PROBE", "IORING_REGISTER_PBUF_RING",
+    "IORING_UNREGISTER_PBUF_RING", "IORING_ACCEPT_MULTISHOT", "IORING_RECV_MULTISHOT",
+)  # fmt: skip
+
+
+def _layout_program(checked_ops: tuple[str, ...]) -> str:
+    lines = []
+    for c_name, (_, fields) in RAW_STRUCTS.items():
+        lines.append(f'printf("{c_name} %zu\\n", sizeof(struct {c_name}));')
+        lines += [f'printf("{c_name}.{f} %zu\\n", offsetof(struct {c_name}, {f}));' for f in fields]
+    # A buffer ring's tail shares its place with the first buffer's `resv`.
+    lines.append('printf("io_uring_buf_ring.tail %zu\\n", offsetof(struct io_uring_buf_ring, tail));')
+    lines += [f'printf("{name} %llu\\n", (unsigned long long){name});' for name in RAW_CONSTANTS]
+    lines.append('printf("ops");')
+    lines += [f'printf(" %d", IORING_OP_{name});' for name in checked_ops]
+    body = "\n    ".join(lines)
+    return ("#include <stdio.h>\n#include <stddef.h>\n#include <linux/io_uring.h>\n"
+            f"int main(void)\n{{\n    {body}\n    printf(\"\\n\");\n    return 0;\n}}\n")
 
 
 def test_io_uring_abi_matches_the_system_headers(tmp_path: Path) -> None:
     cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if cc is None or not Path("/usr/include/linux/io_uring.h").exists():
         pytest.skip("needs a C compiler and linux-libc-dev")
-    checked = (*abi.ECHO_OPCODES, "PROVIDE_BUFFERS")  # PROVIDE_BUFFERS: doctor's multishot probe
-    (tmp_path / "layout.c").write_text(LAYOUT_C.replace(
-        "OPS", " ".join(f'printf(" %d", IORING_OP_{name});' for name in checked)))
+    # PROVIDE_BUFFERS: the legacy way to provide buffers, in doctor's opcode list
+    checked = (*abi.ECHO_OPCODES, "PROVIDE_BUFFERS")
+    (tmp_path / "layout.c").write_text(_layout_program(checked))
     subprocess.run([cc, "-o", str(tmp_path / "layout"), str(tmp_path / "layout.c")], check=True)
     out = subprocess.run([str(tmp_path / "layout")], check=True, capture_output=True, text=True)
     got = dict(line.rsplit(" ", 1) for line in out.stdout.splitlines() if not line.startswith("ops"))
-    ctypes_layout = {
-        "params": ctypes.sizeof(doctor_uring._UringParams),
-        "struct io_uring_params.sq_off": doctor_uring._UringParams.sq_off.offset,
-        "struct io_uring_params.cq_off": doctor_uring._UringParams.cq_off.offset,
-        "sqe": doctor_uring._SQE.size,
-        "struct io_uring_sqe.user_data": 32,
-        "struct io_uring_sqe.buf_group": 40,
-    }
+    ctypes_layout: dict[str, int] = {}
+    for c_name, (mirror, fields) in RAW_STRUCTS.items():
+        ctypes_layout[c_name] = ctypes.sizeof(mirror)
+        ctypes_layout.update({f"{c_name}.{f}": getattr(mirror, f).offset for f in fields})
+    ctypes_layout["io_uring_buf_ring.tail"] = structs.IoUringBuf.resv.offset
+    ctypes_layout.update({name: getattr(abi, name) for name in RAW_CONSTANTS})
     assert {k: int(v) for k, v in got.items()} == ctypes_layout
     ops = next(line for line in out.stdout.splitlines() if line.startswith("ops")).split()[1:]
     assert [int(o) for o in ops] == [abi.OP[name] for name in checked]

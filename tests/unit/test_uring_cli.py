@@ -10,7 +10,7 @@ import pytest
 
 from fastpath.cli import main
 from fastpath.errors import CapabilityError, FastpathError
-from fastpath.uring import echo
+from fastpath.uring import echo, echo_core, echo_serve
 from fastpath.uring.native import EchoOptions, ServerProcess, find_binary
 
 
@@ -82,7 +82,7 @@ def test_sum_stats_adds_workers():
          "connections_closed": 1, "bytes_queued": 7}
     b = {"uptime_s": 2.0, "cqes": 30, "enters": 5, "connections_accepted": 4,
          "connections_closed": 4, "bytes_queued": 0}
-    total = echo.sum_stats([a, b], final=True)
+    total = echo_serve.sum_stats([a, b], final=True)
     assert total["final"] is True and total["threads"] == 2 and total["uptime_s"] == 2.0
     assert total["cqes"] == 40 and total["cqes_per_enter"] == 4.0
     assert total["connections_open"] == 2 and total["bytes_queued"] == 7
@@ -90,10 +90,10 @@ def test_sum_stats_adds_workers():
 
 
 def test_user_data_packing():
-    ud = echo._ud(echo.OP_SEND, 0x1ABCDEF, 77)
-    assert ud >> 56 == echo.OP_SEND
-    assert (ud >> 32) & echo.GEN_MASK == 0xABCDEF  # generation wraps at 24 bits
-    assert ud & echo.SLOT_MASK == 77
+    ud = echo_core.pack_ud(echo_core.OP_SEND, 0x1ABCDEF, 77)
+    assert ud >> 56 == echo_core.OP_SEND
+    assert (ud >> 32) & echo_core.GEN_MASK == 0xABCDEF  # generation wraps at 24 bits
+    assert ud & echo_core.SLOT_MASK == 77
 
 
 def test_server_process_reports_an_early_exit():

@@ -13,8 +13,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from fastpath.uring import echo
+from fastpath.uring import abi, echo, echo_core
 from fastpath.uring import liburing as lu
+from fastpath.uring import ring as rg
 
 CORES = ("shim", "python")
 
@@ -30,22 +31,22 @@ class Harness:
     """A ring, an empty buffer ring of `entries` x `size` and one echo core on them."""
 
     def __init__(self, kind: str, entries: int = 256, size: int = 64, conn_max: int = 1 << 20):
-        self.ring = lu.Ring(64, cq_entries=1024)
+        self.ring = rg.Ring(64, cq_entries=1024)
         self.bufs = self.ring.buffer_ring(echo.BUF_GROUP, entries, size, publish=False)
-        cls = echo._ShimCore if kind == "shim" else echo._PythonCore
+        cls = echo_core.ShimCore if kind == "shim" else echo_core.PythonCore
         self.core = cls(self.ring, self.bufs, conn_max)
         self.entries = entries
 
-    def open(self, fd: int) -> echo.Conn:
+    def open(self, fd: int) -> echo_core.Conn:
         conn = self.core.open(fd)
         assert conn is not None and conn.fd == fd
-        self.ring.prep_recv_multishot(fd, echo.BUF_GROUP, echo._ud(echo.OP_RECV, conn.gen, fd))
+        self.ring.prep_recv_multishot(fd, echo.BUF_GROUP, echo_core.pack_ud(echo_core.OP_RECV, conn.gen, fd))
         conn.recv_armed = True
         return conn
 
-    def pump(self, until, timeout: float = 5.0) -> list[echo.Event]:
+    def pump(self, until, timeout: float = 5.0) -> list[echo_core.Event]:
         """enter() until `until(events so far)` holds; every event handed up."""
-        events: list[echo.Event] = []
+        events: list[echo_core.Event] = []
         deadline = time.monotonic() + timeout
         while not until(events):
             assert time.monotonic() < deadline, f"stalled; events so far {events}"
@@ -58,7 +59,7 @@ class Harness:
 
     def pool_accounted(self) -> int:
         """Buffers the core knows of: free + published (queued ones are not counted)."""
-        if isinstance(self.core, echo._ShimCore):
+        if isinstance(self.core, echo_core.ShimCore):
             return int(self.core.stats.free_buffers + self.core.stats.published)
         return len(self.core.free_bufs) + self.core.published
 
@@ -104,7 +105,7 @@ def test_a_batch_echoes_without_handing_anything_up(harness):
         harness.ring.submit()
         msgs = [bytes([i]) * 50 for i in range(20)]
         got = bytearray()
-        events: list[echo.Event] = []
+        events: list[echo_core.Event] = []
         for i, m in enumerate(msgs):  # one message at a time: each its own recv and send
             b.sendall(m)
             events += harness.pump(lambda _e, n=i + 1: harness.counters()["sends"] >= n)
@@ -120,9 +121,9 @@ def test_a_batch_echoes_without_handing_anything_up(harness):
 def test_window_is_published_not_the_pool(harness):
     # 64 buffers at least, and 64 more than one per connection.
     assert harness.pool_accounted() == harness.entries
-    published = (harness.core.stats.published if isinstance(harness.core, echo._ShimCore)
+    published = (harness.core.stats.published if isinstance(harness.core, echo_core.ShimCore)
                  else harness.core.published)  # fmt: skip
-    assert published == echo.RING_WINDOW_MIN
+    assert published == echo_core.RING_WINDOW_MIN
 
 
 def test_eof_is_handed_up_and_close_recycles_the_queue(harness):
@@ -133,7 +134,7 @@ def test_eof_is_handed_up_and_close_recycles_the_queue(harness):
         b.shutdown(socket.SHUT_WR)
         events = harness.pump(lambda e: any(res == 0 for _ud, res, _f in e))
         ud, res, flags = events[-1]
-        assert ud >> 56 == echo.OP_RECV and res == 0 and not flags & lu.IORING_CQE_F_MORE
+        assert ud >> 56 == echo_core.OP_RECV and res == 0 and not flags & abi.IORING_CQE_F_MORE
         assert not conn.recv_armed  # the core saw the multishot end
         harness.pump(lambda _e: harness.counters()["sends"] == 1)  # submits the echo
         assert recv_exactly(b, 10) == b"last words"
@@ -152,10 +153,10 @@ def test_backpressure_mark_is_handed_up_once_crossed(core_kind):
             conn = h.open(a.fileno())
             b.setblocking(False)
             b.send(os.urandom(2048))  # nobody reads the echo: the queue grows
-            events = h.pump(lambda e: any(f & lu.IORING_CQE_F_MORE for _u, _r, f in e))
+            events = h.pump(lambda e: any(f & abi.IORING_CQE_F_MORE for _u, _r, f in e))
             assert conn.q_bytes >= 256 and not conn.paused  # Python decides the pause
-            ud, res, flags = next(e for e in events if e[2] & lu.IORING_CQE_F_MORE)
-            assert ud >> 56 == echo.OP_RECV and res > 0
+            ud, res, flags = next(e for e in events if e[2] & abi.IORING_CQE_F_MORE)
+            assert ud >> 56 == echo_core.OP_RECV and res > 0
     finally:
         h.close()
 
@@ -171,7 +172,7 @@ def test_enobufs_grows_the_window_while_buffers_are_free(core_kind):
             events = h.pump(lambda e: any(r == -errno.ENOBUFS for _u, r, _f in e))
             assert not conn.recv_armed
             window = h.core.stats.window if core_kind == "shim" else h.core.window
-            assert window == 2 * echo.RING_WINDOW_MIN
+            assert window == 2 * echo_core.RING_WINDOW_MIN
             assert events[-1][1] == -errno.ENOBUFS
     finally:
         h.close()
@@ -204,7 +205,7 @@ def test_tiny_socket_buffers_echo_a_megabyte_in_order(core_kind):
                 if not conn.recv_armed:  # ENOBUFS: the pool is queued up; re-arm later
                     h.core.flush()
                     h.ring.prep_recv_multishot(a.fileno(), echo.BUF_GROUP,
-                                               echo._ud(echo.OP_RECV, conn.gen, a.fileno()))
+                                               echo_core.pack_ud(echo_core.OP_RECV, conn.gen, a.fileno()))
                     conn.recv_armed = True
                 try:
                     got += b.recv(65536)
@@ -221,7 +222,7 @@ def test_a_dead_connection_completion_is_handed_up(harness):
     a, b = socket.socketpair()
     with a, b:
         conn = harness.open(a.fileno())
-        stale = echo._ud(echo.OP_SEND, conn.gen + 1, a.fileno())  # a generation never opened
+        stale = echo_core.pack_ud(echo_core.OP_SEND, conn.gen + 1, a.fileno())  # a generation never opened
         harness.ring.prep_nop(stale)
         events = harness.pump(lambda e: bool(e))
         assert events == [(stale, 0, 0)]
@@ -235,8 +236,8 @@ def test_open_refuses_a_busy_slot(harness):
 
 
 def test_unknown_core_setting_is_one_clear_error(monkeypatch):
-    monkeypatch.setenv(echo.CORE_ENV, "turbo")
-    with lu.Ring(8) as ring:
+    monkeypatch.setenv(echo_core.CORE_ENV, "turbo")
+    with rg.Ring(8) as ring:
         bufs = ring.buffer_ring(echo.BUF_GROUP, 16, 64, publish=False)
         with pytest.raises(Exception, match="FASTPATH_ECHO_CORE=turbo"):
-            echo._make_core(ring, bufs, 1024)
+            echo_core.make_core(ring, bufs, 1024)

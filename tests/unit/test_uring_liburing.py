@@ -1,6 +1,6 @@
-"""fastpath.uring.liburing against real rings: struct layout, probe, and every prep helper
-round-tripping through the kernel (NOP, pipe read/write, timeouts, accept, recv, send,
-close, shutdown, cancel, provided buffers)."""
+"""fastpath.uring's bindings (structs, liburing, ring, bufring, probe) against real rings:
+struct layout, probe, and every prep helper round-tripping through the kernel (NOP, pipe
+read/write, timeouts, accept, recv, send, close, shutdown, cancel, provided buffers)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,10 @@ import time
 import pytest
 
 from fastpath.errors import FastpathError
+from fastpath.uring import abi, structs
 from fastpath.uring import liburing as lu
+from fastpath.uring import ring as rg
+from fastpath.uring.probe import probe_features
 
 
 def _open_fds() -> set[int]:
@@ -35,7 +38,7 @@ def no_fd_leak():
 
 @pytest.fixture
 def ring():
-    with lu.Ring(64) as r:
+    with rg.Ring(64) as r:
         yield r
 
 
@@ -55,25 +58,25 @@ def test_shim_layout_matches_every_mirror():
     b = lu.load()
     assert b.shim is not None
     c_side = lu.shim_layout(b.shim)
-    py_side = lu.python_layout()
-    assert lu.compare_layouts(c_side, py_side) == []
+    py_side = structs.python_layout()
+    assert structs.compare_layouts(c_side, py_side) == []
     # The table really covers the structs, not just their sizes.
-    assert c_side["io_uring"] == ctypes.sizeof(lu.IoUring)
-    assert c_side["io_uring.ring_fd"] == lu.IoUring.ring_fd.offset
+    assert c_side["io_uring"] == ctypes.sizeof(structs.IoUring)
+    assert c_side["io_uring.ring_fd"] == structs.IoUring.ring_fd.offset
     assert c_side["io_uring_sqe.user_data"] == 32
 
 
 def test_layout_mismatch_is_refused():
-    class BadRing(lu._Mirror):
+    class BadRing(structs.Mirror):
         _c_name_ = "io_uring"
-        _fields_ = [(name, t) for name, t, *_ in lu.IoUring._fields_ if name != "features"]
+        _fields_ = [(name, t) for name, t, *_ in structs.IoUring._fields_ if name != "features"]
 
     b = lu.load()
     assert b.shim is not None
-    mirrors = tuple(m for m in lu.MIRRORS if m is not lu.IoUring) + (BadRing,)
+    mirrors = tuple(m for m in structs.MIRRORS if m is not structs.IoUring) + (BadRing,)
     with pytest.raises(FastpathError, match="layout mismatch.*io_uring"):
         lu.check_layout(b.shim, mirrors)
-    problems = lu.compare_layouts(lu.shim_layout(b.shim), lu.python_layout(mirrors))
+    problems = structs.compare_layouts(lu.shim_layout(b.shim), structs.python_layout(mirrors))
     assert "io_uring.features: in C, not mirrored in Python" in problems
 
 
@@ -97,13 +100,13 @@ def test_layout_agrees_with_an_independent_compile(tmp_path):
     run = subprocess.run([str(exe)], check=True, capture_output=True, text=True)
     got = [int(x) for x in run.stdout.split()]
     assert got == [
-        ctypes.sizeof(lu.IoUring),
-        lu.IoUring.cq.offset,
-        lu.IoUring.ring_fd.offset,
-        lu.IoUringCq.cqes.offset,
-        ctypes.sizeof(lu.IoUringParams),
-        lu.IoUringSqe.buf_group.offset,
-        ctypes.sizeof(lu.IoUringBufReg),
+        ctypes.sizeof(structs.IoUring),
+        structs.IoUring.cq.offset,
+        structs.IoUring.ring_fd.offset,
+        structs.IoUringCq.cqes.offset,
+        ctypes.sizeof(structs.IoUringParams),
+        structs.IoUringSqe.buf_group.offset,
+        ctypes.sizeof(structs.IoUringBufReg),
     ]
 
 
@@ -124,39 +127,39 @@ def test_missing_library_is_one_clear_error(tmp_path):
 
 def test_default_setup_prefers_single_issuer_defer_taskrun(ring):
     # Kernel 6.1+ accepts the first entry of the chain.
-    assert ring.setup_flags & lu.IORING_SETUP_SINGLE_ISSUER
-    assert ring.setup_flags & lu.IORING_SETUP_DEFER_TASKRUN
+    assert ring.setup_flags & abi.IORING_SETUP_SINGLE_ISSUER
+    assert ring.setup_flags & abi.IORING_SETUP_DEFER_TASKRUN
     assert ring.fd >= 0 and ring.sq_entries == 64 and ring.cq_entries == 128
-    assert ring.features & lu.IORING_FEAT_NODROP
+    assert ring.features & abi.IORING_FEAT_NODROP
 
 
 def test_setup_falls_back_when_flags_are_refused():
     # DEFER_TASKRUN without SINGLE_ISSUER is invalid: the ring must fall back to the next.
-    chain = (lu.IORING_SETUP_DEFER_TASKRUN, lu.IORING_SETUP_COOP_TASKRUN)
-    with lu.Ring(8, setup_chain=chain) as r:
-        assert r.setup_flags & lu.IORING_SETUP_COOP_TASKRUN
-        assert not r.setup_flags & lu.IORING_SETUP_DEFER_TASKRUN
+    chain = (abi.IORING_SETUP_DEFER_TASKRUN, abi.IORING_SETUP_COOP_TASKRUN)
+    with rg.Ring(8, setup_chain=chain) as r:
+        assert r.setup_flags & abi.IORING_SETUP_COOP_TASKRUN
+        assert not r.setup_flags & abi.IORING_SETUP_DEFER_TASKRUN
         assert r.run_nop_roundtrip().res == 0
 
 
 def test_explicit_invalid_flags_raise():
     with pytest.raises(FastpathError, match="io_uring_queue_init_params failed: EINVAL"):
-        lu.Ring(8, flags=lu.IORING_SETUP_DEFER_TASKRUN)
+        rg.Ring(8, flags=abi.IORING_SETUP_DEFER_TASKRUN)
 
 
 def test_sqpoll_ring_round_trips():
-    with lu.Ring(8, sqpoll=True, sq_thread_idle_ms=50) as r:
-        assert r.setup_flags & lu.IORING_SETUP_SQPOLL
+    with rg.Ring(8, sqpoll=True, sq_thread_idle_ms=50) as r:
+        assert r.setup_flags & abi.IORING_SETUP_SQPOLL
         assert r.run_nop_roundtrip().res == 0
 
 
 def test_out_of_range_entries():
     with pytest.raises(FastpathError, match="out of range"):
-        lu.Ring(0)
+        rg.Ring(0)
 
 
 def test_close_is_idempotent():
-    r = lu.Ring(8)
+    r = rg.Ring(8)
     r.close()
     r.close()
     assert r.closed
@@ -167,17 +170,17 @@ def test_close_is_idempotent():
 
 def test_probe_lists_the_opcodes_the_echo_servers_need(ring):
     probe = ring.probe()
-    assert probe.last_op >= lu.OP["SEND_ZC"]
-    for name in ("NOP", *lu.ECHO_OPCODES):
+    assert probe.last_op >= abi.OP["SEND_ZC"]
+    for name in ("NOP", *abi.ECHO_OPCODES):
         assert name in probe
-    assert probe.missing(lu.ECHO_OPCODES) == []
+    assert probe.missing(abi.ECHO_OPCODES) == []
     assert probe.missing(["NOP"]) == []
     assert "NOP" in probe.names()
-    assert lu.OP["RECV"] == 27 and lu.OP["ASYNC_CANCEL"] == 14  # kernel ABI numbers
+    assert abi.OP["RECV"] == 27 and abi.OP["ASYNC_CANCEL"] == 14  # kernel ABI numbers
 
 
 def test_probe_features_uses_each_feature():
-    report = lu.probe_features()
+    report = probe_features()
     assert report["binding"] == lu.load().kind
     assert report["functional"]["multishot_accept"]["ok"] is True
     assert report["functional"]["multishot_recv_buffer_ring"]["ok"] is True
@@ -208,7 +211,7 @@ def test_probe_cli_table(capsys):
 def test_nop_carries_user_data(ring):
     ring.prep_nop(0xDEADBEEF12345678)
     (c,) = ring.completions(1)
-    assert c == lu.Completion(0xDEADBEEF12345678, 0, 0)
+    assert c == rg.Completion(0xDEADBEEF12345678, 0, 0)
 
 
 def test_read_from_a_pipe(ring):
@@ -410,13 +413,13 @@ def test_cancel_all_requests_on_an_fd(ring):
         ring.prep_recv(a.fileno(), bytearray(8), 30)
         ring.prep_recv(a.fileno(), bytearray(8), 31)
         ring.submit()
-        ring.prep_cancel_fd(a.fileno(), 32, flags=lu.IORING_ASYNC_CANCEL_ALL)
+        ring.prep_cancel_fd(a.fileno(), 32, flags=abi.IORING_ASYNC_CANCEL_ALL)
         got = {c.user_data: c.res for c in ring.completions(3)}
         assert got == {30: -errno.ECANCELED, 31: -errno.ECANCELED, 32: 2}
 
 
 def test_full_submission_queue_is_flushed_not_lost():
-    with lu.Ring(4) as r:
+    with rg.Ring(4) as r:
         for i in range(10):
             r.prep_nop(i)
         assert sorted(c.user_data for c in r.completions(10)) == list(range(10))
@@ -492,9 +495,9 @@ def test_buffer_ring_close_unregisters(ring):
 
 
 def test_completion_helpers():
-    c = lu.Completion(1, 5, lu.IORING_CQE_F_BUFFER | lu.IORING_CQE_F_MORE | (7 << 16))
+    c = rg.Completion(1, 5, abi.IORING_CQE_F_BUFFER | abi.IORING_CQE_F_MORE | (7 << 16))
     assert c.more and c.buffer_id == 7
-    assert lu.Completion(1, 0, 0).buffer_id is None
+    assert rg.Completion(1, 0, 0).buffer_id is None
     assert lu.strerror(-errno.ENOBUFS).startswith("ENOBUFS")
-    assert lu.flag_names(lu.IORING_SETUP_SQPOLL | lu.IORING_SETUP_SINGLE_ISSUER,
-                         lu.SETUP_FLAG_NAMES) == ["SQPOLL", "SINGLE_ISSUER"]
+    assert abi.flag_names(abi.IORING_SETUP_SQPOLL | abi.IORING_SETUP_SINGLE_ISSUER,
+                          abi.SETUP_FLAG_NAMES) == ["SQPOLL", "SINGLE_ISSUER"]
