@@ -6,8 +6,8 @@
  * IPv4-in-IPv4 / IPv6-in-IPv6 encapsulation (ipip, Katran-compatible DSR).
  *
  * Techniques:
- * - The control plane (fastpath/apps/lb/lb.py) computes each VIP's Maglev table and writes it
- *   into the idle one of the VIP's two rings, then replaces the VIP entry (a hash map
+ * - The control plane (fastpath/apps/lb/balancer.py) computes each VIP's Maglev table and
+ *   writes it into the idle one of the VIP's two rings, then replaces the VIP entry (a hash map
  *   element, swapped whole under RCU) to flip `ring`: a packet sees the old table or the
  *   new one, never a half-written one.
  * - conntrack is an LRU hash with per-CPU LRU lists (BPF_F_NO_COMMON_LRU, as Katran): no
@@ -80,7 +80,8 @@
 #define LB_CONNTRACK_SIZE 131072
 #endif
 
-/* Seed of the flow hash; fastpath/apps/lb/lb.py computes the same hash for `lb explain`. */
+/* Seed of the flow hash; fastpath/apps/lb/hashing.py computes the same hash for
+ * `lb explain`. */
 #ifndef LB_HASH_SEED
 #define LB_HASH_SEED 0
 #endif
@@ -159,7 +160,7 @@ struct pkt {
 	__u8 icmp;                /* an ICMP error being forwarded: never recorded */
 };
 
-/* ---- jhash (include/linux/jhash.h), mirrored by fastpath/apps/lb/lb.py ---- */
+/* ---- jhash (include/linux/jhash.h), mirrored by fastpath/apps/lb/hashing.py ---- */
 
 #define LB_JHASH_INITVAL 0xdeadbeef
 

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from fastpath.apps.decap import cli as decap_cli
-from fastpath.apps.lb import health, lb
+from fastpath.apps.lb import abi, config, health, program, store
 from fastpath.bpf import xdp
 from fastpath.bpf.loader import dump_source
 from fastpath.core.watch import watch
@@ -57,17 +57,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     att.add_argument("--netns", metavar="NAME", help="network namespace of the interface")
     xdp.add_mode_args(att)
     att.add_argument("--table-size", type=int, metavar="PRIME",
-                     help=f"Maglev table size per VIP (default {lb.TUNABLES['LB_RING_SIZE']})")
+                     help=f"Maglev table size per VIP (default {abi.TUNABLES['LB_RING_SIZE']})")
     att.add_argument("--seed", type=int, help="hash seed: equal on every node of a fleet (default 0)")
-    att.add_argument("--max-vips", type=int, help=f"default {lb.TUNABLES['LB_MAX_VIPS']}")
-    att.add_argument("--max-backends", type=int, help=f"default {lb.TUNABLES['LB_MAX_BACKENDS']}")
+    att.add_argument("--max-vips", type=int, help=f"default {abi.TUNABLES['LB_MAX_VIPS']}")
+    att.add_argument("--max-backends", type=int, help=f"default {abi.TUNABLES['LB_MAX_BACKENDS']}")
     att.add_argument("--conntrack", type=int, metavar="FLOWS",
-                     help=f"conntrack size (default {lb.TUNABLES['LB_CONNTRACK_SIZE']})")
+                     help=f"conntrack size (default {abi.TUNABLES['LB_CONNTRACK_SIZE']})")
     for opt, key, what in (("--udp-timeout", "LB_UDP_TIMEOUT", "a UDP flow"),
                            ("--tcp-timeout", "LB_TCP_TIMEOUT", "a TCP flow"),
                            ("--closing-timeout", "LB_CLOSING_TIMEOUT", "a TCP flow after a FIN")):
         att.add_argument(opt, type=int, metavar="SECONDS",
-                         help=f"idle time after which {what} is forgotten (default {lb.TUNABLES[key]}; "
+                         help=f"idle time after which {what} is forgotten (default {abi.TUNABLES[key]}; "
                               "a hot reload may change it)")
     _json_arg(att)
     att.add_argument("--dump-bpf", action="store_true", help=argparse.SUPPRESS)
@@ -100,7 +100,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = bs.add_parser("add", help="add a backend (its MAC comes from the neighbour table)")
     p.add_argument("vip", metavar="VIP:PORT/PROTO")
     p.add_argument("backend", metavar="ADDR[:PORT]")
-    p.add_argument("--weight", default="1", help=f"1-{lb.MAX_WEIGHT} (default 1)")
+    p.add_argument("--weight", default="1", help=f"1-{abi.MAX_WEIGHT} (default 1)")
     p.add_argument("--mac", help="next-hop MAC, instead of resolving it")
     _target_args(p)
     p.set_defaults(func=cmd_backend_add)
@@ -167,7 +167,7 @@ def target(args: argparse.Namespace) -> tuple[str, str | None]:
     """The interface a command acts on: --iface, or the only balancer attached."""
     if args.iface:
         return args.iface, args.netns
-    atts = [a for a in xdp.attachments() if a.program == lb.SPEC.name
+    atts = [a for a in xdp.attachments() if a.program == abi.SPEC.name
             and (args.netns is None or a.netns == args.netns)]
     if len(atts) == 1:
         return atts[0].ifname, atts[0].netns
@@ -185,8 +185,8 @@ def _weight(text: str, what: str) -> int:
         value = int(text)
     except (TypeError, ValueError):
         raise FastpathError(f"{what}: weight {text!r} is not a number",
-                            fix=f"give an integer 1-{lb.MAX_WEIGHT}") from None
-    return lb.check_weight(value, what)
+                            fix=f"give an integer 1-{abi.MAX_WEIGHT}") from None
+    return config.check_weight(value, what)
 
 
 # ---------------------------------------------------------------------------------------
@@ -201,17 +201,18 @@ def cmd_attach(args: argparse.Namespace) -> int:
         if getattr(args, opt) is not None:
             tunables[key] = getattr(args, opt)
     if args.dump_bpf:
-        defines = {**lb.TUNABLES, **tunables}
-        lb.check_tunables(defines)
-        sys.stdout.write(dump_source(lb.SPEC, defines, str(xdp.pin_dir(args.iface, args.netns))))
+        defines = {**abi.TUNABLES, **tunables}
+        config.check_tunables(defines)
+        sys.stdout.write(dump_source(abi.SPEC, defines, str(xdp.pin_dir(args.iface, args.netns))))
         return 0
-    att, replaced = lb.attach(args.iface, args.netns, args.mode, tunables, peer_program=args.peer_program)
+    att, replaced = program.attach(args.iface, args.netns, args.mode, tunables,
+                                   peer_program=args.peer_program)
     if args.json:
         print_json({**att.to_json(), "replaced": replaced})
         return 0
     ns = f" --netns {args.netns}" if args.netns else ""
     verb = "hot-reloaded on" if replaced else "attached to"
-    state = lb.load_state(args.iface, args.netns)
+    state = store.load_state(args.iface, args.netns)
     nv = len(state.vips) if state else 0
     info(f"l4lb {verb} {where(args.iface, args.netns)} ({att.mode} mode, prog id {att.prog_id}, "
          f"generation {att.generation}); {nv} VIPs configured"
@@ -221,7 +222,7 @@ def cmd_attach(args: argparse.Namespace) -> int:
 
 
 def cmd_detach(args: argparse.Namespace) -> int:
-    lb.detach(args.iface, args.netns)
+    program.detach(args.iface, args.netns)
     info(f"l4lb detached from {where(args.iface, args.netns)}; pins, state and flows removed")
     return 0
 
@@ -230,9 +231,9 @@ def cmd_detach(args: argparse.Namespace) -> int:
 # VIPs and backends
 
 def cmd_vip_add(args: argparse.Namespace) -> int:
-    vip = lb.parse_vip(args.vip)
+    vip = config.parse_vip(args.vip)
     iface, netns = target(args)
-    with lb.session(iface, netns) as bal:
+    with program.session(iface, netns) as bal:
         vs = bal.add_vip(vip, args.mode, args.hash)
     info(f"VIP {vip} added ({vs.mode}, hash {vs.hash}); add backends with: "
          f"fastpath lb backend add {vip} ADDR[:PORT]")
@@ -240,15 +241,15 @@ def cmd_vip_add(args: argparse.Namespace) -> int:
 
 
 def cmd_vip_del(args: argparse.Namespace) -> int:
-    vip = lb.parse_vip(args.vip)
+    vip = config.parse_vip(args.vip)
     iface, netns = target(args)
-    with lb.session(iface, netns) as bal:
+    with program.session(iface, netns) as bal:
         vs = bal.del_vip(vip)
     info(f"VIP {vip} deleted with its {len(vs.backends)} backends")
     return 0
 
 
-def _vip_rows(state: lb.LbState) -> list[dict[str, Any]]:
+def _vip_rows(state: store.LbState) -> list[dict[str, Any]]:
     out = []
     for name, vs in sorted(state.vips.items(), key=lambda kv: kv[1].index):
         active = sum(1 for b in vs.backends.values() if b.effective_weight > 0)
@@ -259,7 +260,7 @@ def _vip_rows(state: lb.LbState) -> list[dict[str, Any]]:
 
 def cmd_vip_list(args: argparse.Namespace) -> int:
     iface, netns = target(args)
-    with lb.session(iface, netns, write=False) as bal:
+    with program.session(iface, netns, write=False) as bal:
         rows = _vip_rows(bal.state)
     if args.json:
         print_json(rows)
@@ -274,31 +275,31 @@ def cmd_vip_list(args: argparse.Namespace) -> int:
 
 
 def cmd_backend_add(args: argparse.Namespace) -> int:
-    vip = lb.parse_vip(args.vip)
-    addr, port = lb.parse_backend(args.backend)
+    vip = config.parse_vip(args.vip)
+    addr, port = config.parse_backend(args.backend)
     weight = _weight(args.weight, f"backend {args.backend}")
     iface, netns = target(args)
-    with lb.session(iface, netns) as bal:
+    with program.session(iface, netns) as bal:
         b = bal.add_backend(vip, addr, port, weight, args.mac)
     info(f"backend {b.name} added to {vip} (weight {b.weight}, MAC {b.mac})")
     return 0
 
 
 def cmd_backend_del(args: argparse.Namespace) -> int:
-    vip = lb.parse_vip(args.vip)
-    addr, port = lb.parse_backend(args.backend)
+    vip = config.parse_vip(args.vip)
+    addr, port = config.parse_backend(args.backend)
     iface, netns = target(args)
-    with lb.session(iface, netns) as bal:
+    with program.session(iface, netns) as bal:
         b = bal.del_backend(vip, addr, port)
     info(f"backend {b.name} removed from {vip}; its flows pick new backends")
     return 0
 
 
 def cmd_backend_drain(args: argparse.Namespace) -> int:
-    vip = lb.parse_vip(args.vip)
-    addr, port = lb.parse_backend(args.backend)
+    vip = config.parse_vip(args.vip)
+    addr, port = config.parse_backend(args.backend)
     iface, netns = target(args)
-    with lb.session(iface, netns) as bal:
+    with program.session(iface, netns) as bal:
         b = bal.set_drained(vip, addr, port, not args.undo)
     info(f"backend {b.name} of {vip} " + ("takes new flows again" if args.undo
                                           else "drained: no new flows, existing ones stay"))
@@ -306,20 +307,20 @@ def cmd_backend_drain(args: argparse.Namespace) -> int:
 
 
 def cmd_backend_weight(args: argparse.Namespace) -> int:
-    vip = lb.parse_vip(args.vip)
-    addr, port = lb.parse_backend(args.backend)
+    vip = config.parse_vip(args.vip)
+    addr, port = config.parse_backend(args.backend)
     weight = _weight(args.weight, f"backend {args.backend}")
     iface, netns = target(args)
-    with lb.session(iface, netns) as bal:
+    with program.session(iface, netns) as bal:
         b = bal.set_weight(vip, addr, port, weight)
     info(f"backend {b.name} of {vip}: weight {b.weight}")
     return 0
 
 
 def cmd_backend_list(args: argparse.Namespace) -> int:
-    only = lb.parse_vip(args.vip) if args.vip else None
+    only = config.parse_vip(args.vip) if args.vip else None
     iface, netns = target(args)
-    with lb.session(iface, netns, write=False) as bal:
+    with program.session(iface, netns, write=False) as bal:
         if only is not None:
             bal.vip(only)
         rows = []
@@ -353,12 +354,12 @@ def cmd_apply(args: argparse.Namespace) -> int:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise FastpathError(f"{path}: not valid YAML{where}") from None
-    specs = lb.parse_config(data, str(path))
+    specs = config.parse_config(data, str(path))
     iface, netns = target(args)
     if args.dry_run:
         info(f"{path}: valid, {len(specs)} VIPs (dry run: nothing applied)")
         return 0
-    with lb.session(iface, netns) as bal:
+    with program.session(iface, netns) as bal:
         changes = bal.apply(specs)
     if args.json:
         print_json({"changes": changes})
@@ -407,7 +408,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     iface, netns = target(args)
 
     def read() -> dict[str, Any]:
-        with lb.session(iface, netns, write=False) as bal:
+        with program.session(iface, netns, write=False) as bal:
             return bal.stats()
 
     if args.watch is None:
@@ -434,13 +435,13 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    addr, port = lb.parse_backend(args.client)
+    addr, port = config.parse_backend(args.client)
     if port is None:
         raise FastpathError(f"bad client {args.client!r}: the source port is missing",
                             fix="write SRC:SPORT, e.g. 198.51.100.7:40000 or [2001:db8::7]:40000")
-    vip = lb.parse_vip(args.vip)
+    vip = config.parse_vip(args.vip)
     iface, netns = target(args)
-    with lb.session(iface, netns, write=False) as bal:
+    with program.session(iface, netns, write=False) as bal:
         out = bal.explain(addr, port, vip)
     if args.json:
         print_json(out)
@@ -465,9 +466,9 @@ def cmd_health(args: argparse.Namespace) -> int:
     # One round decides on its own: a single failure drains, a single success restores.
     fall, rise = (1, 1) if args.once else (args.fall, args.rise)
     health.run(iface, netns, interval=args.interval, timeout=args.timeout, fall=fall, rise=rise,
-                  rounds=1 if args.once else None, report=report)
+               rounds=1 if args.once else None, report=report)
     if args.once:
-        state = lb.load_state(iface, netns)
+        state = store.load_state(iface, netns)
         rows = [[v, b.name, b.health, b.status] for v, vs in sorted((state.vips if state else {}).items())
                 for b in vs.backends.values()]
         print_table(["VIP", "backend", "health", "status"], rows)

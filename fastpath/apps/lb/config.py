@@ -1,0 +1,260 @@
+"""What users write, parsed and checked: VIPs (ADDR:PORT/PROTO), backends (ADDR[:PORT]),
+weights, MACs, the `lb attach` tunables and the `lb apply` file.
+
+A bad value is one FastpathError naming what is wrong and how to
+write it, raised before anything touches the kernel.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from fastpath.apps.lb import maglev
+from fastpath.apps.lb.abi import HASHES, MAX_TIMEOUT, MAX_WEIGHT, MODES, PROTOS, TIMEOUTS, IPAddress, VipKey
+from fastpath.apps.lb.hashing import M32
+from fastpath.core.args import parse_port
+from fastpath.errors import FastpathError
+
+# ---------------------------------------------------------------------------------------
+# VIP and backend syntax
+
+_VIP_RE = re.compile(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<v4>[^:/\[\]]+)):(?P<port>[^/]+)/(?P<proto>.+)$")
+_VIP_FIX = "write ADDR:PORT/PROTO, e.g. 10.0.0.10:80/tcp or [fd00::10]:443/udp"
+_BACKEND_FIX = "write ADDR or ADDR:PORT, e.g. 10.0.0.21, 10.0.0.21:8080, [fd00::21]:8080"
+_MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+
+
+def fmt_addr_port(address: IPAddress, port: int) -> str:
+    return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
+
+
+@dataclass(frozen=True, order=True)
+class VipId:
+    """One VIP: address, port and protocol, written ADDR:PORT/PROTO."""
+
+    address: IPAddress
+    port: int
+    proto: str
+
+    def __str__(self) -> str:
+        return f"{fmt_addr_port(self.address, self.port)}/{self.proto}"
+
+    def key(self) -> VipKey:
+        k = VipKey()
+        k.addr[:] = self.address.packed.ljust(16, b"\0")
+        k.port = socket.htons(self.port)
+        k.proto = PROTOS[self.proto]
+        k.family = self.address.version
+        return k
+
+
+def _address(text: str, what: str, fix: str) -> IPAddress:
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        raise FastpathError(f"bad {what}: {text!r} is not an IPv4 or IPv6 address", fix=fix) from None
+    if addr.is_multicast or addr.is_unspecified or (addr.version == 4 and addr == ipaddress.IPv4Address(
+            "255.255.255.255")):
+        raise FastpathError(f"bad {what}: {addr} is not a unicast address", fix=fix)
+    return addr
+
+
+def parse_vip(text: str) -> VipId:
+    """ADDR:PORT/PROTO (IPv6 in brackets) -> VipId; one-line error naming what is wrong."""
+    m = _VIP_RE.match(text.strip())
+    if not m:
+        raise FastpathError(f"bad VIP {text!r}", fix=_VIP_FIX)
+    what = f"VIP {text!r}"
+    raw = m.group("v6") or m.group("v4")
+    addr = _address(raw, what, _VIP_FIX)
+    if m.group("v4") and addr.version == 6:
+        raise FastpathError(f"bad {what}: put IPv6 addresses in brackets", fix=_VIP_FIX)
+    proto = m.group("proto").lower()
+    if proto not in PROTOS:
+        raise FastpathError(f"bad {what}: protocol {m.group('proto')!r} is not tcp or udp", fix=_VIP_FIX)
+    return VipId(addr, parse_port(m.group("port"), what, _VIP_FIX), proto)
+
+
+def parse_backend(text: str) -> tuple[IPAddress, int | None]:
+    """ADDR or ADDR:PORT (IPv6: bare, or in brackets with a port) -> (address, port or None)."""
+    text = text.strip()
+    what = f"backend {text!r}"
+    if text.startswith("["):
+        m = re.match(r"^\[([^\]]+)\](?::(.*))?$", text)
+        if not m:
+            raise FastpathError(f"bad {what}", fix=_BACKEND_FIX)
+        addr = _address(m.group(1), what, _BACKEND_FIX)
+        port = parse_port(m.group(2), what, _BACKEND_FIX) if m.group(2) is not None else None
+        return addr, port
+    if text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+        addr = _address(host, what, _BACKEND_FIX)
+        return addr, parse_port(port_text, what, _BACKEND_FIX)
+    return _address(text, what, _BACKEND_FIX), None
+
+
+def check_weight(weight: int, what: str) -> int:
+    if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= MAX_WEIGHT:
+        raise FastpathError(f"{what}: weight {weight!r} out of range 1-{MAX_WEIGHT}",
+                            fix="give an integer weight; use 'backend drain' to stop new flows")
+    return weight
+
+
+def check_mac(mac: str, what: str) -> str:
+    if not isinstance(mac, str) or not _MAC_RE.match(mac):
+        raise FastpathError(f"{what}: bad MAC address {mac!r}", fix="write it as 02:00:00:00:00:01")
+    return mac.lower()
+
+
+# ---------------------------------------------------------------------------------------
+# declarative config (`fastpath lb apply`)
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    address: IPAddress
+    port: int | None
+    weight: int = 1
+    drained: bool = False
+    mac: str | None = None
+
+
+@dataclass(frozen=True)
+class VipSpec:
+    vip: VipId
+    mode: str = "dsr"
+    hash: str = "5tuple"
+    backends: tuple[BackendSpec, ...] = ()
+
+
+def check_mode(mode: object, what: str) -> str:
+    if mode not in MODES:
+        raise FastpathError(f"{what}: unknown mode {mode!r}", fix="use dsr, nat or ipip")
+    return str(mode)
+
+
+def check_hash(value: object, what: str) -> str:
+    if value not in HASHES:
+        raise FastpathError(f"{what}: unknown hash {value!r}", fix="use 5tuple or src")
+    return str(value)
+
+
+def parse_config(data: object, source: str = "config") -> list[VipSpec]:
+    """The `lb apply` file:
+
+        vips:
+          10.0.0.10:80/tcp:
+            mode: nat            # dsr (default), nat or ipip
+            hash: 5tuple         # or src: the client address only
+            backends:
+              10.0.1.21:8080: {weight: 3}
+              10.0.1.22:8080: {drain: true, mac: "02:00:00:00:01:22"}
+              10.0.1.23:8080:    # weight 1
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise FastpathError(f"{source}: the top level must be a mapping with 'vips'")
+    unknown = set(data) - {"vips"}
+    if unknown:
+        raise FastpathError(f"{source}: unknown key {sorted(unknown)[0]!r}", fix="only 'vips' is allowed")
+    vips_raw = data.get("vips")
+    vips_raw = {} if vips_raw is None else vips_raw
+    if not isinstance(vips_raw, dict):
+        raise FastpathError(f"{source}: 'vips' must be a mapping of ADDR:PORT/PROTO to settings")
+    out: list[VipSpec] = []
+    seen: set[VipId] = set()
+    for text, conf in vips_raw.items():
+        vip = parse_vip(str(text))
+        what = f"{source}: VIP {vip}"
+        if vip in seen:
+            raise FastpathError(f"{what} appears twice")
+        seen.add(vip)
+        conf = conf or {}
+        if not isinstance(conf, dict):
+            raise FastpathError(f"{what}: settings must be a mapping")
+        bad = set(conf) - {"mode", "hash", "backends"}
+        if bad:
+            raise FastpathError(f"{what}: unknown key {sorted(bad)[0]!r}", fix="use mode, hash, backends")
+        mode = check_mode(conf.get("mode", "dsr"), what)
+        hsh = check_hash(conf.get("hash", "5tuple"), what)
+        braw = conf.get("backends")
+        braw = {} if braw is None else braw
+        if not isinstance(braw, dict):
+            raise FastpathError(f"{what}: 'backends' must be a mapping of ADDR[:PORT] to settings")
+        backends = []
+        names: set[str] = set()
+        for btext, bconf in braw.items():
+            addr, port = parse_backend(str(btext))
+            bwhat = f"{what}: backend {btext}"
+            if bconf is None:
+                bconf = {}
+            elif isinstance(bconf, int) and not isinstance(bconf, bool):
+                bconf = {"weight": bconf}
+            if not isinstance(bconf, dict):
+                raise FastpathError(f"{bwhat}: settings must be a mapping (weight, drain, mac)")
+            bad = set(bconf) - {"weight", "drain", "mac"}
+            if bad:
+                raise FastpathError(f"{bwhat}: unknown key {sorted(bad)[0]!r}", fix="use weight, drain, mac")
+            drain = bconf.get("drain", False)
+            if not isinstance(drain, bool):
+                raise FastpathError(f"{bwhat}: drain must be true or false")
+            spec = BackendSpec(addr, port, check_weight(bconf.get("weight", 1), bwhat), drain,
+                               check_mac(bconf["mac"], bwhat) if "mac" in bconf else None)
+            name = backend_name(vip, mode, addr, port)
+            if name in names:
+                raise FastpathError(f"{what}: backend {name} appears twice")
+            names.add(name)
+            check_backend(vip, mode, addr, port)
+            backends.append(spec)
+        out.append(VipSpec(vip, mode, hsh, tuple(backends)))
+    return out
+
+
+def backend_port(vip: VipId, mode: str, port: int | None) -> int:
+    return port if (port is not None and mode == "nat") else vip.port
+
+
+def backend_name(vip: VipId, mode: str, addr: IPAddress, port: int | None) -> str:
+    return fmt_addr_port(addr, backend_port(vip, mode, port))
+
+
+def check_backend(vip: VipId, mode: str, addr: IPAddress, port: int | None) -> None:
+    what = f"backend {fmt_addr_port(addr, port) if port else addr} of VIP {vip}"
+    if addr.version != vip.address.version:
+        raise FastpathError(f"{what}: address family differs from the VIP's",
+                            fix="IPv4 VIPs take IPv4 backends, IPv6 VIPs IPv6 ones")
+    if port is not None and mode != "nat" and port != vip.port:
+        raise FastpathError(f"{what}: {mode} cannot change the port ({port} != {vip.port})",
+                            fix="give no port, or use --mode nat for port translation")
+
+# ---------------------------------------------------------------------------------------
+# tunables (`fastpath lb attach`)
+
+def check_tunables(defines: Mapping[str, int | str]) -> None:
+    size = int(defines["LB_RING_SIZE"])
+    if not maglev.is_prime(size) or not 7 <= size <= 1_000_003:
+        raise FastpathError(f"Maglev table size {size} must be a prime between 7 and 1000003",
+                            fix="e.g. 65537 (default), 4099, 131071")
+    vips = int(defines["LB_MAX_VIPS"])
+    if not 1 <= vips <= 1024:
+        raise FastpathError(f"--max-vips {vips} out of range 1-1024")
+    if vips * 2 * size >= 2**32 or vips * 2 * size * 4 > 1 << 30:
+        raise FastpathError(f"{vips} VIPs x 2 rings x {size} slots needs more than 1 GiB",
+                            fix="lower --max-vips or --table-size")
+    backends = int(defines["LB_MAX_BACKENDS"])
+    if not 1 <= backends <= 65535:
+        raise FastpathError(f"--max-backends {backends} out of range 1-65535")
+    seed = int(defines["LB_HASH_SEED"])
+    if not 0 <= seed <= M32:
+        raise FastpathError(f"--seed {seed} out of range 0-{M32}")
+    for key, opt in zip(TIMEOUTS, ("--udp-timeout", "--tcp-timeout", "--closing-timeout"), strict=True):
+        if not 1 <= int(defines[key]) <= MAX_TIMEOUT:
+            raise FastpathError(f"{opt} {defines[key]} out of range 1-{MAX_TIMEOUT} seconds")
+    ct = int(defines["LB_CONNTRACK_SIZE"])
+    if not 1024 <= ct <= 1 << 26:
+        raise FastpathError(f"--conntrack {ct} out of range 1024-{1 << 26}")
