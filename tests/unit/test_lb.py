@@ -93,6 +93,45 @@ def test_check_backend_rules():
     assert config.backend_name(vip6, "dsr", ip("fd00::2"), None) == "[fd00::2]:80"
 
 
+@pytest.mark.parametrize("text,needle", [("heavy", "is not a number"), ("", "is not a number"),
+                                         ("0", "out of range"), ("1001", "out of range")])
+def test_weight_typed_on_the_command_line(text, needle):
+    assert config.parse_weight("7", "backend x") == 7
+    with pytest.raises(FastpathError, match=needle) as err:
+        config.parse_weight(text, "backend x")
+    assert err.value.fix and "\n" not in str(err.value)
+
+
+def test_parse_client_needs_a_source_port():
+    assert config.parse_client("[2001:db8::7]:40000") == (ip("2001:db8::7"), 40000)
+    with pytest.raises(FastpathError, match="the source port is missing") as err:
+        config.parse_client("198.51.100.7")
+    assert "SRC:SPORT" in err.value.fix
+
+
+def test_attach_options_become_tunables():
+    assert config.tunables({"--seed": 7, "--max-vips": None, "--udp-timeout": 5}) == {
+        "LB_HASH_SEED": 7, "LB_UDP_TIMEOUT": 5}
+    assert set(config.ATTACH_OPTIONS.values()) <= set(abi.TUNABLES)
+
+
+def test_load_config_file(tmp_path):
+    good = tmp_path / "lb.yaml"
+    good.write_text("vips:\n  10.0.0.1:80/tcp: {backends: {10.0.0.2: 3}}\n")
+    [spec] = config.load_config(good)
+    assert (str(spec.vip), spec.backends[0].weight) == ("10.0.0.1:80/tcp", 3)
+    with pytest.raises(FastpathError, match="does not exist"):
+        config.load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("vips:\n  - [\n")
+    with pytest.raises(FastpathError, match=r"bad.yaml: not valid YAML at line \d"):
+        config.load_config(bad)
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("vips:\n  10.0.0.1:80/tcp: {mode: tunnel}\n")
+    with pytest.raises(FastpathError, match="wrong.yaml: VIP 10.0.0.1:80/tcp: unknown mode 'tunnel'"):
+        config.load_config(wrong)
+
+
 CONFIG = {
     "vips": {
         "10.0.0.10:80/tcp": {

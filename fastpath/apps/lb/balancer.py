@@ -391,6 +391,24 @@ class Balancer:
                          **self.vip_counters(vs), "backends": backends})
         return {"vips": vips, "counters": self.counters()}
 
+    def vip_rows(self) -> list[dict[str, Any]]:
+        """Every VIP with its backend count, and how many of them take new flows."""
+        out = []
+        for name, vs in sorted(self.state.vips.items(), key=lambda kv: kv[1].index):
+            active = sum(1 for b in vs.backends.values() if b.effective_weight > 0)
+            out.append({"vip": name, "mode": vs.mode, "hash": vs.hash, "index": vs.index,
+                        "backends": len(vs.backends), "active": active})
+        return out
+
+    def backend_rows(self, only: VipId | None = None) -> list[dict[str, Any]]:
+        """The backends of `only` (an unknown VIP is an error), or of every VIP."""
+        if only is not None:
+            self.vip(only)
+        keys = ("backend", "weight", "status", "health", "mac", "slots", "share", "packets", "new_flows")
+        return [{"vip": v["vip"], **{k: b[k] for k in keys}}
+                for v in self.stats()["vips"] if only is None or v["vip"] == str(only)
+                for b in v["backends"]]
+
     def explain(self, client: IPAddress, sport: int, vip: VipId) -> dict[str, Any]:
         """Which backend a flow from client:sport to `vip` gets, and why."""
         vs = self.vip(vip)

@@ -1,5 +1,5 @@
 """What users write, parsed and checked: VIPs (ADDR:PORT/PROTO), backends (ADDR[:PORT]),
-weights, MACs, the `lb attach` tunables and the `lb apply` file.
+weights, MACs, the `lb attach` tunables and the `lb apply` YAML file.
 
 A bad value is one FastpathError naming what is wrong and how to
 write it, raised before anything touches the kernel.
@@ -12,6 +12,9 @@ import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
 
 from fastpath.apps.lb import maglev
 from fastpath.apps.lb.abi import HASHES, MAX_TIMEOUT, MAX_WEIGHT, MODES, PROTOS, TIMEOUTS, IPAddress, VipKey
@@ -108,6 +111,25 @@ def check_mac(mac: str, what: str) -> str:
     if not isinstance(mac, str) or not _MAC_RE.match(mac):
         raise FastpathError(f"{what}: bad MAC address {mac!r}", fix="write it as 02:00:00:00:00:01")
     return mac.lower()
+
+
+def parse_weight(text: str, what: str) -> int:
+    """A weight as typed on the command line ('3') -> 3, checked like one from a file."""
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        raise FastpathError(f"{what}: weight {text!r} is not a number",
+                            fix=f"give an integer 1-{MAX_WEIGHT}") from None
+    return check_weight(value, what)
+
+
+def parse_client(text: str) -> tuple[IPAddress, int]:
+    """SRC:SPORT (IPv6 in brackets) -> (address, port): the flow `lb explain` asks about."""
+    addr, port = parse_backend(text)
+    if port is None:
+        raise FastpathError(f"bad client {text!r}: the source port is missing",
+                            fix="write SRC:SPORT, e.g. 198.51.100.7:40000 or [2001:db8::7]:40000")
+    return addr, port
 
 
 # ---------------------------------------------------------------------------------------
@@ -232,8 +254,40 @@ def check_backend(vip: VipId, mode: str, addr: IPAddress, port: int | None) -> N
         raise FastpathError(f"{what}: {mode} cannot change the port ({port} != {vip.port})",
                             fix="give no port, or use --mode nat for port translation")
 
+
+def load_config(path: Path) -> list[VipSpec]:
+    """Read and check an `lb apply` file (see parse_config)."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise FastpathError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise FastpathError(f"{path}: not valid YAML{where}") from None
+    return parse_config(data, str(path))
+
+
 # ---------------------------------------------------------------------------------------
 # tunables (`fastpath lb attach`)
+
+# The attach options, and the tunable each sets.
+ATTACH_OPTIONS: dict[str, str] = {
+    "--table-size": "LB_RING_SIZE",
+    "--seed": "LB_HASH_SEED",
+    "--max-vips": "LB_MAX_VIPS",
+    "--max-backends": "LB_MAX_BACKENDS",
+    "--conntrack": "LB_CONNTRACK_SIZE",
+    "--udp-timeout": "LB_UDP_TIMEOUT",
+    "--tcp-timeout": "LB_TCP_TIMEOUT",
+    "--closing-timeout": "LB_CLOSING_TIMEOUT",
+}
+
+
+def tunables(options: Mapping[str, int | None]) -> dict[str, int]:
+    """{'--seed': 7, '--max-vips': None} -> {'LB_HASH_SEED': 7}: the options given, as tunables."""
+    return {ATTACH_OPTIONS[opt]: value for opt, value in options.items() if value is not None}
+
 
 def check_tunables(defines: Mapping[str, int | str]) -> None:
     size = int(defines["LB_RING_SIZE"])

@@ -14,6 +14,7 @@ from fastpath.apps.lb.maps import LbMaps
 from fastpath.apps.lb.nexthop import resolve_mac
 from fastpath.apps.lb.store import LbState, load_state, locked, remove_state, save_state
 from fastpath.bpf import xdp
+from fastpath.bpf.loader import dump_source
 from fastpath.errors import FastpathError
 
 
@@ -80,3 +81,26 @@ def detach(ifname: str, netns: str | None) -> xdp.Attachment | None:
     remove_state(ifname, netns)
     return att
 
+
+def dump(ifname: str, netns: str | None, tunables: Mapping[str, int]) -> str:
+    """The C source and flags `attach` would build with these tunables (`--dump-bpf`)."""
+    defines: dict[str, int | str] = {**TUNABLES, **tunables}
+    check_tunables(defines)
+    return dump_source(SPEC, defines, str(xdp.pin_dir(ifname, netns)))
+
+
+def find(iface: str | None, netns: str | None) -> tuple[str, str | None]:
+    """The interface a command acts on: `iface`, or the only balancer attached (in `netns`
+    when given)."""
+    if iface:
+        return iface, netns
+    atts = [a for a in xdp.attachments() if a.program == SPEC.name and (netns is None or a.netns == netns)]
+    if len(atts) == 1:
+        return atts[0].ifname, atts[0].netns
+    where = f" in namespace {netns}" if netns else ""
+    if not atts:
+        raise FastpathError(f"the load balancer is not attached to any interface{where}",
+                            fix="attach it: fastpath lb attach IFACE [--netns NS]")
+    names = ", ".join(f"{a.ifname}@{a.netns or 'root'}" for a in atts)
+    raise FastpathError(f"the load balancer runs on several interfaces ({names})",
+                        fix="choose one with --iface IFACE [--netns NS]")
