@@ -183,6 +183,17 @@ def test_config_errors(data, needle):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("data,fix", [
+    ({"vip": {}}, "only 'vips' is allowed"),
+    ({"vips": {"10.0.0.1:80/tcp": {"backend": {}}}}, "use mode, hash, backends"),
+    ({"vips": {"10.0.0.1:80/tcp": {"backends": {"10.0.0.2": {"port": 1}}}}}, "use weight, drain, mac"),
+])
+def test_config_unknown_keys_name_the_allowed_ones(data, fix):
+    with pytest.raises(FastpathError) as err:
+        config.parse_config(data, "lb.yaml")
+    assert err.value.fix == fix
+
+
 def test_flow_hash_is_pinned():
     """The C data plane computes the same numbers (tests/bpf/test_l4lb.py checks the two
     agree flow by flow); pinning them here catches an accidental change on either side."""
@@ -194,30 +205,13 @@ def test_flow_hash_is_pinned():
 
 
 def test_jhash_matches_linux_reference_values():
-    # jhash_2words(0, 0, 0) and jhash_3words(0,0,0,0)-style anchors from include/linux/jhash.h
-    # arithmetic, evaluated independently: a == b == c == initval, then __jhash_final.
-    def final(a, b, c):
-        m = 0xFFFFFFFF
-
-        def rol(w, s):
-            return ((w << s) | (w >> (32 - s))) & m
-        c ^= b
-        c = (c - rol(b, 14)) & m
-        a ^= c
-        a = (a - rol(c, 11)) & m
-        b ^= a
-        b = (b - rol(a, 25)) & m
-        c ^= b
-        c = (c - rol(b, 16)) & m
-        a ^= c
-        a = (a - rol(c, 4)) & m
-        b ^= a
-        b = (b - rol(a, 14)) & m
-        c ^= b
-        c = (c - rol(b, 24)) & m
-        return c
-    iv = (0xDEADBEEF + 8) & 0xFFFFFFFF
-    assert hashing.jhash_2words(0, 0, 0) == final(iv, iv, iv)
+    """Values of jhash_2words() and jhash2(k, 4, ...) as include/linux/jhash.h computes
+    them (its text compiled with gcc for user space): the port is the kernel's function,
+    not only the data plane's copy of it."""
+    assert hashing.jhash_2words(0, 0, 0) == 1489077439
+    assert hashing.jhash_2words(0x0100000A, 0x5000D204, 0) == 2749199164
+    assert hashing.jhash_2words(0x0100000A, 0x5000D204, 7) == 1849874269
+    assert hashing.jhash_4words((0x01000000, 0x0200000A, 3, 4), 9) == 9917614
 
 
 def test_ipip_source_addresses():

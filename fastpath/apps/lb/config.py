@@ -13,6 +13,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -177,64 +178,59 @@ def parse_config(data: object, source: str = "config") -> list[VipSpec]:
               10.0.1.22:8080: {drain: true, mac: "02:00:00:00:01:22"}
               10.0.1.23:8080:    # weight 1
     """
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise FastpathError(f"{source}: the top level must be a mapping with 'vips'")
-    unknown = set(data) - {"vips"}
-    if unknown:
-        raise FastpathError(f"{source}: unknown key {sorted(unknown)[0]!r}", fix="only 'vips' is allowed")
-    vips_raw = data.get("vips")
-    vips_raw = {} if vips_raw is None else vips_raw
-    if not isinstance(vips_raw, dict):
-        raise FastpathError(f"{source}: 'vips' must be a mapping of ADDR:PORT/PROTO to settings")
+    top = _mapping(data, source, "the top level must be a mapping with 'vips'", ("vips",),
+                   "only 'vips' is allowed")
+    vips = _mapping(top.get("vips"), source, "'vips' must be a mapping of ADDR:PORT/PROTO to settings")
     out: list[VipSpec] = []
     seen: set[VipId] = set()
-    for text, conf in vips_raw.items():
+    for text, conf in vips.items():
         vip = parse_vip(str(text))
         what = f"{source}: VIP {vip}"
         if vip in seen:
             raise FastpathError(f"{what} appears twice")
         seen.add(vip)
-        conf = conf or {}
-        if not isinstance(conf, dict):
-            raise FastpathError(f"{what}: settings must be a mapping")
-        bad = set(conf) - {"mode", "hash", "backends"}
-        if bad:
-            raise FastpathError(f"{what}: unknown key {sorted(bad)[0]!r}", fix="use mode, hash, backends")
-        mode = check_mode(conf.get("mode", "dsr"), what)
-        hsh = check_hash(conf.get("hash", "5tuple"), what)
-        braw = conf.get("backends")
-        braw = {} if braw is None else braw
-        if not isinstance(braw, dict):
-            raise FastpathError(f"{what}: 'backends' must be a mapping of ADDR[:PORT] to settings")
-        backends = []
-        names: set[str] = set()
-        for btext, bconf in braw.items():
-            addr, port = parse_backend(str(btext))
-            bwhat = f"{what}: backend {btext}"
-            if bconf is None:
-                bconf = {}
-            elif isinstance(bconf, int) and not isinstance(bconf, bool):
-                bconf = {"weight": bconf}
-            if not isinstance(bconf, dict):
-                raise FastpathError(f"{bwhat}: settings must be a mapping (weight, drain, mac)")
-            bad = set(bconf) - {"weight", "drain", "mac"}
-            if bad:
-                raise FastpathError(f"{bwhat}: unknown key {sorted(bad)[0]!r}", fix="use weight, drain, mac")
-            drain = bconf.get("drain", False)
-            if not isinstance(drain, bool):
-                raise FastpathError(f"{bwhat}: drain must be true or false")
-            spec = BackendSpec(addr, port, check_weight(bconf.get("weight", 1), bwhat), drain,
-                               check_mac(bconf["mac"], bwhat) if "mac" in bconf else None)
-            name = backend_name(vip, mode, addr, port)
-            if name in names:
-                raise FastpathError(f"{what}: backend {name} appears twice")
-            names.add(name)
-            check_backend(vip, mode, addr, port)
-            backends.append(spec)
-        out.append(VipSpec(vip, mode, hsh, tuple(backends)))
+        out.append(_vip_spec(vip, conf or {}, what))
     return out
+
+
+def _mapping(value: object, what: str, shape: str, keys: tuple[str, ...] | None = None,
+             fix: str = "") -> dict[Any, Any]:
+    """`value` as a mapping (None: an empty one) with no key but `keys` (when given)."""
+    value = {} if value is None else value
+    if not isinstance(value, dict):
+        raise FastpathError(f"{what}: {shape}")
+    unknown = sorted(set(value) - set(keys)) if keys is not None else []
+    if unknown:
+        raise FastpathError(f"{what}: unknown key {unknown[0]!r}", fix=fix or f"use {', '.join(keys or ())}")
+    return value
+
+
+def _vip_spec(vip: VipId, raw: object, what: str) -> VipSpec:
+    conf = _mapping(raw, what, "settings must be a mapping", ("mode", "hash", "backends"))
+    mode = check_mode(conf.get("mode", "dsr"), what)
+    hsh = check_hash(conf.get("hash", "5tuple"), what)
+    braw = _mapping(conf.get("backends"), what, "'backends' must be a mapping of ADDR[:PORT] to settings")
+    backends = []
+    names: set[str] = set()
+    for btext, bconf in braw.items():
+        addr, port = parse_backend(str(btext))
+        bwhat = f"{what}: backend {btext}"
+        if isinstance(bconf, int) and not isinstance(bconf, bool):
+            bconf = {"weight": bconf}
+        bconf = _mapping(bconf, bwhat, "settings must be a mapping (weight, drain, mac)",
+                         ("weight", "drain", "mac"))
+        drain = bconf.get("drain", False)
+        if not isinstance(drain, bool):
+            raise FastpathError(f"{bwhat}: drain must be true or false")
+        spec = BackendSpec(addr, port, check_weight(bconf.get("weight", 1), bwhat), drain,
+                           check_mac(bconf["mac"], bwhat) if "mac" in bconf else None)
+        name = backend_name(vip, mode, addr, port)
+        if name in names:
+            raise FastpathError(f"{what}: backend {name} appears twice")
+        names.add(name)
+        check_backend(vip, mode, addr, port)
+        backends.append(spec)
+    return VipSpec(vip, mode, hsh, tuple(backends))
 
 
 def backend_port(vip: VipId, mode: str, port: int | None) -> int:
@@ -253,6 +249,8 @@ def check_backend(vip: VipId, mode: str, addr: IPAddress, port: int | None) -> N
     if port is not None and mode != "nat" and port != vip.port:
         raise FastpathError(f"{what}: {mode} cannot change the port ({port} != {vip.port})",
                             fix="give no port, or use --mode nat for port translation")
+
+
 
 
 def load_config(path: Path) -> list[VipSpec]:
@@ -282,6 +280,7 @@ ATTACH_OPTIONS: dict[str, str] = {
     "--tcp-timeout": "LB_TCP_TIMEOUT",
     "--closing-timeout": "LB_CLOSING_TIMEOUT",
 }
+_OPTION = {key: opt for opt, key in ATTACH_OPTIONS.items()}
 
 
 def tunables(options: Mapping[str, int | None]) -> dict[str, int]:
@@ -289,26 +288,25 @@ def tunables(options: Mapping[str, int | None]) -> dict[str, int]:
     return {ATTACH_OPTIONS[opt]: value for opt, value in options.items() if value is not None}
 
 
+# Tunables given by the attach options: (lowest, highest, unit) each.
+_RANGES: dict[str, tuple[int, int, str]] = {
+    "LB_MAX_VIPS": (1, 1024, ""),
+    "LB_MAX_BACKENDS": (1, 65535, ""),
+    "LB_HASH_SEED": (0, M32, ""),
+    **{key: (1, MAX_TIMEOUT, " seconds") for key in TIMEOUTS},
+    "LB_CONNTRACK_SIZE": (1024, 1 << 26, ""),
+}
+
+
 def check_tunables(defines: Mapping[str, int | str]) -> None:
     size = int(defines["LB_RING_SIZE"])
     if not maglev.is_prime(size) or not 7 <= size <= 1_000_003:
         raise FastpathError(f"Maglev table size {size} must be a prime between 7 and 1000003",
                             fix="e.g. 65537 (default), 4099, 131071")
+    for key, (low, high, unit) in _RANGES.items():
+        if not low <= int(defines[key]) <= high:
+            raise FastpathError(f"{_OPTION[key]} {defines[key]} out of range {low}-{high}{unit}")
     vips = int(defines["LB_MAX_VIPS"])
-    if not 1 <= vips <= 1024:
-        raise FastpathError(f"--max-vips {vips} out of range 1-1024")
     if vips * 2 * size >= 2**32 or vips * 2 * size * 4 > 1 << 30:
         raise FastpathError(f"{vips} VIPs x 2 rings x {size} slots needs more than 1 GiB",
                             fix="lower --max-vips or --table-size")
-    backends = int(defines["LB_MAX_BACKENDS"])
-    if not 1 <= backends <= 65535:
-        raise FastpathError(f"--max-backends {backends} out of range 1-65535")
-    seed = int(defines["LB_HASH_SEED"])
-    if not 0 <= seed <= M32:
-        raise FastpathError(f"--seed {seed} out of range 0-{M32}")
-    for key, opt in zip(TIMEOUTS, ("--udp-timeout", "--tcp-timeout", "--closing-timeout"), strict=True):
-        if not 1 <= int(defines[key]) <= MAX_TIMEOUT:
-            raise FastpathError(f"{opt} {defines[key]} out of range 1-{MAX_TIMEOUT} seconds")
-    ct = int(defines["LB_CONNTRACK_SIZE"])
-    if not 1024 <= ct <= 1 << 26:
-        raise FastpathError(f"--conntrack {ct} out of range 1024-{1 << 26}")

@@ -2,7 +2,7 @@
 
 bpf/l4lb.c hashes flows with jhash (include/linux/jhash.h); this is the same arithmetic on
 32-bit words. tests/bpf/test_l4lb.py checks the two agree flow by flow, and
-tests/unit/test_lb.py pins its values.
+tests/unit/test_lb.py pins values the kernel's own header computes.
 """
 
 from __future__ import annotations
@@ -22,43 +22,26 @@ def _rol(w: int, s: int) -> int:
 
 
 def _jhash_final(a: int, b: int, c: int) -> int:
-    c ^= b
-    c = (c - _rol(b, 14)) & M32
-    a ^= c
-    a = (a - _rol(c, 11)) & M32
-    b ^= a
-    b = (b - _rol(a, 25)) & M32
-    c ^= b
-    c = (c - _rol(b, 16)) & M32
-    a ^= c
-    a = (a - _rol(c, 4)) & M32
-    b ^= a
-    b = (b - _rol(a, 14)) & M32
-    c ^= b
-    c = (c - _rol(b, 24)) & M32
-    return c
+    # __jhash_final: seven steps `x ^= y; x -= rol32(y, s)`, x running c, a, b, c, ...
+    # and y the word before it in that cycle.
+    v = [a, b, c]
+    x = 2
+    for s in (14, 11, 25, 16, 4, 14, 24):
+        y = v[x - 1]
+        v[x] = ((v[x] ^ y) - _rol(y, s)) & M32
+        x = (x + 1) % 3
+    return v[2]
 
 
 def _jhash_mix(a: int, b: int, c: int) -> tuple[int, int, int]:
-    a = (a - c) & M32
-    a ^= _rol(c, 4)
-    c = (c + b) & M32
-    b = (b - a) & M32
-    b ^= _rol(a, 6)
-    a = (a + c) & M32
-    c = (c - b) & M32
-    c ^= _rol(b, 8)
-    b = (b + a) & M32
-    a = (a - c) & M32
-    a ^= _rol(c, 16)
-    c = (c + b) & M32
-    b = (b - a) & M32
-    b ^= _rol(a, 19)
-    a = (a + c) & M32
-    c = (c - b) & M32
-    c ^= _rol(b, 4)
-    b = (b + a) & M32
-    return a, b, c
+    # __jhash_mix: six steps `x -= z; x ^= rol32(z, s); z += y` over (a, b, c) rotated left
+    # one place per step; six rotations bring the words back to their places.
+    x, y, z = a, b, c
+    for s in (4, 6, 8, 16, 19, 4):
+        x = ((x - z) & M32) ^ _rol(z, s)
+        z = (z + y) & M32
+        x, y, z = y, z, x
+    return x, y, z
 
 
 def jhash_2words(a: int, b: int, initval: int) -> int:
