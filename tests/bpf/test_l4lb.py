@@ -336,13 +336,19 @@ def test_ipip_v6_traffic_class_is_copied(env):
     assert Ether(res.output)[IPv6].tc == 0xB8
 
 
-def test_ipip_too_big_drops_with_counter(env):
-    frame = bytes(eth() / IP(src=CLIENT4, dst="10.100.0.3") / UDP(sport=43200, dport=53) / Raw(b"x" * 1460))
+@pytest.mark.parametrize("ip,client,vip,fits", [
+    (IP, CLIENT4, "10.100.0.3", 1500 - 20 - 20 - 8),       # outer + inner IPv4 header, UDP
+    (IPv6, CLIENT6, "fd00:100::3", 1500 - 40 - 40 - 8),
+], ids=["v4", "v6"])
+def test_ipip_too_big_drops_with_counter(env, ip, client, vip, fits):
+    """Packet and outer header must fit LB_MAX_PACKET: one byte more drops, counted."""
+    def frame(sport: int, size: int) -> bytes:
+        return bytes(eth() / ip(src=client, dst=vip) / UDP(sport=sport, dport=53) / Raw(b"x" * size))
+
     before = env.counters()["drop_too_big"]
-    check(env, frame, "XDP_DROP")
+    check(env, frame(43200, fits + 1), "XDP_DROP")
     assert env.counters()["drop_too_big"] == before + 1
-    fits = bytes(eth() / IP(src=CLIENT4, dst="10.100.0.3") / UDP(sport=43201, dport=53) / Raw(b"x" * 1452))
-    check(env, fits, "XDP_TX")
+    check(env, frame(43201, fits), "XDP_TX")
 
 
 # ---------------------------------------------------------------------------------------
