@@ -1,8 +1,8 @@
 """What users write, parsed and checked: VIPs (ADDR:PORT/PROTO), backends (ADDR[:PORT]),
 weights, MACs, the `lb attach` tunables and the `lb apply` YAML file.
 
-A bad value is one FastpathError naming what is wrong and how to
-write it, raised before anything touches the kernel.
+A bad value is one FastpathError naming what is wrong and how to write it, raised before
+anything touches the kernel.
 """
 
 from __future__ import annotations

@@ -75,6 +75,7 @@ def attach(ifname: str, netns: str | None, mode: str = "auto",
             save_state(ifname, netns, fresh)
     return att, replaced
 
+
 def detach(ifname: str, netns: str | None) -> xdp.Attachment | None:
     with locked(ifname, netns):
         att = xdp.detach(ifname, netns, program=SPEC.name)
