@@ -6,8 +6,8 @@
  * IPv4-in-IPv4 / IPv6-in-IPv6 encapsulation (ipip, Katran-compatible DSR).
  *
  * Techniques:
- * - The control plane (fastpath/apps/lb/lb.py) computes each VIP's Maglev table and writes it
- *   into the idle one of the VIP's two rings, then replaces the VIP entry (a hash map
+ * - The control plane (fastpath/apps/lb/balancer.py) computes each VIP's Maglev table and
+ *   writes it into the idle one of the VIP's two rings, then replaces the VIP entry (a hash map
  *   element, swapped whole under RCU) to flip `ring`: a packet sees the old table or the
  *   new one, never a half-written one.
  * - conntrack is an LRU hash with per-CPU LRU lists (BPF_F_NO_COMMON_LRU, as Katran): no
@@ -80,7 +80,8 @@
 #define LB_CONNTRACK_SIZE 131072
 #endif
 
-/* Seed of the flow hash; fastpath/apps/lb/lb.py computes the same hash for `lb explain`. */
+/* Seed of the flow hash; fastpath/apps/lb/hashing.py computes the same hash for
+ * `lb explain`. */
 #ifndef LB_HASH_SEED
 #define LB_HASH_SEED 0
 #endif
@@ -159,7 +160,7 @@ struct pkt {
 	__u8 icmp;                /* an ICMP error being forwarded: never recorded */
 };
 
-/* ---- jhash (include/linux/jhash.h), mirrored by fastpath/apps/lb/lb.py ---- */
+/* ---- jhash (include/linux/jhash.h), mirrored by fastpath/apps/lb/hashing.py ---- */
 
 #define LB_JHASH_INITVAL 0xdeadbeef
 
@@ -590,6 +591,33 @@ static __always_inline int set_macs(struct xdp_md *ctx, const __u8 *dst)
 	return 0;
 }
 
+/* Open room for an outer IP header of `hlen` bytes in front of the packet and address the
+ * frame to the backend (`ours` is the interface's MAC, read before the head moved). Returns
+ * where the outer header goes, or NULL with *stat saying why the packet is dropped. */
+static __always_inline void *push_outer(struct xdp_md *ctx, const struct pkt *p,
+					const struct lb_backend *be, const __u8 *ours,
+					__u32 hlen, __u16 eth_proto, __u32 *stat)
+{
+	void *data, *data_end;
+	struct ethhdr *eth;
+
+	*stat = LB_STAT_DROP_TOO_BIG;
+	if (p->ip_len + hlen > LB_MAX_PACKET)
+		return NULL;
+	*stat = LB_STAT_DROP_ERROR;
+	if (bpf_xdp_adjust_head(ctx, 0 - (int)hlen))
+		return NULL;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	eth = data;
+	if (data + sizeof(struct ethhdr) + hlen > data_end)
+		return NULL;
+	__builtin_memcpy(eth->h_dest, be->mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, ours, ETH_ALEN);
+	eth->h_proto = bpf_htons(eth_proto);
+	return data + sizeof(struct ethhdr);
+}
+
 static __always_inline int encap(struct xdp_md *ctx, const struct pkt *p,
 				 const struct lb_backend *be, __u64 len)
 {
@@ -597,27 +625,17 @@ static __always_inline int encap(struct xdp_md *ctx, const struct pkt *p,
 	void *data_end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
 	__u8 ours[ETH_ALEN];
-	__u32 entropy;
+	__u32 stat;
 
 	if ((void *)(eth + 1) > data_end)
 		return count(LB_STAT_DROP_ERROR, len, XDP_DROP);
 	__builtin_memcpy(ours, eth->h_dest, ETH_ALEN);
 	if (p->flow.family == 4) {
-		struct iphdr *o;
+		struct iphdr *o = push_outer(ctx, p, be, ours, sizeof(*o), ETH_P_IP, &stat);
+		__u32 entropy;
 
-		if (p->ip_len + sizeof(struct iphdr) > LB_MAX_PACKET)
-			return count(LB_STAT_DROP_TOO_BIG, len, XDP_DROP);
-		if (bpf_xdp_adjust_head(ctx, 0 - (int)sizeof(struct iphdr)))
-			return count(LB_STAT_DROP_ERROR, len, XDP_DROP);
-		data = (void *)(long)ctx->data;
-		data_end = (void *)(long)ctx->data_end;
-		eth = data;
-		o = data + sizeof(struct ethhdr);
-		if ((void *)(o + 1) > data_end)
-			return count(LB_STAT_DROP_ERROR, len, XDP_DROP);
-		__builtin_memcpy(eth->h_dest, be->mac, ETH_ALEN);
-		__builtin_memcpy(eth->h_source, ours, ETH_ALEN);
-		eth->h_proto = bpf_htons(ETH_P_IP);
+		if (!o)
+			return count(stat, len, XDP_DROP);
 		entropy = (bpf_ntohl(p->flow.src[0]) ^ bpf_ntohs(p->flow.sport)) & 0xffff;
 		*(__u8 *)o = 0x45;
 		o->tos = p->tos;
@@ -631,22 +649,11 @@ static __always_inline int encap(struct xdp_md *ctx, const struct pkt *p,
 		o->daddr = be->addr[0];
 		o->check = ipv4_csum((__u16 *)o);
 	} else {
-		struct ipv6hdr *o;
+		struct ipv6hdr *o = push_outer(ctx, p, be, ours, sizeof(*o), ETH_P_IPV6, &stat);
 		__be32 *src;
 
-		if (p->ip_len + sizeof(struct ipv6hdr) > LB_MAX_PACKET)
-			return count(LB_STAT_DROP_TOO_BIG, len, XDP_DROP);
-		if (bpf_xdp_adjust_head(ctx, 0 - (int)sizeof(struct ipv6hdr)))
-			return count(LB_STAT_DROP_ERROR, len, XDP_DROP);
-		data = (void *)(long)ctx->data;
-		data_end = (void *)(long)ctx->data_end;
-		eth = data;
-		o = data + sizeof(struct ethhdr);
-		if ((void *)(o + 1) > data_end)
-			return count(LB_STAT_DROP_ERROR, len, XDP_DROP);
-		__builtin_memcpy(eth->h_dest, be->mac, ETH_ALEN);
-		__builtin_memcpy(eth->h_source, ours, ETH_ALEN);
-		eth->h_proto = bpf_htons(ETH_P_IPV6);
+		if (!o)
+			return count(stat, len, XDP_DROP);
 		*(__u32 *)o = bpf_htonl((6u << 28) | ((__u32)p->tos << 20));
 		o->payload_len = bpf_htons(p->ip_len);
 		o->nexthdr = IPPROTO_IPV6;

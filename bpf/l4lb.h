@@ -2,7 +2,7 @@
 /*
  * l4lb.h - what crosses the kernel/user boundary for bpf/l4lb.c, the XDP load balancer.
  *
- * Included by bpf/l4lb.c; mirrored as ctypes.Structures in fastpath/apps/lb/lb.py, and
+ * Included by bpf/l4lb.c; mirrored as ctypes.Structures in fastpath/apps/lb/abi.py, and
  * tests/bpf/test_l4lb.py checks the two layouts against bcc's decoded types. Fixed-width
  * types only, no implicit padding. Addresses are 16 bytes in network order: IPv4 uses the
  * first 4 and leaves the rest zero, `family` (4 or 6) says which.

@@ -86,34 +86,34 @@ print(" ".join(f"{k}={v}" for k, v in sorted(seen.items())))
 
 
 def run(args: argparse.Namespace) -> int:
-    from fastpath.apps.lb import lb
+    from fastpath.apps.lb import config, program
     from fastpath.netns import Lab, list_labs
 
     if any(s.name == LAB for s in list_labs()):
         raise FastpathError(f"a demo lab {LAB!r} is already up",
                             fix=f"remove it with: fastpath topo down {LAB}")
     info(f"building lab {LAB}: client -> lb (XDP, dsr) -> backends b1, b2, b3 on bridge sw0")
-    vip = lb.parse_vip(f"{VIP}:{PORT}/tcp")
+    vip = config.parse_vip(f"{VIP}:{PORT}/tcp")
     with Lab.up(TOPOLOGY) as lab:
         ns = lab.netns("lb")
         for node in BACKENDS:
             lab.run(node, ["ip", "addr", "add", f"{VIP}/32", "dev", "lo"])
             lab.spawn(node, [sys.executable, "-c", SERVER, node, str(PORT)])
         try:
-            att, _ = lb.attach("eth0", ns, "auto", {"LB_RING_SIZE": 4099, "LB_MAX_VIPS": 4})
+            att, _ = program.attach("eth0", ns, "auto", {"LB_RING_SIZE": 4099, "LB_MAX_VIPS": 4})
             info(f"l4lb attached to eth0 in {ns} ({att.mode} mode); VIP {vip} over 3 backends")
-            with lb.session("eth0", ns) as bal:
+            with program.session("eth0", ns) as bal:
                 bal.add_vip(vip, "dsr")
                 for addr in BACKENDS.values():
                     bal.add_backend(vip, ipaddress.ip_address(addr))
             time.sleep(0.3)
             client = lab.spawn("client", [sys.executable, "-c", CLIENT, VIP, str(PORT), str(args.seconds)])
-            final = _watch(lb, ns, vip, args, client)
+            final = _watch(program, ns, vip, args, client)
             client.wait(args.seconds + 30)
             answered = dict(x.split("=") for x in client.output().split())
         finally:
             with contextlib.suppress(FastpathError):
-                lb.detach("eth0", ns)
+                program.detach("eth0", ns)
         info("detached; tearing the lab down")
     answers = {k: int(v) for k, v in answered.items()}
     problems = verdict(answers)
@@ -145,7 +145,7 @@ def verdict(answers: dict[str, int]) -> list[str]:
     return problems
 
 
-def _watch(lb: Any, ns: str, vip: Any, args: argparse.Namespace, client: Any) -> list[dict[str, Any]]:
+def _watch(program: Any, ns: str, vip: Any, args: argparse.Namespace, client: Any) -> list[dict[str, Any]]:
     from rich.live import Live
 
     prev: Counter[str] = Counter()
@@ -157,11 +157,11 @@ def _watch(lb: Any, ns: str, vip: Any, args: argparse.Namespace, client: Any) ->
             time.sleep(0.5)
             now = time.monotonic()
             if not changed and now - t0 > args.seconds / 2:
-                with lb.session("eth0", ns) as bal:
+                with program.session("eth0", ns) as bal:
                     bal.set_weight(vip, ipaddress.ip_address(BACKENDS["b1"]), None, 2)
                     bal.set_drained(vip, ipaddress.ip_address(BACKENDS["b3"]), None, True)
                 changed = True
-            with lb.session("eth0", ns, write=False) as bal:
+            with program.session("eth0", ns, write=False) as bal:
                 rows = bal.stats()["vips"][0]["backends"]
             dt, t_prev = now - t_prev, now
             table = [[r["backend"], r["weight"], r["status"], f"{r['share']:.1f}", f"{r['packets']:,}",

@@ -19,7 +19,9 @@ from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import Raw
 
 from fastpath.apps.decap import decap
-from fastpath.apps.lb import lb
+from fastpath.apps.lb import abi, config, store
+from fastpath.apps.lb.balancer import Balancer
+from fastpath.apps.lb.maps import LbMaps
 from fastpath.bpf import loader, testrun
 from fastpath.bpf.maps import TypedMap, layout
 
@@ -250,13 +252,13 @@ def test_defined_verdicts(prog, desc, frame, verdict, counter):
 def balancer():
     if os.geteuid() != 0:
         pytest.skip("loading BPF programs needs root")
-    defines = {**lb.TUNABLES, "LB_RING_SIZE": 251, "LB_MAX_VIPS": 2, "LB_MAX_BACKENDS": 8,
+    defines = {**abi.TUNABLES, "LB_RING_SIZE": 251, "LB_MAX_VIPS": 2, "LB_MAX_BACKENDS": 8,
                "LB_CONNTRACK_SIZE": 1024}
-    p = loader.load(lb.SPEC, defines)
-    maps = lb.LbMaps.from_program(p)
-    bal = lb.Balancer(maps, lb.LbState.for_defines(defines), lambda a: HOST_MAC)
+    p = loader.load(abi.SPEC, defines)
+    maps = LbMaps.from_program(p)
+    bal = Balancer(maps, store.LbState.for_defines(defines), lambda a: HOST_MAC)
     for vip, backend in ((f"{VIP4}:80/tcp", LOCAL4), (f"[{VIP6}]:80/tcp", LOCAL6)):
-        v = lb.parse_vip(vip)
+        v = config.parse_vip(vip)
         bal.add_vip(v, "ipip")
         bal.add_backend(v, ipaddress.ip_address(backend))
     yield p

@@ -13,7 +13,7 @@ from types import ModuleType
 import pytest
 
 from fastpath.apps.guard import synguard as sg
-from fastpath.apps.lb import lb
+from fastpath.apps.lb import abi
 from fastpath.bpf import loader
 
 pytestmark = pytest.mark.bpf
@@ -42,7 +42,7 @@ def chained():
     if os.geteuid() != 0:
         pytest.skip("loading BPF programs needs root")
     guard = sgt.Guard({"FP_CHAIN": 1, "FP_CHAIN_NEXT": 1})
-    prog = loader.load(lb.SPEC, l4.prog_defines())
+    prog = loader.load(abi.SPEC, l4.prog_defines())
     env = l4.Env(prog)
     yield guard, env
     env.maps.close()

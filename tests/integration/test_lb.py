@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from fastpath.apps.lb import lb
+from fastpath.apps.lb import balancer, config, store
 from fastpath.bpf import xdp
 
 pytestmark = pytest.mark.integration
@@ -206,13 +206,13 @@ class Bench:
 
     def check_predicted(self, got: dict[int, str]) -> Counter:
         """Every connection landed where the Maglev ring (computed from the config) says."""
-        state = lb.load_state("eth0", self.ns)
-        vip = lb.parse_vip(self.vip)
+        state = store.load_state("eth0", self.ns)
+        vip = config.parse_vip(self.vip)
         import ipaddress
         by_name = {self.backend(n).split(":")[0]: n for n in BACKENDS}
         wrong = []
         for sport, name in got.items():
-            want = lb.predict(state, vip, ipaddress.ip_address(CLIENT), sport)
+            want = balancer.predict(state, vip, ipaddress.ip_address(CLIENT), sport)
             want_node = by_name[want.rsplit(":", 1)[0]] if want else None
             if name != want_node:
                 wrong.append((sport, name, want_node))
@@ -239,7 +239,7 @@ def lb_lab(make_lab, request):
     try:
         yield t
     finally:
-        if lb.state_path("eth0", t.ns).exists() or xdp.read_state("eth0", t.ns):
+        if store.state_path("eth0", t.ns).exists() or xdp.read_state("eth0", t.ns):
             fastpath("lb", "detach", "eth0", "--netns", t.ns, check=False)
         assert xdp.read_state("lb-eth0", sw) is None, "detach removes the peer's pass program"
 
@@ -339,5 +339,5 @@ def test_balancer_end_to_end(lb_lab):
     fastpath("lb", "detach", "eth0", "--netns", t.ns)
     assert not pins.exists()
     assert not xdp.state_path("eth0", t.ns).exists()
-    assert not lb.state_path("eth0", t.ns).exists()
+    assert not store.state_path("eth0", t.ns).exists()
     assert "xdp" not in lab.run("lb", ["ip", "link", "show", "eth0"]).stdout

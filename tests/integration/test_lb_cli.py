@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from fastpath.apps.count import xdp_count
-from fastpath.apps.lb import lb
+from fastpath.apps.lb import program, store
+from fastpath.apps.lb.maps import LbMaps
 from fastpath.bpf import xdp
 
 pytestmark = pytest.mark.integration
@@ -53,11 +54,11 @@ def snapshot(ns: str) -> tuple:
     """The configuration as saved and as the data plane holds it (VIPs, addresses, backends)."""
     import ctypes
 
-    with lb.LbMaps.from_attachment(lb.attachment("eth0", ns)) as maps:
+    with LbMaps.from_attachment(program.attachment("eth0", ns)) as maps:
         vips = sorted((bytes(k), bytes(v)) for k, v in maps["vips"].items())
         addrs = sorted((bytes(k), v.value) for k, v in maps["vip_addrs"].items())
         backends = [bytes(maps["backends"].get(ctypes.c_uint32(i))) for i in range(16)]
-    return lb.state_path("eth0", ns).read_text(), vips, addrs, backends
+    return store.state_path("eth0", ns).read_text(), vips, addrs, backends
 
 
 def test_apply_is_declarative_and_idempotent(attached, tmp_path):
@@ -168,14 +169,14 @@ def test_attach_errors(attached):
         assert res.returncode != 0 and len(lines) == 1 and needle in lines[0], (args, res.stderr)
     assert not xdp.pin_dir("eth1", ns).exists()
     for ifname in ("nosuch0", "eth1"):
-        assert not lb.state_path(ifname, ns).with_suffix(".lock").exists()
+        assert not store.state_path(ifname, ns).with_suffix(".lock").exists()
     # Another fastpath program on the interface: the balancer refuses to replace it.
     xdp.attach(xdp_count.SPEC, "eth1", ns, "native")
     try:
         res = fastpath("lb", "attach", "eth1", "--netns", ns)
         assert res.returncode != 0 and "runs fastpath program xdp_count" in res.stderr
         assert xdp.read_state("eth1", ns).program == "xdp_count"
-        assert not lb.state_path("eth1", ns).exists()
+        assert not store.state_path("eth1", ns).exists()
     finally:
         xdp.detach("eth1", ns)
     # Two balancers: commands without --iface ask which one.
@@ -185,4 +186,4 @@ def test_attach_errors(attached):
         assert res.returncode != 0 and "several interfaces" in res.stderr
     finally:
         ok("lb", "detach", "eth1", "--netns", ns)
-    assert not Path(xdp.pin_dir("eth1", ns)).exists() and not lb.state_path("eth1", ns).exists()
+    assert not Path(xdp.pin_dir("eth1", ns)).exists() and not store.state_path("eth1", ns).exists()

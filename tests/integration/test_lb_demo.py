@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from fastpath.apps.lb import lb
+from fastpath.apps.lb import store
 from fastpath.bpf import xdp
 from fastpath.labs import lb_demo
 from fastpath.netns import list_labs
@@ -33,5 +33,5 @@ def test_demo_lb(netns_required):
     assert sum(b["new_flows"] for b in out["backends"]) >= sum(answers.values()) - answers.get("error", 0)
     assert not any(s.name == lb_demo.LAB for s in list_labs())
     ns = f"{lb_demo.LAB}-lb"
-    assert not xdp.pin_dir("eth0", ns).exists() and not lb.state_path("eth0", ns).exists()
+    assert not xdp.pin_dir("eth0", ns).exists() and not store.state_path("eth0", ns).exists()
     assert not xdp.pin_dir("lb-eth0", f"{lb_demo.LAB}-sw").exists()

@@ -17,7 +17,7 @@ from types import ModuleType
 import pytest
 
 from fastpath.apps.decap import decap
-from fastpath.apps.lb import lb
+from fastpath.apps.lb import store
 from fastpath.bpf import xdp
 
 pytestmark = pytest.mark.integration
@@ -90,7 +90,7 @@ def ipip_lab(make_lab):
         for node in BACKENDS[4]:
             if xdp.read_state("eth0", lab.netns(node)) is not None:
                 fastpath("lb", "decap", "detach", "eth0", "--netns", lab.netns(node), check=False)
-        if lb.state_path("eth0", ns).exists() or xdp.read_state("eth0", ns):
+        if store.state_path("eth0", ns).exists() or xdp.read_state("eth0", ns):
             fastpath("lb", "detach", "eth0", "--netns", ns, check=False)
         assert xdp.read_state("lb-eth0", sw) is None, "detach removes the peer's pass program"
 

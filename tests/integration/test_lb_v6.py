@@ -18,7 +18,7 @@ from types import ModuleType
 
 import pytest
 
-from fastpath.apps.lb import lb
+from fastpath.apps.lb import balancer, config, store
 from fastpath.bpf import xdp
 
 pytestmark = pytest.mark.integration
@@ -52,13 +52,13 @@ def burst(lab, vip: str, first_port: int, n: int) -> dict[int, str]:
 def check_predicted(ns: str, vip_text: str, client: str, backends: dict[str, str],
                     got: dict[int, str]) -> Counter:
     """Every connection landed where the Maglev ring (computed from the config) says."""
-    state = lb.load_state("eth0", ns)
-    vip = lb.parse_vip(vip_text)
+    state = store.load_state("eth0", ns)
+    vip = config.parse_vip(vip_text)
     by_addr = {ipaddress.ip_address(a): n for n, a in backends.items()}
     wrong = []
     for sport, name in got.items():
-        want = lb.predict(state, vip, ipaddress.ip_address(client), sport)
-        want_node = by_addr[lb.parse_backend(want)[0]] if want else None
+        want = balancer.predict(state, vip, ipaddress.ip_address(client), sport)
+        want_node = by_addr[config.parse_backend(want)[0]] if want else None
         if name != want_node:
             wrong.append((sport, name, want_node))
     assert not wrong, f"{len(wrong)} connections not where Maglev puts them, e.g. {wrong[:5]}"
@@ -107,7 +107,7 @@ def v6_lab(make_lab, request):
     try:
         yield lab, mode
     finally:
-        if lb.state_path("eth0", ns).exists() or xdp.read_state("eth0", ns):
+        if store.state_path("eth0", ns).exists() or xdp.read_state("eth0", ns):
             L.fastpath("lb", "detach", "eth0", "--netns", ns, check=False)
         assert xdp.read_state("lb-eth0", sw) is None, "detach removes the peer's pass program"
 
@@ -165,4 +165,4 @@ def test_ipv6_balancer_end_to_end(v6_lab):
 
     L.fastpath("lb", "detach", "eth0", "--netns", ns)
     assert not pins.exists()
-    assert not lb.state_path("eth0", ns).exists()
+    assert not store.state_path("eth0", ns).exists()

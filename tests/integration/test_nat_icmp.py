@@ -14,7 +14,7 @@ from types import ModuleType
 
 import pytest
 
-from fastpath.apps.lb import lb
+from fastpath.apps.lb import store
 from fastpath.bpf import xdp
 
 pytestmark = pytest.mark.integration
@@ -88,7 +88,7 @@ def nat_lab(make_lab):
         t.lb("backend", "add", CLOSED_VIP, f"{L.BACKENDS['b1']}:{CLOSED_PORT}")
         yield t
     finally:
-        if lb.state_path("eth0", t.ns).exists() or xdp.read_state("eth0", t.ns):
+        if store.state_path("eth0", t.ns).exists() or xdp.read_state("eth0", t.ns):
             L.fastpath("lb", "detach", "eth0", "--netns", t.ns, check=False)
         assert xdp.read_state("lb-eth0", sw) is None, "detach removes the peer's pass program"
 

@@ -13,7 +13,7 @@ from types import ModuleType
 
 import pytest
 
-from fastpath.apps.lb import lb
+from fastpath.apps.lb import store
 from fastpath.bpf import xdp
 
 pytestmark = pytest.mark.integration
@@ -60,7 +60,7 @@ def chain_lab(make_lab):
     finally:
         if xdp.read_state("eth0", t.ns, "syn_guard"):
             L.fastpath("xdp", "detach", "eth0", "--netns", t.ns, check=False)
-        if xdp.read_state("eth0", t.ns, "l4lb") or lb.state_path("eth0", t.ns).exists():
+        if xdp.read_state("eth0", t.ns, "l4lb") or store.state_path("eth0", t.ns).exists():
             L.fastpath("lb", "detach", "eth0", "--netns", t.ns, check=False)
         assert xdp.read_state("lb-eth0", sw) is None, "detach removes the peer's pass program"
 
@@ -156,7 +156,7 @@ def test_guard_and_balancer_share_an_interface(chain_lab, order):
     assert not pdir.exists()
     assert not xdp.state_path("eth0", t.ns).exists()
     assert not xdp.member_state_path("eth0", t.ns, "l4lb").parent.exists()
-    assert not lb.state_path("eth0", t.ns).exists()
+    assert not store.state_path("eth0", t.ns).exists()
 
 
 def test_a_program_joining_the_chain_runs_in_the_links_mode(chain_lab):
@@ -177,7 +177,7 @@ def test_a_program_joining_the_chain_runs_in_the_links_mode(chain_lab):
     err = res.stderr.strip()
     assert "runs syn_guard in generic mode" in err and "not native" in err, err
     assert "--mode generic or auto" in err, err
-    assert xdp.read_state("eth0", t.ns, "l4lb") is None and not lb.state_path("eth0", t.ns).exists()
+    assert xdp.read_state("eth0", t.ns, "l4lb") is None and not store.state_path("eth0", t.ns).exists()
     assert not (pdir / "l4lb").exists() and not (pdir / "chain").exists()
     assert xdp.read_state("eth0", t.ns, "syn_guard").prog_id == guard.prog_id, "the guard is untouched"
     check_guarding(t)

@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from fastpath.apps.lb import health, lb, maglev
+from fastpath.apps.lb import abi, balancer, config, hashing, health, maglev, store
 from fastpath.errors import FastpathError
 
 ip = ipaddress.ip_address
@@ -21,9 +21,9 @@ ip = ipaddress.ip_address
     ("[2001:db8::a]:65535/udp", ("2001:db8::a", 65535, "udp")),
 ])
 def test_parse_vip(text, want):
-    vip = lb.parse_vip(text)
+    vip = config.parse_vip(text)
     assert (str(vip.address), vip.port, vip.proto) == want
-    assert lb.parse_vip(str(vip)) == vip
+    assert config.parse_vip(str(vip)) == vip
 
 
 @pytest.mark.parametrize("text,needle", [
@@ -43,10 +43,10 @@ def test_parse_vip(text, want):
 ])
 def test_parse_vip_errors_are_one_line_with_a_fix(text, needle):
     if needle is None:   # IPv4 in brackets is accepted
-        assert lb.parse_vip(text).address == ip("10.0.0.1")
+        assert config.parse_vip(text).address == ip("10.0.0.1")
         return
     with pytest.raises(FastpathError) as err:
-        lb.parse_vip(text)
+        config.parse_vip(text)
     assert needle in str(err.value)
     assert "\n" not in str(err.value)
     assert err.value.fix and "ADDR:PORT/PROTO" in err.value.fix
@@ -60,7 +60,7 @@ def test_parse_vip_errors_are_one_line_with_a_fix(text, needle):
     ("[fd00::2]:8080", ("fd00::2", 8080)),
 ])
 def test_parse_backend(text, want):
-    addr, port = lb.parse_backend(text)
+    addr, port = config.parse_backend(text)
     assert (str(addr), port) == want
 
 
@@ -68,28 +68,68 @@ def test_parse_backend(text, want):
                                   "10.0.0.2:80:90", "255.255.255.255"])
 def test_parse_backend_errors(text):
     with pytest.raises(FastpathError, match="backend"):
-        lb.parse_backend(text)
+        config.parse_backend(text)
 
 
 @pytest.mark.parametrize("weight", [0, -1, 1001, "3", 2.5, True, None])
 def test_weight_out_of_range(weight):
     with pytest.raises(FastpathError, match="weight .* out of range 1-1000"):
-        lb.check_weight(weight, "backend x")
+        config.check_weight(weight, "backend x")
 
 
 def test_check_backend_rules():
-    vip = lb.parse_vip("10.0.0.1:80/tcp")
-    lb.check_backend(vip, "dsr", ip("10.0.0.2"), None)
-    lb.check_backend(vip, "dsr", ip("10.0.0.2"), 80)
-    lb.check_backend(vip, "nat", ip("10.0.0.2"), 8080)
+    vip = config.parse_vip("10.0.0.1:80/tcp")
+    config.check_backend(vip, "dsr", ip("10.0.0.2"), None)
+    config.check_backend(vip, "dsr", ip("10.0.0.2"), 80)
+    config.check_backend(vip, "nat", ip("10.0.0.2"), 8080)
     with pytest.raises(FastpathError, match="cannot change the port"):
-        lb.check_backend(vip, "dsr", ip("10.0.0.2"), 8080)
+        config.check_backend(vip, "dsr", ip("10.0.0.2"), 8080)
     with pytest.raises(FastpathError, match="address family"):
-        lb.check_backend(vip, "nat", ip("fd00::2"), 8080)
-    assert lb.backend_name(vip, "dsr", ip("10.0.0.2"), None) == "10.0.0.2:80"
-    assert lb.backend_name(vip, "nat", ip("10.0.0.2"), None) == "10.0.0.2:80"
-    assert lb.backend_name(vip, "nat", ip("10.0.0.2"), 8080) == "10.0.0.2:8080"
-    assert lb.backend_name(lb.parse_vip("[fd00::1]:80/tcp"), "dsr", ip("fd00::2"), None) == "[fd00::2]:80"
+        config.check_backend(vip, "nat", ip("fd00::2"), 8080)
+    assert config.backend_name(vip, "dsr", ip("10.0.0.2"), None) == "10.0.0.2:80"
+    assert config.backend_name(vip, "nat", ip("10.0.0.2"), None) == "10.0.0.2:80"
+    assert config.backend_name(vip, "nat", ip("10.0.0.2"), 8080) == "10.0.0.2:8080"
+    vip6 = config.parse_vip("[fd00::1]:80/tcp")
+    assert config.backend_name(vip6, "dsr", ip("fd00::2"), None) == "[fd00::2]:80"
+
+
+@pytest.mark.parametrize("text,needle", [("heavy", "is not a number"), ("", "is not a number"),
+                                         ("0", "out of range"), ("1001", "out of range")])
+def test_weight_typed_on_the_command_line(text, needle):
+    assert config.parse_weight("7", "backend x") == 7
+    with pytest.raises(FastpathError, match=needle) as err:
+        config.parse_weight(text, "backend x")
+    assert err.value.fix and "\n" not in str(err.value)
+
+
+def test_parse_client_needs_a_source_port():
+    assert config.parse_client("[2001:db8::7]:40000") == (ip("2001:db8::7"), 40000)
+    with pytest.raises(FastpathError, match="the source port is missing") as err:
+        config.parse_client("198.51.100.7")
+    assert "SRC:SPORT" in err.value.fix
+
+
+def test_attach_options_become_tunables():
+    assert config.tunables({"--seed": 7, "--max-vips": None, "--udp-timeout": 5}) == {
+        "LB_HASH_SEED": 7, "LB_UDP_TIMEOUT": 5}
+    assert set(config.ATTACH_OPTIONS.values()) <= set(abi.TUNABLES)
+
+
+def test_load_config_file(tmp_path):
+    good = tmp_path / "lb.yaml"
+    good.write_text("vips:\n  10.0.0.1:80/tcp: {backends: {10.0.0.2: 3}}\n")
+    [spec] = config.load_config(good)
+    assert (str(spec.vip), spec.backends[0].weight) == ("10.0.0.1:80/tcp", 3)
+    with pytest.raises(FastpathError, match="does not exist"):
+        config.load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("vips:\n  - [\n")
+    with pytest.raises(FastpathError, match=r"bad.yaml: not valid YAML at line \d"):
+        config.load_config(bad)
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("vips:\n  10.0.0.1:80/tcp: {mode: tunnel}\n")
+    with pytest.raises(FastpathError, match="wrong.yaml: VIP 10.0.0.1:80/tcp: unknown mode 'tunnel'"):
+        config.load_config(wrong)
 
 
 CONFIG = {
@@ -106,7 +146,7 @@ CONFIG = {
 
 
 def test_parse_config():
-    specs = {str(s.vip): s for s in lb.parse_config(CONFIG)}
+    specs = {str(s.vip): s for s in config.parse_config(CONFIG)}
     nat = specs["10.0.0.10:80/tcp"]
     assert (nat.mode, nat.hash) == ("nat", "src")
     assert [(str(b.address), b.port, b.weight, b.drained, b.mac) for b in nat.backends] == [
@@ -114,7 +154,7 @@ def test_parse_config():
         ("10.0.1.23", 8080, 1, False, None), ("10.0.1.24", 8080, 1, True, "02:00:00:00:01:24")]
     assert specs["[fd00::10]:53/udp"].mode == "dsr"
     assert specs["10.0.0.11:80/tcp"].backends == ()
-    assert lb.parse_config(None) == [] and lb.parse_config({"vips": None}) == []
+    assert config.parse_config(None) == [] and config.parse_config({"vips": None}) == []
 
 
 @pytest.mark.parametrize("data,needle", [
@@ -138,53 +178,47 @@ def test_parse_config():
 ])
 def test_config_errors(data, needle):
     with pytest.raises(FastpathError) as err:
-        lb.parse_config(data, "lb.yaml")
+        config.parse_config(data, "lb.yaml")
     assert needle in str(err.value)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("data,fix", [
+    ({"vip": {}}, "only 'vips' is allowed"),
+    ({"vips": {"10.0.0.1:80/tcp": {"backend": {}}}}, "use mode, hash, backends"),
+    ({"vips": {"10.0.0.1:80/tcp": {"backends": {"10.0.0.2": {"port": 1}}}}}, "use weight, drain, mac"),
+])
+def test_config_unknown_keys_name_the_allowed_ones(data, fix):
+    with pytest.raises(FastpathError) as err:
+        config.parse_config(data, "lb.yaml")
+    assert err.value.fix == fix
 
 
 def test_flow_hash_is_pinned():
     """The C data plane computes the same numbers (tests/bpf/test_l4lb.py checks the two
     agree flow by flow); pinning them here catches an accidental change on either side."""
-    assert lb.flow_hash(ip("10.0.0.1"), 1234, 80) == 2749199164
-    assert lb.flow_hash(ip("10.0.0.1"), 1234, 80, seed=7) == 1849874269
-    assert lb.flow_hash(ip("10.0.0.1"), 1234, 80, src_only=True) == 3619529786
-    assert lb.flow_hash(ip("10.0.0.1"), 9999, 81, src_only=True) == 3619529786
-    assert lb.flow_hash(ip("2001:db8::1"), 1234, 80) == 2630783354
+    assert hashing.flow_hash(ip("10.0.0.1"), 1234, 80) == 2749199164
+    assert hashing.flow_hash(ip("10.0.0.1"), 1234, 80, seed=7) == 1849874269
+    assert hashing.flow_hash(ip("10.0.0.1"), 1234, 80, src_only=True) == 3619529786
+    assert hashing.flow_hash(ip("10.0.0.1"), 9999, 81, src_only=True) == 3619529786
+    assert hashing.flow_hash(ip("2001:db8::1"), 1234, 80) == 2630783354
 
 
 def test_jhash_matches_linux_reference_values():
-    # jhash_2words(0, 0, 0) and jhash_3words(0,0,0,0)-style anchors from include/linux/jhash.h
-    # arithmetic, evaluated independently: a == b == c == initval, then __jhash_final.
-    def final(a, b, c):
-        m = 0xFFFFFFFF
-
-        def rol(w, s):
-            return ((w << s) | (w >> (32 - s))) & m
-        c ^= b
-        c = (c - rol(b, 14)) & m
-        a ^= c
-        a = (a - rol(c, 11)) & m
-        b ^= a
-        b = (b - rol(a, 25)) & m
-        c ^= b
-        c = (c - rol(b, 16)) & m
-        a ^= c
-        a = (a - rol(c, 4)) & m
-        b ^= a
-        b = (b - rol(a, 14)) & m
-        c ^= b
-        c = (c - rol(b, 24)) & m
-        return c
-    iv = (0xDEADBEEF + 8) & 0xFFFFFFFF
-    assert lb.jhash_2words(0, 0, 0) == final(iv, iv, iv)
+    """Values of jhash_2words() and jhash2(k, 4, ...) as include/linux/jhash.h computes
+    them (its text compiled with gcc for user space): the port is the kernel's function,
+    not only the data plane's copy of it."""
+    assert hashing.jhash_2words(0, 0, 0) == 1489077439
+    assert hashing.jhash_2words(0x0100000A, 0x5000D204, 0) == 2749199164
+    assert hashing.jhash_2words(0x0100000A, 0x5000D204, 7) == 1849874269
+    assert hashing.jhash_4words((0x01000000, 0x0200000A, 3, 4), 9) == 9917614
 
 
 def test_ipip_source_addresses():
-    assert lb.ipip_source(ip("198.51.100.7"), 0x1234) == ip("172.16.118.51")
-    assert lb.ipip_source(ip("2001:db8::7"), 0x1234) == ip("100::1233")
-    tun = {**lb.TUNABLES, "LB_IPIP_V4_PREFIX": 0x0A0B}
-    assert str(lb.ipip_source(ip("198.51.100.7"), 0, tun)).startswith("10.11.")
+    assert hashing.ipip_source(ip("198.51.100.7"), 0x1234) == ip("172.16.118.51")
+    assert hashing.ipip_source(ip("2001:db8::7"), 0x1234) == ip("100::1233")
+    tun = {**abi.TUNABLES, "LB_IPIP_V4_PREFIX": 0x0A0B}
+    assert str(hashing.ipip_source(ip("198.51.100.7"), 0, tun)).startswith("10.11.")
 
 
 @pytest.mark.parametrize("changes,needle", [
@@ -200,16 +234,16 @@ def test_ipip_source_addresses():
     ({"LB_CLOSING_TIMEOUT": -1}, "--closing-timeout -1 out of range"),
 ])
 def test_check_tunables(changes, needle):
-    lb.check_tunables(lb.TUNABLES)
+    config.check_tunables(abi.TUNABLES)
     with pytest.raises(FastpathError, match=needle):
-        lb.check_tunables({**lb.TUNABLES, **changes})
+        config.check_tunables({**abi.TUNABLES, **changes})
 
 
-def _state() -> lb.LbState:
-    st = lb.LbState.for_defines({"LB_RING_SIZE": 4099, "LB_HASH_SEED": 3})
-    vs = lb.VipState("10.0.0.10", 80, "tcp", "nat", 0, "5tuple")
+def _state() -> store.LbState:
+    st = store.LbState.for_defines({"LB_RING_SIZE": 4099, "LB_HASH_SEED": 3})
+    vs = store.VipState("10.0.0.10", 80, "tcp", "nat", 0, "5tuple")
     for i, w in enumerate((3, 1, 1)):
-        b = lb.BackendState(f"10.0.1.{21 + i}", 8080, w, i, "02:00:00:00:00:01")
+        b = store.BackendState(f"10.0.1.{21 + i}", 8080, w, i, "02:00:00:00:00:01")
         vs.backends[b.name] = b
     st.vips["10.0.0.10:80/tcp"] = vs
     return st
@@ -217,26 +251,26 @@ def _state() -> lb.LbState:
 
 def test_state_round_trip_and_predict():
     st = _state()
-    back = lb.LbState.from_json(st.to_json())
+    back = store.LbState.from_json(st.to_json())
     assert back == st
     assert (back.table_size, back.seed) == (4099, 3)
-    vip = lb.parse_vip("10.0.0.10:80/tcp")
-    got = {lb.predict(st, vip, ip("198.51.100.1"), sp) for sp in range(1000, 1400)}
+    vip = config.parse_vip("10.0.0.10:80/tcp")
+    got = {balancer.predict(st, vip, ip("198.51.100.1"), sp) for sp in range(1000, 1400)}
     assert got == {"10.0.1.21:8080", "10.0.1.22:8080", "10.0.1.23:8080"}
     for b in st.vips["10.0.0.10:80/tcp"].backends.values():
         b.drained = True
-    assert lb.predict(st, vip, ip("198.51.100.1"), 1000) is None
-    assert lb.predict(st, lb.parse_vip("10.9.9.9:80/tcp"), ip("198.51.100.1"), 1000) is None
+    assert balancer.predict(st, vip, ip("198.51.100.1"), 1000) is None
+    assert balancer.predict(st, config.parse_vip("10.9.9.9:80/tcp"), ip("198.51.100.1"), 1000) is None
 
 
 def test_backend_status():
-    b = lb.BackendState("10.0.0.2", 80, 5, 0, "02:00:00:00:00:02")
+    b = store.BackendState("10.0.0.2", 80, 5, 0, "02:00:00:00:00:02")
     assert (b.status, b.effective_weight) == ("active", 5)
     b.health = "down"
     assert (b.status, b.effective_weight) == ("down", 0)
     b.drained = True
     assert b.status == "drained"
-    assert maglev.MAX_WEIGHT == lb.MAX_WEIGHT
+    assert maglev.MAX_WEIGHT == abi.MAX_WEIGHT
 
 
 def test_health_hysteresis():

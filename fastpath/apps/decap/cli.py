@@ -46,11 +46,10 @@ def cmd_attach(args: argparse.Namespace) -> int:
     if args.json:
         print_json({**att.to_json(), "replaced": replaced, "addresses": [str(a) for a in addrs]})
         return 0
-    ns = f" --netns {args.netns}" if args.netns else ""
     verb = "replaced program on" if replaced else "attached to"
     info(f"decap {verb} {where(args.iface, args.netns)} ({att.mode} mode, prog id {att.prog_id}); "
          f"IPv4-in-IPv4 and IPv6-in-IPv6 to {', '.join(map(str, addrs)) or 'no address'} are "
-         f"decapsulated; stop with: fastpath lb decap detach {args.iface}{ns}")
+         f"decapsulated; stop with: {xdp.detach_hint(att)}")
     return 0
 
 

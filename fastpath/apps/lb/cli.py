@@ -1,21 +1,25 @@
-"""`fastpath lb ...`: the XDP L4 load balancer (bpf/l4lb.c) from the command line."""
+"""`fastpath lb ...`: the XDP L4 load balancer (bpf/l4lb.c) from the command line.
+
+Each sub-command has its parser builder and its `cmd_*` function, which parses what the
+user typed with fastpath.apps.lb.config, acts through fastpath.apps.lb.program and prints.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import Any, TypeAlias
 
 from fastpath.apps.decap import cli as decap_cli
-from fastpath.apps.lb import health, lb
+from fastpath.apps.lb import abi, config, health, program, store
+from fastpath.apps.lb.abi import IPAddress
+from fastpath.apps.lb.balancer import Balancer
 from fastpath.bpf import xdp
-from fastpath.bpf.loader import dump_source
 from fastpath.core.watch import watch
-from fastpath.errors import FastpathError
 from fastpath.output import console, info, make_table, print_json, print_table, where
 
 EPILOG = """\
@@ -32,6 +36,25 @@ examples:
   fastpath lb detach eth0 --netns lab-lb
 """
 
+# argparse's sub-parser group; a string, as the class is not subscriptable at run time.
+Sub: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def register(sub: Sub) -> None:
+    top = sub.add_parser(
+        "lb", help="XDP L4 load balancer: Maglev, conntrack, dsr/nat/ipip, health checks",
+        description="VIPs spread over backends by weighted Maglev hashing in XDP, flows pinned "
+                    "by conntrack, managed through pinned BPF maps.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    s = top.add_subparsers(dest="lb_command", metavar="ACTION", required=True)
+    for build in (_attach_parser, _detach_parser, _vip_parsers, _backend_parsers, _apply_parser,
+                  _stats_parser, _explain_parser, _health_parser, decap_cli.register):
+        build(s)
+
+
+# ---------------------------------------------------------------------------------------
+# parsers
 
 def _target_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iface", metavar="IFACE",
@@ -43,51 +66,50 @@ def _json_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    top = sub.add_parser(
-        "lb", help="XDP L4 load balancer: Maglev, conntrack, dsr/nat/ipip, health checks",
-        description="VIPs spread over backends by weighted Maglev hashing in XDP, flows pinned "
-                    "by conntrack, managed through pinned BPF maps.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    s = top.add_subparsers(dest="lb_command", metavar="ACTION", required=True)
+def _vip_arg(p: argparse.ArgumentParser, **kwargs: Any) -> None:
+    p.add_argument("vip", metavar="VIP:PORT/PROTO", **kwargs)
 
+
+def _attach_parser(s: Sub) -> None:
     att = s.add_parser("attach", help="attach the balancer (or hot-reload it, keeping every flow)")
     att.add_argument("iface", metavar="IFACE", help="interface clients reach the VIPs through")
     att.add_argument("--netns", metavar="NAME", help="network namespace of the interface")
     xdp.add_mode_args(att)
     att.add_argument("--table-size", type=int, metavar="PRIME",
-                     help=f"Maglev table size per VIP (default {lb.TUNABLES['LB_RING_SIZE']})")
+                     help=f"Maglev table size per VIP (default {abi.TUNABLES['LB_RING_SIZE']})")
     att.add_argument("--seed", type=int, help="hash seed: equal on every node of a fleet (default 0)")
-    att.add_argument("--max-vips", type=int, help=f"default {lb.TUNABLES['LB_MAX_VIPS']}")
-    att.add_argument("--max-backends", type=int, help=f"default {lb.TUNABLES['LB_MAX_BACKENDS']}")
+    att.add_argument("--max-vips", type=int, help=f"default {abi.TUNABLES['LB_MAX_VIPS']}")
+    att.add_argument("--max-backends", type=int, help=f"default {abi.TUNABLES['LB_MAX_BACKENDS']}")
     att.add_argument("--conntrack", type=int, metavar="FLOWS",
-                     help=f"conntrack size (default {lb.TUNABLES['LB_CONNTRACK_SIZE']})")
-    for opt, key, what in (("--udp-timeout", "LB_UDP_TIMEOUT", "a UDP flow"),
-                           ("--tcp-timeout", "LB_TCP_TIMEOUT", "a TCP flow"),
-                           ("--closing-timeout", "LB_CLOSING_TIMEOUT", "a TCP flow after a FIN")):
+                     help=f"conntrack size (default {abi.TUNABLES['LB_CONNTRACK_SIZE']})")
+    for opt, what in (("--udp-timeout", "a UDP flow"), ("--tcp-timeout", "a TCP flow"),
+                      ("--closing-timeout", "a TCP flow after a FIN")):
         att.add_argument(opt, type=int, metavar="SECONDS",
-                         help=f"idle time after which {what} is forgotten (default {lb.TUNABLES[key]}; "
-                              "a hot reload may change it)")
+                         help=f"idle time after which {what} is forgotten (default "
+                              f"{abi.TUNABLES[config.ATTACH_OPTIONS[opt]]}; a hot reload may change it)")
     _json_arg(att)
     att.add_argument("--dump-bpf", action="store_true", help=argparse.SUPPRESS)
     att.set_defaults(func=cmd_attach)
 
+
+def _detach_parser(s: Sub) -> None:
     det = s.add_parser("detach", help="detach the balancer and remove its pins and state")
     det.add_argument("iface", metavar="IFACE")
     det.add_argument("--netns", metavar="NAME")
     det.set_defaults(func=cmd_detach)
 
+
+def _vip_parsers(s: Sub) -> None:
     vip = s.add_parser("vip", help="add, delete, list VIPs")
     vs = vip.add_subparsers(dest="vip_command", metavar="ACTION", required=True)
     p = vs.add_parser("add", help="add a VIP (no backends yet: its packets drop)")
-    p.add_argument("vip", metavar="VIP:PORT/PROTO")
+    _vip_arg(p)
     p.add_argument("--mode", default="dsr", help="dsr (default), nat or ipip")
     p.add_argument("--hash", default="5tuple", help="5tuple (default) or src (client address only)")
     _target_args(p)
     p.set_defaults(func=cmd_vip_add)
     p = vs.add_parser("del", help="delete a VIP and its backends")
-    p.add_argument("vip", metavar="VIP:PORT/PROTO")
+    _vip_arg(p)
     _target_args(p)
     p.set_defaults(func=cmd_vip_del)
     p = vs.add_parser("list", help="every VIP")
@@ -95,38 +117,41 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _json_arg(p)
     p.set_defaults(func=cmd_vip_list)
 
+
+def _backend_parsers(s: Sub) -> None:
     be = s.add_parser("backend", help="add, delete, drain, weigh, list backends")
     bs = be.add_subparsers(dest="backend_command", metavar="ACTION", required=True)
-    p = bs.add_parser("add", help="add a backend (its MAC comes from the neighbour table)")
-    p.add_argument("vip", metavar="VIP:PORT/PROTO")
-    p.add_argument("backend", metavar="ADDR[:PORT]")
-    p.add_argument("--weight", default="1", help=f"1-{lb.MAX_WEIGHT} (default 1)")
+
+    def parser(action: str, help: str) -> argparse.ArgumentParser:
+        p = bs.add_parser(action, help=help)
+        _vip_arg(p)
+        p.add_argument("backend", metavar="ADDR[:PORT]")
+        return p
+
+    p = parser("add", "add a backend (its MAC comes from the neighbour table)")
+    p.add_argument("--weight", default="1", help=f"1-{abi.MAX_WEIGHT} (default 1)")
     p.add_argument("--mac", help="next-hop MAC, instead of resolving it")
     _target_args(p)
     p.set_defaults(func=cmd_backend_add)
-    p = bs.add_parser("del", help="remove a backend (its flows move to others)")
-    p.add_argument("vip", metavar="VIP:PORT/PROTO")
-    p.add_argument("backend", metavar="ADDR[:PORT]")
+    p = parser("del", "remove a backend (its flows move to others)")
     _target_args(p)
     p.set_defaults(func=cmd_backend_del)
-    p = bs.add_parser("drain", help="no new flows to a backend; existing ones stay")
-    p.add_argument("vip", metavar="VIP:PORT/PROTO")
-    p.add_argument("backend", metavar="ADDR[:PORT]")
+    p = parser("drain", "no new flows to a backend; existing ones stay")
     p.add_argument("--undo", action="store_true", help="take new flows again")
     _target_args(p)
     p.set_defaults(func=cmd_backend_drain)
-    p = bs.add_parser("weight", help="change a backend's weight")
-    p.add_argument("vip", metavar="VIP:PORT/PROTO")
-    p.add_argument("backend", metavar="ADDR[:PORT]")
+    p = parser("weight", "change a backend's weight")
     p.add_argument("weight", metavar="N")
     _target_args(p)
     p.set_defaults(func=cmd_backend_weight)
     p = bs.add_parser("list", help="backends of one VIP or of all")
-    p.add_argument("vip", metavar="VIP:PORT/PROTO", nargs="?")
+    _vip_arg(p, nargs="?")
     _target_args(p)
     _json_arg(p)
     p.set_defaults(func=cmd_backend_list)
 
+
+def _apply_parser(s: Sub) -> None:
     p = s.add_parser("apply", help="make the VIPs and backends equal a YAML file (only the difference)")
     p.add_argument("config", metavar="CONFIG.yaml")
     p.add_argument("--dry-run", action="store_true", help="validate and show nothing else")
@@ -134,6 +159,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _json_arg(p)
     p.set_defaults(func=cmd_apply)
 
+
+def _stats_parser(s: Sub) -> None:
     p = s.add_parser("stats", help="per-VIP and per-backend counters")
     _target_args(p)
     _json_arg(p)
@@ -141,13 +168,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="redraw every SECS seconds with rates")
     p.set_defaults(func=cmd_stats)
 
+
+def _explain_parser(s: Sub) -> None:
     p = s.add_parser("explain", help="which backend a flow gets, and why")
     p.add_argument("client", metavar="SRC:SPORT")
-    p.add_argument("vip", metavar="VIP:PORT/PROTO")
+    _vip_arg(p)
     _target_args(p)
     _json_arg(p)
     p.set_defaults(func=cmd_explain)
 
+
+def _health_parser(s: Sub) -> None:
     p = s.add_parser("health", help="TCP health checks; drains failing backends (runs until Ctrl-C)")
     _target_args(p)
     p.add_argument("--interval", type=float, default=0.5, help="seconds between rounds (default 0.5)")
@@ -157,82 +188,51 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--once", action="store_true", help="one round, then exit")
     p.set_defaults(func=cmd_health)
 
-    decap_cli.register(s)
-
 
 # ---------------------------------------------------------------------------------------
-# helpers
+# commands
 
-def target(args: argparse.Namespace) -> tuple[str, str | None]:
-    """The interface a command acts on: --iface, or the only balancer attached."""
-    if args.iface:
-        return args.iface, args.netns
-    atts = [a for a in xdp.attachments() if a.program == lb.SPEC.name
-            and (args.netns is None or a.netns == args.netns)]
-    if len(atts) == 1:
-        return atts[0].ifname, atts[0].netns
-    where = f" in namespace {args.netns}" if args.netns else ""
-    if not atts:
-        raise FastpathError(f"the load balancer is not attached to any interface{where}",
-                            fix="attach it: fastpath lb attach IFACE [--netns NS]")
-    names = ", ".join(f"{a.ifname}@{a.netns or 'root'}" for a in atts)
-    raise FastpathError(f"the load balancer runs on several interfaces ({names})",
-                        fix="choose one with --iface IFACE [--netns NS]")
+def _target(args: argparse.Namespace) -> tuple[str, str | None]:
+    return program.find(args.iface, args.netns)
 
 
-def _weight(text: str, what: str) -> int:
-    try:
-        value = int(text)
-    except (TypeError, ValueError):
-        raise FastpathError(f"{what}: weight {text!r} is not a number",
-                            fix=f"give an integer 1-{lb.MAX_WEIGHT}") from None
-    return lb.check_weight(value, what)
+@contextlib.contextmanager
+def _session(args: argparse.Namespace, *, write: bool = True) -> Iterator[Balancer]:
+    with program.session(*_target(args), write=write) as bal:
+        yield bal
 
-
-# ---------------------------------------------------------------------------------------
-# attach / detach
 
 def cmd_attach(args: argparse.Namespace) -> int:
-    tunables: dict[str, int] = {}
-    for opt, key in (("table_size", "LB_RING_SIZE"), ("seed", "LB_HASH_SEED"), ("max_vips", "LB_MAX_VIPS"),
-                     ("max_backends", "LB_MAX_BACKENDS"), ("conntrack", "LB_CONNTRACK_SIZE"),
-                     ("udp_timeout", "LB_UDP_TIMEOUT"), ("tcp_timeout", "LB_TCP_TIMEOUT"),
-                     ("closing_timeout", "LB_CLOSING_TIMEOUT")):
-        if getattr(args, opt) is not None:
-            tunables[key] = getattr(args, opt)
+    # argparse keeps --table-size as args.table_size, and so on.
+    given = {opt: getattr(args, opt[2:].replace("-", "_")) for opt in config.ATTACH_OPTIONS}
+    tunables = config.tunables(given)
     if args.dump_bpf:
-        defines = {**lb.TUNABLES, **tunables}
-        lb.check_tunables(defines)
-        sys.stdout.write(dump_source(lb.SPEC, defines, str(xdp.pin_dir(args.iface, args.netns))))
+        sys.stdout.write(program.dump(args.iface, args.netns, tunables))
         return 0
-    att, replaced = lb.attach(args.iface, args.netns, args.mode, tunables, peer_program=args.peer_program)
+    att, replaced = program.attach(args.iface, args.netns, args.mode, tunables,
+                                   peer_program=args.peer_program)
     if args.json:
         print_json({**att.to_json(), "replaced": replaced})
         return 0
-    ns = f" --netns {args.netns}" if args.netns else ""
     verb = "hot-reloaded on" if replaced else "attached to"
-    state = lb.load_state(args.iface, args.netns)
+    state = store.load_state(args.iface, args.netns)
     nv = len(state.vips) if state else 0
     info(f"l4lb {verb} {where(args.iface, args.netns)} ({att.mode} mode, prog id {att.prog_id}, "
          f"generation {att.generation}); {nv} VIPs configured"
          + ("; conntrack and counters kept" if replaced else "")
-         + f"; stop with: fastpath lb detach {args.iface}{ns}")
+         + f"; stop with: {xdp.detach_hint(att)}")
     return 0
 
 
 def cmd_detach(args: argparse.Namespace) -> int:
-    lb.detach(args.iface, args.netns)
+    program.detach(args.iface, args.netns)
     info(f"l4lb detached from {where(args.iface, args.netns)}; pins, state and flows removed")
     return 0
 
 
-# ---------------------------------------------------------------------------------------
-# VIPs and backends
-
 def cmd_vip_add(args: argparse.Namespace) -> int:
-    vip = lb.parse_vip(args.vip)
-    iface, netns = target(args)
-    with lb.session(iface, netns) as bal:
+    vip = config.parse_vip(args.vip)
+    with _session(args) as bal:
         vs = bal.add_vip(vip, args.mode, args.hash)
     info(f"VIP {vip} added ({vs.mode}, hash {vs.hash}); add backends with: "
          f"fastpath lb backend add {vip} ADDR[:PORT]")
@@ -240,27 +240,17 @@ def cmd_vip_add(args: argparse.Namespace) -> int:
 
 
 def cmd_vip_del(args: argparse.Namespace) -> int:
-    vip = lb.parse_vip(args.vip)
-    iface, netns = target(args)
-    with lb.session(iface, netns) as bal:
+    vip = config.parse_vip(args.vip)
+    with _session(args) as bal:
         vs = bal.del_vip(vip)
     info(f"VIP {vip} deleted with its {len(vs.backends)} backends")
     return 0
 
 
-def _vip_rows(state: lb.LbState) -> list[dict[str, Any]]:
-    out = []
-    for name, vs in sorted(state.vips.items(), key=lambda kv: kv[1].index):
-        active = sum(1 for b in vs.backends.values() if b.effective_weight > 0)
-        out.append({"vip": name, "mode": vs.mode, "hash": vs.hash, "index": vs.index,
-                    "backends": len(vs.backends), "active": active})
-    return out
-
-
 def cmd_vip_list(args: argparse.Namespace) -> int:
-    iface, netns = target(args)
-    with lb.session(iface, netns, write=False) as bal:
-        rows = _vip_rows(bal.state)
+    iface, netns = _target(args)
+    with program.session(iface, netns, write=False) as bal:
+        rows = bal.vip_rows()
     if args.json:
         print_json(rows)
         return 0
@@ -273,32 +263,33 @@ def cmd_vip_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backend_args(args: argparse.Namespace) -> tuple[config.VipId, IPAddress, int | None, int]:
+    """The VIP, backend and weight (`add`, `weight`; 1 for the others) a `backend` command
+    names, every one checked before the balancer is looked for."""
+    vip = config.parse_vip(args.vip)
+    addr, port = config.parse_backend(args.backend)
+    return vip, addr, port, config.parse_weight(getattr(args, "weight", "1"), f"backend {args.backend}")
+
+
 def cmd_backend_add(args: argparse.Namespace) -> int:
-    vip = lb.parse_vip(args.vip)
-    addr, port = lb.parse_backend(args.backend)
-    weight = _weight(args.weight, f"backend {args.backend}")
-    iface, netns = target(args)
-    with lb.session(iface, netns) as bal:
+    vip, addr, port, weight = _backend_args(args)
+    with _session(args) as bal:
         b = bal.add_backend(vip, addr, port, weight, args.mac)
     info(f"backend {b.name} added to {vip} (weight {b.weight}, MAC {b.mac})")
     return 0
 
 
 def cmd_backend_del(args: argparse.Namespace) -> int:
-    vip = lb.parse_vip(args.vip)
-    addr, port = lb.parse_backend(args.backend)
-    iface, netns = target(args)
-    with lb.session(iface, netns) as bal:
+    vip, addr, port, _ = _backend_args(args)
+    with _session(args) as bal:
         b = bal.del_backend(vip, addr, port)
     info(f"backend {b.name} removed from {vip}; its flows pick new backends")
     return 0
 
 
 def cmd_backend_drain(args: argparse.Namespace) -> int:
-    vip = lb.parse_vip(args.vip)
-    addr, port = lb.parse_backend(args.backend)
-    iface, netns = target(args)
-    with lb.session(iface, netns) as bal:
+    vip, addr, port, _ = _backend_args(args)
+    with _session(args) as bal:
         b = bal.set_drained(vip, addr, port, not args.undo)
     info(f"backend {b.name} of {vip} " + ("takes new flows again" if args.undo
                                           else "drained: no new flows, existing ones stay"))
@@ -306,30 +297,18 @@ def cmd_backend_drain(args: argparse.Namespace) -> int:
 
 
 def cmd_backend_weight(args: argparse.Namespace) -> int:
-    vip = lb.parse_vip(args.vip)
-    addr, port = lb.parse_backend(args.backend)
-    weight = _weight(args.weight, f"backend {args.backend}")
-    iface, netns = target(args)
-    with lb.session(iface, netns) as bal:
+    vip, addr, port, weight = _backend_args(args)
+    with _session(args) as bal:
         b = bal.set_weight(vip, addr, port, weight)
     info(f"backend {b.name} of {vip}: weight {b.weight}")
     return 0
 
 
 def cmd_backend_list(args: argparse.Namespace) -> int:
-    only = lb.parse_vip(args.vip) if args.vip else None
-    iface, netns = target(args)
-    with lb.session(iface, netns, write=False) as bal:
-        if only is not None:
-            bal.vip(only)
-        rows = []
-        for v in bal.stats()["vips"]:
-            if only is not None and v["vip"] != str(only):
-                continue
-            for b in v["backends"]:
-                keys = ("backend", "weight", "status", "health", "mac", "slots", "share", "packets",
-                        "new_flows")
-                rows.append({"vip": v["vip"], **{k: b[k] for k in keys}})
+    only = config.parse_vip(args.vip) if args.vip else None
+    iface, netns = _target(args)
+    with program.session(iface, netns, write=False) as bal:
+        rows = bal.backend_rows(only)
     if args.json:
         print_json(rows)
         return 0
@@ -340,25 +319,14 @@ def cmd_backend_list(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------------------------
-# apply, stats, explain, health
-
 def cmd_apply(args: argparse.Namespace) -> int:
     path = Path(args.config)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise FastpathError(f"config file {path} does not exist") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise FastpathError(f"{path}: not valid YAML{where}") from None
-    specs = lb.parse_config(data, str(path))
-    iface, netns = target(args)
+    specs = config.load_config(path)
+    iface, netns = _target(args)
     if args.dry_run:
         info(f"{path}: valid, {len(specs)} VIPs (dry run: nothing applied)")
         return 0
-    with lb.session(iface, netns) as bal:
+    with program.session(iface, netns) as bal:
         changes = bal.apply(specs)
     if args.json:
         print_json({"changes": changes})
@@ -368,6 +336,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
     info(f"{path}: {len(changes)} changes applied" if changes else f"{path}: nothing to do")
     return 0
 
+
+# ---------------------------------------------------------------------------------------
+# stats, explain, health
 
 Rows = list[list[Any]]
 
@@ -404,10 +375,10 @@ BACKEND_COLS = ["VIP", "backend", "weight", "status", "share %", "packets", "pps
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    iface, netns = target(args)
+    iface, netns = _target(args)
 
     def read() -> dict[str, Any]:
-        with lb.session(iface, netns, write=False) as bal:
+        with program.session(iface, netns, write=False) as bal:
             return bal.stats()
 
     if args.watch is None:
@@ -434,13 +405,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    addr, port = lb.parse_backend(args.client)
-    if port is None:
-        raise FastpathError(f"bad client {args.client!r}: the source port is missing",
-                            fix="write SRC:SPORT, e.g. 198.51.100.7:40000 or [2001:db8::7]:40000")
-    vip = lb.parse_vip(args.vip)
-    iface, netns = target(args)
-    with lb.session(iface, netns, write=False) as bal:
+    addr, port = config.parse_client(args.client)
+    vip = config.parse_vip(args.vip)
+    with _session(args, write=False) as bal:
         out = bal.explain(addr, port, vip)
     if args.json:
         print_json(out)
@@ -453,7 +420,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    iface, netns = target(args)
+    iface, netns = _target(args)
 
     def report(t: health.Transition) -> None:
         state = "up: back in the ring" if t.up else f"DOWN ({t.reason}): drained"
@@ -465,9 +432,9 @@ def cmd_health(args: argparse.Namespace) -> int:
     # One round decides on its own: a single failure drains, a single success restores.
     fall, rise = (1, 1) if args.once else (args.fall, args.rise)
     health.run(iface, netns, interval=args.interval, timeout=args.timeout, fall=fall, rise=rise,
-                  rounds=1 if args.once else None, report=report)
+               rounds=1 if args.once else None, report=report)
     if args.once:
-        state = lb.load_state(iface, netns)
+        state = store.load_state(iface, netns)
         rows = [[v, b.name, b.health, b.status] for v, vs in sorted((state.vips if state else {}).items())
                 for b in vs.backends.values()]
         print_table(["VIP", "backend", "health", "status"], rows)

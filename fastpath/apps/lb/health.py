@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from fastpath.apps.lb import lb
+from fastpath.apps.lb import program, store
 from fastpath.bpf import xdp
 from fastpath.errors import FastpathError
 
@@ -39,7 +39,7 @@ class Transition:
     reason: str
 
 
-def targets(state: lb.LbState) -> list[Target]:
+def targets(state: store.LbState) -> list[Target]:
     out = []
     for vname, vs in sorted(state.vips.items()):
         if vs.proto != "tcp":
@@ -95,7 +95,7 @@ class HealthChecker:
         self.fails: dict[tuple[str, str], int] = {}
         self.oks: dict[tuple[str, str], int] = {}
 
-    def update(self, state: lb.LbState, results: dict[Target, str | None]) -> list[Transition]:
+    def update(self, state: store.LbState, results: dict[Target, str | None]) -> list[Transition]:
         out = []
         for t, err in results.items():
             vs = state.vips.get(t.vip)
@@ -122,17 +122,17 @@ def run(ifname: str, netns: str | None, *, interval: float = 0.5, timeout: float
     """Check until interrupted (or for `rounds` rounds); returns how many transitions."""
     if not 0.05 <= interval <= 60 or not 0.05 <= timeout <= 60:
         raise FastpathError("--interval and --timeout must be between 0.05 and 60 seconds")
-    lb.attachment(ifname, netns)
+    program.attachment(ifname, netns)
     checker = HealthChecker(fall, rise)
     changed = 0
     n = 0
     while rounds is None or n < rounds:
         started = time.monotonic()
-        state = lb.load_state(ifname, netns) or lb.LbState()
+        state = store.load_state(ifname, netns) or store.LbState()
         results = probe(targets(state), netns, timeout)
         moves = checker.update(state, results)
         if moves:
-            with lb.session(ifname, netns) as bal:
+            with program.session(ifname, netns) as bal:
                 for m in moves:
                     bal.set_health(m.vip, m.backend, m.up)
                     changed += 1

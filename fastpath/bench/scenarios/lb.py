@@ -59,7 +59,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from fastpath.apps.lb import lb
+from fastpath.apps.lb import abi, config, program, store
+from fastpath.apps.lb.balancer import Balancer
+from fastpath.apps.lb.maps import LbMaps
 from fastpath.bench import BenchContext, Metric, Scenario, Target, register_scenario
 from fastpath.bench.environment import cpu_busy_ns
 from fastpath.bpf import loader, testrun, xdp
@@ -129,22 +131,22 @@ class LbPacket(Scenario):
 
     def setup(self, ctx: BenchContext) -> None:
         self._progs: list[loader.LoadedProgram] = []
-        self._maps: list[lb.LbMaps] = []
+        self._maps: list[LbMaps] = []
         self._run: dict[tuple[str, str], int] = {}
-        src = lb.SPEC.source_path.read_text() + _FORGET
+        src = abi.SPEC.source_path.read_text() + _FORGET
         frame_len = len(_frame("10.1.0.1"))
-        defines = {**lb.TUNABLES, "LB_RING_SIZE": 4099, "LB_MAX_VIPS": 4}
+        defines = {**abi.TUNABLES, "LB_RING_SIZE": 4099, "LB_MAX_VIPS": 4}
         for kind in ("hit", "miss", "noop-hit", "noop-miss"):
             # ipip grows the frame at the head; a miss forgets its flow after every run
             prog = testrun.load_restoring(src, "lb_process", frame_len, defines, Path(ctx.workdir),
                                           moves="head", noop=kind.startswith("noop"),
                                           after="lb_bench_forget" if kind.endswith("miss") else None)
             self._progs.append(prog)
-            maps = lb.LbMaps.from_program(prog)
+            maps = LbMaps.from_program(prog)
             self._maps.append(maps)
-            bal = lb.Balancer(maps, lb.LbState.for_defines(defines), lambda a: "02:00:00:00:00:aa")
+            bal = Balancer(maps, store.LbState.for_defines(defines), lambda a: "02:00:00:00:00:aa")
             for mode in ("dsr", "nat", "ipip"):
-                vip = lb.parse_vip(f"{_PACKET_VIPS[mode]}:80/tcp")
+                vip = config.parse_vip(f"{_PACKET_VIPS[mode]}:80/tcp")
                 bal.add_vip(vip, mode)
                 for i in range(3):
                     bal.add_backend(vip, ipaddress.ip_address(f"10.0.0.{11 + i}"),
@@ -295,12 +297,12 @@ class LbThroughput(Scenario):
             for port in (BACKEND_PORT, NAT_BACKEND_PORT):
                 lab.spawn(node, [echo, "--addr", "0.0.0.0", "--port", str(port), "--threads", "1"])
         lab.run("lb", ["sysctl", "-qw", "net.ipv4.conf.eth0.rp_filter=0"])
-        lb.attach("eth0", self._ns, "native", {"LB_RING_SIZE": 4099, "LB_MAX_VIPS": 4})
+        program.attach("eth0", self._ns, "native", {"LB_RING_SIZE": 4099, "LB_MAX_VIPS": 4})
         self._attached.append(("eth0", self._ns))
-        with lb.session("eth0", self._ns) as bal:
+        with program.session("eth0", self._ns) as bal:
             for c, mode in (("fastpath-dsr", "dsr"), ("fastpath-nat", "nat")):
                 addr, port = VIPS[c]
-                vip = lb.parse_vip(f"{addr}:{port}/tcp")
+                vip = config.parse_vip(f"{addr}:{port}/tcp")
                 bal.add_vip(vip, mode)
                 for a in BACKENDS.values():
                     bal.add_backend(vip, ipaddress.ip_address(a), NAT_BACKEND_PORT if mode == "nat" else None)
@@ -390,7 +392,7 @@ class LbThroughput(Scenario):
         for ifname, ns in reversed(getattr(self, "_attached", [])):
             with contextlib.suppress(FastpathError):
                 if ifname == "eth0":
-                    lb.detach(ifname, ns)
+                    program.detach(ifname, ns)
                 else:
                     xdp.detach(ifname, ns)
         if lab is not None:
