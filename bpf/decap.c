@@ -13,6 +13,11 @@
  * - Only tunnels to this host's own addresses: the `addrs` map holds them (the control
  *   plane, fastpath/apps/decap/decap.py, fills it with the interface's addresses at attach), so
  *   transit tunnel traffic is never touched.
+ * - Only from the balancers and only to the VIPs: a tunnel to us is unwrapped only when its
+ *   outer source lies in a configured balancer network (`sources_v4`/`sources_v6`, LPM
+ *   tries) and its inner destination is a configured VIP (`vips`); anything else is dropped
+ *   and counted, so the backend is no relay past source ACLs for whoever can send it an
+ *   IPIP packet (the class of CVE-2020-10136).
  * - Defined verdicts (tests/bpf/test_decap.py pins each): non-IP, non-tunnel and
  *   not-for-us traffic passes untouched; a broken outer header (bad length, version or
  *   IPv4 checksum) passes untouched for the kernel to drop; fragments of tunnel packets
@@ -21,9 +26,10 @@
  * - Per-CPU counters (packets and bytes per verdict): no atomics on the fast path.
  *
  * Minimum kernel: 5.9 (XDP bpf_link; bpf_xdp_adjust_head is 4.10).
- * Usage: fastpath lb decap attach IFACE [--netns NS]; fastpath lb decap stats IFACE
- * Manual test: fastpath lb decap attach eth0 && (from the balancer, an ipip VIP to this
- *        host) fastpath lb decap stats eth0   # decap_v4 / decap_v6 count up
+ * Usage: fastpath lb decap attach IFACE --from CIDR --vip ADDR [--netns NS];
+ *        fastpath lb decap stats IFACE
+ * Manual test: fastpath lb decap attach eth0 --from 172.16.0.0/16 --vip 10.0.0.10 && (from
+ *        the balancer, an ipip VIP to this host) fastpath lb decap stats eth0   # decap_v4 up
  */
 #include <uapi/linux/bpf.h>
 #include <linux/if_ether.h>
@@ -38,12 +44,22 @@
 #ifndef DECAP_MAX_ADDRS
 #define DECAP_MAX_ADDRS 64
 #endif
+/* Balancer source networks per family, and VIPs (both families together). */
+#ifndef DECAP_MAX_SOURCES
+#define DECAP_MAX_SOURCES 64
+#endif
+#ifndef DECAP_MAX_VIPS
+#define DECAP_MAX_VIPS 1024
+#endif
 
 #define IP_MF 0x2000
 #define IP_OFFSET 0x1fff
 #define IPPROTO_FRAGMENT_HDR 44
 
 FP_MAP("hash", struct decap_addr, __u32, addrs, DECAP_MAX_ADDRS);
+FP_MAP_F("lpm_trie", struct decap_src_v4, __u32, sources_v4, DECAP_MAX_SOURCES, BPF_F_NO_PREALLOC);
+FP_MAP_F("lpm_trie", struct decap_src_v6, __u32, sources_v6, DECAP_MAX_SOURCES, BPF_F_NO_PREALLOC);
+FP_MAP("hash", struct decap_addr, __u32, vips, DECAP_MAX_VIPS);
 FP_MAP("percpu_array", u32, struct decap_counter, stats, DECAP_STAT_MAX);
 
 /* The IPv6 fragment header (RFC 8200 4.5). */
@@ -65,17 +81,45 @@ static __always_inline int count(__u32 stat, __u64 len, int verdict)
 	return verdict;
 }
 
+static __always_inline void addr_key(struct decap_addr *k, const void *addr, int family)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	if (family == 4)
+		__builtin_memcpy(k->addr, addr, 4);
+	else
+		__builtin_memcpy(k->addr, addr, 16);
+	k->family = family;
+}
+
 static __always_inline int is_local(const void *addr, int family)
 {
 	struct decap_addr k;
 
-	__builtin_memset(&k, 0, sizeof(k));
-	if (family == 4)
-		__builtin_memcpy(k.addr, addr, 4);
-	else
-		__builtin_memcpy(k.addr, addr, 16);
-	k.family = family;
+	addr_key(&k, addr, family);
 	return addrs.lookup(&k) != NULL;
+}
+
+static __always_inline int is_vip(const void *addr, int family)
+{
+	struct decap_addr k;
+
+	addr_key(&k, addr, family);
+	return vips.lookup(&k) != NULL;
+}
+
+static __always_inline int from_balancer_v4(__be32 saddr)
+{
+	struct decap_src_v4 k = {.prefixlen = 32, .addr = saddr};
+
+	return sources_v4.lookup(&k) != NULL;
+}
+
+static __always_inline int from_balancer_v6(const struct in6_addr *saddr)
+{
+	struct decap_src_v6 k = {.prefixlen = 128};
+
+	__builtin_memcpy(k.addr, saddr, 16);
+	return sources_v6.lookup(&k) != NULL;
 }
 
 /* True when the IPv4 header (hlen bytes, options included) sums to 0xffff. */
@@ -143,6 +187,8 @@ static __always_inline int decap_v4(struct xdp_md *ctx, void *data, void *data_e
 		return count(DECAP_STAT_PASS_MALFORMED, len, XDP_PASS);
 	if (!is_local(&ip->daddr, 4))
 		return count(DECAP_STAT_PASS_NOT_LOCAL, len, XDP_PASS);
+	if (!from_balancer_v4(ip->saddr))
+		return count(DECAP_STAT_DROP_NOT_BALANCER, len, XDP_DROP);
 	if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET))
 		return count(DECAP_STAT_DROP_FRAGMENT, len, XDP_DROP);
 	in = (void *)ip + hlen;
@@ -151,6 +197,8 @@ static __always_inline int decap_v4(struct xdp_md *ctx, void *data, void *data_e
 	in_tot = bpf_ntohs(in->tot_len);
 	if (in_tot < in->ihl * 4 || in_tot > tot - hlen)
 		return count(DECAP_STAT_DROP_MALFORMED, len, XDP_DROP);
+	if (!is_vip(&in->daddr, 4))
+		return count(DECAP_STAT_DROP_NOT_VIP, len, XDP_DROP);
 	if (strip(ctx, hlen, ETH_P_IP))
 		return count(DECAP_STAT_DROP_ERROR, len, XDP_DROP);
 	return count(DECAP_STAT_DECAP_V4, len, XDP_PASS);
@@ -173,18 +221,25 @@ static __always_inline int decap_v6(struct xdp_md *ctx, void *data, void *data_e
 		 * tunnel to give it to, so it is dropped here, counted. */
 		fh = (void *)(ip6 + 1);
 		if ((void *)(fh + 1) <= data_end && fh->nexthdr == IPPROTO_IPV6 &&
-		    is_local(&ip6->daddr, 6))
+		    is_local(&ip6->daddr, 6)) {
+			if (!from_balancer_v6(&ip6->saddr))
+				return count(DECAP_STAT_DROP_NOT_BALANCER, len, XDP_DROP);
 			return count(DECAP_STAT_DROP_FRAGMENT, len, XDP_DROP);
+		}
 		return count(DECAP_STAT_PASS_NOT_TUNNEL, len, XDP_PASS);
 	}
 	if (ip6->nexthdr != IPPROTO_IPV6)
 		return count(DECAP_STAT_PASS_NOT_TUNNEL, len, XDP_PASS);
 	if (!is_local(&ip6->daddr, 6))
 		return count(DECAP_STAT_PASS_NOT_LOCAL, len, XDP_PASS);
+	if (!from_balancer_v6(&ip6->saddr))
+		return count(DECAP_STAT_DROP_NOT_BALANCER, len, XDP_DROP);
 	in = (void *)(ip6 + 1);
 	if ((void *)(in + 1) > data_end || in->version != 6 ||
 	    sizeof(struct ipv6hdr) + bpf_ntohs(in->payload_len) > plen)
 		return count(DECAP_STAT_DROP_MALFORMED, len, XDP_DROP);
+	if (!is_vip(&in->daddr, 6))
+		return count(DECAP_STAT_DROP_NOT_VIP, len, XDP_DROP);
 	if (strip(ctx, sizeof(struct ipv6hdr), ETH_P_IPV6))
 		return count(DECAP_STAT_DROP_ERROR, len, XDP_DROP);
 	return count(DECAP_STAT_DECAP_V6, len, XDP_PASS);

@@ -12,11 +12,24 @@
 #ifndef FASTPATH_DECAP_H
 #define FASTPATH_DECAP_H
 
-/* Key of `addrs`: an outer destination this host takes tunnelled packets for (value: 1). */
+/* Key of `addrs` (an outer destination this host takes tunnelled packets for) and of `vips`
+ * (an inner destination the tunnels may carry); value: 1. */
 struct decap_addr {
 	__be32 addr[4];
 	__u8 family;
 	__u8 pad[3];
+};
+
+/* Keys of `sources_v4` / `sources_v6`, LPM tries of the balancers' outer source networks
+ * (value: 1). prefixlen counts the bits of addr that must match. */
+struct decap_src_v4 {
+	__u32 prefixlen;
+	__be32 addr;
+};
+
+struct decap_src_v6 {
+	__u32 prefixlen;
+	__be32 addr[4];
 };
 
 /* Per-CPU counters (`stats`, keys enum decap_stat). */
@@ -37,7 +50,11 @@ enum decap_stat {
 	DECAP_STAT_DROP_MALFORMED = 7,   /* tunnel packet whose inner header is truncated, of the
 					  * wrong version or longer than the outer payload */
 	DECAP_STAT_DROP_ERROR = 8,       /* bpf_xdp_adjust_head refused */
-	DECAP_STAT_MAX = 9,
+	DECAP_STAT_DROP_NOT_BALANCER = 9, /* a tunnel to us whose outer source is in no `sources`
+					  * network: anyone else's tunnel would be an open relay */
+	DECAP_STAT_DROP_NOT_VIP = 10,    /* a tunnel from a balancer whose inner destination is
+					  * not in `vips` */
+	DECAP_STAT_MAX = 11,
 };
 
 #endif /* FASTPATH_DECAP_H */

@@ -1,6 +1,7 @@
 """bpf/decap.c through BPF_PROG_TEST_RUN: IPv4-in-IPv4 and IPv6-in-IPv6 packets to a local
-address come out as the inner packet (exact bytes), everything else gets its defined verdict
-and counter, the header mirror matches bcc, and what the balancer's ipip mode sends decaps
+address, from a balancer network and to a VIP, come out as the inner packet (exact bytes);
+tunnels from anyone else or to anything but a VIP are dropped; everything else gets its
+defined verdict and counter, the header mirror matches bcc, and what the balancer's ipip mode sends decaps
 back to the client's packet."""
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ HOST_MAC = "02:00:00:00:0d:01"
 LOCAL4, LOCAL6 = "10.0.0.31", "fd00::31"
 OTHER4, OTHER6 = "10.0.0.99", "fd00::99"
 OUTER4, OUTER6 = "172.16.1.2", "100::1:2"      # what l4lb's ipip mode uses as sources
+BALANCERS = ("172.16.0.0/16", "100::/96")       # l4lb's ipip source prefixes (its defaults)
 CLIENT4, CLIENT6 = "198.51.100.7", "2001:db8:c::7"
 VIP4, VIP6 = "10.100.0.3", "fd00:100::3"
 
@@ -44,6 +46,14 @@ def prog():
     with TypedMap(os.dup(p.map_fd("addrs")), decap.DecapAddr, ctypes.c_uint32) as m:
         for a in (LOCAL4, LOCAL6):
             m.set(decap.addr_key(ipaddress.ip_address(a)), ctypes.c_uint32(1))
+    with TypedMap(os.dup(p.map_fd("vips")), decap.DecapAddr, ctypes.c_uint32) as m:
+        for a in (VIP4, VIP6):
+            m.set(decap.addr_key(ipaddress.ip_address(a)), ctypes.c_uint32(1))
+    for text in BALANCERS:
+        net = decap.parse_source(text)
+        name = f"sources_v{net.version}"
+        with TypedMap(os.dup(p.map_fd(name)), decap.MAP_TYPES[name][0], ctypes.c_uint32) as m:
+            m.set(decap.source_key(net), ctypes.c_uint32(1))
     yield p
     p.close()
 
@@ -88,12 +98,22 @@ def inner6(proto: str = "tcp") -> bytes:
     return bytes(IPv6(src=CLIENT6, dst=VIP6, hlim=63, tc=0x20) / l4 / Raw(b"hello"))
 
 
-def ipip4(inner: bytes, dst: str = LOCAL4, **ip) -> bytes:
-    return bytes(eth() / IP(src=OUTER4, dst=dst, proto=4, ttl=64, **ip) / Raw(inner))
+def ipip4(inner: bytes, dst: str = LOCAL4, src: str = OUTER4, **ip) -> bytes:
+    return bytes(eth() / IP(src=src, dst=dst, proto=4, ttl=64, **ip) / Raw(inner))
 
 
-def ipip6(inner: bytes, dst: str = LOCAL6) -> bytes:
-    return bytes(eth() / IPv6(src=OUTER6, dst=dst, nh=41, hlim=64) / Raw(inner))
+def ipip6(inner: bytes, dst: str = LOCAL6, src: str = OUTER6) -> bytes:
+    return bytes(eth() / IPv6(src=src, dst=dst, nh=41, hlim=64) / Raw(inner))
+
+
+def to(inner: bytes, dst: str) -> bytes:
+    """`inner` re-addressed to `dst` (checksums recomputed)."""
+    pkt = IP(inner) if dst.count(".") == 3 else IPv6(inner)
+    pkt.dst = dst
+    if pkt.version == 4:
+        del pkt.chksum
+    del pkt.payload.chksum
+    return bytes(pkt.__class__(bytes(pkt)))
 
 
 def with_ethertype(ethertype: int, inner: bytes) -> bytes:
@@ -115,6 +135,8 @@ def test_header_mirror_matches_bcc_decoded_types(prog):
                 assert layout(theirs) == layout(ours), name
     assert prog.table("stats").max_entries == decap.DECAP_STAT_MAX
     assert prog.table("addrs").max_entries == decap.TUNABLES["DECAP_MAX_ADDRS"]
+    assert prog.table("vips").max_entries == decap.TUNABLES["DECAP_MAX_VIPS"]
+    assert prog.table("sources_v6").max_entries == decap.TUNABLES["DECAP_MAX_SOURCES"]
 
 
 def test_header_constants_match_python():
@@ -225,7 +247,8 @@ CASES = [
     ("outer ipv6 payload beyond the frame", ipip6(inner6())[:-4], "XDP_PASS", "pass_malformed"),
     ("ipip v4 first fragment", ipip4(inner4(), flags="MF"), "XDP_DROP", "drop_fragment"),
     ("ipip v4 later fragment", ipip4(inner4()[:16], frag=8), "XDP_DROP", "drop_fragment"),
-    ("ipip v6 fragment", bytes(eth() / IPv6(dst=LOCAL6) / IPv6ExtHdrFragment(nh=41, m=1) / Raw(inner6())),
+    ("ipip v6 fragment", bytes(eth() / IPv6(src=OUTER6, dst=LOCAL6) / IPv6ExtHdrFragment(nh=41, m=1)
+                               / Raw(inner6())),
      "XDP_DROP", "drop_fragment"),
     ("ipip v4, inner header truncated", ipip4(inner4()[:12]), "XDP_DROP", "drop_malformed"),
     ("ipip v4, inner is ipv6", ipip4(inner6()), "XDP_DROP", "drop_malformed"),
@@ -235,13 +258,28 @@ CASES = [
     ("ipip v6, inner header truncated", ipip6(inner6()[:39]), "XDP_DROP", "drop_malformed"),
     ("ipip v6, inner is ipv4", ipip6(inner4()), "XDP_DROP", "drop_malformed"),
     ("ipip v6, inner longer than the outer payload", ipip6(bytes(LONG_INNER6)), "XDP_DROP", "drop_malformed"),
+    # the trust boundary: only the balancers' tunnels, only to the VIPs
+    ("ipip v4 from an outside host", ipip4(inner4(), src="203.0.113.9"), "XDP_DROP", "drop_not_balancer"),
+    ("ipip v4 from just outside the balancer prefix", ipip4(inner4(), src="172.17.0.1"), "XDP_DROP",
+     "drop_not_balancer"),
+    ("ipip v4 from the last balancer address", ipip4(inner4(), src="172.16.255.255"), "XDP_PASS", "decap_v4"),
+    ("ipip v6 from an outside host", ipip6(inner6(), src="2001:db8:bad::1"), "XDP_DROP", "drop_not_balancer"),
+    ("ipip v6 from just outside the balancer prefix", ipip6(inner6(), src="100::1:0:0:2"), "XDP_DROP",
+     "drop_not_balancer"),
+    ("ipip v6 fragment from an outside host", bytes(eth() / IPv6(src="2001:db8:bad::1", dst=LOCAL6)
+                                                  / IPv6ExtHdrFragment(nh=41, m=1) / Raw(inner6())),
+     "XDP_DROP", "drop_not_balancer"),
+    ("ipip v4 to the backend's own address", ipip4(to(inner4(), LOCAL4)), "XDP_DROP", "drop_not_vip"),
+    ("ipip v4 to a host behind the backend", ipip4(to(inner4(), "192.168.7.7")), "XDP_DROP", "drop_not_vip"),
+    ("ipip v6 to the backend's own address", ipip6(to(inner6(), LOCAL6)), "XDP_DROP", "drop_not_vip"),
+    ("ipip v6 to a host behind the backend", ipip6(to(inner6(), "fd00:7::7")), "XDP_DROP", "drop_not_vip"),
 ]
 
 
 @pytest.mark.parametrize("desc,frame,verdict,counter", CASES, ids=[c[0] for c in CASES])
 def test_defined_verdicts(prog, desc, frame, verdict, counter):
     out = run(prog, frame, verdict, counter)
-    if verdict == "XDP_PASS":
+    if verdict == "XDP_PASS" and not counter.startswith("decap"):
         assert out == frame, "passed frames are untouched"
 
 

@@ -39,7 +39,7 @@ COMMANDS = [
     "lb explain 10.1.1.1:1234 " + VIP + " --iface {if} --netns {ns}",
     "lb health --once --iface {if} --netns {ns}",
     "lb detach {if} --netns {ns}",
-    "lb decap attach {if} --netns {ns}",
+    "lb decap attach {if} --netns {ns} --from 172.16.0.0/16 --vip 10.0.0.10",
     "lb decap stats {if} --netns {ns}",
     "lb decap detach {if} --netns {ns}",
     "count attach {if} --netns {ns}",

@@ -3,7 +3,8 @@ a bridge) wraps the client's packets in IPv4-in-IPv4 / IPv6-in-IPv6 to three bac
 running `fastpath lb decap` (bpf/decap.c) on its interface and holding the VIPs on loopback.
 Real TCP connections to an IPv4 and an IPv6 VIP succeed with the replies going straight to
 the client (the balancer does not forward at all), every connection lands where the Maglev
-ring puts it, all backends get their share, and decap's counters, pins and state behave.
+ring puts it, all backends get their share, tunnels from anyone but the balancer or to
+anything but a VIP are dropped, and decap's counters, pins and state behave.
 """
 
 from __future__ import annotations
@@ -40,6 +41,16 @@ CLIENTS = {4: "10.20.1.10", 6: "fd00:21::10"}
 BACKENDS = {4: {"b1": "10.20.2.11", "b2": "10.20.2.12", "b3": "10.20.2.13"},
             6: {"b1": "fd00:22::11", "b2": "fd00:22::12", "b3": "fd00:22::13"}}
 PORT = 80
+# Where the balancer's ipip packets come from (l4lb's default outer source prefixes).
+FROM = ["--from", "172.16.0.0/16", "--from", "100::/96", "--vip", VIPS[4], "--vip", VIPS[6]]
+
+SEND_IPIP = """
+import sys
+from scapy.all import IP, UDP, send
+outer_src, outer_dst, inner_dst = sys.argv[1:4]
+send(IP(src=outer_src, dst=outer_dst) / IP(src="10.20.1.10", dst=inner_dst) / UDP(dport=9) / b"x",
+     verbose=0)
+"""
 
 
 def vip_text(family: int) -> str:
@@ -112,9 +123,10 @@ def test_ipip_without_kernel_tunnels(ipip_lab):
     atts = {}
     for node, addr in BACKENDS[4].items():
         out = json.loads(fastpath("lb", "decap", "attach", "eth0", "--netns", lab.netns(node),
-                                  "--mode", "native", "--json").stdout)
+                                  "--mode", "native", *FROM, "--json").stdout)
         assert out["mode"] == "native" and out["program"] == decap.SPEC.name
         assert {addr, BACKENDS[6][node]} <= set(out["addresses"])
+        assert out["sources"] == ["172.16.0.0/16", "100::/96"] and out["vips"] == [VIPS[4], VIPS[6]]
         atts[node] = out
     before = {n: decap_stats(lab, n)["counters"] for n in BACKENDS[4]}
 
@@ -136,6 +148,17 @@ def test_ipip_without_kernel_tunnels(ipip_lab):
     for b in BACKENDS[4]:
         assert after[b]["drop_malformed"]["packets"] == 0 and after[b]["drop_error"]["packets"] == 0
         assert after[b]["pass_not_tunnel"]["packets"] > 0     # ARP, neighbour discovery, ...
+        assert after[b]["drop_not_balancer"]["packets"] == 0 and after[b]["drop_not_vip"]["packets"] == 0
+
+    # The trust boundary, with real packets from the client: a tunnel from its own address,
+    # and one that forges a balancer source but carries a packet to the backend itself.
+    lab.run("client", ["ip", "route", "add", "10.20.2.0/24", "dev", "eth0"])
+    b1 = BACKENDS[4]["b1"]
+    for outer_src, inner_dst in ((CLIENTS[4], VIPS[4]), ("172.16.9.9", b1)):
+        lab.run("client", [sys.executable, "-c", SEND_IPIP, outer_src, b1, inner_dst])
+    refused = decap_stats(lab, "b1")["counters"]
+    assert refused["drop_not_balancer"]["packets"] == 1, refused
+    assert refused["drop_not_vip"]["packets"] == 1, refused
     stats = json.loads(fastpath("lb", "stats", "--json", *target).stdout)
     assert {v["vip"]: v["mode"] for v in stats["vips"]} == {vip_text(4): "ipip", vip_text(6): "ipip"}
     assert all(v["new_flows"] >= n and v["no_backend"] == 0 for v in stats["vips"])
@@ -145,12 +168,14 @@ def test_ipip_without_kernel_tunnels(ipip_lab):
     node = "b1"
     bns = lab.netns(node)
     again = json.loads(fastpath("lb", "decap", "attach", "eth0", "--netns", bns, "--addr", "10.20.2.99",
-                                "--json").stdout)
+                                *FROM, "--json").stdout)
     assert again["replaced"] is True and again["link_id"] == atts[node]["link_id"]
     assert "10.20.2.99" in decap_stats(lab, node)["addresses"]
     assert decap_stats(lab, node)["counters"]["decap_v4"]["packets"] >= after[node]["decap_v4"]["packets"]
-    res = fastpath("lb", "decap", "attach", "eth0", "--netns", ns, check=False)
+    res = fastpath("lb", "decap", "attach", "eth0", "--netns", ns, *FROM, check=False)
     assert res.returncode != 0 and "l4lb" in res.stderr
+    res = fastpath("lb", "decap", "attach", "eth0", "--netns", lab.netns("b2"), "--vip", VIPS[4], check=False)
+    assert res.returncode != 0 and "--from" in res.stderr and "Traceback" not in res.stderr
     for node in BACKENDS[4]:
         bns = lab.netns(node)
         fastpath("lb", "decap", "detach", "eth0", "--netns", bns)

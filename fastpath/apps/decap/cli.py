@@ -20,6 +20,11 @@ def register(lb_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("iface", metavar="IFACE", help="the backend's interface the tunnels arrive on")
     p.add_argument("--netns", metavar="NAME", help="network namespace of the interface")
     xdp.add_mode_args(p)
+    p.add_argument("--from", dest="sources", action="append", default=[], metavar="CIDR",
+                   help="a balancer network the tunnels' outer source must lie in (required; "
+                        "the balancer's ipip sources are 172.16.0.0/16 and 100::/96 by default)")
+    p.add_argument("--vip", dest="vips", action="append", default=[], metavar="ADDR",
+                   help="a VIP the tunnels may carry packets to (required; others are dropped)")
     p.add_argument("--addr", action="append", default=[], metavar="ADDR",
                    help="also take tunnels to this address (the interface's own are always taken)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -38,17 +43,23 @@ def register(lb_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 def cmd_attach(args: argparse.Namespace) -> int:
     extra = [decap.parse_addr(a) for a in args.addr]
+    sources = [decap.parse_source(s) for s in args.sources]
+    vips = [decap.parse_addr(a) for a in args.vips]
     if args.dump_bpf:
         sys.stdout.write(dump_source(decap.SPEC, decap.TUNABLES, str(xdp.pin_dir(args.iface, args.netns))))
         return 0
-    att, replaced, addrs = decap.attach(args.iface, args.netns, args.mode, extra,
+    att, replaced, addrs = decap.attach(args.iface, args.netns, sources, vips, args.mode, extra,
                                         peer_program=args.peer_program)
+    source_text = [str(n) for n in decap.sources(att)]
+    vip_text = [str(a) for a in decap.vips(att)]
     if args.json:
-        print_json({**att.to_json(), "replaced": replaced, "addresses": [str(a) for a in addrs]})
+        print_json({**att.to_json(), "replaced": replaced, "addresses": [str(a) for a in addrs],
+                    "sources": source_text, "vips": vip_text})
         return 0
     verb = "replaced program on" if replaced else "attached to"
     info(f"decap {verb} {where(args.iface, args.netns)} ({att.mode} mode, prog id {att.prog_id}); "
-         f"IPv4-in-IPv4 and IPv6-in-IPv6 to {', '.join(map(str, addrs)) or 'no address'} are "
+         f"IPv4-in-IPv4 and IPv6-in-IPv6 to {', '.join(map(str, addrs)) or 'no address'} from "
+         f"{', '.join(source_text)} for VIPs {', '.join(vip_text)} are "
          f"decapsulated; stop with: {xdp.detach_hint(att)}")
     return 0
 
@@ -63,11 +74,14 @@ def cmd_stats(args: argparse.Namespace) -> int:
     att = decap.attachment(args.iface, args.netns)
     counters = decap.read_counters(att)
     addrs = [str(a) for a in decap.addresses(att)]
+    sources = [str(n) for n in decap.sources(att)]
+    vips = [str(a) for a in decap.vips(att)]
     if args.json:
         print_json({"iface": att.ifname, "netns": att.netns, "mode": att.mode, "addresses": addrs,
-                    "counters": counters})
+                    "sources": sources, "vips": vips, "counters": counters})
         return 0
     print_table(["counter", "packets", "bytes"],
                 [[k, f"{v['packets']:,}", f"{v['bytes']:,}"] for k, v in counters.items()],
-                title=f"decap on {where(att.ifname, att.netns)} (tunnels to {', '.join(addrs)})")
+                title=f"decap on {where(att.ifname, att.netns)} (tunnels to {', '.join(addrs)} "
+                      f"from {', '.join(sources)} for {', '.join(vips)})")
     return 0

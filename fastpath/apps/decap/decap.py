@@ -3,9 +3,12 @@
 A backend of an ipip VIP receives the client's packet wrapped in an outer IPv4 (protocol 4)
 or IPv6 (next header 41) header addressed to the backend. Without a kernel tunnel module
 (ipip/ip6_tunnel) the stack cannot unwrap it; this program does so in XDP, before the
-stack, for packets addressed to one of the addresses in its `addrs` map: the interface's own
-addresses when attached, plus any given with `--addr`. Attach, re-attach and detach go
-through fastpath.bpf.xdp, so pins and state follow the usual layout.
+stack, for packets addressed to one of the addresses in its `addrs` map (the interface's own
+addresses when attached, plus any given with `--addr`), coming from a balancer network
+(`--from`, the `sources_v4`/`sources_v6` LPM tries) and carrying a packet to a VIP (`--vip`,
+the `vips` map). Tunnels from anyone else, or to anything but a VIP, are dropped and counted:
+a backend that unwrapped them would relay past every source ACL. Attach, re-attach and detach
+go through fastpath.bpf.xdp, so pins and state follow the usual layout.
 
 Mirrors bpf/decap.h as ctypes Structures (tests/bpf/test_decap.py checks them against bcc's
 decoded types).
@@ -16,7 +19,7 @@ from __future__ import annotations
 import ctypes
 import ipaddress
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from fastpath.bpf import xdp
@@ -25,20 +28,30 @@ from fastpath.bpf.maps import TypedMap
 from fastpath.errors import FastpathError
 
 # Tunables of bpf/decap.c (its #ifndef defaults), passed as -D flags.
-TUNABLES: dict[str, int] = {"DECAP_MAX_ADDRS": 64}
-SPEC = ProgramSpec(name="decap", entry="decap", maps=("addrs", "stats"), defaults=TUNABLES,
-                   command="fastpath lb decap")
+TUNABLES: dict[str, int] = {"DECAP_MAX_ADDRS": 64, "DECAP_MAX_SOURCES": 64, "DECAP_MAX_VIPS": 1024}
+SPEC = ProgramSpec(name="decap", entry="decap", maps=("addrs", "sources_v4", "sources_v6", "vips", "stats"),
+                   defaults=TUNABLES, command="fastpath lb decap")
 
 # enum decap_stat, in order
 STAT_NAMES = ("pass_not_ip", "pass_not_tunnel", "pass_not_local", "pass_malformed", "decap_v4",
-              "decap_v6", "drop_fragment", "drop_malformed", "drop_error")
+              "decap_v6", "drop_fragment", "drop_malformed", "drop_error", "drop_not_balancer",
+              "drop_not_vip")
 DECAP_STAT_MAX = len(STAT_NAMES)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class DecapAddr(ctypes.Structure):
     _fields_ = [("addr", ctypes.c_uint8 * 16), ("family", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 3)]
+
+
+class DecapSrcV4(ctypes.Structure):
+    _fields_ = [("prefixlen", ctypes.c_uint32), ("addr", ctypes.c_uint8 * 4)]
+
+
+class DecapSrcV6(ctypes.Structure):
+    _fields_ = [("prefixlen", ctypes.c_uint32), ("addr", ctypes.c_uint8 * 16)]
 
 
 class DecapCounter(ctypes.Structure):
@@ -47,6 +60,9 @@ class DecapCounter(ctypes.Structure):
 
 MAP_TYPES: dict[str, tuple[type[Any], type[Any]]] = {
     "addrs": (DecapAddr, ctypes.c_uint32),
+    "sources_v4": (DecapSrcV4, ctypes.c_uint32),
+    "sources_v6": (DecapSrcV6, ctypes.c_uint32),
+    "vips": (DecapAddr, ctypes.c_uint32),
     "stats": (ctypes.c_uint32, DecapCounter),
 }
 
@@ -56,6 +72,28 @@ def addr_key(address: IPAddress) -> DecapAddr:
     k.addr[:] = address.packed.ljust(16, b"\0")
     k.family = address.version
     return k
+
+
+def source_key(net: Network) -> DecapSrcV4 | DecapSrcV6:
+    k: DecapSrcV4 | DecapSrcV6 = DecapSrcV4() if net.version == 4 else DecapSrcV6()
+    k.prefixlen = net.prefixlen
+    k.addr[:] = net.network_address.packed
+    return k
+
+
+def parse_source(text: str) -> Network:
+    """A balancer network given to --from: a CIDR, or one address as its /32 or /128."""
+    try:
+        return ipaddress.ip_network(text.strip(), strict=True)
+    except ValueError:
+        try:
+            net = ipaddress.ip_network(text.strip(), strict=False)
+        except ValueError:
+            raise FastpathError(f"bad balancer network {text!r}: not an IPv4 or IPv6 CIDR",
+                                fix="give the outer sources the balancer's ipip uses, e.g. "
+                                    "--from 172.16.0.0/16 --from 100::/96") from None
+        raise FastpathError(f"bad balancer network {text!r}: host bits are set",
+                            fix=f"did you mean {net}?") from None
 
 
 def parse_addr(text: str) -> IPAddress:
@@ -88,23 +126,47 @@ def interface_addresses(ifname: str, netns: str | None) -> list[IPAddress]:
         ipr.close()
 
 
-def _write_addrs(att: xdp.Attachment, wanted: Iterable[IPAddress]) -> None:
-    keys = {bytes(addr_key(a)): addr_key(a) for a in wanted}
-    with TypedMap.open_pinned(att.map_path("addrs"), DecapAddr, ctypes.c_uint32) as m:
+def _write_set(att: xdp.Attachment, name: str, keys: Sequence[ctypes.Structure]) -> None:
+    """Make the pinned map `name` hold exactly `keys` (value 1). Entries in both the old and
+    the new set stay throughout, so a re-attach never drops a tunnel it still takes."""
+    key_type, _ = MAP_TYPES[name]
+    wanted = {bytes(k): k for k in keys}
+    with TypedMap.open_pinned(att.map_path(name), key_type, ctypes.c_uint32) as m:
         for key in list(m.keys()):
-            if bytes(key) not in keys:
+            if bytes(key) not in wanted:
                 m.delete(key)
-        for k in keys.values():
+        for k in wanted.values():
             m.set(k, ctypes.c_uint32(1))
 
 
-def attach(ifname: str, netns: str | None, mode: str = "auto",
-           extra: Iterable[IPAddress] = (), peer_program: bool = True,
+def _check_sets(sources: Sequence[Network], vips: Sequence[IPAddress]) -> None:
+    if not sources:
+        raise FastpathError("decap needs the balancers' source networks",
+                            fix="add --from CIDR for each (the balancer's ipip sources are "
+                                "172.16.0.0/16 and 100::/96 by default)")
+    if not vips:
+        raise FastpathError("decap needs the VIPs the tunnels carry", fix="add --vip ADDR for each VIP")
+    for family in (4, 6):
+        count = sum(1 for n in sources if n.version == family)
+        if count > TUNABLES["DECAP_MAX_SOURCES"]:
+            raise FastpathError(f"{count} IPv{family} balancer networks, decap holds "
+                                f"{TUNABLES['DECAP_MAX_SOURCES']}", fix="merge them into wider CIDRs")
+    if len(vips) > TUNABLES["DECAP_MAX_VIPS"]:
+        raise FastpathError(f"{len(vips)} VIPs, decap holds {TUNABLES['DECAP_MAX_VIPS']}",
+                            fix="attach with fewer --vip")
+
+
+def attach(ifname: str, netns: str | None, sources: Iterable[Network], vips: Iterable[IPAddress],
+           mode: str = "auto", extra: Iterable[IPAddress] = (), peer_program: bool = True,
            ) -> tuple[xdp.Attachment, bool, list[IPAddress]]:
     """Attach decap (or replace it, keeping its counters) and load the addresses it takes
-    tunnels for: the interface's own plus `extra`. Returns the attachment, whether it
-    replaced a running program, and the addresses."""
+    tunnels for (the interface's own plus `extra`), the balancer networks they may come from
+    and the VIPs they may carry. Returns the attachment, whether it replaced a running
+    program, and the addresses."""
     extra = sorted(set(extra), key=lambda a: (a.version, a))
+    source_list = sorted(set(sources), key=lambda n: (n.version, n))
+    vip_list = sorted(set(vips), key=lambda a: (a.version, a))
+    _check_sets(source_list, vip_list)
     xdp.clear_stale(ifname, netns)
     old = xdp.read_state(ifname, netns)
     if old is not None and old.program not in (SPEC.name, xdp.PEER_PROGRAM):
@@ -115,11 +177,15 @@ def attach(ifname: str, netns: str | None, mode: str = "auto",
     if len(addrs) > limit:
         raise FastpathError(f"{ifname} has {len(addrs)} addresses, decap holds {limit}",
                             fix="remove addresses from the interface")
-    options = {"addrs": [str(a) for a in extra]}
+    options = {"addrs": [str(a) for a in extra], "sources": [str(n) for n in source_list],
+               "vips": [str(a) for a in vip_list]}
     att, replaced = xdp.attach(SPEC, ifname, netns, mode, dict(TUNABLES), options,
                                peer_program=peer_program)
     try:
-        _write_addrs(att, addrs)
+        _write_set(att, "addrs", [addr_key(a) for a in addrs])
+        _write_set(att, "sources_v4", [source_key(n) for n in source_list if n.version == 4])
+        _write_set(att, "sources_v6", [source_key(n) for n in source_list if n.version == 6])
+        _write_set(att, "vips", [addr_key(a) for a in vip_list])
     except BaseException:
         if not replaced:
             xdp.detach(ifname, netns, program=SPEC.name)
@@ -136,11 +202,29 @@ def detach(ifname: str, netns: str | None) -> xdp.Attachment | None:
     return xdp.detach(ifname, netns, program=SPEC.name)
 
 
-def addresses(att: xdp.Attachment) -> list[IPAddress]:
-    """The outer destinations the running program takes tunnels for."""
-    with TypedMap.open_pinned(att.map_path("addrs"), DecapAddr, ctypes.c_uint32) as m:
+def _read_addrs(att: xdp.Attachment, name: str) -> list[IPAddress]:
+    with TypedMap.open_pinned(att.map_path(name), DecapAddr, ctypes.c_uint32) as m:
         out = [ipaddress.ip_address(bytes(k.addr)[:4] if k.family == 4 else bytes(k.addr)) for k in m.keys()]
     return sorted(out, key=lambda a: (a.version, a))
+
+
+def addresses(att: xdp.Attachment) -> list[IPAddress]:
+    """The outer destinations the running program takes tunnels for."""
+    return _read_addrs(att, "addrs")
+
+
+def vips(att: xdp.Attachment) -> list[IPAddress]:
+    """The inner destinations the running program lets through."""
+    return _read_addrs(att, "vips")
+
+
+def sources(att: xdp.Attachment) -> list[Network]:
+    """The balancer networks the running program takes tunnels from."""
+    out: list[Network] = []
+    for name, key_type in (("sources_v4", DecapSrcV4), ("sources_v6", DecapSrcV6)):
+        with TypedMap.open_pinned(att.map_path(name), key_type, ctypes.c_uint32) as m:
+            out += [ipaddress.ip_network((bytes(k.addr), k.prefixlen)) for k in m.keys()]
+    return sorted(out, key=lambda n: (n.version, n))
 
 
 def read_counters(att: xdp.Attachment) -> dict[str, dict[str, int]]:

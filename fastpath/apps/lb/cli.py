@@ -32,7 +32,7 @@ examples:
   fastpath lb stats --watch
   fastpath lb explain 198.51.100.7:40000 10.0.0.10:80/tcp
   fastpath lb health                      # keep running: drains failing backends
-  fastpath lb decap attach eth0 --netns lab-b1   # on a backend of an ipip VIP
+  fastpath lb decap attach eth0 --netns lab-b1 --from 172.16.0.0/16 --vip 10.0.0.10  # ipip backend
   fastpath lb detach eth0 --netns lab-lb
 """
 
