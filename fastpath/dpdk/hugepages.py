@@ -115,10 +115,15 @@ def parse_size(text: str) -> SizeRequest:
     return SizeRequest(text, nbytes=nbytes)
 
 
-def page_sizes(host: Host = REAL_HOST) -> list[int]:
-    """Hugepage sizes (kB) this kernel supports, smallest first."""
+def pools_dir(node: int | None) -> str:
+    """Where the pools of every page size live, system-wide (node None) or on one node."""
+    return GLOBAL_DIR if node is None else f"{NODE_DIR}/node{node}/hugepages"
+
+
+def page_sizes(host: Host = REAL_HOST, node: int | None = None) -> list[int]:
+    """Hugepage sizes (kB) this kernel supports (on `node`, if given), smallest first."""
     sizes = []
-    for name in host.listdir(GLOBAL_DIR):
+    for name in host.listdir(pools_dir(node)):
         m = re.fullmatch(r"hugepages-(\d+)kB", name)
         if m:
             sizes.append(int(m.group(1)))
@@ -157,9 +162,7 @@ def check_pagesize(host: Host, size_kb: int) -> None:
 
 
 def pool_dir(size_kb: int, node: int | None) -> str:
-    if node is None:
-        return f"{GLOBAL_DIR}/hugepages-{size_kb}kB"
-    return f"{NODE_DIR}/node{node}/hugepages/hugepages-{size_kb}kB"
+    return f"{pools_dir(node)}/hugepages-{size_kb}kB"
 
 
 def scope_name(node: int | None) -> str:
@@ -349,18 +352,16 @@ def mounts(host: Host = REAL_HOST, with_files: bool = True) -> list[HugeMount]:
     default_kb = default_page_kb(host)
     mapped = mapped_files(host) if with_files else None
     found = []
-    for line in host.read_or("/proc/mounts", "").splitlines():
-        parts = line.split()
-        if len(parts) < 4 or parts[2] != "hugetlbfs":
+    for mnt in host.mounts():
+        if mnt.fstype != "hugetlbfs":
             continue
-        path = parts[1].replace("\\040", " ")
         size_kb = default_kb or 0
-        for opt in parts[3].split(","):
+        for opt in mnt.options.split(","):
             if opt.startswith("pagesize="):
                 size_kb = parse_pagesize(opt.split("=", 1)[1])
-        m = HugeMount(path=path, size_kb=size_kb, options=parts[3])
+        m = HugeMount(path=mnt.path, size_kb=size_kb, options=mnt.options)
         if with_files:
-            m.files = list_files(host, path, mapped)
+            m.files = list_files(host, mnt.path, mapped)
         found.append(m)
     return found
 

@@ -361,7 +361,14 @@ def _pci(
         mkdir(root, f"/sys/bus/pci/drivers/{driver}")
         (dev / "driver").symlink_to(f"../../../bus/pci/drivers/{driver}")
     if netdev:
-        mkdir(root, f"/sys/bus/pci/devices/{addr}/{'virtio0/' if nested else ''}net/{netdev}")
+        # As in sysfs: the interface's directory sits below the PCI function (a virtio NIC
+        # puts a virtioN device between them), /sys/class/net links to it, and its
+        # `device` link points back at its parent.
+        parent = f"/sys/bus/pci/devices/{addr}{'/virtio0' if nested else ''}"
+        iface = mkdir(root, f"{parent}/net/{netdev}")
+        (iface / "device").symlink_to(root / parent.lstrip("/"))
+        mkdir(root, "/sys/class/net")
+        (root / "sys/class/net" / netdev).symlink_to(iface)
 
 
 ROUTE_HEADER = "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\tMTU\tWindow\tIRTT\n"
