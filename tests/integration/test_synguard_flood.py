@@ -15,8 +15,8 @@ import pytest
 
 from fastpath.apps.guard import nft
 from fastpath.apps.guard import synguard as sg
-from fastpath.bpf import xdp
-from fastpath.labs import flood, floodlab
+from fastpath.bpf import testrun, xdp
+from fastpath.labs import floodlab
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +41,7 @@ def _sysctl(lab, node: str, name: str) -> str:
 def engines() -> list[str]:
     """The packet engine runs everywhere; the live engine where this host allows live frames
     (doctor's xdp-live-frames row says which)."""
-    return ["packet"] + (["live"] if flood.live_frames_refused() is None else [])
+    return ["packet"] + (["live"] if testrun.live_frames_refused() is None else [])
 
 
 def _flood_and_probe(lab, attempts: int, timeout: float, interval: float,

@@ -485,12 +485,12 @@ def flood_host(monkeypatch: pytest.MonkeyPatch) -> dict[str, str | None]:
     socket opens) are replaced: one machine can show only one answer, and this checks how the row
     reads for each. `choose_engine` and its $FASTPATH_FLOOD_ENGINE handling run for real.
     """
-    from fastpath.labs import flood
+    from fastpath.bpf import testrun
 
     host: dict[str, str | None] = {"refused": None, "missing": None}
-    monkeypatch.setattr(flood, "live_frames_refused", lambda ifindex=1: host["refused"])
-    monkeypatch.setattr(flood, "packet_engine_missing", lambda: host["missing"])
-    monkeypatch.delenv(flood.ENGINE_ENV, raising=False)
+    monkeypatch.setattr(testrun, "live_frames_refused", lambda ifindex=1: host["refused"])
+    monkeypatch.setattr(testrun, "packet_engine_missing", lambda: host["missing"])
+    monkeypatch.delenv(testrun.ENGINE_ENV, raising=False)
     return host
 
 

@@ -70,23 +70,6 @@ from fastpath.errors import CapabilityError, FastpathError
 
 # Run after each miss-path run (the harness's `after` hook): forget the flow again, so the
 # next run misses too. IPv4/TCP without options at fixed offsets, as _frame builds it.
-_FORGET = r"""
-
-static __always_inline void lb_bench_forget(const __u8 *frame)
-{
-	struct lb_flow_key k;
-
-	__builtin_memset(&k, 0, sizeof(k));
-	__builtin_memcpy(k.src, frame + 26, 4);
-	__builtin_memcpy(k.dst, frame + 30, 4);
-	__builtin_memcpy(&k.sport, frame + 34, 2);
-	__builtin_memcpy(&k.dport, frame + 36, 2);
-	k.proto = IPPROTO_TCP;
-	k.family = 4;
-	conntrack.delete(&k);
-}
-"""
-
 _PACKET_VIPS = {"dsr": "10.1.0.1", "nat": "10.1.0.2", "ipip": "10.1.0.3", "harness": "10.1.0.1"}
 
 
@@ -131,13 +114,14 @@ class LbPacket(Scenario):
         self._progs: list[loader.LoadedProgram] = []
         self._maps: list[lb.LbMaps] = []
         self._run: dict[tuple[str, str], int] = {}
-        src = lb.SPEC.source_path.read_text() + _FORGET
+        # the balancer, and lb_bench_forget, which makes every run of a miss miss again
+        src = [lb.SPEC.source_path, lb.SPEC.source_dir / "l4lb_bench.c"]
         frame_len = len(_frame("10.1.0.1"))
         defines = {**lb.TUNABLES, "LB_RING_SIZE": 4099, "LB_MAX_VIPS": 4}
         for kind in ("hit", "miss", "noop-hit", "noop-miss"):
             # ipip grows the frame at the head; a miss forgets its flow after every run
-            prog = testrun.load_restoring(src, "lb_process", frame_len, defines, Path(ctx.workdir),
-                                          moves="head", noop=kind.startswith("noop"),
+            prog = testrun.load_restoring(src, "lb_process", frame_len, defines, moves="head",
+                                          noop=kind.startswith("noop"),
                                           after="lb_bench_forget" if kind.endswith("miss") else None)
             self._progs.append(prog)
             maps = lb.LbMaps.from_program(prog)

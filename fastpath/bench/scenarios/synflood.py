@@ -112,9 +112,8 @@ class SynfloodPacket(Scenario):
     def setup(self, ctx: BenchContext) -> None:
         if os.geteuid() != 0:
             raise CapabilityError("loading BPF programs needs root")
-        src = sg.SPEC.source_path.read_text()
         # a cookie answer (SYN-ACK) is another length than the SYN: the tail moves
-        self._progs = [testrun.load_restoring(src, "sg_process", FRAME_LEN, sg.TUNABLES, Path(ctx.workdir),
+        self._progs = [testrun.load_restoring([sg.SPEC.source_path], "sg_process", FRAME_LEN, sg.TUNABLES,
                                               moves="tail", noop=noop) for noop in (False, True)]
         self._frames = _frames()
         with self._map("ports") as ports:
@@ -173,32 +172,9 @@ class SynfloodPacket(Scenario):
 # ---------------------------------------------------------------------------------------
 # synflood: the live flood against each defence
 
-# The floors: the least any defence can do with a flood frame. Drop defences are measured
-# against dropping it in XDP; defences that answer (cookies) against sending one frame back
-# the way a SYN-ACK goes (MAC addresses swapped, XDP_TX), since every answering defence pays
-# for that transmission alike.
-_FLOORS = r"""
-#include <uapi/linux/bpf.h>
-
-int drop_all(struct xdp_md *ctx)
-{
-	return XDP_DROP;
-}
-
-int reflect(struct xdp_md *ctx)
-{
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	unsigned char tmp[6];
-
-	if (data + 14 > data_end)
-		return XDP_DROP;
-	__builtin_memcpy(tmp, data, 6);
-	__builtin_memcpy(data, data + 6, 6);
-	__builtin_memcpy(data + 6, tmp, 6);
-	return XDP_TX;
-}
-"""
+# The floors (bpf/synflood_floors.c): the least any defence can do with a flood frame.
+FLOORS = {entry: loader.ProgramSpec(name="synflood_floors", entry=entry, maps=())
+          for entry in ("drop_all", "reflect")}
 _ANSWERING = {"fastpath", "syncookies", "synproxy"}
 
 _SYNPROXY = """\
@@ -268,12 +244,9 @@ class Synflood(Scenario):
 
             self._flood = Flood("eth0", lab.mac("server", "eth0"), floodlab.SERVER4, floodlab.SERVICE_PORT,
                                 floodlab.SPOOFED_NET)
-        Path(ctx.workdir, "floor.c").write_text(_FLOORS)
-        self._floors = {e: loader.ProgramSpec(name="floor", entry=e, maps=(), directory=Path(ctx.workdir))
-                        for e in ("drop_all", "reflect")}
         # The attacker never needs what comes back (SYN-ACKs to spoofed addresses): drop it
         # on arrival, so the return path costs every answering defence as little as it can.
-        xdp.attach(self._floors["drop_all"], "eth0", lab.netns("attacker"), "native")
+        xdp.attach(FLOORS["drop_all"], "eth0", lab.netns("attacker"), "native")
         self._defines = sg.plan_defines("eth0", lab.netns("server"))
 
     # -- defences ----------------------------------------------------------------------------
@@ -281,7 +254,7 @@ class Synflood(Scenario):
     def _on(self, contender: str) -> None:
         lab, ns = self._lab, self._lab.netns("server")
         if contender in ("drop_all", "reflect"):
-            xdp.attach(self._floors[contender], "eth0", ns, "native")
+            xdp.attach(FLOORS[contender], "eth0", ns, "native")
         elif contender == "fastpath":
             sg.attach("eth0", ns, "native", sg.GuardConfig(cookie_ports=(floodlab.SERVICE_PORT,)))
         elif contender == "fastpath-drop":
