@@ -25,7 +25,7 @@ from fastpath.doctor.checks import (
     _version_tuple,
     _warn,
 )
-from fastpath.dpdk import devbind, hugepages
+from fastpath.dpdk import devbind, hugepools, pci
 from fastpath.dpdk.sysfs import Host
 
 
@@ -35,15 +35,15 @@ def read_hugepages(root: Path = ROOT) -> dict[str, Any]:
 
     def pools(node: int | None) -> dict[str, dict[str, int | None]]:
         out = {}
-        for kb in hugepages.page_sizes(host, node):
-            base = hugepages.pool_dir(kb, node)
+        for kb in hugepools.page_sizes(host, node):
+            base = hugepools.pool_dir(kb, node)
             out[f"{kb}kB"] = {
                 "total": host.read_int_or(f"{base}/nr_hugepages", None),
                 "free": host.read_int_or(f"{base}/free_hugepages", None),
             }
         return out
 
-    nodes = {f"node{n}": pools(n) for n in hugepages.nodes(host)}
+    nodes = {f"node{n}": pools(n) for n in hugepools.nodes(host)}
     mounts = [{"path": m.path, "options": m.options} for m in host.mounts() if m.fstype == "hugetlbfs"]
     return {"sizes": pools(None), "nodes": nodes, "hugetlbfs": mounts}
 
@@ -161,7 +161,7 @@ def read_pci_nics(root: Path = ROOT) -> list[dict[str, Any]]:
             "netdevs": sorted(dev.interface_names),
             "default_route": any(n in defaults for n in dev.interface_names),
         }
-        for dev in devbind.list_devices(host)
+        for dev in pci.list_devices(host)
     ]
 
 

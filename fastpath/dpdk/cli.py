@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fastpath.dpdk import build, devbind, eal, hugepages, l2fwd
+from fastpath.dpdk import build, devbind, eal, hugepages, hugepools, l2fwd, pci
 from fastpath.dpdk.sysfs import Host
 from fastpath.errors import FastpathError
 from fastpath.output import info, print_json, print_table
@@ -190,12 +190,12 @@ def _host(args: argparse.Namespace) -> Host:
     return Host(Path(getattr(args, "root", "/") or "/"))
 
 
-def _net(host: Host) -> devbind.NetState:
+def _net(host: Host) -> pci.NetState:
     # A fake tree has no netlink behind it: its interfaces have no addresses or routes.
-    return devbind.NetlinkState() if host.is_real else devbind.StaticNetState()
+    return pci.NetlinkState() if host.is_real else pci.StaticNetState()
 
 
-def _links(args: argparse.Namespace, host: Host) -> devbind.Links | None:
+def _links(args: argparse.Namespace, host: Host) -> pci.Links | None:
     """The interfaces of --netns NAME, read over netlink."""
     netns = getattr(args, "netns", None)
     if netns is None:
@@ -203,7 +203,7 @@ def _links(args: argparse.Namespace, host: Host) -> devbind.Links | None:
     if not host.is_real:
         raise FastpathError("--netns reads a live network namespace; it cannot be combined "
                             "with a fake --root tree")
-    return devbind.NetlinkLinks(netns)
+    return pci.NetlinkLinks(netns)
 
 
 # ---------------------------------------------------------------- build
@@ -237,8 +237,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def _pagesize(args: argparse.Namespace, host: Host) -> int:
     if args.pagesize is not None:
-        return hugepages.parse_pagesize(args.pagesize)
-    default = hugepages.default_page_kb(host)
+        return hugepools.parse_pagesize(args.pagesize)
+    default = hugepools.default_page_kb(host)
     if default is None:
         raise FastpathError("no default hugepage size known (no Hugepagesize in /proc/meminfo); "
                             "give --pagesize 2M or 1G")
@@ -278,19 +278,19 @@ def cmd_hp_show(args: argparse.Namespace) -> int:
         print_table(
             ["mount", "page", "files", "in use", "stale", "stale size"],
             [[m["path"], m["pagesize"], m["files"], m["files_in_use"], len(m["stale_files"]),
-              hugepages.format_bytes(m["stale_bytes"])] for m in data["mounts"]],
+              hugepools.format_bytes(m["stale_bytes"])] for m in data["mounts"]],
         )
     for m in data["mounts"]:
         if m["stale_files"]:
             prefixes = sorted({f.split("map_")[0] for f in m["stale_files"]})
             info(f"{len(m['stale_files'])} stale hugepage files in {m['path']} (no process "
                  f"holds them; from crashed DPDK runs, prefixes {', '.join(prefixes)}); "
-                 f"they pin {hugepages.format_bytes(m['stale_bytes'])}: remove them with "
+                 f"they pin {hugepools.format_bytes(m['stale_bytes'])}: remove them with "
                  f"'fastpath dpdk hugepages clean'")
     return 0
 
 
-def _print_change(change: hugepages.Change, as_json: bool) -> None:
+def _print_change(change: hugepools.Change, as_json: bool) -> None:
     if as_json:
         print_json(change.to_json())
         return
@@ -300,15 +300,15 @@ def _print_change(change: hugepages.Change, as_json: bool) -> None:
 
 def cmd_hp_reserve(args: argparse.Namespace) -> int:
     host = _host(args)
-    size = hugepages.parse_size(args.size)
-    change = hugepages.reserve(size, _pagesize(args, host), _node(args), host)
+    size = hugepools.parse_size(args.size)
+    change = hugepools.reserve(size, _pagesize(args, host), _node(args), host)
     _print_change(change, args.json)
     return 0
 
 
 def cmd_hp_release(args: argparse.Namespace) -> int:
     host = _host(args)
-    change = hugepages.release(_pagesize(args, host), _node(args), host)
+    change = hugepools.release(_pagesize(args, host), _node(args), host)
     _print_change(change, args.json)
     return 0
 
@@ -325,7 +325,7 @@ def cmd_hp_mount(args: argparse.Namespace) -> int:
 
 def cmd_hp_unmount(args: argparse.Namespace) -> int:
     host = _host(args)
-    size_kb = hugepages.parse_pagesize(args.pagesize) if args.pagesize else None
+    size_kb = hugepools.parse_pagesize(args.pagesize) if args.pagesize else None
     done = hugepages.unmount(size_kb, args.path, host)
     if args.json:
         print_json({"unmounted": done})
@@ -346,9 +346,9 @@ def cmd_hp_clean(args: argparse.Namespace) -> int:
         return 0
     if result.stale:
         print_table(["file", "prefix", "size", "action"],
-                    [[f.path, f.prefix, hugepages.format_bytes(f.size),
+                    [[f.path, f.prefix, hugepools.format_bytes(f.size),
                       "removed" if f.removed else "would remove"] for f in result.stale])
-    size = hugepages.format_bytes(result.stale_bytes)
+    size = hugepools.format_bytes(result.stale_bytes)
     if not result.stale:
         info(f"no stale DPDK hugepage files in {', '.join(result.mounts)}")
     elif args.dry_run:
@@ -366,23 +366,23 @@ def cmd_hp_clean(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- devices and binding
 
 
-def _kernel_use(host: Host, net: devbind.NetState, dev: devbind.PciDevice,
-                other: devbind.NetState | None = None) -> list[str]:
+def _kernel_use(host: Host, net: pci.NetState, dev: pci.PciDevice,
+                other: pci.NetState | None = None) -> list[str]:
     refusals = devbind.interface_refusals(host, net, dict(os.environ), dev, other)
     return [r.reason.split(";")[0] for r in refusals]
 
 
-def _ifname(iface: devbind.Interface) -> str:
+def _ifname(iface: pci.Interface) -> str:
     return iface.name if iface.netns is None else f"{iface.name} (netns {iface.netns})"
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
     host = _host(args)
     links = _links(args, host)
-    devices = devbind.list_devices(host, network_only=not args.all, links=links)
+    devices = pci.list_devices(host, network_only=not args.all, links=links)
     net = _net(host)
-    other = devbind.NetlinkState(links.netns) if links is not None else None
-    drivers = {d: devbind.driver_loaded(host, d) for d in devbind.DPDK_DRIVERS}
+    other = pci.NetlinkState(links.netns) if links is not None else None
+    drivers = {d: pci.driver_loaded(host, d) for d in devbind.DPDK_DRIVERS}
     iommu = bool(host.listdir("/sys/kernel/iommu_groups"))
     if args.json:
         print_json({
