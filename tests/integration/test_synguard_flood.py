@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fastpath.apps.guard import nft
-from fastpath.apps.guard import synguard as sg
+from fastpath.apps.guard import abi, nft
 from fastpath.bpf import testrun, xdp
 from fastpath.labs import floodlab
 
@@ -133,7 +132,7 @@ def test_guard_keeps_service_reachable_under_spoofed_flood(lab, target, engine):
     assert c["tx_cookie"] >= 0.7 * sent, "most generated SYNs must reach XDP and be answered"
     # Every frame XDP saw landed in exactly one outcome counter (a client retransmitting an
     # ACK for a cookie it already used lands in drop_cookie).
-    assert sum(c[name] for name in sg.OUTCOME_NAMES) == stats["frames"]
+    assert sum(c[name] for name in abi.OUTCOME_NAMES) == stats["frames"]
     assert c["tx_cookie"] + c["pass_cookie"] + c["pass_flow"] + c["drop_cookie"] >= stats["frames"] - 100
     assert c["pass_other"] + c["pass_tcp"] < 100
     # Every good connect went through a validated cookie, except where the client reused a

@@ -9,8 +9,15 @@ import time
 
 from rich.table import Table
 
-from fastpath.apps.guard import nft, synguard
-from fastpath.apps.guard.synguard import GuardConfig
+from fastpath.apps.guard import abi, nft, synguard
+from fastpath.apps.guard.config import (
+    GuardConfig,
+    parse_cidr,
+    parse_ports,
+    parse_rate,
+    plan_defines,
+    with_changes,
+)
 from fastpath.bpf import xdp
 from fastpath.bpf.loader import dump_source
 from fastpath.core.watch import watch
@@ -157,11 +164,11 @@ def _float(text: str | None, what: str, default: float) -> float:
 
 
 def _rate_changes(args: argparse.Namespace, base: GuardConfig) -> GuardConfig:
-    rate = base.syn_rate if args.syn_rate is None else synguard.parse_rate(args.syn_rate)
+    rate = base.syn_rate if args.syn_rate is None else parse_rate(args.syn_rate)
     burst = _int(args.syn_burst, "--syn-burst", base.syn_burst if args.syn_rate is None else 0)
     if rate == 0 and args.syn_burst is None:
         burst = 0
-    return synguard.with_changes(
+    return with_changes(
         base, syn_rate=rate, syn_burst=burst,
         ban_after=_int(args.ban_after, "--ban-after", base.ban_after),
         ban_seconds=_float(args.ban_seconds, "--ban-seconds", base.ban_seconds))
@@ -174,13 +181,13 @@ def _ns_flag(netns: str | None) -> str:
 # -- commands ------------------------------------------------------------------------------------
 
 def cmd_attach(args: argparse.Namespace) -> int:
-    base = GuardConfig(cookie_ports=synguard.parse_ports(args.ports),
-                       drop_ports=synguard.parse_ports(args.drop_ports),
+    base = GuardConfig(cookie_ports=parse_ports(args.ports),
+                       drop_ports=parse_ports(args.drop_ports),
                        cookies=not args.no_cookies, fragments=args.fragments)
     cfg = _rate_changes(args, base).validate()
     if args.dump_bpf:
-        defines = synguard.plan_defines(args.iface, args.netns)
-        sys.stdout.write(dump_source(synguard.SPEC, defines, str(xdp.pin_dir(args.iface, args.netns))))
+        defines = plan_defines(args.iface, args.netns)
+        sys.stdout.write(dump_source(abi.SPEC, defines, str(xdp.pin_dir(args.iface, args.netns))))
         return 0
     res = synguard.attach(args.iface, args.netns, args.mode, cfg, peer_program=args.peer_program)
     att = res.attachment
@@ -243,7 +250,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _stats_rows(cur: dict[str, tuple[int, int]], prev: dict[str, tuple[int, int]] | None,
                 dt: float) -> list[dict[str, object]]:
     out = []
-    for name in synguard.STAT_NAMES:
+    for name in abi.STAT_NAMES:
         packets, nbytes = cur[name]
         row: dict[str, object] = {"counter": name, "packets": packets, "bytes": nbytes}
         if prev is not None and dt > 0:
@@ -263,7 +270,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
             time.sleep(min(args.interval, 60))
         cur = synguard.read_counters(att)
         rows = _stats_rows(cur, prev, time.monotonic() - t0)
-        frames = sum(cur[n][0] for n in synguard.OUTCOME_NAMES)
+        frames = sum(cur[n][0] for n in abi.OUTCOME_NAMES)
         if args.json:
             print_json({"ifname": att.ifname, "netns": att.netns, "frames": frames,
                         "counters": {r["counter"]: {k: v for k, v in r.items() if k != "counter"}
@@ -295,7 +302,7 @@ def cmd_acl(args: argparse.Namespace) -> int:
     if args.verb != "list" and not args.cidrs:
         raise FastpathError(f"'fastpath xdp {action} {args.verb}' needs at least one CIDR",
                             fix=f"e.g. fastpath xdp {action} {args.verb} 203.0.113.0/24")
-    nets = [synguard.parse_cidr(c) for c in args.cidrs]
+    nets = [parse_cidr(c) for c in args.cidrs]
     if len(set(nets)) != len(nets):
         raise FastpathError("a CIDR is listed twice", fix="give each network once")
     atts = synguard.attachments(args.iface, args.netns, live_only=True)
@@ -323,9 +330,9 @@ def cmd_acl(args: argparse.Namespace) -> int:
 
 def cmd_ports(args: argparse.Namespace) -> int:
     att = synguard.attachment(args.iface, args.netns)
-    add = synguard.parse_ports(args.add)
-    add_drop = synguard.parse_ports(args.add_drop)
-    remove = synguard.parse_ports(args.remove)
+    add = parse_ports(args.add)
+    add_drop = parse_ports(args.add_drop)
+    remove = parse_ports(args.remove)
     cfg = synguard.guard_config(att)
     if add or add_drop or remove:
         clash = (set(add) | set(add_drop)) & set(remove)
@@ -335,19 +342,19 @@ def cmd_ports(args: argparse.Namespace) -> int:
                                 fix="name each port in one of --add, --add-drop, --remove")
         cookie = (set(cfg.cookie_ports) - set(add_drop) - set(remove)) | set(add)
         drop = (set(cfg.drop_ports) - set(add) - set(remove)) | set(add_drop)
-        cfg = synguard.with_changes(cfg, cookie_ports=tuple(sorted(cookie)), drop_ports=tuple(sorted(drop)))
+        cfg = with_changes(cfg, cookie_ports=tuple(sorted(cookie)), drop_ports=tuple(sorted(drop)))
         att = synguard.set_config(att, cfg)
     live = synguard.read_ports(att)
     table = att.options.get("nft_table")
     data = {"ifname": att.ifname, "netns": att.netns,
-            "cookie_ports": [p for p, m in sorted(live.items()) if m == synguard.PORT_COOKIE],
-            "drop_ports": [p for p, m in sorted(live.items()) if m == synguard.PORT_DROP],
+            "cookie_ports": [p for p, m in sorted(live.items()) if m == abi.PORT_COOKIE],
+            "drop_ports": [p for p, m in sorted(live.items()) if m == abi.PORT_DROP],
             "synproxy_ports": nft.ports(att.netns, table) if isinstance(table, str) else []}
     if args.json:
         print_json(data)
         return 0
     print_table(["port", "mode"],
-                [[p, "cookie" if m == synguard.PORT_COOKIE else "drop"] for p, m in sorted(live.items())],
+                [[p, "cookie" if m == abi.PORT_COOKIE else "drop"] for p, m in sorted(live.items())],
                 title=f"protected ports on {att.ifname}")
     return 0
 

@@ -42,8 +42,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fastpath.apps.guard import nft
+from fastpath.apps.guard import abi, nft
 from fastpath.apps.guard import synguard as sg
+from fastpath.apps.guard.config import GuardConfig, parse_cidr, plan_defines
 from fastpath.bench import BenchContext, Metric, Scenario, Target, register_scenario
 from fastpath.bench.environment import cpu_busy_ns
 from fastpath.bpf import loader, testrun, xdp
@@ -113,22 +114,22 @@ class SynfloodPacket(Scenario):
         if os.geteuid() != 0:
             raise CapabilityError("loading BPF programs needs root")
         # a cookie answer (SYN-ACK) is another length than the SYN: the tail moves
-        self._progs = [testrun.load_restoring([sg.SPEC.source_path], "sg_process", FRAME_LEN, sg.TUNABLES,
+        self._progs = [testrun.load_restoring([abi.SPEC.source_path], "sg_process", FRAME_LEN, abi.TUNABLES,
                                               moves="tail", noop=noop) for noop in (False, True)]
         self._frames = _frames()
         with self._map("ports") as ports:
-            ports.set(ctypes.c_uint32(_PORT), ctypes.c_uint32(sg.PORT_COOKIE))
-            ports.set(ctypes.c_uint32(_CLOSED), ctypes.c_uint32(sg.PORT_DROP))
+            ports.set(ctypes.c_uint32(_PORT), ctypes.c_uint32(abi.PORT_COOKIE))
+            ports.set(ctypes.c_uint32(_CLOSED), ctypes.c_uint32(abi.PORT_DROP))
         with self._map("acl_v4") as acl:
-            acl.set(sg.lpm_key(sg.parse_cidr("198.51.100.0/24")), ctypes.c_uint32(sg.ACL_DENY))
+            acl.set(abi.lpm_key(parse_cidr("198.51.100.0/24")), ctypes.c_uint32(abi.ACL_DENY))
         # the admitted flow of pass-flow, as a validated cookie ACK would have left it
-        key = sg.SgFlowKey()
-        key.client[:] = sg.mapped_words(sg.parse_cidr("10.0.0.1/32").network_address)
-        key.server[:] = sg.mapped_words(sg.parse_cidr("10.0.0.2/32").network_address)
+        key = abi.SgFlowKey()
+        key.client[:] = abi.mapped_words(parse_cidr("10.0.0.1/32").network_address)
+        key.server[:] = abi.mapped_words(parse_cidr("10.0.0.2/32").network_address)
         key.client_port = int.from_bytes((40002).to_bytes(2, "big"), "little")
         key.server_port = int.from_bytes(_PORT.to_bytes(2, "big"), "little")
         with self._map("flows") as flows:
-            flows.set(key, sg.SgFlow(1))
+            flows.set(key, abi.SgFlow(1))
         for c in self.contenders():
             self._configure(c)
             res = testrun.run_xdp(self._fd(c), self._frame(c), repeat=3)
@@ -140,12 +141,12 @@ class SynfloodPacket(Scenario):
     def _map(self, name: str) -> Any:
         from fastpath.bpf.maps import TypedMap
 
-        key, value = sg.MAP_TYPES[name]
+        key, value = abi.MAP_TYPES[name]
         return TypedMap(os.dup(self._progs[0].map_fd(name)), key, value)
 
     def _configure(self, contender: str) -> None:
         limited = contender == "drop-limited"
-        cfg = sg.GuardConfig(cookie_ports=(_PORT,), drop_ports=(_CLOSED,), syn_rate=1 if limited else 0,
+        cfg = GuardConfig(cookie_ports=(_PORT,), drop_ports=(_CLOSED,), syn_rate=1 if limited else 0,
                              syn_burst=1 if limited else 0, ban_seconds=0)
         with self._map("config") as m:
             m.set(ctypes.c_uint32(0), cfg.to_ctype(True, False))
@@ -247,7 +248,7 @@ class Synflood(Scenario):
         # The attacker never needs what comes back (SYN-ACKs to spoofed addresses): drop it
         # on arrival, so the return path costs every answering defence as little as it can.
         xdp.attach(FLOORS["drop_all"], "eth0", lab.netns("attacker"), "native")
-        self._defines = sg.plan_defines("eth0", lab.netns("server"))
+        self._defines = plan_defines("eth0", lab.netns("server"))
 
     # -- defences ----------------------------------------------------------------------------
 
@@ -256,9 +257,9 @@ class Synflood(Scenario):
         if contender in ("drop_all", "reflect"):
             xdp.attach(FLOORS[contender], "eth0", ns, "native")
         elif contender == "fastpath":
-            sg.attach("eth0", ns, "native", sg.GuardConfig(cookie_ports=(floodlab.SERVICE_PORT,)))
+            sg.attach("eth0", ns, "native", GuardConfig(cookie_ports=(floodlab.SERVICE_PORT,)))
         elif contender == "fastpath-drop":
-            cfg = sg.GuardConfig(cookie_ports=(), drop_ports=(floodlab.SERVICE_PORT,))
+            cfg = GuardConfig(cookie_ports=(), drop_ports=(floodlab.SERVICE_PORT,))
             sg.attach("eth0", ns, "native", cfg)
         elif contender == "syncookies":
             lab.run("server", ["sysctl", "-qw", "net.ipv4.tcp_syncookies=2"])
