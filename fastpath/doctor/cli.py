@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from fastpath.core.args import add_command, add_json_arg
 from fastpath.doctor import dpdk, kernel, net, uring, xdp
 from fastpath.doctor.checks import ROOT, ROOT_FIX, Check, Status, _fail, _needs_root
 from fastpath.doctor.session import DoctorSession, reap_stale_netns
@@ -117,7 +118,7 @@ examples:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_json_arg(parser, "print the report as JSON")
     parser.add_argument(
         "--only",
         action="append",
@@ -130,14 +131,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser(
-        "doctor",
-        help="check every capability fastpath uses",
+    configure_parser(add_command(
+        subparsers, "doctor", help="check every capability fastpath uses",
         description="Probe the kernel, tools and privileges that fastpath's data planes need.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    configure_parser(parser)
+        epilog=EPILOG))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fastpath.core.args import add_actions, add_command, add_json_arg
 from fastpath.dpdk import build, devbind, eal, hugepages, hugepools, l2fwd, pci
 from fastpath.dpdk.sysfs import Host
 from fastpath.errors import FastpathError
@@ -40,21 +41,16 @@ stop with Ctrl-C: l2fwd gets SIGINT (then SIGTERM, SIGKILL) and its files are cl
 
 
 def register(subparsers: Any) -> None:
-    dpdk = subparsers.add_parser(
-        "dpdk",
-        help="DPDK: build l2fwd, hugepages, NIC binding, supervised l2fwd runs",
-        description="Build, configure and run fastpath's DPDK l2fwd safely.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    dpdk = add_command(subparsers, "dpdk",
+                       help="DPDK: build l2fwd, hugepages, NIC binding, supervised l2fwd runs",
+                       description="Build, configure and run fastpath's DPDK l2fwd safely.", epilog=EPILOG)
     # Hidden: point every sysfs/procfs access at a fake tree (tests, demos).
     dpdk.add_argument("--root", default="/", help=argparse.SUPPRESS)
-    dpdk.set_defaults(func=lambda _a: _help(dpdk))
-    sub = dpdk.add_subparsers(dest="dpdk_command", metavar="ACTION")
+    sub = add_actions(dpdk, "dpdk_command")
 
     p = sub.add_parser("build", help="compile fastpath-l2fwd (checks DPDK >= 22.11 and PMDs)")
     p.add_argument("--force", action="store_true", help="rebuild even when up to date")
-    p.add_argument("--json", action="store_true", help="print the build record as JSON")
+    add_json_arg(p, "print the build record as JSON")
     p.set_defaults(func=cmd_build)
 
     _register_hugepages(sub)
@@ -63,7 +59,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--all", action="store_true", help="every PCI device, not only NICs")
     p.add_argument("--netns", metavar="NAME",
                    help="also show the interfaces that NICs have in this network namespace")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json_arg(p)
     p.set_defaults(func=cmd_devices)
 
     p = sub.add_parser("bind", help="bind a NIC to vfio-pci or uio_pci_generic, after checks")
@@ -77,7 +73,7 @@ def register(subparsers: Any) -> None:
                    help="allow vfio's unsafe no-IOMMU mode for a device with no IOMMU group")
     p.add_argument("--netns", metavar="NAME",
                    help="DEV is an interface in this network namespace")
-    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    add_json_arg(p, "print the plan as JSON")
     p.set_defaults(func=cmd_bind)
 
     p = sub.add_parser("unbind", help="detach a NIC from its driver (after the same checks)")
@@ -86,19 +82,18 @@ def register(subparsers: Any) -> None:
     p.add_argument("--force", action="store_true")
     p.add_argument("--netns", metavar="NAME",
                    help="DEV is an interface in this network namespace")
-    p.add_argument("--json", action="store_true")
+    add_json_arg(p)
     p.set_defaults(func=cmd_unbind)
 
     p = sub.add_parser("restore", help="return a NIC to the driver it had before fastpath")
     p.add_argument("dev", metavar="DEV")
     p.add_argument("--dry-run", action="store_true")
-    p.add_argument("--json", action="store_true")
+    add_json_arg(p)
     p.set_defaults(func=cmd_restore)
 
     l2 = sub.add_parser("l2fwd", help="run fastpath-l2fwd under supervision",
                         epilog=L2FWD_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    l2.set_defaults(func=lambda _a: _help(l2))
-    l2sub = l2.add_subparsers(dest="l2fwd_command", metavar="ACTION")
+    l2sub = add_actions(l2, "l2fwd_command")
     p = l2sub.add_parser("run", help="start l2fwd, stream stats, stop and clean up",
                          epilog=L2FWD_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--vdev", action="append", default=[], metavar="KIND[:IFACE]",
@@ -123,7 +118,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--netns", help="run l2fwd inside this network namespace")
     p.add_argument("--in-memory", action="store_true",
                    help="hugepages without files (--in-memory) even when a mount exists")
-    p.add_argument("--json", action="store_true", help="one JSON event per line on stdout")
+    add_json_arg(p, "one JSON event per line on stdout")
     p.set_defaults(func=cmd_l2fwd_run)
 
 
@@ -138,17 +133,16 @@ def _register_hugepages(sub: Any) -> None:
             "only pages fastpath reserved."
         ),
     )
-    hp.set_defaults(func=lambda _a: _help(hp))
-    hsub = hp.add_subparsers(dest="hugepages_command", metavar="ACTION")
+    hsub = add_actions(hp, "hugepages_command")
 
     def common(p: argparse.ArgumentParser, node: bool = True) -> None:
         p.add_argument("--pagesize", default=None, help="2M or 1G (default: the kernel's default)")
         if node:
             p.add_argument("--node", type=str, default=None, metavar="N", help="one NUMA node")
-        p.add_argument("--json", action="store_true", help="machine-readable output")
+        add_json_arg(p)
 
     p = hsub.add_parser("show", help="pools (total and per node), free pages, mounts, stale files")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json_arg(p)
     p.set_defaults(func=cmd_hp_show)
     p = hsub.add_parser("reserve", help="raise a pool to hold at least SIZE (512M, 2G, 256pages)")
     p.add_argument("size", metavar="SIZE")
@@ -177,13 +171,8 @@ def _register_hugepages(sub: Any) -> None:
     p.add_argument("--dry-run", action="store_true", help="list what would be removed")
     p.add_argument("--prefix", help="only files of this DPDK --file-prefix")
     p.add_argument("--mount", metavar="PATH", help="only this hugetlbfs mount")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json_arg(p)
     p.set_defaults(func=cmd_hp_clean)
-
-
-def _help(parser: argparse.ArgumentParser) -> int:
-    parser.print_help()
-    return 2
 
 
 def _host(args: argparse.Namespace) -> Host:

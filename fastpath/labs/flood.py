@@ -69,7 +69,8 @@ def load_program(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> loader.L
     return loader.load(SPEC, program_defines(net))
 
 
-def _csum(data: bytes) -> int:
+def checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071) of `data`, ready to store in a header."""
     if len(data) % 2:
         data += b"\0"
     s = sum(struct.unpack(f"!{len(data) // 2}H", data))
@@ -89,7 +90,7 @@ def syn_frame(src_mac: bytes, dst_mac: bytes, src: str, dst: str, dport: int) ->
         return dst_mac + src_mac + b"\x86\xdd" + ip6 + tcp
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0x4000, 64, 6, 0,
                      socket.inet_aton(src), socket.inet_aton(dst))
-    ip = ip[:10] + struct.pack("!H", _csum(ip)) + ip[12:]
+    ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
     return dst_mac + src_mac + b"\x08\x00" + ip + tcp
 
 
@@ -142,11 +143,11 @@ def frame_pool(frame: bytes, net: ipaddress.IPv4Network | ipaddress.IPv6Network,
         if v4:
             f[ip + 4:ip + 6] = rng.randbytes(2)
             f[ip + 10:ip + 12] = b"\0\0"
-            f[ip + 10:ip + 12] = struct.pack("!H", _csum(bytes(f[ip:th])))
+            f[ip + 10:ip + 12] = struct.pack("!H", checksum(bytes(f[ip:th])))
             pseudo = bytes(f[ip + 12:ip + 20]) + struct.pack("!BBH", 0, 6, len(tcp))
         else:
             pseudo = bytes(f[ip + 8:ip + 40]) + struct.pack("!IxxxB", len(tcp), 6)
-        tcp[16:18] = struct.pack("!H", _csum(pseudo + bytes(tcp)))
+        tcp[16:18] = struct.pack("!H", checksum(pseudo + bytes(tcp)))
         f[th:] = tcp
         out += f
     return bytes(out)

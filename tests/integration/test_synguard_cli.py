@@ -239,6 +239,7 @@ BAD_ATTACHED = [
     (["rate", "eth0", "--syn-rate=-5/s"], "bad SYN rate"),
     (["rate", "eth0", "--syn-burst", "x"], "is not a whole number"),
     (["rate", "eth0", "--ban-seconds", "-1"], "--ban-seconds -1 out of range"),
+    (["rate", "eth0", "--ban-after", "4294967296"], "--ban-after 4294967296 out of range"),
 ]
 
 

@@ -3,6 +3,7 @@ values, window-scale rule, nft script, address words, the CLI parser, the flood 
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 
 import pytest
@@ -139,6 +140,26 @@ def test_cli_parser_and_help():
         assert parser.parse_args(argv).func is func
     assert set(cli.STAT_HELP) == set(abi.STAT_NAMES)
     assert "fastpath xdp attach eth0 --ports 80,443" in cli.EPILOG
+
+
+@pytest.mark.parametrize(("option", "text", "msg"), [
+    ("syn_burst", "x", "--syn-burst 'x' is not a whole number"),
+    ("syn_burst", "-3", "--syn-burst -3 out of range"),
+    ("ban_after", "4294967296", "--ban-after 4294967296 out of range"),  # a u32 in the config
+    ("ban_seconds", "1e9", "--ban-seconds 1e9 out of range"),
+    ("ban_seconds", "soon", "--ban-seconds 'soon' is not a number"),
+])
+def test_rate_options_out_of_range_are_one_clear_error(option: str, text: str, msg: str) -> None:
+    given = {"syn_rate": "200/s", "syn_burst": None, "ban_after": None, "ban_seconds": None, option: text}
+    with pytest.raises(FastpathError) as exc:
+        cli._rate_changes(argparse.Namespace(**given), GuardConfig())
+    assert exc.value.message == msg
+
+
+def test_rate_options_within_range_are_taken() -> None:
+    args = argparse.Namespace(syn_rate="200/s", syn_burst="400", ban_after="4294967295", ban_seconds="0.5")
+    cfg = cli._rate_changes(args, GuardConfig())
+    assert (cfg.syn_rate, cfg.syn_burst, cfg.ban_after, cfg.ban_seconds) == (200.0, 400, 4294967295, 0.5)
 
 
 def test_flood_frame_is_a_valid_syn():

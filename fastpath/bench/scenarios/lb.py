@@ -77,23 +77,17 @@ def _frame(dst: str) -> bytes:
     """Ethernet + IPv4 + TCP ACK (no options) + 20 bytes, checksums valid."""
     import struct
 
+    from fastpath.labs.flood import checksum
+
     src = ipaddress.IPv4Address("198.51.100.7").packed
     dsta = ipaddress.IPv4Address(dst).packed
     payload = b"x" * 20
     tcp = struct.pack("!HHIIBBHHH", 40000, 80, 1000, 1, 5 << 4, 0x10, 512, 0, 0) + payload
     ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 1, 0, 64, 6, 0, src, dsta))
 
-    def csum(b: bytes) -> int:
-        if len(b) % 2:
-            b += b"\0"
-        s = sum(struct.unpack(f"!{len(b) // 2}H", b))
-        while s >> 16:
-            s = (s & 0xFFFF) + (s >> 16)
-        return ~s & 0xFFFF
-
-    ip[10:12] = struct.pack("!H", csum(bytes(ip)))
+    ip[10:12] = struct.pack("!H", checksum(bytes(ip)))
     pseudo = src + dsta + struct.pack("!BBH", 0, 6, len(tcp))
-    tcp = tcp[:16] + struct.pack("!H", csum(pseudo + tcp)) + tcp[18:]
+    tcp = tcp[:16] + struct.pack("!H", checksum(pseudo + tcp)) + tcp[18:]
     eth = bytes.fromhex("020000000b01" "020000000c01" "0800")
     return eth + bytes(ip) + tcp
 
