@@ -14,8 +14,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+# The area modules by their own names: `from fastpath.doctor import ...` would go through
+# this package's __init__, which imports this module.
+import fastpath.doctor.dpdk as dpdk
+import fastpath.doctor.kernel as kernel
+import fastpath.doctor.net as net
+import fastpath.doctor.uring as uring
+import fastpath.doctor.xdp as xdp
 from fastpath.core.args import add_command, add_json_arg
-from fastpath.doctor import dpdk, kernel, net, uring, xdp
 from fastpath.doctor.checks import ROOT, ROOT_FIX, Check, Status, _fail, _needs_root
 from fastpath.doctor.session import DoctorSession, reap_stale_netns
 from fastpath.errors import FastpathError
