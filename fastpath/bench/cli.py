@@ -24,6 +24,7 @@ from fastpath.bench.report import make_run_dir, print_human, write_reports
 from fastpath.bench.runner import ProgressEvent, ProgressFn, ScenarioResult, run_scenario
 from fastpath.bench.scenario import Scenario
 from fastpath.bench.stats import describe_target
+from fastpath.core.args import add_command, add_json_arg
 from fastpath.errors import FastpathError
 
 EPILOG = """\
@@ -48,17 +49,12 @@ def _positive_int(text: str) -> int:
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "bench",
-        help="run benchmark scenarios: fastpath and its peers side by side",
-        description=(
-            "Run fastpath and its peers side by side, each measurement repeated with the "
-            "contenders interleaved, and write raw JSON, a Markdown report and PNG plots "
-            "under --out/<timestamp>/ (also reachable as --out/latest)."
-        ),
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(
+        subparsers, "bench", help="run benchmark scenarios: fastpath and its peers side by side",
+        description="Run fastpath and its peers side by side, each measurement repeated with the "
+                    "contenders interleaved, and write raw JSON, a Markdown report and PNG plots "
+                    "under --out/<timestamp>/ (also reachable as --out/latest).",
+        epilog=EPILOG)
     add = p.add_argument
     add("scenarios", nargs="*", metavar="SCENARIO", help="scenarios to run (all if none)")
     add("--list", action="store_true", help="list scenarios with their descriptions")
@@ -71,7 +67,7 @@ def register(subparsers: Any) -> None:
         metavar="DIR",
         help="results directory (default: bench-results)",
     )
-    add("--json", action="store_true", help="print results as JSON on stdout")
+    add_json_arg(p, "print results as JSON on stdout")
     add(
         "--strict",
         action="store_true",

@@ -218,72 +218,20 @@ def run_scenario(
     declared = _check_contenders(scenario)
     env = env if env is not None else environment.capture()
 
-    samples: list[Sample] = []
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f"fastpath-bench-{name}-") as tmp:
         ctx = BenchContext(name, quick, n_repeat, Path(tmp), log=log)
         failure: BaseException | None = None
         try:
-            try:
-                scenario.setup(ctx)
-            except CapabilityError as exc:
-                raise ScenarioUnavailable(
-                    f"scenario {name!r} is unavailable: {exc.message}", fix=exc.fix
-                ) from exc
-            except FastpathError as exc:
-                raise _contextual(exc, f"scenario {name!r} setup") from exc
-            except Exception as exc:
-                raise FastpathError(f"scenario {name!r} setup failed: {type(exc).__name__}: {exc}") from exc
-            unknown = sorted(set(ctx.skipped) - set(declared))
-            if unknown:
-                raise FastpathError(f"scenario {name!r} skipped unknown contenders {unknown}")
-            if scenario.baseline in ctx.skipped:
-                raise ScenarioUnavailable(
-                    f"scenario {name!r} is unavailable: baseline {scenario.baseline!r} "
-                    f"cannot run: {ctx.skipped[scenario.baseline]}"
-                )
-            active = [c for c in declared if c not in ctx.skipped]
-            plan = schedule(active, n_repeat, n_warmup)
-            for seq, (rep, warm, contender) in enumerate(plan):
-                if progress:
-                    progress(ProgressEvent(name, contender, rep, warm, seq, len(plan)))
-                t0 = time.perf_counter()
-                phase = f"warm-up {rep + 1}" if warm else f"repeat {rep + 1}"
-                where = f"scenario {name!r}, {contender} ({phase})"
-                try:
-                    raw = scenario.measure(contender, ctx)
-                except FastpathError as exc:
-                    raise _contextual(exc, where) from exc
-                except Exception as exc:
-                    raise FastpathError(f"{where} failed: {type(exc).__name__}: {exc}") from exc
-                elapsed = time.perf_counter() - t0
-                values = _check_values(scenario, contender, raw)
-                samples.append(Sample(seq, rep, warm, contender, values, elapsed))
-            if progress:
-                progress(ProgressEvent(name, None, n_repeat, False, len(plan), len(plan)))
+            active = _set_up(scenario, ctx, declared)
+            samples = _measure_all(scenario, ctx, schedule(active, n_repeat, n_warmup), progress)
         except BaseException as exc:
             failure = exc
             raise
         finally:
-            try:
-                scenario.teardown(ctx)
-            except Exception as exc:
-                if failure is None:
-                    raise FastpathError(
-                        f"scenario {name!r} teardown failed: {type(exc).__name__}: {exc}"
-                    ) from exc
-                log(f"scenario {name!r} teardown also failed: {type(exc).__name__}: {exc}")
+            _tear_down(scenario, ctx, failure, log)
 
-    measured = [s for s in samples if not s.warmup]
-    summaries: dict[str, dict[str, Summary]] = {}
-    for m in scenario.metrics:
-        summaries[m.name] = {
-            c: summarize([s.values[m.name] for s in measured if s.contender == c]) for c in active
-        }
-    targets = [
-        evaluate_target(t, scenario.metric(t.metric), summaries[t.metric], ctx.skipped)
-        for t in scenario.targets
-    ]
+    summaries, targets = _summarise(scenario, active, samples, ctx.skipped)
     return ScenarioResult(
         name=name,
         description=scenario.description,
@@ -300,3 +248,80 @@ def run_scenario(
         targets=targets,
         duration_s=time.perf_counter() - started,
     )
+
+
+def _set_up(scenario: Scenario, ctx: BenchContext, declared: list[str]) -> list[str]:
+    """Run the scenario's setup; returns the contenders it did not skip. Unavailable when
+    setup lacks a capability or skips the baseline."""
+    name = scenario.name
+    try:
+        scenario.setup(ctx)
+    except CapabilityError as exc:
+        raise ScenarioUnavailable(f"scenario {name!r} is unavailable: {exc.message}", fix=exc.fix) from exc
+    except FastpathError as exc:
+        raise _contextual(exc, f"scenario {name!r} setup") from exc
+    except Exception as exc:
+        raise FastpathError(f"scenario {name!r} setup failed: {type(exc).__name__}: {exc}") from exc
+    unknown = sorted(set(ctx.skipped) - set(declared))
+    if unknown:
+        raise FastpathError(f"scenario {name!r} skipped unknown contenders {unknown}")
+    if scenario.baseline in ctx.skipped:
+        raise ScenarioUnavailable(
+            f"scenario {name!r} is unavailable: baseline {scenario.baseline!r} "
+            f"cannot run: {ctx.skipped[scenario.baseline]}"
+        )
+    return [c for c in declared if c not in ctx.skipped]
+
+
+def _measure_all(scenario: Scenario, ctx: BenchContext, plan: list[tuple[int, bool, str]],
+                 progress: ProgressFn | None) -> list[Sample]:
+    """One measure() per step of `plan` (see `schedule`), each checked and timed."""
+    name = scenario.name
+    samples: list[Sample] = []
+    for seq, (rep, warm, contender) in enumerate(plan):
+        if progress:
+            progress(ProgressEvent(name, contender, rep, warm, seq, len(plan)))
+        t0 = time.perf_counter()
+        phase = f"warm-up {rep + 1}" if warm else f"repeat {rep + 1}"
+        where = f"scenario {name!r}, {contender} ({phase})"
+        try:
+            raw = scenario.measure(contender, ctx)
+        except FastpathError as exc:
+            raise _contextual(exc, where) from exc
+        except Exception as exc:
+            raise FastpathError(f"{where} failed: {type(exc).__name__}: {exc}") from exc
+        elapsed = time.perf_counter() - t0
+        values = _check_values(scenario, contender, raw)
+        samples.append(Sample(seq, rep, warm, contender, values, elapsed))
+    if progress:
+        progress(ProgressEvent(name, None, ctx.repeat, False, len(plan), len(plan)))
+    return samples
+
+
+def _tear_down(scenario: Scenario, ctx: BenchContext, failure: BaseException | None,
+               log: Callable[[str], None]) -> None:
+    """Always run teardown; its own failure is the error only when nothing failed before."""
+    try:
+        scenario.teardown(ctx)
+    except Exception as exc:
+        if failure is None:
+            raise FastpathError(
+                f"scenario {scenario.name!r} teardown failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        log(f"scenario {scenario.name!r} teardown also failed: {type(exc).__name__}: {exc}")
+
+
+def _summarise(scenario: Scenario, active: list[str], samples: list[Sample], skipped: dict[str, str]
+               ) -> tuple[dict[str, dict[str, Summary]], list[TargetResult]]:
+    """Statistics of every metric per contender over the measured (not warm-up) samples,
+    and each target judged on them."""
+    measured = [s for s in samples if not s.warmup]
+    summaries = {
+        m.name: {c: summarize([s.values[m.name] for s in measured if s.contender == c]) for c in active}
+        for m in scenario.metrics
+    }
+    targets = [
+        evaluate_target(t, scenario.metric(t.metric), summaries[t.metric], skipped)
+        for t in scenario.targets
+    ]
+    return summaries, targets

@@ -270,16 +270,20 @@ def obj_get(path: str) -> int:
 
 # -- map elements --------------------------------------------------------------------------
 
-def map_lookup(fd: int, key: ctypes.Array[ctypes.c_char], value: ctypes.Array[ctypes.c_char]) -> bool:
-    """Fill `value` with the element at `key`; False when there is none."""
-    attr = _MapElemAttr(map_fd=fd, key=_addr(key), value=_addr(value))
+def _found(cmd: int, attr: ctypes.Structure, what: str) -> bool:
+    """`_call`, answering False where the kernel says there is no such element (ENOENT)."""
     try:
-        _call(MAP_LOOKUP_ELEM, attr, "map lookup")
+        _call(cmd, attr, what)
     except BpfError as exc:
         if exc.errno == errno.ENOENT:
             return False
         raise
     return True
+
+
+def map_lookup(fd: int, key: ctypes.Array[ctypes.c_char], value: ctypes.Array[ctypes.c_char]) -> bool:
+    """Fill `value` with the element at `key`; False when there is none."""
+    return _found(MAP_LOOKUP_ELEM, _MapElemAttr(map_fd=fd, key=_addr(key), value=_addr(value)), "map lookup")
 
 
 def map_update(
@@ -301,27 +305,15 @@ def map_update_batch(fd: int, keys: int, values: int, count: int) -> tuple[int, 
 
 def map_delete(fd: int, key: ctypes.Array[ctypes.c_char]) -> bool:
     """Delete `key`; False when it was not there."""
-    try:
-        _call(MAP_DELETE_ELEM, _MapElemAttr(map_fd=fd, key=_addr(key)), "map delete")
-    except BpfError as exc:
-        if exc.errno == errno.ENOENT:
-            return False
-        raise
-    return True
+    return _found(MAP_DELETE_ELEM, _MapElemAttr(map_fd=fd, key=_addr(key)), "map delete")
 
 
 def map_next_key(
     fd: int, key: ctypes.Array[ctypes.c_char] | None, next_key: ctypes.Array[ctypes.c_char]
 ) -> bool:
     """Fill `next_key` with the key after `key` (the first key when `key` is None)."""
-    attr = _MapElemAttr(map_fd=fd, key=_addr(key), next_key=_addr(next_key))
-    try:
-        _call(MAP_GET_NEXT_KEY, attr, "map next key")
-    except BpfError as exc:
-        if exc.errno == errno.ENOENT:
-            return False
-        raise
-    return True
+    return _found(MAP_GET_NEXT_KEY, _MapElemAttr(map_fd=fd, key=_addr(key), next_key=_addr(next_key)),
+                  "map next key")
 
 
 # -- object info ---------------------------------------------------------------------------

@@ -1,8 +1,10 @@
-"""Command-line pieces every command shares: ports, and the interface + namespace pair."""
+"""Command-line pieces every command shares: the shape of a `fastpath NAME` command and of
+its ACTION sub-commands, ports, the interface + namespace pair, --json and --watch."""
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from fastpath.errors import FastpathError
 
@@ -33,3 +35,32 @@ def add_iface_args(parser: argparse.ArgumentParser, netns_help: str = "network n
                    "(ip netns)") -> None:
     parser.add_argument("iface", metavar="IFACE", help="interface name")
     parser.add_argument("--netns", metavar="NAME", help=netns_help)
+
+
+def add_json_arg(parser: argparse.ArgumentParser, help: str = "machine-readable output") -> None:
+    parser.add_argument("--json", action="store_true", help=help)
+
+
+def add_watch_arg(parser: argparse.ArgumentParser, help: str = "redraw every SECS seconds") -> None:
+    """--watch [SECS] (1 s when given bare), for fastpath.core.watch.watch."""
+    parser.add_argument("--watch", type=float, nargs="?", const=1.0, metavar="SECS", help=help)
+
+
+def add_command(subparsers: Any, name: str, *, help: str, description: str | None = None,
+                epilog: str | None = None) -> argparse.ArgumentParser:
+    """`fastpath NAME`: its epilog of example invocations keeps its line breaks."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        name, help=help, description=description, epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    return parser
+
+
+def add_actions(parser: argparse.ArgumentParser, dest: str, metavar: str = "ACTION") -> Any:
+    """The sub-commands of a command group; the group given alone prints its help (exit 2)."""
+
+    def show_help(_args: argparse.Namespace) -> int:
+        parser.print_help()
+        return 2
+
+    parser.set_defaults(func=show_help)
+    return parser.add_subparsers(dest=dest, metavar=metavar)

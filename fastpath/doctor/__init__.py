@@ -10,7 +10,8 @@ fake tree. Probes that need kernel objects share one `DoctorSession`, which comp
 probe BPF programs once and creates at most one scratch namespace; closing the session
 removes every namespace, link, program and table it made, also when a probe failed.
 
-One module per area: `checks` (the row type and shared readers), `session` (scratch
+One module per area: `checks` (the row type, kernel facts several probes need, the tool
+runner; probes read /proc and /sys through `fastpath.dpdk.sysfs.Host`), `session` (scratch
 namespaces and the probe program, bpf/doctor_probe.c), `kernel` (privileges, kernel, bpffs,
 memlock, BTF, headers, bcc), `xdp`, `uring` (io_uring and liburing), `dpdk` (hugepages,
 VFIO, NICs, DPDK and its PMDs), `net` (tunnels, IPVS, SYNPROXY) and `cli` (the registry,

@@ -1,5 +1,6 @@
-"""What every doctor probe shares: the `Check` row and its `Status`, small readers of /proc
-and /sys under a `root` directory (so tests point probes at a fake tree), the runner for
+"""What every doctor probe shares: the `Check` row and its `Status`, the kernel release and
+module support under a `root` directory (probes read /proc and /sys through a
+`fastpath.dpdk.sysfs.Host` on that root, so tests point them at a fake tree), the runner for
 external tools (`_run`, `_pkg_config`) and the wording of fixes.
 
 It probes nothing itself; kernel, session, xdp, uring, dpdk and net do, cli runs them.
@@ -16,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+
+from fastpath.dpdk.sysfs import Host
 
 ROOT = Path("/")
 SETUP_HOST = "scripts/setup-host.sh"
@@ -74,40 +77,11 @@ def _fail(name: str, detail: str, fix: str, **data: Any) -> Check:
 
 
 # ---------------------------------------------------------------------------------------
-# Small readers shared by the /proc and /sys probes
-
-
-def _under(root: Path, path: str) -> Path:
-    return root / path.lstrip("/")
-
-
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return None
-
-
-def _read_int(path: Path) -> int | None:
-    text = _read(path)
-    try:
-        return int(text, 0) if text is not None else None
-    except ValueError:
-        return None
-
-
-def _mounts(root: Path) -> list[tuple[str, str, str, str]]:
-    """(source, mountpoint, fstype, options) from root/proc/mounts."""
-    rows = []
-    for line in (_read(_under(root, "/proc/mounts")) or "").splitlines():
-        parts = line.split()
-        if len(parts) >= 4:
-            rows.append((parts[0], parts[1].replace("\\040", " "), parts[2], parts[3]))
-    return rows
+# Facts about the kernel under `root` that several probes need
 
 
 def _kernel_release(root: Path) -> str:
-    return _read(_under(root, "/proc/sys/kernel/osrelease")) or platform.release()
+    return Host(root).read_or("/proc/sys/kernel/osrelease", "") or platform.release()
 
 
 def parse_kernel_version(release: str) -> tuple[int, int, int]:
@@ -119,7 +93,7 @@ def parse_kernel_version(release: str) -> tuple[int, int, int]:
 
 
 def _has_module_support(root: Path) -> bool:
-    return _under(root, "/proc/modules").exists()
+    return Host(root).exists("/proc/modules")
 
 
 def _kernel_feature_fix(root: Path, *features: tuple[str, str]) -> str:

@@ -14,34 +14,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+# The area modules by their own names: `from fastpath.doctor import ...` would go through
+# this package's __init__, which imports this module.
+import fastpath.doctor.dpdk as dpdk
+import fastpath.doctor.kernel as kernel
+import fastpath.doctor.net as net
+import fastpath.doctor.uring as uring
+import fastpath.doctor.xdp as xdp
+from fastpath.core.args import add_command, add_json_arg
 from fastpath.doctor.checks import ROOT, ROOT_FIX, Check, Status, _fail, _needs_root
-from fastpath.doctor.dpdk import probe_dpdk, probe_dpdk_pmds, probe_hugepages, probe_pci_nics, probe_vfio
-from fastpath.doctor.kernel import (
-    probe_bcc,
-    probe_bpf_memlock,
-    probe_bpffs,
-    probe_btf,
-    probe_kernel,
-    probe_kernel_headers,
-    probe_privileges,
-)
-from fastpath.doctor.net import probe_ipvs, probe_synproxy, probe_tunnels
 from fastpath.doctor.session import DoctorSession, reap_stale_netns
-from fastpath.doctor.uring import (
-    probe_io_uring,
-    probe_io_uring_multishot,
-    probe_io_uring_opcodes,
-    probe_liburing,
-)
-from fastpath.doctor.xdp import (
-    probe_live_frames,
-    probe_syncookie_helpers,
-    probe_veth_peers,
-    probe_xdp_generic,
-    probe_xdp_link,
-    probe_xdp_native,
-    probe_xdp_test_run,
-)
 from fastpath.errors import FastpathError
 
 # ---------------------------------------------------------------------------------------
@@ -50,32 +32,32 @@ from fastpath.errors import FastpathError
 Probe = Callable[[DoctorSession], Check]
 
 PROBES: dict[str, Probe] = {
-    "privileges": lambda s: probe_privileges(s.root),
-    "kernel": lambda s: probe_kernel(s.root),
-    "bpffs": lambda s: probe_bpffs(s.root),
-    "bpf-memlock": lambda s: probe_bpf_memlock(s.root),
-    "btf": lambda s: probe_btf(s.root),
-    "kernel-headers": lambda s: probe_kernel_headers(s.root),
-    "bcc": probe_bcc,
-    "xdp-native": probe_xdp_native,
-    "xdp-generic": probe_xdp_generic,
-    "xdp-link": probe_xdp_link,
-    "xdp-test-run": probe_xdp_test_run,
-    "xdp-live-frames": lambda s: probe_live_frames(),
-    "veth-peer-programs": lambda s: probe_veth_peers(),
-    "syncookie-helpers": probe_syncookie_helpers,
-    "io-uring": lambda s: probe_io_uring(s.root),
-    "io-uring-opcodes": lambda s: probe_io_uring_opcodes(),
-    "io-uring-multishot": lambda s: probe_io_uring_multishot(s.root),
-    "liburing": lambda s: probe_liburing(),
-    "hugepages": lambda s: probe_hugepages(s.root),
-    "vfio": lambda s: probe_vfio(s.root),
-    "pci-nics": lambda s: probe_pci_nics(s.root),
-    "dpdk": lambda s: probe_dpdk(),
-    "dpdk-pmds": lambda s: probe_dpdk_pmds(),
-    "ipip-gre": lambda s: probe_tunnels(s, s.root),
-    "ipvs": lambda s: probe_ipvs(s.root),
-    "synproxy": probe_synproxy,
+    "privileges": lambda s: kernel.probe_privileges(s.root),
+    "kernel": lambda s: kernel.probe_kernel(s.root),
+    "bpffs": lambda s: kernel.probe_bpffs(s.root),
+    "bpf-memlock": lambda s: kernel.probe_bpf_memlock(s.root),
+    "btf": lambda s: kernel.probe_btf(s.root),
+    "kernel-headers": lambda s: kernel.probe_kernel_headers(s.root),
+    "bcc": kernel.probe_bcc,
+    "xdp-native": xdp.probe_xdp_native,
+    "xdp-generic": xdp.probe_xdp_generic,
+    "xdp-link": xdp.probe_xdp_link,
+    "xdp-test-run": xdp.probe_xdp_test_run,
+    "xdp-live-frames": lambda s: xdp.probe_live_frames(),
+    "veth-peer-programs": lambda s: xdp.probe_veth_peers(),
+    "syncookie-helpers": xdp.probe_syncookie_helpers,
+    "io-uring": lambda s: uring.probe_io_uring(s.root),
+    "io-uring-opcodes": lambda s: uring.probe_io_uring_opcodes(),
+    "io-uring-multishot": lambda s: uring.probe_io_uring_multishot(s.root),
+    "liburing": lambda s: uring.probe_liburing(),
+    "hugepages": lambda s: dpdk.probe_hugepages(s.root),
+    "vfio": lambda s: dpdk.probe_vfio(s.root),
+    "pci-nics": lambda s: dpdk.probe_pci_nics(s.root),
+    "dpdk": lambda s: dpdk.probe_dpdk(),
+    "dpdk-pmds": lambda s: dpdk.probe_dpdk_pmds(),
+    "ipip-gre": lambda s: net.probe_tunnels(s, s.root),
+    "ipvs": lambda s: net.probe_ipvs(s.root),
+    "synproxy": net.probe_synproxy,
 }
 
 
@@ -142,7 +124,7 @@ examples:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_json_arg(parser, "print the report as JSON")
     parser.add_argument(
         "--only",
         action="append",
@@ -155,14 +137,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser(
-        "doctor",
-        help="check every capability fastpath uses",
+    configure_parser(add_command(
+        subparsers, "doctor", help="check every capability fastpath uses",
         description="Probe the kernel, tools and privileges that fastpath's data planes need.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    configure_parser(parser)
+        epilog=EPILOG))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,8 +8,6 @@ on fake trees.
 
 from __future__ import annotations
 
-import glob
-import os
 import re
 import shutil
 from pathlib import Path
@@ -22,34 +20,32 @@ from fastpath.doctor.checks import (
     _fail,
     _has_module_support,
     _kernel_feature_fix,
-    _mounts,
     _ok,
     _pkg_config,
-    _read,
-    _read_int,
-    _under,
     _version_tuple,
     _warn,
 )
+from fastpath.dpdk import devbind, hugepools, pci
+from fastpath.dpdk.sysfs import Host
 
 
 def read_hugepages(root: Path = ROOT) -> dict[str, Any]:
     """Hugepage pools per size, system-wide and per NUMA node, plus hugetlbfs mounts."""
+    host = Host(root)
 
-    def pools(base: Path) -> dict[str, dict[str, int | None]]:
+    def pools(node: int | None) -> dict[str, dict[str, int | None]]:
         out = {}
-        for d in sorted(base.glob("hugepages-*kB")):
-            out[d.name.removeprefix("hugepages-")] = {
-                "total": _read_int(d / "nr_hugepages"),
-                "free": _read_int(d / "free_hugepages"),
+        for kb in hugepools.page_sizes(host, node):
+            base = hugepools.pool_dir(kb, node)
+            out[f"{kb}kB"] = {
+                "total": host.read_int_or(f"{base}/nr_hugepages", None),
+                "free": host.read_int_or(f"{base}/free_hugepages", None),
             }
         return out
 
-    nodes = {}
-    for node in sorted(_under(root, "/sys/devices/system/node").glob("node[0-9]*")):
-        nodes[node.name] = pools(node / "hugepages")
-    mounts = [{"path": m[1], "options": m[3]} for m in _mounts(root) if m[2] == "hugetlbfs"]
-    return {"sizes": pools(_under(root, "/sys/kernel/mm/hugepages")), "nodes": nodes, "hugetlbfs": mounts}
+    nodes = {f"node{n}": pools(n) for n in hugepools.nodes(host)}
+    mounts = [{"path": m.path, "options": m.options} for m in host.mounts() if m.fstype == "hugetlbfs"]
+    return {"sizes": pools(None), "nodes": nodes, "hugetlbfs": mounts}
 
 
 def probe_hugepages(root: Path = ROOT) -> Check:
@@ -91,16 +87,15 @@ def probe_hugepages(root: Path = ROOT) -> Check:
 
 
 def read_vfio(root: Path = ROOT) -> dict[str, Any]:
-    groups = _under(root, "/sys/kernel/iommu_groups")
-    drivers = _under(root, "/sys/bus/pci/drivers")
-    dev_vfio = _under(root, "/dev/vfio")
-    noiommu = _read(_under(root, "/sys/module/vfio/parameters/enable_unsafe_noiommu_mode"))
+    host = Host(root)
+    drivers = "/sys/bus/pci/drivers"
+    noiommu = host.read_or(devbind.NOIOMMU_PARAM, None)
     return {
-        "iommu_groups": len(list(groups.iterdir())) if groups.is_dir() else 0,
-        "dev_vfio": sorted(p.name for p in dev_vfio.iterdir()) if dev_vfio.is_dir() else None,
-        "vfio_pci": (drivers / "vfio-pci").is_dir(),
-        "uio_pci_generic": (drivers / "uio_pci_generic").is_dir(),
-        "igb_uio": (drivers / "igb_uio").is_dir(),
+        "iommu_groups": len(host.listdir("/sys/kernel/iommu_groups")),
+        "dev_vfio": host.listdir("/dev/vfio") if host.path("/dev/vfio").is_dir() else None,
+        "vfio_pci": host.path(f"{drivers}/vfio-pci").is_dir(),
+        "uio_pci_generic": host.path(f"{drivers}/uio_pci_generic").is_dir(),
+        "igb_uio": host.path(f"{drivers}/igb_uio").is_dir(),
         "noiommu_mode": noiommu in ("Y", "1"),
         "module_support": _has_module_support(root),
     }
@@ -139,13 +134,13 @@ def probe_vfio(root: Path = ROOT) -> Check:
     )
 
 
-def _default_route_ifaces(root: Path) -> set[str]:
+def _default_route_ifaces(host: Host) -> set[str]:
     ifaces = set()
-    for line in (_read(_under(root, "/proc/net/route")) or "").splitlines()[1:]:
+    for line in host.read_or("/proc/net/route", "").splitlines()[1:]:
         parts = line.split()
-        if len(parts) > 2 and parts[1] == "00000000" and parts[7] == "00000000":
+        if len(parts) > 7 and parts[1] == "00000000" and parts[7] == "00000000":
             ifaces.add(parts[0])
-    for line in (_read(_under(root, "/proc/net/ipv6_route")) or "").splitlines():
+    for line in host.read_or("/proc/net/ipv6_route", "").splitlines():
         parts = line.split()
         if len(parts) == 10 and parts[0] == "0" * 32 and parts[1] == "00" and parts[9] != "lo":
             ifaces.add(parts[9])
@@ -154,29 +149,20 @@ def _default_route_ifaces(root: Path) -> set[str]:
 
 def read_pci_nics(root: Path = ROOT) -> list[dict[str, Any]]:
     """PCI functions of class 0x02 (network controller) with driver and kernel interfaces."""
-    defaults = _default_route_ifaces(root)
-    nics = []
-    for dev in sorted(_under(root, "/sys/bus/pci/devices").glob("*")):
-        cls = _read(dev / "class") or ""
-        if not cls.lower().startswith("0x02"):
-            continue
-        driver = dev / "driver"
-        netdevs = sorted(
-            {Path(p).name for p in glob.glob(str(dev / "net" / "*"))}
-            | {Path(p).name for p in glob.glob(str(dev / "*" / "net" / "*"))}
-        )
-        nics.append(
-            {
-                "address": dev.name,
-                "class": cls,
-                "vendor": _read(dev / "vendor"),
-                "device": _read(dev / "device"),
-                "driver": Path(os.readlink(driver)).name if driver.is_symlink() else None,
-                "netdevs": netdevs,
-                "default_route": any(n in defaults for n in netdevs),
-            }
-        )
-    return nics
+    host = Host(root)
+    defaults = _default_route_ifaces(host)
+    return [
+        {
+            "address": dev.address,
+            "class": f"0x{dev.class_code}",
+            "vendor": f"0x{dev.vendor}",
+            "device": f"0x{dev.device}",
+            "driver": dev.driver,
+            "netdevs": sorted(dev.interface_names),
+            "default_route": any(n in defaults for n in dev.interface_names),
+        }
+        for dev in pci.list_devices(host)
+    ]
 
 
 def probe_pci_nics(root: Path = ROOT) -> Check:

@@ -25,15 +25,13 @@ from fastpath.doctor.checks import (
     Check,
     _fail,
     _kernel_release,
-    _mounts,
     _needs_root,
     _ok,
-    _read,
-    _under,
     _warn,
     parse_kernel_version,
 )
 from fastpath.doctor.session import NETNS_PREFIX, DoctorSession, _maybe_session
+from fastpath.dpdk.sysfs import Host
 
 CAPS = {
     "CAP_NET_ADMIN": 12,
@@ -57,7 +55,7 @@ def parse_capabilities(status_text: str) -> tuple[int, dict[str, bool]]:
 
 def probe_privileges(root: Path = ROOT) -> Check:
     name = "privileges"
-    status_text = _read(_under(root, "/proc/self/status"))
+    status_text = Host(root).read_or("/proc/self/status", None)
     if status_text is None:
         return _fail(name, "cannot read /proc/self/status", "mount /proc")
     mask, caps = parse_capabilities(status_text)
@@ -111,14 +109,15 @@ def probe_bpffs(root: Path = ROOT) -> Check:
     name = "bpffs"
     mountpoint = "/sys/fs/bpf"
     fix = f"mount -t bpf bpf {mountpoint} (or run {SETUP_HOST})"
-    mounted = [m for m in _mounts(root) if m[1] == mountpoint and m[2] == "bpf"]
+    host = Host(root)
+    mounted = [m for m in host.mounts() if m.path == mountpoint and m.fstype == "bpf"]
     if not mounted:
-        others = [m[2] for m in _mounts(root) if m[1] == mountpoint]
+        others = [m.fstype for m in host.mounts() if m.path == mountpoint]
         what = f"{mountpoint} is {others[-1]}" if others else f"nothing mounted at {mountpoint}"
         return _fail(name, f"{what}: pinned maps and programs need bpffs", fix, mounted=False)
     # Pinning needs a writable bpffs; prove it with a throw-away directory (bpffs refuses
     # names containing a dot, so no hidden name).
-    probe_dir = _under(root, mountpoint) / f"{NETNS_PREFIX}-{os.getpid()}-{secrets.token_hex(3)}"
+    probe_dir = host.path(mountpoint) / f"{NETNS_PREFIX}-{os.getpid()}-{secrets.token_hex(3)}"
     try:
         probe_dir.mkdir()
         probe_dir.rmdir()
@@ -130,7 +129,8 @@ def probe_bpffs(root: Path = ROOT) -> Check:
             mounted=True,
             writable=False,
         )
-    return _ok(name, f"bpf at {mountpoint}, writable", mounted=True, writable=True, options=mounted[-1][3])
+    options = mounted[-1].options
+    return _ok(name, f"bpf at {mountpoint}, writable", mounted=True, writable=True, options=options)
 
 
 # Linux 5.11 charges BPF maps and programs to the memory cgroup instead of RLIMIT_MEMLOCK.
@@ -155,7 +155,7 @@ def probe_bpf_memlock(
     name = "bpf-memlock"
     release = release or _kernel_release(root)
     soft, hard = rlimit or resource.getrlimit(resource.RLIMIT_MEMLOCK)
-    status_text = _read(_under(root, "/proc/self/status"))
+    status_text = Host(root).read_or("/proc/self/status", None)
     cap = parse_capabilities(status_text)[1]["CAP_SYS_RESOURCE"] if status_text else None
     version = parse_kernel_version(release)
     memcg = version[:2] >= MEMCG_BPF_KERNEL
@@ -193,7 +193,7 @@ BTF_MAGIC = 0xEB9F
 
 def probe_btf(root: Path = ROOT) -> Check:
     name = "btf"
-    path = _under(root, "/sys/kernel/btf/vmlinux")
+    path = Host(root).path("/sys/kernel/btf/vmlinux")
     fix = "boot a kernel built with CONFIG_DEBUG_INFO_BTF=y"
     try:
         with path.open("rb") as fh:
@@ -215,24 +215,26 @@ def probe_btf(root: Path = ROOT) -> Check:
 
 def _resolve_in_root(root: Path, path: str, hops: int = 16) -> tuple[Path, list[str]]:
     """Follow symlinks the way the kernel would if `root` were /; returns the chain too."""
-    current = _under(root, path)
+    host = Host(root)
+    current = host.path(path)
     chain: list[str] = []
     for _ in range(hops):
         if not current.is_symlink():
             return current, chain
         target = os.readlink(current)
         chain.append(target)
-        current = _under(root, target) if target.startswith("/") else current.parent / target
+        current = host.path(target) if target.startswith("/") else current.parent / target
     return current, chain
 
 
 def _headers_release(build: Path) -> str | None:
-    uts = _read(build / "include/generated/utsrelease.h")
+    tree = Host(build)
+    uts = tree.read_or("include/generated/utsrelease.h", None)
     if uts:
         match = re.search(r'UTS_RELEASE\s+"([^"]+)"', uts)
         if match:
             return match[1]
-    return _read(build / "include/config/kernel.release")
+    return tree.read_or("include/config/kernel.release", None)
 
 
 def probe_kernel_headers(root: Path = ROOT) -> Check:
@@ -246,7 +248,7 @@ def probe_kernel_headers(root: Path = ROOT) -> Check:
         "install the headers of the running kernel"
     )
     if not (build / "Makefile").exists() and not (build / "include").is_dir():
-        if _under(root, "/sys/kernel/kheaders.tar.xz").exists():
+        if Host(root).exists("/sys/kernel/kheaders.tar.xz"):
             return _ok(
                 name, f"{build_path} missing; bcc uses /sys/kernel/kheaders.tar.xz", kheaders=True, **data
             )

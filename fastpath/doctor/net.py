@@ -18,10 +18,10 @@ from fastpath.doctor.checks import (
     _last_lines,
     _ok,
     _run,
-    _under,
     _warn,
 )
 from fastpath.doctor.session import DoctorSession, _maybe_session
+from fastpath.dpdk.sysfs import Host
 
 
 def probe_tunnels(session: DoctorSession | None = None, root: Path = ROOT) -> Check:
@@ -60,7 +60,7 @@ def probe_tunnels(session: DoctorSession | None = None, root: Path = ROOT) -> Ch
 
 def probe_ipvs(root: Path = ROOT) -> Check:
     name = "ipvs"
-    present = _under(root, "/proc/net/ip_vs").exists()
+    present = Host(root).exists("/proc/net/ip_vs")
     if present:
         return _ok(name, "IPVS present (/proc/net/ip_vs)", present=True)
     return _warn(

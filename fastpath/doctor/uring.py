@@ -21,12 +21,11 @@ from fastpath.doctor.checks import (
     _kernel_release,
     _ok,
     _pkg_config,
-    _read_int,
-    _under,
     _version_tuple,
     _warn,
     parse_kernel_version,
 )
+from fastpath.dpdk.sysfs import Host
 from fastpath.uring.abi import ECHO_OPCODES, FEATURES, OP, OPCODES
 from fastpath.uring.rawring import RawRing, multishot_round_trip
 
@@ -37,7 +36,7 @@ def _op_name(op: int) -> str:
 
 def probe_io_uring(root: Path = ROOT) -> Check:
     name = "io-uring"
-    disabled = _read_int(_under(root, "/proc/sys/kernel/io_uring_disabled"))
+    disabled = Host(root).read_int_or("/proc/sys/kernel/io_uring_disabled", None)
     data: dict[str, Any] = {"io_uring_disabled": disabled}
     if disabled == 2:
         return _fail(

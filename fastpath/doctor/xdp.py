@@ -11,7 +11,7 @@ import socket
 import struct
 from typing import Any
 
-from fastpath.bpf import syscall
+from fastpath.bpf import syscall, testrun
 from fastpath.core.namespaces import netns_context
 from fastpath.doctor.checks import ROOT_FIX, Check, _fail, _ok, _warn
 from fastpath.doctor.session import (
@@ -180,15 +180,13 @@ LIVE_FRAMES_FIX = (
 
 def probe_live_frames() -> Check:
     name = "xdp-live-frames"
-    from fastpath.labs import flood
-
-    refused = flood.live_frames_refused()
-    missing = flood.packet_engine_missing()
-    forced = os.environ.get(flood.ENGINE_ENV)
+    refused = testrun.live_frames_refused()
+    missing = testrun.packet_engine_missing()
+    forced = os.environ.get(testrun.ENGINE_ENV)
     data: dict[str, Any] = {"live_frames_refused": refused, "packet_engine_missing": missing}
     live = "live frames work" if refused is None else f"live frames refused ({refused})"
     try:
-        choice = flood.choose_engine()
+        choice = testrun.choose_engine()
     except FastpathError as exc:
         data["engine"] = None
         if refused is not None and missing is not None:
@@ -197,14 +195,14 @@ def probe_live_frames() -> Check:
         # Only the engine named by the environment cannot run: auto would pick the other one.
         return _warn(
             name,
-            f"{live}; {flood.ENGINE_ENV}={forced}: {exc.message}",
-            f"unset {flood.ENGINE_ENV} so that auto picks the engine that runs here",
+            f"{live}; {testrun.ENGINE_ENV}={forced}: {exc.message}",
+            f"unset {testrun.ENGINE_ENV} so that auto picks the engine that runs here",
             **data,
         )
     data["engine"] = choice.engine
     engine = "live" if choice.engine == "live" else "packet (AF_PACKET, sendmmsg)"
     if forced:
-        engine += f" ({flood.ENGINE_ENV}={forced})"
+        engine += f" ({testrun.ENGINE_ENV}={forced})"
     if refused is not None:
         fix = ROOT_FIX if os.geteuid() != 0 else LIVE_FRAMES_FIX
         return _warn(name, f"{live}; flood engine: {engine}", fix, **data)

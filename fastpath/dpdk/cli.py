@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fastpath.dpdk import build, devbind, eal, hugepages, l2fwd
+from fastpath.core.args import add_actions, add_command, add_json_arg
+from fastpath.dpdk import build, devbind, eal, hugepages, hugepools, l2fwd, pci
 from fastpath.dpdk.sysfs import Host
 from fastpath.errors import FastpathError
 from fastpath.output import info, print_json, print_table
@@ -40,21 +41,16 @@ stop with Ctrl-C: l2fwd gets SIGINT (then SIGTERM, SIGKILL) and its files are cl
 
 
 def register(subparsers: Any) -> None:
-    dpdk = subparsers.add_parser(
-        "dpdk",
-        help="DPDK: build l2fwd, hugepages, NIC binding, supervised l2fwd runs",
-        description="Build, configure and run fastpath's DPDK l2fwd safely.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    dpdk = add_command(subparsers, "dpdk",
+                       help="DPDK: build l2fwd, hugepages, NIC binding, supervised l2fwd runs",
+                       description="Build, configure and run fastpath's DPDK l2fwd safely.", epilog=EPILOG)
     # Hidden: point every sysfs/procfs access at a fake tree (tests, demos).
     dpdk.add_argument("--root", default="/", help=argparse.SUPPRESS)
-    dpdk.set_defaults(func=lambda _a: _help(dpdk))
-    sub = dpdk.add_subparsers(dest="dpdk_command", metavar="ACTION")
+    sub = add_actions(dpdk, "dpdk_command")
 
     p = sub.add_parser("build", help="compile fastpath-l2fwd (checks DPDK >= 22.11 and PMDs)")
     p.add_argument("--force", action="store_true", help="rebuild even when up to date")
-    p.add_argument("--json", action="store_true", help="print the build record as JSON")
+    add_json_arg(p, "print the build record as JSON")
     p.set_defaults(func=cmd_build)
 
     _register_hugepages(sub)
@@ -63,7 +59,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--all", action="store_true", help="every PCI device, not only NICs")
     p.add_argument("--netns", metavar="NAME",
                    help="also show the interfaces that NICs have in this network namespace")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json_arg(p)
     p.set_defaults(func=cmd_devices)
 
     p = sub.add_parser("bind", help="bind a NIC to vfio-pci or uio_pci_generic, after checks")
@@ -77,7 +73,7 @@ def register(subparsers: Any) -> None:
                    help="allow vfio's unsafe no-IOMMU mode for a device with no IOMMU group")
     p.add_argument("--netns", metavar="NAME",
                    help="DEV is an interface in this network namespace")
-    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    add_json_arg(p, "print the plan as JSON")
     p.set_defaults(func=cmd_bind)
 
     p = sub.add_parser("unbind", help="detach a NIC from its driver (after the same checks)")
@@ -86,19 +82,18 @@ def register(subparsers: Any) -> None:
     p.add_argument("--force", action="store_true")
     p.add_argument("--netns", metavar="NAME",
                    help="DEV is an interface in this network namespace")
-    p.add_argument("--json", action="store_true")
+    add_json_arg(p)
     p.set_defaults(func=cmd_unbind)
 
     p = sub.add_parser("restore", help="return a NIC to the driver it had before fastpath")
     p.add_argument("dev", metavar="DEV")
     p.add_argument("--dry-run", action="store_true")
-    p.add_argument("--json", action="store_true")
+    add_json_arg(p)
     p.set_defaults(func=cmd_restore)
 
     l2 = sub.add_parser("l2fwd", help="run fastpath-l2fwd under supervision",
                         epilog=L2FWD_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    l2.set_defaults(func=lambda _a: _help(l2))
-    l2sub = l2.add_subparsers(dest="l2fwd_command", metavar="ACTION")
+    l2sub = add_actions(l2, "l2fwd_command")
     p = l2sub.add_parser("run", help="start l2fwd, stream stats, stop and clean up",
                          epilog=L2FWD_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--vdev", action="append", default=[], metavar="KIND[:IFACE]",
@@ -123,7 +118,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--netns", help="run l2fwd inside this network namespace")
     p.add_argument("--in-memory", action="store_true",
                    help="hugepages without files (--in-memory) even when a mount exists")
-    p.add_argument("--json", action="store_true", help="one JSON event per line on stdout")
+    add_json_arg(p, "one JSON event per line on stdout")
     p.set_defaults(func=cmd_l2fwd_run)
 
 
@@ -138,17 +133,16 @@ def _register_hugepages(sub: Any) -> None:
             "only pages fastpath reserved."
         ),
     )
-    hp.set_defaults(func=lambda _a: _help(hp))
-    hsub = hp.add_subparsers(dest="hugepages_command", metavar="ACTION")
+    hsub = add_actions(hp, "hugepages_command")
 
     def common(p: argparse.ArgumentParser, node: bool = True) -> None:
         p.add_argument("--pagesize", default=None, help="2M or 1G (default: the kernel's default)")
         if node:
             p.add_argument("--node", type=str, default=None, metavar="N", help="one NUMA node")
-        p.add_argument("--json", action="store_true", help="machine-readable output")
+        add_json_arg(p)
 
     p = hsub.add_parser("show", help="pools (total and per node), free pages, mounts, stale files")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json_arg(p)
     p.set_defaults(func=cmd_hp_show)
     p = hsub.add_parser("reserve", help="raise a pool to hold at least SIZE (512M, 2G, 256pages)")
     p.add_argument("size", metavar="SIZE")
@@ -177,25 +171,20 @@ def _register_hugepages(sub: Any) -> None:
     p.add_argument("--dry-run", action="store_true", help="list what would be removed")
     p.add_argument("--prefix", help="only files of this DPDK --file-prefix")
     p.add_argument("--mount", metavar="PATH", help="only this hugetlbfs mount")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json_arg(p)
     p.set_defaults(func=cmd_hp_clean)
-
-
-def _help(parser: argparse.ArgumentParser) -> int:
-    parser.print_help()
-    return 2
 
 
 def _host(args: argparse.Namespace) -> Host:
     return Host(Path(getattr(args, "root", "/") or "/"))
 
 
-def _net(host: Host) -> devbind.NetState:
+def _net(host: Host) -> pci.NetState:
     # A fake tree has no netlink behind it: its interfaces have no addresses or routes.
-    return devbind.NetlinkState() if host.is_real else devbind.StaticNetState()
+    return pci.NetlinkState() if host.is_real else pci.StaticNetState()
 
 
-def _links(args: argparse.Namespace, host: Host) -> devbind.Links | None:
+def _links(args: argparse.Namespace, host: Host) -> pci.Links | None:
     """The interfaces of --netns NAME, read over netlink."""
     netns = getattr(args, "netns", None)
     if netns is None:
@@ -203,7 +192,7 @@ def _links(args: argparse.Namespace, host: Host) -> devbind.Links | None:
     if not host.is_real:
         raise FastpathError("--netns reads a live network namespace; it cannot be combined "
                             "with a fake --root tree")
-    return devbind.NetlinkLinks(netns)
+    return pci.NetlinkLinks(netns)
 
 
 # ---------------------------------------------------------------- build
@@ -237,8 +226,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def _pagesize(args: argparse.Namespace, host: Host) -> int:
     if args.pagesize is not None:
-        return hugepages.parse_pagesize(args.pagesize)
-    default = hugepages.default_page_kb(host)
+        return hugepools.parse_pagesize(args.pagesize)
+    default = hugepools.default_page_kb(host)
     if default is None:
         raise FastpathError("no default hugepage size known (no Hugepagesize in /proc/meminfo); "
                             "give --pagesize 2M or 1G")
@@ -278,19 +267,19 @@ def cmd_hp_show(args: argparse.Namespace) -> int:
         print_table(
             ["mount", "page", "files", "in use", "stale", "stale size"],
             [[m["path"], m["pagesize"], m["files"], m["files_in_use"], len(m["stale_files"]),
-              hugepages.format_bytes(m["stale_bytes"])] for m in data["mounts"]],
+              hugepools.format_bytes(m["stale_bytes"])] for m in data["mounts"]],
         )
     for m in data["mounts"]:
         if m["stale_files"]:
             prefixes = sorted({f.split("map_")[0] for f in m["stale_files"]})
             info(f"{len(m['stale_files'])} stale hugepage files in {m['path']} (no process "
                  f"holds them; from crashed DPDK runs, prefixes {', '.join(prefixes)}); "
-                 f"they pin {hugepages.format_bytes(m['stale_bytes'])}: remove them with "
+                 f"they pin {hugepools.format_bytes(m['stale_bytes'])}: remove them with "
                  f"'fastpath dpdk hugepages clean'")
     return 0
 
 
-def _print_change(change: hugepages.Change, as_json: bool) -> None:
+def _print_change(change: hugepools.Change, as_json: bool) -> None:
     if as_json:
         print_json(change.to_json())
         return
@@ -300,15 +289,15 @@ def _print_change(change: hugepages.Change, as_json: bool) -> None:
 
 def cmd_hp_reserve(args: argparse.Namespace) -> int:
     host = _host(args)
-    size = hugepages.parse_size(args.size)
-    change = hugepages.reserve(size, _pagesize(args, host), _node(args), host)
+    size = hugepools.parse_size(args.size)
+    change = hugepools.reserve(size, _pagesize(args, host), _node(args), host)
     _print_change(change, args.json)
     return 0
 
 
 def cmd_hp_release(args: argparse.Namespace) -> int:
     host = _host(args)
-    change = hugepages.release(_pagesize(args, host), _node(args), host)
+    change = hugepools.release(_pagesize(args, host), _node(args), host)
     _print_change(change, args.json)
     return 0
 
@@ -325,7 +314,7 @@ def cmd_hp_mount(args: argparse.Namespace) -> int:
 
 def cmd_hp_unmount(args: argparse.Namespace) -> int:
     host = _host(args)
-    size_kb = hugepages.parse_pagesize(args.pagesize) if args.pagesize else None
+    size_kb = hugepools.parse_pagesize(args.pagesize) if args.pagesize else None
     done = hugepages.unmount(size_kb, args.path, host)
     if args.json:
         print_json({"unmounted": done})
@@ -346,9 +335,9 @@ def cmd_hp_clean(args: argparse.Namespace) -> int:
         return 0
     if result.stale:
         print_table(["file", "prefix", "size", "action"],
-                    [[f.path, f.prefix, hugepages.format_bytes(f.size),
+                    [[f.path, f.prefix, hugepools.format_bytes(f.size),
                       "removed" if f.removed else "would remove"] for f in result.stale])
-    size = hugepages.format_bytes(result.stale_bytes)
+    size = hugepools.format_bytes(result.stale_bytes)
     if not result.stale:
         info(f"no stale DPDK hugepage files in {', '.join(result.mounts)}")
     elif args.dry_run:
@@ -366,23 +355,23 @@ def cmd_hp_clean(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- devices and binding
 
 
-def _kernel_use(host: Host, net: devbind.NetState, dev: devbind.PciDevice,
-                other: devbind.NetState | None = None) -> list[str]:
+def _kernel_use(host: Host, net: pci.NetState, dev: pci.PciDevice,
+                other: pci.NetState | None = None) -> list[str]:
     refusals = devbind.interface_refusals(host, net, dict(os.environ), dev, other)
     return [r.reason.split(";")[0] for r in refusals]
 
 
-def _ifname(iface: devbind.Interface) -> str:
+def _ifname(iface: pci.Interface) -> str:
     return iface.name if iface.netns is None else f"{iface.name} (netns {iface.netns})"
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
     host = _host(args)
     links = _links(args, host)
-    devices = devbind.list_devices(host, network_only=not args.all, links=links)
+    devices = pci.list_devices(host, network_only=not args.all, links=links)
     net = _net(host)
-    other = devbind.NetlinkState(links.netns) if links is not None else None
-    drivers = {d: devbind.driver_loaded(host, d) for d in devbind.DPDK_DRIVERS}
+    other = pci.NetlinkState(links.netns) if links is not None else None
+    drivers = {d: pci.driver_loaded(host, d) for d in devbind.DPDK_DRIVERS}
     iommu = bool(host.listdir("/sys/kernel/iommu_groups"))
     if args.json:
         print_json({

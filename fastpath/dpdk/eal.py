@@ -18,7 +18,7 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fastpath.dpdk import hugepages
+from fastpath.dpdk import hugepages, hugepools
 from fastpath.dpdk.devbind import normalize_bdf
 from fastpath.dpdk.sysfs import REAL_HOST, Host
 from fastpath.errors import FastpathError
@@ -148,8 +148,8 @@ def choose_memory(
     """
     mounted = {m.size_kb: m.path for m in hugepages.mounts(host, with_files=False)}
     best: tuple[int, int] | None = None
-    for size_kb in hugepages.page_sizes(host):
-        free = hugepages.free_bytes(host, size_kb)
+    for size_kb in hugepools.page_sizes(host):
+        free = hugepools.free_bytes(host, size_kb)
         # Prefer a mounted size at equal free memory: its files can be checked and cleaned.
         rank = (free, size_kb in mounted)
         if best is None or rank > (best[1], best[0] in mounted):
@@ -157,12 +157,12 @@ def choose_memory(
     if best is None or best[1] < min_bytes:
         why = (
             "no hugepages on this kernel" if best is None
-            else f"only {hugepages.format_bytes(best[1])} of hugepages free"
+            else f"only {hugepools.format_bytes(best[1])} of hugepages free"
         )
         return MemoryChoice("no-huge", None, None, best[1] if best else 0,
                             f"{why}: running on plain memory (--no-huge)")
     size_kb, free = best
-    desc = f"{hugepages.format_bytes(free)} free in {hugepages.format_kb(size_kb)} hugepages"
+    desc = f"{hugepools.format_bytes(free)} free in {hugepools.format_kb(size_kb)} hugepages"
     if in_memory or size_kb not in mounted:
         why = "asked for" if in_memory else "no hugetlbfs mount"
         return MemoryChoice("in-memory", None, size_kb, free, f"{desc}, {why}: --in-memory")

@@ -1,7 +1,8 @@
-"""One root for every kernel file the DPDK control plane reads or writes.
+"""One root for every kernel file the DPDK control plane and doctor's probes read or write.
 
 On a real machine the root is "/"; unit tests point it at a temporary tree laid out like
-/sys, /proc and /dev so binding, hugepage and mount logic runs with no privileges.
+/sys, /proc and /dev so binding, hugepage, mount and capability logic runs with no
+privileges.
 """
 
 from __future__ import annotations
@@ -9,6 +10,18 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple, TypeVar
+
+_T = TypeVar("_T")
+
+
+class Mount(NamedTuple):
+    """One line of /proc/mounts."""
+
+    source: str
+    path: str
+    fstype: str
+    options: str
 
 
 @dataclass(frozen=True)
@@ -27,7 +40,7 @@ class Host:
     def read(self, absolute: str | os.PathLike[str]) -> str:
         return self.path(absolute).read_text().strip()
 
-    def read_or(self, absolute: str | os.PathLike[str], default: str) -> str:
+    def read_or(self, absolute: str | os.PathLike[str], default: _T) -> str | _T:
         try:
             return self.read(absolute)
         except OSError:
@@ -35,6 +48,22 @@ class Host:
 
     def read_int(self, absolute: str | os.PathLike[str], base: int = 10) -> int:
         return int(self.read(absolute), base)
+
+    def read_int_or(self, absolute: str | os.PathLike[str], default: _T, base: int = 10) -> int | _T:
+        """The file's number, or `default` when it is missing or holds no number."""
+        try:
+            return self.read_int(absolute, base)
+        except (OSError, ValueError):
+            return default
+
+    def mounts(self) -> list[Mount]:
+        """/proc/mounts, with the kernel's octal escape for spaces in paths undone."""
+        rows = []
+        for line in self.read_or("/proc/mounts", "").splitlines():
+            parts = line.split()
+            if len(parts) >= 4:
+                rows.append(Mount(parts[0], parts[1].replace("\\040", " "), parts[2], parts[3]))
+        return rows
 
     def write(self, absolute: str | os.PathLike[str], value: str) -> None:
         """Write like `echo value > file`; sysfs wants the whole value in one write."""

@@ -4,10 +4,11 @@ Two engines send the same frames (random source address inside --src-net, random
 port, sequence number and IP ID, correct checksums); IPv4 or IPv6 after --dst (an IPv6
 --src-net is /64 or longer: the low 64 bits are drawn at random):
 
-- `live`: an XDP program run through BPF_PROG_TEST_RUN in live-frames mode. The kernel
+- `live`: bpf/syn_flood.c run through BPF_PROG_TEST_RUN in live-frames mode. The kernel
   hands it a fresh copy of one SYN frame per run; the program randomises it and returns
   XDP_TX, which transmits it out of --iface. No socket, no skb, no userspace copy per packet.
-  Some hosts refuse live frames (EPERM), so it is probed first.
+  Some hosts refuse live frames (EPERM), so it is probed first
+  (fastpath.bpf.testrun.live_frames_refused).
 - `packet`: an AF_PACKET socket with PACKET_QDISC_BYPASS sending a pool of 65,536
   pre-built frames (each with its own random source, port, sequence number and IP ID, and
   correct checksums) round after round, up to 1,024 per sendmmsg(2) call. It works wherever
@@ -42,84 +43,34 @@ import signal
 import socket
 import struct
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 from fastpath.bpf import loader, syscall
-from fastpath.errors import CapabilityError, FastpathError
+from fastpath.bpf.testrun import ENGINE_ENV, ENGINES, choose_engine
+from fastpath.errors import FastpathError
 
-PROGRAM = r"""
-#include <uapi/linux/bpf.h>
-
-/* Frame layout is fixed (built by fastpath/labs/flood.py): Ethernet, IPv4 without options
- * or IPv6 without extension headers (FLOOD_V6), TCP with one MSS option. */
-#define ETH_LEN 14
-#define TCP_LEN 24
-#ifdef FLOOD_V6
-#define IP_LEN 40
-#else
-#define IP_LEN 20
-#endif
-
-static __always_inline u16 fold(s64 partial)
-{
-	u32 sum = (u32)partial;
-
-	sum = (sum & 0xffff) + (sum >> 16);
-	sum = (sum & 0xffff) + (sum >> 16);
-	return (u16)~sum;
-}
-
-int syn_flood(struct xdp_md *ctx)
-{
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	u8 *ip = data + ETH_LEN;
-	u8 *th = ip + IP_LEN;
-	u32 r = bpf_get_prandom_u32(), pseudo[3];
-	s64 sum;
-
-	if ((void *)(th + TCP_LEN) > data_end)
-		return XDP_ABORTED;
-#ifdef FLOOD_V6
-	/* saddr: the low 64 bits at random under the mask; no IP checksum in IPv6 */
-	*(u32 *)(ip + 16) = bpf_htonl(SRC_BASE2 | (r & SRC_MASK2));
-	*(u32 *)(ip + 20) = bpf_htonl(SRC_BASE3 | (bpf_get_prandom_u32() & SRC_MASK3));
-	r = bpf_get_prandom_u32();
-	*(u16 *)(th + 0) = bpf_htons(1024 + (r & 0x7fff));          /* source port */
-	*(u32 *)(th + 4) = bpf_get_prandom_u32();                   /* seq */
-	*(u16 *)(th + 16) = 0;
-	pseudo[0] = 0;
-	pseudo[1] = bpf_htonl(TCP_LEN);
-	pseudo[2] = bpf_htonl(6);
-	sum = bpf_csum_diff(0, 0, (void *)(ip + 8), 32, 0);        /* saddr, daddr */
-	sum = bpf_csum_diff(0, 0, (void *)pseudo, 12, sum);
-	*(u16 *)(th + 16) = fold(bpf_csum_diff(0, 0, (void *)th, TCP_LEN, sum));
-	return XDP_TX;
-#else
-	*(u32 *)(ip + 12) = bpf_htonl(SRC_BASE + (r & SRC_MASK));  /* saddr */
-	*(u16 *)(ip + 4) = (u16)(r >> 16);                          /* id */
-	*(u16 *)(ip + 10) = 0;
-	*(u16 *)(ip + 10) = fold(bpf_csum_diff(0, 0, (void *)ip, IP_LEN, 0));
-	r = bpf_get_prandom_u32();
-	*(u16 *)(th + 0) = bpf_htons(1024 + (r & 0x7fff));          /* source port */
-	*(u32 *)(th + 4) = bpf_get_prandom_u32();                   /* seq */
-	*(u16 *)(th + 16) = 0;
-	pseudo[0] = *(u32 *)(ip + 12);
-	pseudo[1] = *(u32 *)(ip + 16);
-	pseudo[2] = bpf_htonl(6 << 16 | TCP_LEN);
-	sum = bpf_csum_diff(0, 0, (void *)pseudo, 12, 0);
-	*(u16 *)(th + 16) = fold(bpf_csum_diff(0, 0, (void *)th, TCP_LEN, sum));
-	return XDP_TX;
-#endif
-}
-"""
+SPEC = loader.ProgramSpec(name="syn_flood", entry="syn_flood", maps=())
 
 
-def _csum(data: bytes) -> int:
+def program_defines(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> dict[str, int | str]:
+    """bpf/syn_flood.c's -D flags drawing sources from `net` (IPv6: its low 64 bits)."""
+    base, mask = int(net.network_address), int(net.hostmask)
+    if net.version == 4:
+        return {"SRC_BASE": f"{base:#x}U", "SRC_MASK": f"{mask:#x}U"}
+    word = 0xFFFFFFFF
+    return {"FLOOD_V6": 1,
+            "SRC_BASE2": f"{base >> 32 & word:#x}U", "SRC_MASK2": f"{mask >> 32 & word:#x}U",
+            "SRC_BASE3": f"{base & word:#x}U", "SRC_MASK3": f"{mask & word:#x}U"}
+
+
+def load_program(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> loader.LoadedProgram:
+    """The live engine's program (bpf/syn_flood.c), spoofing sources inside `net`."""
+    return loader.load(SPEC, program_defines(net))
+
+
+def checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071) of `data`, ready to store in a header."""
     if len(data) % 2:
         data += b"\0"
     s = sum(struct.unpack(f"!{len(data) // 2}H", data))
@@ -139,7 +90,7 @@ def syn_frame(src_mac: bytes, dst_mac: bytes, src: str, dst: str, dport: int) ->
         return dst_mac + src_mac + b"\x86\xdd" + ip6 + tcp
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0x4000, 64, 6, 0,
                      socket.inet_aton(src), socket.inet_aton(dst))
-    ip = ip[:10] + struct.pack("!H", _csum(ip)) + ip[12:]
+    ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
     return dst_mac + src_mac + b"\x08\x00" + ip + tcp
 
 
@@ -159,80 +110,6 @@ def _iface_mac(ifname: str) -> bytes:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         info = fcntl.ioctl(s.fileno(), 0x8927, struct.pack("256s", ifname.encode()[:15]))  # SIOCGIFHWADDR
     return info[18:24]
-
-
-ENGINES = ("auto", "live", "packet")
-ENGINE_ENV = "FASTPATH_FLOOD_ENGINE"
-
-# XDP_DROP: the live-frames probe runs the kernel path and sends nothing.
-_DROP_INSNS = bytes.fromhex("b700000001000000" "9500000000000000")  # r0 = XDP_DROP; exit
-_probe_cache: dict[int, str | None] = {}
-
-
-def live_frames_refused(ifindex: int = 1) -> str | None:
-    """Why BPF_PROG_TEST_RUN with live frames fails in this namespace (None: it works).
-
-    Runs a program that drops its one frame, on `ifindex` (loopback by default), so the
-    probe goes through the same kernel checks as a flood and transmits nothing."""
-    if ifindex in _probe_cache:
-        return _probe_cache[ifindex]
-    reason: str | None = None
-    try:
-        fd = syscall.prog_load_xdp(_DROP_INSNS, "fp_live_probe")
-    except syscall.BpfError as exc:
-        reason = f"loading an XDP program failed ({exc.reason})"
-    else:
-        try:
-            syscall.prog_test_run_live(fd, bytes(64), 1, ifindex)
-        except syscall.BpfError as exc:
-            reason = f"BPF_PROG_TEST_RUN with live frames failed: {exc.reason}"
-        finally:
-            os.close(fd)
-    _probe_cache[ifindex] = reason
-    return reason
-
-
-def packet_engine_missing() -> str | None:
-    """Why the packet engine cannot run here (None: it can)."""
-    try:
-        socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0).close()
-    except OSError as exc:
-        return f"no AF_PACKET socket: {exc.strerror or exc}"
-    return None
-
-
-@dataclass(frozen=True)
-class EngineChoice:
-    engine: str
-    note: str  # why this engine: empty when it is the one asked for
-
-
-def choose_engine(requested: str | None = None, ifindex: int = 1) -> EngineChoice:
-    """The engine to use: `requested`, else $FASTPATH_FLOOD_ENGINE, else auto (live where
-    the probe passes, packet otherwise). An engine asked for by name that cannot run here
-    is an error naming the other one."""
-    want = requested or os.environ.get(ENGINE_ENV) or "auto"
-    if want not in ENGINES:
-        raise FastpathError(f"unknown flood engine {want!r}", fix=f"use one of {', '.join(ENGINES)}")
-    if want == "live":
-        why = live_frames_refused(ifindex)
-        if why:
-            raise CapabilityError(f"the live flood engine cannot run here: {why}", fix="use --engine packet")
-        return EngineChoice("live", "")
-    if want == "packet":
-        why = packet_engine_missing()
-        if why:
-            raise CapabilityError(f"the packet flood engine cannot run here: {why}",
-                                  fix="run as root (CAP_NET_RAW), or use --engine live")
-        return EngineChoice("packet", "")
-    why = live_frames_refused(ifindex)
-    if why is None:
-        return EngineChoice("live", "")
-    missing = packet_engine_missing()
-    if missing:
-        raise CapabilityError(f"no flood engine can run here: {why}; {missing}",
-                              fix="run as root (CAP_NET_RAW and CAP_BPF)")
-    return EngineChoice("packet", f"{why}; using the packet engine (AF_PACKET)")
 
 
 def _source_bits(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> tuple[bytes, int]:
@@ -266,11 +143,11 @@ def frame_pool(frame: bytes, net: ipaddress.IPv4Network | ipaddress.IPv6Network,
         if v4:
             f[ip + 4:ip + 6] = rng.randbytes(2)
             f[ip + 10:ip + 12] = b"\0\0"
-            f[ip + 10:ip + 12] = struct.pack("!H", _csum(bytes(f[ip:th])))
+            f[ip + 10:ip + 12] = struct.pack("!H", checksum(bytes(f[ip:th])))
             pseudo = bytes(f[ip + 12:ip + 20]) + struct.pack("!BBH", 0, 6, len(tcp))
         else:
             pseudo = bytes(f[ip + 8:ip + 40]) + struct.pack("!IxxxB", len(tcp), 6)
-        tcp[16:18] = struct.pack("!H", _csum(pseudo + bytes(tcp)))
+        tcp[16:18] = struct.pack("!H", checksum(pseudo + bytes(tcp)))
         f[th:] = tcp
         out += f
     return bytes(out)
@@ -366,7 +243,6 @@ class Flood:
         self.frame = syn_frame(_iface_mac(iface), _mac(dst_mac), str(net.network_address), dst, dport)
         self.prog: loader.LoadedProgram | None = None
         self._sender: _PacketSender | None = None
-        self._dir: tempfile.TemporaryDirectory[str] | None = None
         if self.engine == "packet":
             pool = frame_pool(self.frame, net)
             try:
@@ -375,20 +251,7 @@ class Flood:
                 raise FastpathError(f"cannot open a packet socket on {iface}: {exc.strerror or exc}",
                                     fix="run as root (CAP_NET_RAW)") from None
             return
-        self._dir = tempfile.TemporaryDirectory(prefix="fastpath-flood-")
-        Path(self._dir.name, "syn_flood.c").write_text(PROGRAM)
-        spec = loader.ProgramSpec(name="syn_flood", entry="syn_flood", maps=(),
-                                  directory=Path(self._dir.name))
-        defines: dict[str, int | str]
-        if version == 4:
-            defines = {"SRC_BASE": f"{int(net.network_address):#x}U", "SRC_MASK": f"{int(net.hostmask):#x}U"}
-        else:
-            base, mask = int(net.network_address), int(net.hostmask)
-            word = 0xFFFFFFFF
-            defines = {"FLOOD_V6": 1,
-                       "SRC_BASE2": f"{base >> 32 & word:#x}U", "SRC_MASK2": f"{mask >> 32 & word:#x}U",
-                       "SRC_BASE3": f"{base & word:#x}U", "SRC_MASK3": f"{mask & word:#x}U"}
-        self.prog = loader.load(spec, defines)
+        self.prog = load_program(net)
 
     def run(self, frames: int, seconds: float = 120.0, chunk: int = 100_000,
             stop: Callable[[], bool] = lambda: False) -> int:
@@ -410,8 +273,6 @@ class Flood:
             self.prog.close()
         if self._sender is not None:
             self._sender.close()
-        if self._dir is not None:
-            self._dir.cleanup()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

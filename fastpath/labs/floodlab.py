@@ -127,7 +127,7 @@ def flood_result(out: str) -> FloodResult:
 def cleanup(lab: Lab) -> list[str]:
     """Detach every fastpath XDP program in the lab's namespaces (the guard with its nft
     rules); for finally-blocks and fixtures, so a failed run leaves no state file behind."""
-    from fastpath.apps.guard import synguard
+    from fastpath.apps.guard import abi, synguard
     from fastpath.bpf import xdp
 
     names = {lab.netns(n) for n in lab.nodes}
@@ -137,7 +137,7 @@ def cleanup(lab: Lab) -> list[str]:
     for att in xdp.attachments():
         if att.netns not in names or xdp.read_state(att.ifname, att.netns, att.program) is None:
             continue  # elsewhere, or a peer's pass program already removed with its user
-        if att.program == synguard.PROGRAM:
+        if att.program == abi.PROGRAM:
             synguard.detach(att.ifname, att.netns)
         else:
             xdp.detach(att.ifname, att.netns)

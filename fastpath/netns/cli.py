@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from fastpath.core.args import add_actions, add_command, add_json_arg
 from fastpath.errors import FastpathError
 from fastpath.netns.fileformat import bundled_topology, load_topology, topology_to_dict
 from fastpath.netns.procs import netns_argv
@@ -29,20 +30,15 @@ examples:
 
 
 def register(subparsers: Any) -> None:
-    topo = subparsers.add_parser(
-        "topo",
-        help="network-namespace labs: build, list, exec into, tear down",
-        description="Declarative veth/bridge labs in network namespaces (<lab>-<node>).",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = topo.add_subparsers(dest="topo_command", metavar="ACTION")
-    topo.set_defaults(func=lambda _args: _help(topo))
+    topo = add_command(subparsers, "topo", help="network-namespace labs: build, list, exec into, tear down",
+                       description="Declarative veth/bridge labs in network namespaces (<lab>-<node>).",
+                       epilog=EPILOG)
+    sub = add_actions(topo, "topo_command")
 
     p = sub.add_parser("up", help="build a lab from a topology file")
     p.add_argument("file", nargs="?", help="topology YAML file (default: the bundled lab1 example)")
     p.add_argument("--name", help="lab name to use instead of the file's `name`")
-    p.add_argument("--json", action="store_true", help="print the lab's facts as JSON")
+    add_json_arg(p, "print the lab's facts as JSON")
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("down", help="tear a lab down (processes, namespaces, links, pins)")
@@ -50,12 +46,12 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=cmd_down)
 
     p = sub.add_parser("ls", help="list labs")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json_arg(p)
     p.set_defaults(func=cmd_ls)
 
     p = sub.add_parser("show", help="show a lab's namespaces, interfaces and addresses")
     p.add_argument("name", metavar="NAME")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json_arg(p)
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser(
@@ -70,13 +66,8 @@ def register(subparsers: Any) -> None:
 
     p = sub.add_parser("validate", help="check a topology file without building it")
     p.add_argument("file")
-    p.add_argument("--json", action="store_true", help="print the normalised topology")
+    add_json_arg(p, "print the normalised topology")
     p.set_defaults(func=cmd_validate)
-
-
-def _help(parser: argparse.ArgumentParser) -> int:
-    parser.print_help()
-    return 2
 
 
 # fastpath.netns.lab pulls in pyroute2; handlers import it so `fastpath --help` stays quick.

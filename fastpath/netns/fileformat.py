@@ -34,7 +34,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -53,6 +53,8 @@ from fastpath.netns.model import (
     sysctl_value,
     validate,
 )
+
+_T = TypeVar("_T")
 
 TOP_KEYS = (
     "name",
@@ -287,47 +289,43 @@ def coerce_topology(source: Topology | Mapping[str, Any] | str | Path) -> Topolo
 # structural helpers: each raises one line naming the place in the file
 
 
+def _typed(value: object, kind: type[_T], message: str) -> _T:
+    """`value` when YAML gave it as a `kind`; else a TopologyError saying `message`."""
+    if not isinstance(value, kind):
+        raise TopologyError(message)
+    return value
+
+
 def _mapping(value: object, what: str, allowed: tuple[str, ...] | None, where: str) -> dict[Any, Any]:
     if value is None:
         return {}
-    if not isinstance(value, dict):
-        raise TopologyError(f"{what} must be a mapping, not {type(value).__name__}")
+    mapping = _typed(value, dict, f"{what} must be a mapping, not {type(value).__name__}")
     if allowed is not None:
-        for key in value:
+        for key in mapping:
             if key not in allowed:
                 raise TopologyError(f"unknown key {key!r} at {where} (allowed: {', '.join(allowed)})")
-    return value
+    return mapping
 
 
 def _list(value: object, what: str) -> list[Any]:
     if value is None:
         return []
-    if not isinstance(value, list):
-        raise TopologyError(f"{what} must be a list, not {type(value).__name__}")
-    return value
+    return _typed(value, list, f"{what} must be a list, not {type(value).__name__}")
 
 
 def _key(value: object, what: str) -> str:
-    if not isinstance(value, str):
-        raise TopologyError(f"{what}: name {value!r} must be a string")
-    return value
+    return _typed(value, str, f"{what}: name {value!r} must be a string")
 
 
 def _text(value: object, what: str) -> str:
-    if isinstance(value, str):
-        return value
     if isinstance(value, int | float) and not isinstance(value, bool):
         raise TopologyError(f"{what}: {value!r} was read as a number; quote it in YAML")
-    raise TopologyError(f"{what}: {value!r} must be a string")
+    return _typed(value, str, f"{what}: {value!r} must be a string")
 
 
 def _bool(value: object, what: str) -> bool:
-    if not isinstance(value, bool):
-        raise TopologyError(f"{what} must be true or false, not {value!r}")
-    return value
+    return _typed(value, bool, f"{what} must be true or false, not {value!r}")
 
 
 def _iface(key: object, section: str) -> Iface:
-    if not isinstance(key, str):
-        raise TopologyError(f"{section}: key {key!r} must be NODE:IFNAME")
-    return Iface.parse(key, f"{section}: ")
+    return Iface.parse(_typed(key, str, f"{section}: key {key!r} must be NODE:IFNAME"), f"{section}: ")

@@ -14,7 +14,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from fastpath.errors import FastpathError
 
@@ -42,6 +42,7 @@ OFFLOAD_FEATURES: dict[str, str] = {
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+_T = TypeVar("_T")
 
 
 class TopologyError(FastpathError):
@@ -278,24 +279,27 @@ def check_mac(value: object, what: str) -> str:
     return value.lower()
 
 
-def parse_interface_address(value: object, what: str) -> IPInterface:
+def _parse_text(value: object, what: str, parse: Callable[[str], _T], not_text: str, invalid: str) -> _T:
+    """`parse(value)` for a string `value`; otherwise, or when it fails, a TopologyError
+    saying `{what}: {value!r} {not_text}` or `... {invalid}`."""
     if not isinstance(value, str):
-        raise TopologyError(f"{what}: {value!r} is not an address; write it as 10.0.0.1/24")
-    if "/" not in value:
-        raise TopologyError(f"{what}: address {value!r} needs a prefix length, e.g. {value}/24")
+        raise TopologyError(f"{what}: {value!r} {not_text}")
     try:
-        return ipaddress.ip_interface(value)
+        return parse(value)
     except ValueError:
-        raise TopologyError(f"{what}: {value!r} is not a valid CIDR address") from None
+        raise TopologyError(f"{what}: {value!r} {invalid}") from None
+
+
+def parse_interface_address(value: object, what: str) -> IPInterface:
+    if isinstance(value, str) and "/" not in value:
+        raise TopologyError(f"{what}: address {value!r} needs a prefix length, e.g. {value}/24")
+    return _parse_text(value, what, ipaddress.ip_interface, "is not an address; write it as 10.0.0.1/24",
+                       "is not a valid CIDR address")
 
 
 def parse_ip(value: object, what: str) -> IPAddress:
-    if not isinstance(value, str):
-        raise TopologyError(f"{what}: {value!r} is not an IP address (quote it in YAML)")
-    try:
-        return ipaddress.ip_address(value)
-    except ValueError:
-        raise TopologyError(f"{what}: {value!r} is not a valid IP address") from None
+    return _parse_text(value, what, ipaddress.ip_address, "is not an IP address (quote it in YAML)",
+                       "is not a valid IP address")
 
 
 def check_mtu(value: object, what: str) -> int:
@@ -321,7 +325,18 @@ def sysctl_value(value: object, what: str) -> str:
 def validate(topo: Topology) -> None:
     """Raise TopologyError (one line) for the first thing that would stop a build."""
     check_lab_name(topo.name)
+    _check_nodes(topo)
+    _check_bridges(topo)
+    if not topo.nodes:
+        raise TopologyError("the topology has no nodes; add at least one under 'nodes'")
+    known = _check_links(topo)
+    _check_addresses(topo, known)
+    _check_macs(topo, known)
+    _check_routes(topo, known)
+    _check_neighbors(topo, known)
 
+
+def _check_nodes(topo: Topology) -> None:
     for name, node in topo.nodes.items():
         if name != node.name:
             raise TopologyError(f"node {name!r}: key and name disagree ({node.name!r})")
@@ -341,6 +356,8 @@ def validate(topo: Topology) -> None:
                 )
             sysctl_value(value, f"node {name!r}: sysctl {key}")
 
+
+def _check_bridges(topo: Topology) -> None:
     for name, bridge in topo.bridges.items():
         check_ifname(name, f"bridge {name!r}")
         if name in topo.nodes:
@@ -350,71 +367,84 @@ def validate(topo: Topology) -> None:
         if bridge.mtu is not None:
             check_mtu(bridge.mtu, f"bridge {name!r}")
 
-    if not topo.nodes:
-        raise TopologyError("the topology has no nodes; add at least one under 'nodes'")
 
+def _check_links(topo: Topology) -> set[Iface]:
+    """Check every link; returns the node interfaces they create."""
     seen: dict[Iface, int] = {}
     for idx, link in enumerate(topo.links):
         where = f"links[{idx}]"
         if len(link.endpoints) != 2:
             raise TopologyError(f"{where}: a link needs exactly 2 endpoints")
         for ep in link.endpoints:
-            if ep.is_bridge:
-                if ep.node not in topo.bridges:
-                    hint = (
-                        f"; node endpoints are written {ep.node}:IFNAME"
-                        if ep.node in topo.nodes
-                        else f" (bridges: {_names(topo.bridges)})"
+            if _check_endpoint(topo, ep, where):
+                if ep.iface in seen:
+                    raise TopologyError(
+                        f"{where}: duplicate interface {ep} (already used by links[{seen[ep.iface]}])"
                     )
-                    raise TopologyError(f"{where}: unknown bridge {ep.node!r}{hint}")
-                continue
-            if ep.node in topo.bridges:
-                raise TopologyError(
-                    f"{where}: {ep} names a bridge; bridge endpoints are written without "
-                    f"':IFNAME' (just {ep.node!r})"
-                )
-            if ep.node not in topo.nodes:
-                raise TopologyError(
-                    f"{where}: unknown node {ep.node!r} in endpoint '{ep}' (nodes: {_names(topo.nodes)})"
-                )
-            check_ifname(ep.ifname, f"{where}: endpoint '{ep}'")
-            if ep.ifname == "lo":
-                raise TopologyError(f"{where}: {ep} is the loopback interface; pick another name")
-            if ep.iface in seen:
-                raise TopologyError(
-                    f"{where}: duplicate interface {ep} (already used by links[{seen[ep.iface]}])"
-                )
-            seen[ep.iface] = idx
+                seen[ep.iface] = idx
         a, b = link.endpoints
         if a.is_bridge and b.is_bridge:
             raise TopologyError(f"{where}: links a bridge to a bridge; one end must be a node")
-        if link.mtu is not None:
-            check_mtu(link.mtu, where)
-        for feature, on in link.offloads.items():
-            if feature not in OFFLOAD_FEATURES:
-                raise TopologyError(
-                    f"{where}: unknown offload {feature!r} (known: {', '.join(OFFLOAD_FEATURES)})"
-                )
-            if not isinstance(on, bool):
-                raise TopologyError(f"{where}: {feature} must be true or false, not {on!r}")
+        _check_link_options(link, where)
+    return set(seen)
 
-    known = set(seen)
 
-    def check_iface(iface: Iface, what: str, allow_lo: bool) -> None:
-        if iface.node not in topo.nodes:
-            raise TopologyError(f"{what}: unknown node {iface.node!r} (nodes: {_names(topo.nodes)})")
-        if iface.ifname == "lo" and allow_lo:
-            return
-        if iface not in known:
-            have = topo.node_interfaces(iface.node)
-            raise TopologyError(
-                f"{what}: node {iface.node!r} has no interface {iface.ifname!r} "
-                f"(its interfaces: {', '.join(have) or 'none'}; interfaces come from links)"
+def _check_endpoint(topo: Topology, ep: Endpoint, where: str) -> bool:
+    """Whether `ep` is a node interface (else a bridge), once it is known to be a sound one."""
+    if ep.is_bridge:
+        if ep.node not in topo.bridges:
+            hint = (
+                f"; node endpoints are written {ep.node}:IFNAME"
+                if ep.node in topo.nodes
+                else f" (bridges: {_names(topo.bridges)})"
             )
+            raise TopologyError(f"{where}: unknown bridge {ep.node!r}{hint}")
+        return False
+    if ep.node in topo.bridges:
+        raise TopologyError(
+            f"{where}: {ep} names a bridge; bridge endpoints are written without "
+            f"':IFNAME' (just {ep.node!r})"
+        )
+    if ep.node not in topo.nodes:
+        raise TopologyError(
+            f"{where}: unknown node {ep.node!r} in endpoint '{ep}' (nodes: {_names(topo.nodes)})"
+        )
+    check_ifname(ep.ifname, f"{where}: endpoint '{ep}'")
+    if ep.ifname == "lo":
+        raise TopologyError(f"{where}: {ep} is the loopback interface; pick another name")
+    return True
 
+
+def _check_link_options(link: Link, where: str) -> None:
+    if link.mtu is not None:
+        check_mtu(link.mtu, where)
+    for feature, on in link.offloads.items():
+        if feature not in OFFLOAD_FEATURES:
+            raise TopologyError(
+                f"{where}: unknown offload {feature!r} (known: {', '.join(OFFLOAD_FEATURES)})"
+            )
+        if not isinstance(on, bool):
+            raise TopologyError(f"{where}: {feature} must be true or false, not {on!r}")
+
+
+def _check_iface(topo: Topology, known: set[Iface], iface: Iface, what: str, allow_lo: bool) -> None:
+    """`iface` must be one a link creates (or, with `allow_lo`, a node's loopback)."""
+    if iface.node not in topo.nodes:
+        raise TopologyError(f"{what}: unknown node {iface.node!r} (nodes: {_names(topo.nodes)})")
+    if iface.ifname == "lo" and allow_lo:
+        return
+    if iface not in known:
+        have = topo.node_interfaces(iface.node)
+        raise TopologyError(
+            f"{what}: node {iface.node!r} has no interface {iface.ifname!r} "
+            f"(its interfaces: {', '.join(have) or 'none'}; interfaces come from links)"
+        )
+
+
+def _check_addresses(topo: Topology, known: set[Iface]) -> None:
     for iface, addrs in topo.addresses.items():
         what = f"addresses[{iface}]"
-        check_iface(iface, what, allow_lo=True)
+        _check_iface(topo, known, iface, what, allow_lo=True)
         uniq: set[IPInterface] = set()
         for addr in addrs:
             if not isinstance(addr, ipaddress.IPv4Interface | ipaddress.IPv6Interface):
@@ -423,21 +453,25 @@ def validate(topo: Topology) -> None:
                 raise TopologyError(f"{what}: address {addr} is listed twice")
             uniq.add(addr)
 
+
+def _check_macs(topo: Topology, known: set[Iface]) -> None:
     macs_seen: dict[str, Iface] = {}
     for iface, mac in topo.macs.items():
         what = f"macs[{iface}]"
-        check_iface(iface, what, allow_lo=False)
+        _check_iface(topo, known, iface, what, allow_lo=False)
         mac = check_mac(mac, what)
         if mac in macs_seen:
             raise TopologyError(f"{what}: MAC {mac} is already used by {macs_seen[mac]}")
         macs_seen[mac] = iface
 
+
+def _check_routes(topo: Topology, known: set[Iface]) -> None:
     for node_name, routes in topo.routes.items():
         if node_name not in topo.nodes:
             raise TopologyError(f"routes: unknown node {node_name!r} (nodes: {_names(topo.nodes)})")
         seen_dst: set[tuple[IPNetwork, int | None]] = set()
         for idx, route in enumerate(routes):
-            dst = _check_route(topo, node_name, route, f"routes[{node_name}][{idx}]", check_iface)
+            dst = _check_route(topo, node_name, route, f"routes[{node_name}][{idx}]", known)
             if (dst, route.metric) in seen_dst:
                 raise TopologyError(
                     f"routes[{node_name}][{idx}]: a route to {route.dst} is listed twice "
@@ -445,9 +479,11 @@ def validate(topo: Topology) -> None:
                 )
             seen_dst.add((dst, route.metric))
 
+
+def _check_neighbors(topo: Topology, known: set[Iface]) -> None:
     for iface, neighs in topo.neighbors.items():
         what = f"neighbors[{iface}]"
-        check_iface(iface, what, allow_lo=False)
+        _check_iface(topo, known, iface, what, allow_lo=False)
         for idx, neigh in enumerate(neighs):
             parse_ip(neigh.dst, f"{what}[{idx}].dst")
             check_mac(neigh.lladdr, f"{what}[{idx}].lladdr")
@@ -458,7 +494,7 @@ def _check_route(
     node: str,
     route: Route,
     what: str,
-    check_iface: Callable[[Iface, str, bool], None],
+    known: set[Iface],
 ) -> IPNetwork:
     if route.dst != "default":
         if not isinstance(route.dst, str):
@@ -476,7 +512,7 @@ def _check_route(
     if route.via is None and route.dev is None:
         raise TopologyError(f"{what}: a route needs 'via' (a gateway) or 'dev' (an interface)")
     if route.dev is not None:
-        check_iface(Iface(node, route.dev), what, True)
+        _check_iface(topo, known, Iface(node, route.dev), what, allow_lo=True)
     if route.metric is not None and (
         isinstance(route.metric, bool) or not isinstance(route.metric, int) or route.metric < 0
     ):

@@ -26,14 +26,16 @@ from scapy.layers.ipsec import AH
 from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 from scapy.packet import Packet, Raw
 
+from fastpath.apps.guard import abi
 from fastpath.apps.guard import synguard as sg
+from fastpath.apps.guard.config import GuardConfig
 from fastpath.bpf import loader, testrun
 from fastpath.bpf.maps import TypedMap, layout
 
 pytestmark = pytest.mark.bpf
 
 COOKIE, COOKIE2, DROP_PORT, OPEN = 80, 443, 23, 8080
-CONFIG = sg.GuardConfig(cookie_ports=(COOKIE, COOKIE2), drop_ports=(DROP_PORT,))
+CONFIG = GuardConfig(cookie_ports=(COOKIE, COOKIE2), drop_ports=(DROP_PORT,))
 ALLOW = [ipaddress.ip_network("192.0.2.0/24"), ipaddress.ip_network("2001:db8:a::/48"),
          ipaddress.ip_network("198.51.100.7/32")]
 DENY = [ipaddress.ip_network("198.51.100.0/24"), ipaddress.ip_network("2001:db8:d::/48")]
@@ -51,26 +53,26 @@ class Guard:
     """One loaded copy of the program with private maps, configured like an attachment."""
 
     def __init__(self, defines: dict[str, int] | None = None) -> None:
-        self.prog = loader.load(sg.SPEC, defines or {})
-        self.defines = {**sg.TUNABLES, **(defines or {})}
+        self.prog = loader.load(abi.SPEC, defines or {})
+        self.defines = {**abi.TUNABLES, **(defines or {})}
 
     def map(self, name: str) -> TypedMap:
-        key, value = sg.MAP_TYPES[name]
+        key, value = abi.MAP_TYPES[name]
         return TypedMap(os.dup(self.prog.map_fd(name)), key, value)
 
-    def configure(self, config: sg.GuardConfig, allow: list = (), deny: list = ()) -> None:  # type: ignore[assignment]
+    def configure(self, config: GuardConfig, allow: list = (), deny: list = ()) -> None:  # type: ignore[assignment]
         with self.map("ports") as m:
             for port in (COOKIE, COOKIE2, DROP_PORT, OPEN, 9999):
-                m.set(ctypes.c_uint32(port), ctypes.c_uint32(sg.PORT_OPEN))
+                m.set(ctypes.c_uint32(port), ctypes.c_uint32(abi.PORT_OPEN))
             for port, mode in sg._port_modes(config).items():
                 m.set(ctypes.c_uint32(port), ctypes.c_uint32(mode))
         for name in ("acl_v4", "acl_v6", "sources", "flows"):
             with self.map(name) as m:
                 m.clear()
-        for nets, action in ((allow, sg.ACL_ALLOW), (deny, sg.ACL_DENY)):
+        for nets, action in ((allow, abi.ACL_ALLOW), (deny, abi.ACL_DENY)):
             for net in nets:
                 with self.map("acl_v4" if net.version == 4 else "acl_v6") as m:
-                    m.set(sg.lpm_key(net), ctypes.c_uint32(action))
+                    m.set(abi.lpm_key(net), ctypes.c_uint32(action))
         acl4 = any(n.version == 4 for n in (*allow, *deny))
         acl6 = any(n.version == 6 for n in (*allow, *deny))
         with self.map("config") as m:
@@ -79,7 +81,7 @@ class Guard:
     def counters(self) -> list[tuple[int, int]]:
         with self.map("stats") as m:
             out = []
-            for i in range(sg.SG_STAT_MAX):
+            for i in range(abi.SG_STAT_MAX):
                 vals = m.get_percpu(ctypes.c_uint32(i)) or []
                 out.append((sum(v.packets for v in vals), sum(v.bytes for v in vals)))
             return out
@@ -89,7 +91,7 @@ class Guard:
         before = self.counters()
         res = testrun.run_xdp(self.prog.prog_fd, data)
         after = self.counters()
-        delta = {sg.STAT_NAMES[i]: (a[0] - b[0], a[1] - b[1])
+        delta = {abi.STAT_NAMES[i]: (a[0] - b[0], a[1] - b[1])
                  for i, (a, b) in enumerate(zip(after, before, strict=True)) if a != b}
         return res, delta
 
@@ -129,33 +131,33 @@ def _header_constants() -> dict[str, int]:
 
 def test_header_mirror_matches_bcc_decoded_types(guard):
     """Every map's key and value mirror has bcc's own size and field offsets."""
-    for name, (key, value) in sg.MAP_TYPES.items():
+    for name, (key, value) in abi.MAP_TYPES.items():
         table = guard.prog.table(name)
         for mine, theirs in ((key, table.Key), (value, guard.prog.leaf_type(name))):
             assert ctypes.sizeof(mine) == ctypes.sizeof(theirs), name
             if issubclass(mine, ctypes.Structure):
                 assert layout(mine) == layout(theirs), name
-    assert guard.prog.table("stats").max_entries == sg.SG_STAT_MAX
+    assert guard.prog.table("stats").max_entries == abi.SG_STAT_MAX
     assert guard.prog.table("ports").max_entries == 65536
-    assert set(sg.SPEC.maps) == set(sg.MAP_TYPES)
+    assert set(abi.SPEC.maps) == set(abi.MAP_TYPES)
 
 
 def test_header_enums_match_python_constants():
     c = _header_constants()
-    for i, name in enumerate(sg.STAT_NAMES):
+    for i, name in enumerate(abi.STAT_NAMES):
         key = {"bans": "SG_EVENT_BAN", "probes": "SG_EVENT_PROBE"}.get(name, "SG_" + name.upper())
         assert c[key] == i, name
-    assert (c["SG_OUTCOMES"], c["SG_STAT_MAX"]) == (sg.SG_OUTCOMES, sg.SG_STAT_MAX)
+    assert (c["SG_OUTCOMES"], c["SG_STAT_MAX"]) == (abi.SG_OUTCOMES, abi.SG_STAT_MAX)
     assert (c["SG_PORT_OPEN"], c["SG_PORT_COOKIE"], c["SG_PORT_DROP"]) == (
-        sg.PORT_OPEN, sg.PORT_COOKIE, sg.PORT_DROP)
-    assert (c["SG_ACL_ALLOW"], c["SG_ACL_DENY"]) == (sg.ACL_ALLOW, sg.ACL_DENY)
+        abi.PORT_OPEN, abi.PORT_COOKIE, abi.PORT_DROP)
+    assert (c["SG_ACL_ALLOW"], c["SG_ACL_DENY"]) == (abi.ACL_ALLOW, abi.ACL_DENY)
     assert (c["SG_CFG_COOKIES"], c["SG_CFG_FRAG_PASS"], c["SG_CFG_ACL4"], c["SG_CFG_ACL6"]) == (
-        sg.CFG_COOKIES, sg.CFG_FRAG_PASS, sg.CFG_ACL4, sg.CFG_ACL6)
+        abi.CFG_COOKIES, abi.CFG_FRAG_PASS, abi.CFG_ACL4, abi.CFG_ACL6)
 
 
 def test_every_tunable_is_an_ifndef_default_in_the_c_source():
     text = (loader.bpf_source_dir() / "syn_guard.c").read_text()
-    for name, value in sg.TUNABLES.items():
+    for name, value in abi.TUNABLES.items():
         m = re.search(rf"#ifndef {name}\n#define {name} (\S+)\n#endif", text)
         assert m is not None, f"{name} is not an #ifndef default"
         assert int(m.group(1).removesuffix("ULL"), 0) == value, name
@@ -463,8 +465,8 @@ def test_cookie_ack_opens_a_flow_and_forged_ones_are_dropped(g, make):
         keys = list(flows.keys())
     assert len(keys) == 1
     k = keys[0]
-    assert sg.address_of(k.client) == ipaddress.ip_address(_l3(syn).src)
-    assert sg.address_of(k.server) == ipaddress.ip_address(_l3(syn).dst)
+    assert abi.address_of(k.client) == ipaddress.ip_address(_l3(syn).src)
+    assert abi.address_of(k.server) == ipaddress.ip_address(_l3(syn).dst)
     assert (socket_port(k.client_port), socket_port(k.server_port)) == (syn[TCP].sport, syn[TCP].dport)
     # Later segments of the flow pass on the flow table, whatever their ack number.
     r, d = g.run(client_ack(synack, delta=5000, payload=b"GET / HTTP/1.1\r\n\r\n"))
@@ -568,7 +570,7 @@ def test_every_truncation_point_is_dropped(g, name):
 # -- layer 3: rate limit and ban --------------------------------------------------------------------
 
 def test_rate_limit_then_ban(g):
-    g.configure(sg.GuardConfig(cookie_ports=(COOKIE,), syn_rate=1, syn_burst=3, ban_after=2,
+    g.configure(GuardConfig(cookie_ports=(COOKIE,), syn_rate=1, syn_burst=3, ban_after=2,
                                ban_seconds=60))
     seen = [set(g.run(syn4(src="10.9.9.9"))[1]) for _ in range(7)]
     assert seen == [{"tx_cookie"}] * 3 + [{"drop_limited"}, {"drop_limited", "bans"}] + [{"drop_banned"}] * 2
@@ -576,29 +578,29 @@ def test_rate_limit_then_ban(g):
     # Only SYNs count: an ACK from the banned source still reaches the cookie check.
     assert set(g.run(tcp4("A", src="10.9.9.9"))[1]) == {"drop_cookie"}
     with g.map("sources") as m:
-        src = {str(sg.address_of(k.addr)): v for k, v in m.items()}
+        src = {str(abi.address_of(k.addr)): v for k, v in m.items()}
     assert src["10.9.9.9"].banned_until_ns > 0 and "10.9.9.10" in src
 
 
 def test_rate_limit_without_ban_and_ipv6_per_64(g):
-    g.configure(sg.GuardConfig(cookie_ports=(COOKIE,), syn_rate=1, syn_burst=2, ban_seconds=0))
+    g.configure(GuardConfig(cookie_ports=(COOKIE,), syn_rate=1, syn_burst=2, ban_seconds=0))
     outcomes = [set(g.run(syn6(src=f"2001:db8:1:2::{i}"))[1]) for i in range(1, 6)]
     assert outcomes == [{"tx_cookie"}] * 2 + [{"drop_limited"}] * 3, "one bucket per /64, no ban"
     assert set(g.run(syn6(src="2001:db8:1:3::1"))[1]) == {"tx_cookie"}
 
 
 def test_rate_change_is_live(g):
-    g.configure(sg.GuardConfig(cookie_ports=(COOKIE,), syn_rate=1, syn_burst=1, ban_seconds=0))
+    g.configure(GuardConfig(cookie_ports=(COOKIE,), syn_rate=1, syn_burst=1, ban_seconds=0))
     assert [set(g.run(syn4())[1]) for _ in range(2)] == [{"tx_cookie"}, {"drop_limited"}]
     with g.map("config") as m:
-        m.set(ctypes.c_uint32(0), sg.GuardConfig(cookie_ports=(COOKIE,)).to_ctype(False, False))
+        m.set(ctypes.c_uint32(0), GuardConfig(cookie_ports=(COOKIE,)).to_ctype(False, False))
     assert [set(g.run(syn4())[1]) for _ in range(3)] == [{"tx_cookie"}] * 3
 
 
 # -- configuration flags -------------------------------------------------------------------------------
 
 def test_cookies_off_passes_syns_and_acks(g):
-    g.configure(sg.GuardConfig(cookie_ports=(COOKIE,), drop_ports=(DROP_PORT,), cookies=False))
+    g.configure(GuardConfig(cookie_ports=(COOKIE,), drop_ports=(DROP_PORT,), cookies=False))
     assert g.run(syn4())[0].verdict == PASS
     assert set(g.run(syn4())[1]) == {"pass_syn"}
     assert set(g.run(tcp4("A"))[1]) == {"pass_tcp"}
@@ -606,19 +608,19 @@ def test_cookies_off_passes_syns_and_acks(g):
 
 
 def test_fragment_verdict_pass(g):
-    g.configure(sg.GuardConfig(cookie_ports=(COOKIE,), fragments="pass"))
+    g.configure(GuardConfig(cookie_ports=(COOKIE,), fragments="pass"))
     frag = E / IP(src=CLIENT4, dst=SERVER4, flags="MF") / TCP(dport=COOKIE, flags="S")
     res, delta = g.run(frag)
     assert (res.verdict, set(delta)) == (PASS, {"fragment"})
 
 
 def test_empty_acl_skips_lookup_and_port_change_is_live(g):
-    g.configure(sg.GuardConfig(cookie_ports=(COOKIE,)), ALLOW, DENY)
+    g.configure(GuardConfig(cookie_ports=(COOKIE,)), ALLOW, DENY)
     with g.map("config") as m:
-        m.set(ctypes.c_uint32(0), sg.GuardConfig(cookie_ports=(COOKIE,)).to_ctype(False, False))
+        m.set(ctypes.c_uint32(0), GuardConfig(cookie_ports=(COOKIE,)).to_ctype(False, False))
     assert set(g.run(syn4(src="198.51.100.9"))[1]) == {"tx_cookie"}, "ACL4 flag clear: no lookup"
     with g.map("ports") as m:
-        m.set(ctypes.c_uint32(COOKIE), ctypes.c_uint32(sg.PORT_OPEN))
+        m.set(ctypes.c_uint32(COOKIE), ctypes.c_uint32(abi.PORT_OPEN))
     assert set(g.run(syn4())[1]) == {"pass_other"}
 
 
@@ -658,7 +660,7 @@ SEEDS: list[Callable[[], Packet]] = [
 def _check_invariants(g: Guard, data: bytes) -> None:
     res, delta = g.run(data)
     assert res.verdict in VERDICTS, res.verdict
-    outcomes = {k: v for k, v in delta.items() if k in sg.OUTCOME_NAMES}
+    outcomes = {k: v for k, v in delta.items() if k in abi.OUTCOME_NAMES}
     assert list(outcomes.values()) == [(1, len(data))], f"exactly one outcome counter: {delta}"
     (name,) = outcomes
     assert set(delta) - {name} <= {"bans", "probes"}
@@ -705,7 +707,7 @@ def test_counters_add_up_over_a_batch(g):
         total += 1
         nbytes += len(data)
     after = g.counters()
-    outcome = [(a[0] - b[0], a[1] - b[1]) for a, b in zip(after[:sg.SG_OUTCOMES], before[:sg.SG_OUTCOMES],
+    outcome = [(a[0] - b[0], a[1] - b[1]) for a, b in zip(after[:abi.SG_OUTCOMES], before[:abi.SG_OUTCOMES],
                                                           strict=True)]
     assert sum(p for p, _ in outcome) == total
     assert sum(b for _, b in outcome) == nbytes

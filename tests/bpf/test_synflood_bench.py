@@ -36,4 +36,4 @@ def test_synflood_packet_harness(tmp_path):
 
 def test_load_restoring_rejects_an_unknown_end(tmp_path):
     with pytest.raises(ValueError, match="moves"):
-        testrun.load_restoring("", "f", 64, {}, tmp_path, moves="middle")
+        testrun.load_restoring([tmp_path / "f.c"], "f", 64, {}, moves="middle")

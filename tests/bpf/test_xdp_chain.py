@@ -12,7 +12,7 @@ from types import ModuleType
 
 import pytest
 
-from fastpath.apps.guard import synguard as sg
+from fastpath.apps.guard.config import GuardConfig
 from fastpath.apps.lb import abi
 from fastpath.bpf import loader
 
@@ -34,7 +34,7 @@ sgt = _sibling("test_syn_guard")
 
 VIP = "10.100.0.1:80/tcp"
 # Port 80 is the VIP's: the guard leaves it to the balancer and protects 23 and 443.
-CONFIG = sg.GuardConfig(cookie_ports=(443,), drop_ports=(23,))
+CONFIG = GuardConfig(cookie_ports=(443,), drop_ports=(23,))
 
 
 @pytest.fixture(scope="module")

@@ -133,16 +133,16 @@ def test_missing_kernel_features_warn_not_fail(report: dict[str, Any]) -> None:
 def test_flood_engine_row_follows_the_live_frames_probe(report: dict[str, Any]) -> None:
     """Whatever this host answers: OK with the live engine where live frames work, WARN with
     the packet engine where they are refused (EPERM on some VMs)."""
-    from fastpath.labs import flood
+    from fastpath.bpf import testrun
 
     row = rows(report)["xdp-live-frames"]
-    refused = flood.live_frames_refused()
+    refused = testrun.live_frames_refused()
     assert row["data"]["live_frames_refused"] == refused
-    if os.environ.get(flood.ENGINE_ENV):
+    if os.environ.get(testrun.ENGINE_ENV):
         return  # the engine was forced: the row names it, whatever the probe says
     if refused is None:
         assert row["status"] == "OK" and row["detail"] == "live frames work; flood engine: live"
-    elif flood.packet_engine_missing() is None:
+    elif testrun.packet_engine_missing() is None:
         assert row["status"] == "WARN", row["detail"]
         assert row["detail"].endswith("flood engine: packet (AF_PACKET, sendmmsg)")
         assert refused in row["detail"]

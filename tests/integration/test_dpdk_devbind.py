@@ -12,7 +12,7 @@ import pytest
 from pyroute2 import IPRoute
 
 from fastpath.cli import main
-from fastpath.dpdk import devbind
+from fastpath.dpdk import pci
 from fastpath.dpdk.sysfs import REAL_HOST
 from fastpath.netns.lab import Lab
 
@@ -31,7 +31,7 @@ def lab(make_lab: object) -> Lab:
 
 def test_netns_interface_is_found_there(lab: Lab, capsys: pytest.CaptureFixture[str]) -> None:
     ns = lab.netns("a")
-    links = devbind.NetlinkLinks(ns)
+    links = pci.NetlinkLinks(ns)
     assert "fpbind0" in links.names() and links.parent("fpbind0") is None
     iface = links.interface("fpbind0")
     assert iface.netns == ns and iface.up and iface.master is None
@@ -60,11 +60,11 @@ def test_netlink_parent_matches_sysfs_for_our_nics() -> None:
         }
     checked = 0
     for name, (bus, dev) in parents.items():
-        sysfs = devbind._sysfs_bdf(REAL_HOST, name)
+        sysfs = pci.sysfs_bdf(REAL_HOST, name)
         if sysfs is None:
             continue
         assert bus and dev, f"{name} has a PCI device in sysfs but no netlink parent"
-        assert devbind.bdf_of_parent(REAL_HOST, (str(bus), str(dev))) == sysfs, name
+        assert pci.bdf_of_parent(REAL_HOST, (str(bus), str(dev))) == sysfs, name
         checked += 1
     if checked == 0:
         pytest.skip("no interface here sits on a PCI device")

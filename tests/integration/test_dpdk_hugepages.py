@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from fastpath.dpdk import hugepages as hp
+from fastpath.dpdk import hugepools as pools
 from fastpath.dpdk.sysfs import REAL_HOST
 from fastpath.errors import FastpathError
 
@@ -23,22 +24,22 @@ pytestmark = pytest.mark.integration
 def test_mount_show_unmount_real(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("mounting hugetlbfs needs root")
-    sizes = hp.page_sizes(REAL_HOST)
+    sizes = pools.page_sizes(REAL_HOST)
     if not sizes:
         pytest.skip("this kernel has no hugepage support")
     # A size not mounted yet if there is one; else a second mount of one at our own path
     # (the kernel allows several mounts of a size).
     mounted = {m.size_kb for m in hp.mounts(REAL_HOST, with_files=False)}
     size_kb = next((s for s in reversed(sizes) if s not in mounted), sizes[-1])
-    ledger = hp.Ledger(tmp_path / "ledger.json")
-    target = str(tmp_path / f"huge-{hp.format_kb(size_kb)}")
+    ledger = pools.Ledger(tmp_path / "ledger.json")
+    target = str(tmp_path / f"huge-{pools.format_kb(size_kb)}")
     try:
         with pytest.raises(FastpathError, match="was not mounted by fastpath"):
             hp.unmount(path=target, host=REAL_HOST, ledger=ledger)
         path, new = hp.mount(size_kb, target, host=REAL_HOST, ledger=ledger)
         assert (path, new) == (target, True)
         shown = hp.show(REAL_HOST, ledger)
-        assert any(m["path"] == target and m["pagesize"] == hp.format_kb(size_kb)
+        assert any(m["path"] == target and m["pagesize"] == pools.format_kb(size_kb)
                    for m in shown["mounts"])
         assert hp.mount(size_kb, target, host=REAL_HOST, ledger=ledger) == (target, False)
         assert hp.unmount(size_kb, host=REAL_HOST, ledger=ledger) == [target]
@@ -62,10 +63,10 @@ sys.stdin.read()
 def test_clean_keeps_a_mapped_file_until_its_process_ends(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("mounting hugetlbfs needs root")
-    size_kb = hp.default_page_kb(REAL_HOST)
-    if size_kb is None or hp.read_pool(REAL_HOST, size_kb).free < 2:
+    size_kb = pools.default_page_kb(REAL_HOST)
+    if size_kb is None or pools.read_pool(REAL_HOST, size_kb).free < 2:
         pytest.skip("needs 2 free hugepages of the default size")
-    ledger = hp.Ledger(tmp_path / "ledger.json")
+    ledger = pools.Ledger(tmp_path / "ledger.json")
     target = str(tmp_path / "huge")
     prefix = f"fastpath-cleantest-{os.getpid()}"
     live, stale = Path(target, f"{prefix}map_0"), Path(target, f"{prefix}map_1")

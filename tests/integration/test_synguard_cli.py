@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from fastpath.apps.guard import nft, synguard
+from fastpath.apps.guard import abi, nft, synguard
 from fastpath.bpf import xdp
 from fastpath.labs import floodlab
 
@@ -68,11 +68,11 @@ def test_attach_live_changes_reattach_detach(lab):
     att = synguard.attachment("eth0", ns)
     table = att.options["nft_table"]
     assert nft.ports(ns, table) == [443, PORT]
-    assert synguard.read_ports(att) == {23: synguard.PORT_DROP, 443: synguard.PORT_COOKIE,
-                                        PORT: synguard.PORT_COOKIE}
+    assert synguard.read_ports(att) == {23: abi.PORT_DROP, 443: abi.PORT_COOKIE,
+                                        PORT: abi.PORT_COOKIE}
     raw = synguard.read_raw_config(att)
     assert (raw.syn_interval_ns, raw.syn_burst_ns) == (2_000_000, 49 * 2_000_000)
-    assert raw.flags == synguard.CFG_COOKIES
+    assert raw.flags == abi.CFG_COOKIES
 
     # status: every guarded interface, in every namespace
     status = [s for s in json.loads(fastpath("xdp", "status", "--json").stdout) if s["netns"] == ns]
@@ -103,15 +103,15 @@ def test_attach_live_changes_reattach_detach(lab):
     fastpath("xdp", "allow", "del", "10.66.0.1/32", "--netns", ns)
     fastpath("xdp", "deny", "del", "10.66.0.0/24", "fd66::/64", "--netns", ns)
     assert synguard.acl_entries(att) == []
-    assert synguard.read_raw_config(att).flags == synguard.CFG_COOKIES, "empty lists: lookups skipped"
+    assert synguard.read_raw_config(att).flags == abi.CFG_COOKIES, "empty lists: lookups skipped"
 
     # ports: add a cookie port and remove one, live, in XDP and in the SYNPROXY set
     out = json.loads(fastpath("xdp", "ports", "eth0", "--netns", ns, "--add", "8443", "--remove", "443",
                               "--json").stdout)
     assert out["cookie_ports"] == [PORT, 8443] and out["drop_ports"] == [23]
     assert out["synproxy_ports"] == [PORT, 8443]
-    assert synguard.read_ports(att) == {23: synguard.PORT_DROP, PORT: synguard.PORT_COOKIE,
-                                        8443: synguard.PORT_COOKIE}
+    assert synguard.read_ports(att) == {23: abi.PORT_DROP, PORT: abi.PORT_COOKIE,
+                                        8443: abi.PORT_COOKIE}
 
     # rate: a tight limit makes the client's own SYNs limited, live; off again restores it
     fastpath("xdp", "rate", "eth0", "--netns", ns, "--syn-rate", "1/s", "--syn-burst", "1",
@@ -138,9 +138,9 @@ def test_attach_live_changes_reattach_detach(lab):
     assert [str(n) for n, _ in synguard.acl_entries(att2)] == ["203.0.113.0/24"]
     assert _flows(att2) >= flows_before > 0
     assert counters(ns)["tx_cookie"] >= cookies_before
-    assert synguard.read_ports(att2) == {PORT: synguard.PORT_COOKIE}
+    assert synguard.read_ports(att2) == {PORT: abi.PORT_COOKIE}
     assert nft.ports(ns, table) == [PORT]
-    assert synguard.read_raw_config(att2).flags & synguard.CFG_FRAG_PASS
+    assert synguard.read_raw_config(att2).flags & abi.CFG_FRAG_PASS
     assert probe(lab, count=3)["ok"] == 3
 
     # --no-cookies drops the SYNPROXY rules; SYNs reach the server directly
@@ -188,7 +188,7 @@ def test_acl_conflict_changes_nothing(lab):
         assert res.returncode != 0 and "not in the deny list" in res.stderr
         with synguard.open_map(att, "config") as m:
             flags = m.get(ctypes.c_uint32(0)).flags  # type: ignore[union-attr]
-        assert flags & synguard.CFG_ACL4 and not flags & synguard.CFG_ACL6
+        assert flags & abi.CFG_ACL4 and not flags & abi.CFG_ACL6
     finally:
         fastpath("xdp", "detach", "eth0", "--netns", ns)
 
@@ -239,6 +239,7 @@ BAD_ATTACHED = [
     (["rate", "eth0", "--syn-rate=-5/s"], "bad SYN rate"),
     (["rate", "eth0", "--syn-burst", "x"], "is not a whole number"),
     (["rate", "eth0", "--ban-seconds", "-1"], "--ban-seconds -1 out of range"),
+    (["rate", "eth0", "--ban-after", "4294967296"], "--ban-after 4294967296 out of range"),
 ]
 
 

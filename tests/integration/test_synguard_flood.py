@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from fastpath.apps.guard import nft
-from fastpath.apps.guard import synguard as sg
-from fastpath.bpf import xdp
-from fastpath.labs import flood, floodlab
+from fastpath.apps.guard import abi, nft
+from fastpath.bpf import testrun, xdp
+from fastpath.labs import floodlab
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +40,7 @@ def _sysctl(lab, node: str, name: str) -> str:
 def engines() -> list[str]:
     """The packet engine runs everywhere; the live engine where this host allows live frames
     (doctor's xdp-live-frames row says which)."""
-    return ["packet"] + (["live"] if flood.live_frames_refused() is None else [])
+    return ["packet"] + (["live"] if testrun.live_frames_refused() is None else [])
 
 
 def _flood_and_probe(lab, attempts: int, timeout: float, interval: float,
@@ -133,7 +132,7 @@ def test_guard_keeps_service_reachable_under_spoofed_flood(lab, target, engine):
     assert c["tx_cookie"] >= 0.7 * sent, "most generated SYNs must reach XDP and be answered"
     # Every frame XDP saw landed in exactly one outcome counter (a client retransmitting an
     # ACK for a cookie it already used lands in drop_cookie).
-    assert sum(c[name] for name in sg.OUTCOME_NAMES) == stats["frames"]
+    assert sum(c[name] for name in abi.OUTCOME_NAMES) == stats["frames"]
     assert c["tx_cookie"] + c["pass_cookie"] + c["pass_flow"] + c["drop_cookie"] >= stats["frames"] - 100
     assert c["pass_other"] + c["pass_tcp"] < 100
     # Every good connect went through a validated cookie, except where the client reused a

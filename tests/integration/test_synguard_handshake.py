@@ -17,6 +17,7 @@ import time
 import pytest
 
 from fastpath.apps.guard import synguard as sg
+from fastpath.apps.guard.config import GuardConfig
 from fastpath.labs import floodlab
 
 pytestmark = pytest.mark.integration
@@ -186,7 +187,7 @@ quota until 100 bytes counter drop
 def test_lost_handshake_ack_completes_on_the_zero_window_probe(lab):
     ns = lab.netns("server")
     lab.spawn("server", floodlab.serve_argv()).wait_output("ready")
-    res = sg.attach("eth0", ns, "generic", sg.GuardConfig(cookie_ports=(PORT,)))
+    res = sg.attach("eth0", ns, "generic", GuardConfig(cookie_ports=(PORT,)))
     assert res.nft_table
     lab.run("client", ["nft", "-f", "-"], input=lose_first_ack(floodlab.SERVER4))
     probe = floodlab.probe_result(lab.run("client", floodlab.probe_argv(count=1, timeout=10.0),
@@ -210,7 +211,7 @@ def test_lost_handshake_ack_in_a_lower_mss_class_stalls(lab):
     number low, and the client's data is never echoed."""
     ns = lab.netns("server")
     lab.spawn("server", floodlab.serve_argv()).wait_output("ready")
-    res = sg.attach("eth0", ns, "generic", sg.GuardConfig(cookie_ports=(PORT,)))
+    res = sg.attach("eth0", ns, "generic", GuardConfig(cookie_ports=(PORT,)))
     lab.run("client", ["nft", "-f", "-"], input=lose_first_ack(floodlab.SERVER6))
     probe = floodlab.probe_result(lab.run("client", floodlab.probe_argv(target=floodlab.SERVER6, count=1,
                                                                         timeout=4.0), timeout=60).stdout)

@@ -361,7 +361,14 @@ def _pci(
         mkdir(root, f"/sys/bus/pci/drivers/{driver}")
         (dev / "driver").symlink_to(f"../../../bus/pci/drivers/{driver}")
     if netdev:
-        mkdir(root, f"/sys/bus/pci/devices/{addr}/{'virtio0/' if nested else ''}net/{netdev}")
+        # As in sysfs: the interface's directory sits below the PCI function (a virtio NIC
+        # puts a virtioN device between them), /sys/class/net links to it, and its
+        # `device` link points back at its parent.
+        parent = f"/sys/bus/pci/devices/{addr}{'/virtio0' if nested else ''}"
+        iface = mkdir(root, f"{parent}/net/{netdev}")
+        (iface / "device").symlink_to(root / parent.lstrip("/"))
+        mkdir(root, "/sys/class/net")
+        (root / "sys/class/net" / netdev).symlink_to(iface)
 
 
 ROUTE_HEADER = "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\tMTU\tWindow\tIRTT\n"
@@ -478,12 +485,12 @@ def flood_host(monkeypatch: pytest.MonkeyPatch) -> dict[str, str | None]:
     socket opens) are replaced: one machine can show only one answer, and this checks how the row
     reads for each. `choose_engine` and its $FASTPATH_FLOOD_ENGINE handling run for real.
     """
-    from fastpath.labs import flood
+    from fastpath.bpf import testrun
 
     host: dict[str, str | None] = {"refused": None, "missing": None}
-    monkeypatch.setattr(flood, "live_frames_refused", lambda ifindex=1: host["refused"])
-    monkeypatch.setattr(flood, "packet_engine_missing", lambda: host["missing"])
-    monkeypatch.delenv(flood.ENGINE_ENV, raising=False)
+    monkeypatch.setattr(testrun, "live_frames_refused", lambda ifindex=1: host["refused"])
+    monkeypatch.setattr(testrun, "packet_engine_missing", lambda: host["missing"])
+    monkeypatch.delenv(testrun.ENGINE_ENV, raising=False)
     return host
 
 

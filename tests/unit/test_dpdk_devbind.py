@@ -18,8 +18,8 @@ import pytest
 
 from fastpath.cli import main
 from fastpath.dpdk import cli as dpdk_cli
-from fastpath.dpdk import devbind
-from fastpath.dpdk.devbind import StaticNetState
+from fastpath.dpdk import devbind, pci
+from fastpath.dpdk.pci import StaticNetState
 from fastpath.dpdk.sysfs import Host
 from fastpath.errors import FastpathError
 
@@ -191,7 +191,7 @@ def bind(host: Host, dev: str = NIC, driver: str = "vfio-pci", *, net: StaticNet
      ("eth0", None), ("03:00.8", None), ("3:00.0", None), ("0000:03:20.0", None)],
 )
 def test_normalize_bdf(text: str, want: str | None) -> None:
-    assert devbind.normalize_bdf(text) == want
+    assert pci.normalize_bdf(text) == want
 
 
 def test_resolve_by_interface_and_by_address(host: FakeKernel) -> None:
@@ -207,7 +207,7 @@ def test_resolve_walks_through_virtio(tmp_path: Path) -> None:
     h = fake_host(tmp_path)
     add_device(h, "0000:00:03.0", driver="virtio-pci", ifaces=("eth0",), via_virtio=True)
     assert devbind.resolve(h, "eth0").address == "0000:00:03.0"
-    assert devbind.list_devices(h)[0].interface_names == ["eth0"]
+    assert pci.list_devices(h)[0].interface_names == ["eth0"]
 
 
 def test_resolve_unknown_and_virtual(host: FakeKernel) -> None:
@@ -224,8 +224,8 @@ def test_resolve_unknown_and_virtual(host: FakeKernel) -> None:
 def test_list_devices_network_only(host: FakeKernel) -> None:
     """Fake sysfs: a host bridge is listed only with network_only=False."""
     add_device(host, "0000:00:00.0", driver=None, cls="0x060000")
-    assert [d.address for d in devbind.list_devices(host)] == [NIC]
-    assert len(devbind.list_devices(host, network_only=False)) == 2
+    assert [d.address for d in pci.list_devices(host)] == [NIC]
+    assert len(pci.list_devices(host, network_only=False)) == 2
 
 
 # ---------------------------------------------------------------- bind, unbind, restore
@@ -479,12 +479,12 @@ def test_cli_devices_says_when_there_is_no_nic(tmp_path: Path,
 
 
 def in_fwd(name: str, *, up: bool = False, master: str | None = None,
-           kind: str | None = None) -> devbind.Interface:
-    return devbind.Interface(name, up, master, kind, netns="fwd")
+           kind: str | None = None) -> pci.Interface:
+    return pci.Interface(name, up, master, kind, netns="fwd")
 
 
 @pytest.fixture
-def netns_host(tmp_path: Path) -> tuple[FakeKernel, devbind.StaticLinks]:
+def netns_host(tmp_path: Path) -> tuple[FakeKernel, pci.StaticLinks]:
     """Fake tree: eth1 on NIC here; NIC2's interface lives in namespace fwd, also named eth1
     (invisible in our /sys/class/net), NIC3's (virtio) is eth9 in fwd, veth0 in fwd has no
     device."""
@@ -496,7 +496,7 @@ def netns_host(tmp_path: Path) -> tuple[FakeKernel, devbind.StaticLinks]:
     (dev3 / "virtio3").mkdir()
     h.path("/sys/bus/virtio/devices").mkdir(parents=True)
     h.path("/sys/bus/virtio/devices/virtio3").symlink_to(dev3 / "virtio3")
-    links = devbind.StaticLinks(
+    links = pci.StaticLinks(
         "fwd",
         interfaces={"eth1": in_fwd("eth1", up=True), "eth9": in_fwd("eth9"),
                     "veth0": in_fwd("veth0", up=True)},
@@ -506,7 +506,7 @@ def netns_host(tmp_path: Path) -> tuple[FakeKernel, devbind.StaticLinks]:
 
 
 def test_netns_interface_resolves_through_its_parent_device(
-        netns_host: tuple[FakeKernel, devbind.StaticLinks]) -> None:
+        netns_host: tuple[FakeKernel, pci.StaticLinks]) -> None:
     host, links = netns_host
     dev = devbind.resolve(host, "eth1", links)
     assert dev.address == NIC2 and dev.interfaces == [in_fwd("eth1", up=True)]
@@ -521,17 +521,17 @@ def test_netns_interface_resolves_through_its_parent_device(
 
 
 def test_list_devices_shows_both_namespaces_apart(
-        netns_host: tuple[FakeKernel, devbind.StaticLinks]) -> None:
+        netns_host: tuple[FakeKernel, pci.StaticLinks]) -> None:
     host, links = netns_host
-    by_bdf = {d.address: d.interfaces for d in devbind.list_devices(host, links=links)}
-    assert by_bdf[NIC] == [devbind.Interface("eth1", False, None, None)]
+    by_bdf = {d.address: d.interfaces for d in pci.list_devices(host, links=links)}
+    assert by_bdf[NIC] == [pci.Interface("eth1", False, None, None)]
     assert by_bdf[NIC2] == [in_fwd("eth1", up=True)]
     assert by_bdf["0000:05:00.0"] == [in_fwd("eth9")]
-    assert {d.address: d.interfaces for d in devbind.list_devices(host)}[NIC2] == []
+    assert {d.address: d.interfaces for d in pci.list_devices(host)}[NIC2] == []
 
 
 def test_bind_in_netns_checks_that_namespace(
-        netns_host: tuple[FakeKernel, devbind.StaticLinks]) -> None:
+        netns_host: tuple[FakeKernel, pci.StaticLinks]) -> None:
     """Addresses and routes come from the other namespace's state, `up` from its links; the
     SSH check ignores it (our session's routes say eth1, but that is our eth1)."""
     host, links = netns_host
@@ -554,7 +554,7 @@ def test_bind_in_netns_checks_that_namespace(
 
 
 def test_unbind_in_netns_refuses_a_bridge_member(
-        netns_host: tuple[FakeKernel, devbind.StaticLinks]) -> None:
+        netns_host: tuple[FakeKernel, pci.StaticLinks]) -> None:
     host, links = netns_host
     links.interfaces["eth9"] = in_fwd("eth9", master="br0", kind="bridge")
     plan = devbind.plan_unbind("eth9", host=host, net=QUIET, env=NO_SSH, links=links,

@@ -1,5 +1,6 @@
-"""Hugepages (fastpath.dpdk.hugepages): size syntax, total vs per-node reservations, the
-ledger that makes release give back only fastpath's pages, mounts and stale files.
+"""Hugepages (fastpath.dpdk.hugepools, fastpath.dpdk.hugepages): size syntax, total vs
+per-node reservations, the ledger that makes release give back only fastpath's pages, mounts
+and stale files.
 
 Most tests run against a fake two-node sysfs tree (`FakeHugeKernel`, which spreads and caps
 pages like the kernel does). The `real_sysfs` tests change the real 2 MiB pool by a few pages
@@ -22,6 +23,7 @@ from hypothesis import strategies as st
 
 from fastpath.cli import main
 from fastpath.dpdk import hugepages as hp
+from fastpath.dpdk import hugepools as pools
 from fastpath.dpdk.sysfs import REAL_HOST, Host
 from fastpath.errors import FastpathError
 
@@ -50,13 +52,13 @@ class FakeHugeKernel(Host):
             super().write(path, value)
 
     def _node_count(self, size_kb: int, node: int) -> int:
-        return self.read_int(f"{hp.pool_dir(size_kb, node)}/nr_hugepages")
+        return self.read_int(f"{pools.pool_dir(size_kb, node)}/nr_hugepages")
 
     def _set_node(self, size_kb: int, node: int, want: int) -> None:
         got = min(want, self.capacity.get((size_kb, node), 1 << 30))
         in_use = got_in_use(self, size_kb, node)
         got = max(got, in_use)
-        base = hp.pool_dir(size_kb, node)
+        base = pools.pool_dir(size_kb, node)
         Host.write(self, f"{base}/nr_hugepages", str(got))
         Host.write(self, f"{base}/free_hugepages", str(got - in_use))
         self._sum(size_kb)
@@ -76,14 +78,14 @@ class FakeHugeKernel(Host):
             node = 1 - node
 
     def _sum(self, size_kb: int) -> None:
-        base = hp.pool_dir(size_kb, None)
+        base = pools.pool_dir(size_kb, None)
         for f in ("nr_hugepages", "free_hugepages"):
-            total = sum(self.read_int(f"{hp.pool_dir(size_kb, n)}/{f}") for n in (0, 1))
+            total = sum(self.read_int(f"{pools.pool_dir(size_kb, n)}/{f}") for n in (0, 1))
             Host.write(self, f"{base}/{f}", str(total))
 
 
 def got_in_use(host: Host, size_kb: int, node: int) -> int:
-    base = hp.pool_dir(size_kb, node)
+    base = pools.pool_dir(size_kb, node)
     return host.read_int(f"{base}/nr_hugepages") - host.read_int(f"{base}/free_hugepages")
 
 
@@ -115,12 +117,12 @@ def host(tmp_path: Path) -> FakeHugeKernel:
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> hp.Ledger:
-    return hp.Ledger(tmp_path / "ledger.json")
+def ledger(tmp_path: Path) -> pools.Ledger:
+    return pools.Ledger(tmp_path / "ledger.json")
 
 
-def pages(n: int) -> hp.SizeRequest:
-    return hp.SizeRequest(f"{n}pages", pages=n)
+def pages(n: int) -> pools.SizeRequest:
+    return pools.SizeRequest(f"{n}pages", pages=n)
 
 
 # ---------------------------------------------------------------- syntax
@@ -132,7 +134,7 @@ def pages(n: int) -> hp.SizeRequest:
      ("64mb", 64 << 20, None), ("256pages", None, 256), ("8p", None, 8), ("1 page", None, 1)],
 )
 def test_parse_size(text: str, nbytes: int | None, npages: int | None) -> None:
-    req = hp.parse_size(text)
+    req = pools.parse_size(text)
     assert (req.nbytes, req.pages) == (nbytes, npages)
 
 
@@ -144,130 +146,130 @@ def test_parse_size(text: str, nbytes: int | None, npages: int | None) -> None:
 )
 def test_parse_size_errors(text: str, why: str) -> None:
     with pytest.raises(FastpathError, match=why):
-        hp.parse_size(text)
+        pools.parse_size(text)
 
 
 @given(st.integers(min_value=1, max_value=1 << 20), st.sampled_from(["K", "M", "G"]))
 def test_size_rounds_up_to_whole_pages(n: int, unit: str) -> None:
-    req = hp.parse_size(f"{n}{unit}")
+    req = pools.parse_size(f"{n}{unit}")
     got = req.pages_of(KB_2M)
     assert got * 2 * (1 << 20) >= req.nbytes > (got - 1) * 2 * (1 << 20)
 
 
 @pytest.mark.parametrize(("text", "kb"), [("2M", 2048), ("1G", KB_1G), ("2048kB", 2048)])
 def test_parse_pagesize(text: str, kb: int) -> None:
-    assert hp.parse_pagesize(text) == kb
-    assert hp.format_kb(kb) in ("2M", "1G")
+    assert pools.parse_pagesize(text) == kb
+    assert pools.format_kb(kb) in ("2M", "1G")
 
 
 @pytest.mark.parametrize("text", ["2", "big", "2X", "-2M"])
 def test_parse_pagesize_errors(text: str) -> None:
     with pytest.raises(FastpathError, match="bad page size"):
-        hp.parse_pagesize(text)
+        pools.parse_pagesize(text)
 
 
-def test_unsupported_pagesize_and_node(host: FakeHugeKernel, ledger: hp.Ledger) -> None:
+def test_unsupported_pagesize_and_node(host: FakeHugeKernel, ledger: pools.Ledger) -> None:
     """Fake sysfs: 4M is not a size here; node 5 does not exist."""
     with pytest.raises(FastpathError, match="4M is not a hugepage size here; available: 2M, 1G"):
-        hp.reserve(pages(1), 4096, host=host, ledger=ledger)
+        pools.reserve(pages(1), 4096, host=host, ledger=ledger)
     with pytest.raises(FastpathError, match="no NUMA node 5; nodes: 0, 1"):
-        hp.reserve(pages(1), KB_2M, node=5, host=host, ledger=ledger)
+        pools.reserve(pages(1), KB_2M, node=5, host=host, ledger=ledger)
 
 
 # ---------------------------------------------------------------- total vs node
 
 
-def test_reserve_total_spreads_over_nodes(host: FakeHugeKernel, ledger: hp.Ledger) -> None:
+def test_reserve_total_spreads_over_nodes(host: FakeHugeKernel, ledger: pools.Ledger) -> None:
     """Fake two-node sysfs: a system-wide 512M reservation is 256 pages in total, which the
     (fake) kernel spreads 128/128; release takes them all back."""
-    change = hp.reserve(hp.parse_size("512M"), KB_2M, host=host, ledger=ledger)
+    change = pools.reserve(pools.parse_size("512M"), KB_2M, host=host, ledger=ledger)
     assert (change.before, change.wanted, change.granted, change.changed) == (0, 256, 256, True)
-    assert [hp.read_pool(host, KB_2M, n).total for n in (0, 1)] == [128, 128]
+    assert [pools.read_pool(host, KB_2M, n).total for n in (0, 1)] == [128, 128]
     assert ledger.load()["reservations"] == {"2048kB/all": {"baseline": 0, "reserved": 256}}
-    back = hp.release(KB_2M, host=host, ledger=ledger)
+    back = pools.release(KB_2M, host=host, ledger=ledger)
     assert (back.before, back.granted) == (256, 0)
-    assert hp.read_pool(host, KB_2M).total == 0
+    assert pools.read_pool(host, KB_2M).total == 0
     assert ledger.load()["reservations"] == {}
 
 
-def test_reserve_one_node_only(host: FakeHugeKernel, ledger: hp.Ledger) -> None:
+def test_reserve_one_node_only(host: FakeHugeKernel, ledger: pools.Ledger) -> None:
     """Fake two-node sysfs: --node 1 sets node 1's own count; node 0 is untouched."""
-    hp.reserve(pages(10), KB_2M, host=host, ledger=ledger)  # 5 + 5
-    change = hp.reserve(pages(100), KB_2M, node=1, host=host, ledger=ledger)
+    pools.reserve(pages(10), KB_2M, host=host, ledger=ledger)  # 5 + 5
+    change = pools.reserve(pages(100), KB_2M, node=1, host=host, ledger=ledger)
     assert (change.scope, change.before, change.granted) == ("node 1", 5, 100)
-    assert hp.read_pool(host, KB_2M, 0).total == 5
-    assert hp.read_pool(host, KB_2M).total == 105
-    hp.release(KB_2M, node=1, host=host, ledger=ledger)
-    assert [hp.read_pool(host, KB_2M, n).total for n in (0, 1)] == [5, 5]
+    assert pools.read_pool(host, KB_2M, 0).total == 5
+    assert pools.read_pool(host, KB_2M).total == 105
+    pools.release(KB_2M, node=1, host=host, ledger=ledger)
+    assert [pools.read_pool(host, KB_2M, n).total for n in (0, 1)] == [5, 5]
 
 
-def test_reserve_never_lowers(host: FakeHugeKernel, ledger: hp.Ledger) -> None:
+def test_reserve_never_lowers(host: FakeHugeKernel, ledger: pools.Ledger) -> None:
     """Fake sysfs: asking for less than present changes nothing and records nothing."""
     host._set_total(KB_2M, 300)
-    change = hp.reserve(hp.parse_size("64M"), KB_2M, host=host, ledger=ledger)
+    change = pools.reserve(pools.parse_size("64M"), KB_2M, host=host, ledger=ledger)
     assert not change.changed and "already 300 pages" in change.note
-    assert hp.read_pool(host, KB_2M).total == 300
+    assert pools.read_pool(host, KB_2M).total == 300
     assert ledger.load()["reservations"] == {}
 
 
 def test_release_never_clears_pages_it_did_not_reserve(host: FakeHugeKernel,
-                                                       ledger: hp.Ledger) -> None:
+                                                       ledger: pools.Ledger) -> None:
     """Fake sysfs: 300 pages reserved by someone else stay after release."""
     host._set_total(KB_2M, 300)
-    change = hp.release(KB_2M, host=host, ledger=ledger)
+    change = pools.release(KB_2M, host=host, ledger=ledger)
     assert not change.changed and "belong to someone else" in change.note
-    assert hp.read_pool(host, KB_2M).total == 300
+    assert pools.read_pool(host, KB_2M).total == 300
 
 
 def test_release_keeps_pages_added_by_others_meanwhile(host: FakeHugeKernel,
-                                                       ledger: hp.Ledger) -> None:
+                                                       ledger: pools.Ledger) -> None:
     """Fake sysfs: baseline 10, fastpath raises to 50, someone raises to 70: release gives
     back fastpath's 40 and leaves 30."""
     host._set_total(KB_2M, 10)
-    hp.reserve(pages(50), KB_2M, host=host, ledger=ledger)
+    pools.reserve(pages(50), KB_2M, host=host, ledger=ledger)
     host._set_total(KB_2M, 70)
-    change = hp.release(KB_2M, host=host, ledger=ledger)
+    change = pools.release(KB_2M, host=host, ledger=ledger)
     assert (change.before, change.granted) == (70, 30)
 
 
-def test_release_never_below_baseline(host: FakeHugeKernel, ledger: hp.Ledger) -> None:
+def test_release_never_below_baseline(host: FakeHugeKernel, ledger: pools.Ledger) -> None:
     """Fake sysfs: someone lowered the pool after fastpath's reservation; release does not
     take it below the count fastpath found."""
     host._set_total(KB_2M, 10)
-    hp.reserve(pages(50), KB_2M, host=host, ledger=ledger)
+    pools.reserve(pages(50), KB_2M, host=host, ledger=ledger)
     host._set_total(KB_2M, 20)
-    change = hp.release(KB_2M, host=host, ledger=ledger)
+    change = pools.release(KB_2M, host=host, ledger=ledger)
     assert change.granted == 10
 
 
-def test_release_with_pages_in_use(host: FakeHugeKernel, ledger: hp.Ledger) -> None:
+def test_release_with_pages_in_use(host: FakeHugeKernel, ledger: pools.Ledger) -> None:
     """Fake sysfs: pages still mapped cannot be freed; release reports what it got."""
-    hp.reserve(pages(8), KB_2M, host=host, ledger=ledger)
+    pools.reserve(pages(8), KB_2M, host=host, ledger=ledger)
     for node in (0, 1):  # 3 pages in use on each node
-        Host.write(host, f"{hp.pool_dir(KB_2M, node)}/free_hugepages", "1")
-    change = hp.release(KB_2M, host=host, ledger=ledger)
+        Host.write(host, f"{pools.pool_dir(KB_2M, node)}/free_hugepages", "1")
+    change = pools.release(KB_2M, host=host, ledger=ledger)
     assert change.granted == 6 and "released 2 of the 8" in change.note
 
 
 def test_1g_shortfall_rolls_back_and_suggests_boot_parameters(tmp_path: Path,
-                                                              ledger: hp.Ledger) -> None:
+                                                              ledger: pools.Ledger) -> None:
     """Fake sysfs where each node has room for only 2 1G pages: asking for 8 gets 4, which
     is rolled back, and the error names the boot parameters."""
     host = make_tree(tmp_path, capacity={(KB_1G, 0): 2, (KB_1G, 1): 2})
     with pytest.raises(FastpathError) as err:
-        hp.reserve(hp.parse_size("8G"), KB_1G, host=host, ledger=ledger)
+        pools.reserve(pools.parse_size("8G"), KB_1G, host=host, ledger=ledger)
     msg = str(err.value)
     assert "granted only 4 of 8 1G pages (system-wide total); rolled back to 0" in msg
     assert "'hugepagesz=1G hugepages=8'" in msg and "default_hugepagesz=1G" in msg
-    assert hp.read_pool(host, KB_1G).total == 0
+    assert pools.read_pool(host, KB_1G).total == 0
     assert ledger.load()["reservations"] == {}
 
 
-def test_2m_shortfall_on_a_node_hints_compaction(tmp_path: Path, ledger: hp.Ledger) -> None:
+def test_2m_shortfall_on_a_node_hints_compaction(tmp_path: Path, ledger: pools.Ledger) -> None:
     host = make_tree(tmp_path, capacity={(KB_2M, 1): 10})
     with pytest.raises(FastpathError, match="memory on node 1 is short.*compact_memory"):
-        hp.reserve(pages(20), KB_2M, node=1, host=host, ledger=ledger)
-    assert hp.read_pool(host, KB_2M, 1).total == 0
+        pools.reserve(pages(20), KB_2M, node=1, host=host, ledger=ledger)
+    assert pools.read_pool(host, KB_2M, 1).total == 0
 
 
 # ---------------------------------------------------------------- mounts and stale files
@@ -284,11 +286,11 @@ def locked_file(host: FakeHugeKernel) -> Iterator[Path]:
     os.close(fd)
 
 
-def test_show_reports_nodes_mounts_and_stale_files(host: FakeHugeKernel, ledger: hp.Ledger,
+def test_show_reports_nodes_mounts_and_stale_files(host: FakeHugeKernel, ledger: pools.Ledger,
                                                    locked_file: Path) -> None:
     """Fake sysfs: one locked (live) and one unlocked (stale) hugepage file in the mount."""
     host.path("/dev/hugepages/deadmap_3").write_bytes(b"y" * 8192)
-    hp.reserve(pages(4), KB_2M, host=host, ledger=ledger)
+    pools.reserve(pages(4), KB_2M, host=host, ledger=ledger)
     data = hp.show(host, ledger)
     assert data["default_pagesize"] == "2M"
     two_m = data["sizes"][0]
@@ -320,7 +322,7 @@ def fake_mounter(host: Host) -> tuple[list[list[str]], hp.Mounter]:
 
 
 def test_mount_and_unmount_only_what_fastpath_mounted(host: FakeHugeKernel,
-                                                      ledger: hp.Ledger) -> None:
+                                                      ledger: pools.Ledger) -> None:
     """Fake sysfs + fake mount command: 2M is already mounted (not by fastpath), 1G gets
     mounted at /dev/hugepages-1G; unmount removes only that one."""
     calls, run = fake_mounter(host)
@@ -336,7 +338,7 @@ def test_mount_and_unmount_only_what_fastpath_mounted(host: FakeHugeKernel,
     assert ledger.load()["mounts"] == []
 
 
-def test_unmount_refuses_files_in_use(host: FakeHugeKernel, ledger: hp.Ledger) -> None:
+def test_unmount_refuses_files_in_use(host: FakeHugeKernel, ledger: pools.Ledger) -> None:
     """Fake sysfs: a mount with a locked hugepage file stays mounted."""
     calls, run = fake_mounter(host)
     path, _ = hp.mount(KB_1G, "/mnt/huge1g", host=host, ledger=ledger, mounter=run)
@@ -378,7 +380,7 @@ def test_cli_show_json(host: FakeHugeKernel, capsys: pytest.CaptureFixture[str])
 
 # ---------------------------------------------------------------- real sysfs
 
-REAL_2M = f"{hp.GLOBAL_DIR}/hugepages-{KB_2M}kB/nr_hugepages"
+REAL_2M = f"{pools.GLOBAL_DIR}/hugepages-{KB_2M}kB/nr_hugepages"
 
 
 @pytest.fixture
@@ -388,65 +390,65 @@ def real_pool() -> Iterator[dict[str | int, int]]:
         pytest.skip("changing hugepage pools needs root")
     if not REAL_HOST.exists(REAL_2M):
         pytest.skip("this kernel has no 2 MiB hugepage pool")
-    before: dict[str | int, int] = {"all": hp.read_pool(REAL_HOST, KB_2M).total}
-    for n in hp.nodes(REAL_HOST):
-        before[n] = hp.read_pool(REAL_HOST, KB_2M, n).total
+    before: dict[str | int, int] = {"all": pools.read_pool(REAL_HOST, KB_2M).total}
+    for n in pools.nodes(REAL_HOST):
+        before[n] = pools.read_pool(REAL_HOST, KB_2M, n).total
     yield before
     for key, count in before.items():
         node = None if key == "all" else int(key)
-        if hp.read_pool(REAL_HOST, KB_2M, node).total != count:
-            REAL_HOST.write(f"{hp.pool_dir(KB_2M, node)}/nr_hugepages", str(count))
-    assert hp.read_pool(REAL_HOST, KB_2M).total == before["all"]
+        if pools.read_pool(REAL_HOST, KB_2M, node).total != count:
+            REAL_HOST.write(f"{pools.pool_dir(KB_2M, node)}/nr_hugepages", str(count))
+    assert pools.read_pool(REAL_HOST, KB_2M).total == before["all"]
 
 
 def test_real_sysfs_reserve_and_release_total(real_pool: dict[str | int, int],
-                                              ledger: hp.Ledger) -> None:
+                                              ledger: pools.Ledger) -> None:
     """Real sysfs: raise the 2 MiB total by 2 pages, read back the grant, release exactly
     those 2 (the pages present before stay)."""
     start = real_pool["all"]
-    change = hp.reserve(pages(start + 2), KB_2M, host=REAL_HOST, ledger=ledger)
+    change = pools.reserve(pages(start + 2), KB_2M, host=REAL_HOST, ledger=ledger)
     assert (change.before, change.granted) == (start, start + 2)
-    assert hp.read_pool(REAL_HOST, KB_2M).total == start + 2
-    back = hp.release(KB_2M, host=REAL_HOST, ledger=ledger)
+    assert pools.read_pool(REAL_HOST, KB_2M).total == start + 2
+    back = pools.release(KB_2M, host=REAL_HOST, ledger=ledger)
     assert back.granted == start
     # A second release finds nothing of fastpath's and leaves the pool alone.
-    again = hp.release(KB_2M, host=REAL_HOST, ledger=ledger)
-    assert not again.changed and hp.read_pool(REAL_HOST, KB_2M).total == start
+    again = pools.release(KB_2M, host=REAL_HOST, ledger=ledger)
+    assert not again.changed and pools.read_pool(REAL_HOST, KB_2M).total == start
 
 
 def test_real_sysfs_reserve_on_node0(real_pool: dict[str | int, int],
-                                     ledger: hp.Ledger) -> None:
+                                     ledger: pools.Ledger) -> None:
     """Real sysfs: node 0's own count goes up by 2 and comes back."""
     if 0 not in real_pool:
         pytest.skip("no NUMA node 0 with hugepages in sysfs")
     start = real_pool[0]
-    change = hp.reserve(pages(start + 2), KB_2M, node=0, host=REAL_HOST, ledger=ledger)
+    change = pools.reserve(pages(start + 2), KB_2M, node=0, host=REAL_HOST, ledger=ledger)
     assert change.granted == start + 2 and change.scope == "node 0"
-    assert hp.read_pool(REAL_HOST, KB_2M).total == real_pool["all"] + 2
-    hp.release(KB_2M, node=0, host=REAL_HOST, ledger=ledger)
-    assert hp.read_pool(REAL_HOST, KB_2M, 0).total == start
+    assert pools.read_pool(REAL_HOST, KB_2M).total == real_pool["all"] + 2
+    pools.release(KB_2M, node=0, host=REAL_HOST, ledger=ledger)
+    assert pools.read_pool(REAL_HOST, KB_2M, 0).total == start
 
 
-def test_real_sysfs_1g_page_granted_or_explained(ledger: hp.Ledger) -> None:
+def test_real_sysfs_1g_page_granted_or_explained(ledger: pools.Ledger) -> None:
     """Real sysfs: one 1 GiB page is either granted and given back, or refused at run time
     with the boot parameters that would reserve it, leaving the pool as it was."""
     if os.geteuid() != 0:
         pytest.skip("changing hugepage pools needs root")
-    if KB_1G not in hp.page_sizes(REAL_HOST):
+    if KB_1G not in pools.page_sizes(REAL_HOST):
         pytest.skip("this kernel has no 1 GiB hugepages")
-    start = hp.read_pool(REAL_HOST, KB_1G).total
+    start = pools.read_pool(REAL_HOST, KB_1G).total
     try:
-        change = hp.reserve(pages(start + 1), KB_1G, host=REAL_HOST, ledger=ledger)
+        change = pools.reserve(pages(start + 1), KB_1G, host=REAL_HOST, ledger=ledger)
     except FastpathError as exc:
         assert "hugepagesz=1G" in str(exc)
-        assert hp.read_pool(REAL_HOST, KB_1G).total == start
+        assert pools.read_pool(REAL_HOST, KB_1G).total == start
         return
     try:
         assert change.granted == start + 1
-        assert hp.release(KB_1G, host=REAL_HOST, ledger=ledger).granted == start
+        assert pools.release(KB_1G, host=REAL_HOST, ledger=ledger).granted == start
     finally:
-        if hp.read_pool(REAL_HOST, KB_1G).total != start:
-            REAL_HOST.write(f"{hp.pool_dir(KB_1G, None)}/nr_hugepages", str(start))
+        if pools.read_pool(REAL_HOST, KB_1G).total != start:
+            REAL_HOST.write(f"{pools.pool_dir(KB_1G, None)}/nr_hugepages", str(start))
 
 
 # ---------------------------------------------------------------- clean
@@ -583,7 +585,7 @@ def test_unreadable_maps_of_a_hugepage_user_stop_clean(host: FakeHugeKernel,
     assert len(hp.clean(host).stale) == 3
 
 
-def test_show_counts_mapped_files_as_in_use(host: FakeHugeKernel, ledger: hp.Ledger,
+def test_show_counts_mapped_files_as_in_use(host: FakeHugeKernel, ledger: pools.Ledger,
                                             huge_files: dict[str, Path]) -> None:
     (mount,) = hp.show(host, ledger)["mounts"]
     assert mount["files_in_use"] == 3

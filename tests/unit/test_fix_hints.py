@@ -16,8 +16,8 @@ import pytest
 
 from fastpath.apps.count import xdp_count
 from fastpath.apps.decap import decap
-from fastpath.apps.guard import synguard
-from fastpath.apps.lb import abi
+from fastpath.apps.guard import abi as guard_abi
+from fastpath.apps.lb import abi as lb_abi
 from fastpath.bpf import xdp
 from fastpath.cli import build_parser
 
@@ -113,7 +113,8 @@ def test_every_fix_hint_is_a_command_argparse_accepts(where: str, cmd: str) -> N
         pytest.fail(f"{where}: the hint `{cmd}` is not a fastpath command line (exit {exc.code})")
 
 
-@pytest.mark.parametrize("spec", [synguard.SPEC, abi.SPEC, decap.SPEC, xdp_count.SPEC], ids=lambda s: s.name)
+@pytest.mark.parametrize("spec", [guard_abi.SPEC, lb_abi.SPEC, decap.SPEC, xdp_count.SPEC],
+                         ids=lambda s: s.name)
 def test_detach_hints_of_every_program(spec) -> None:
     """The runtime's hints come from what each application declared (its ProgramSpec)."""
     att = xdp.Attachment(spec.name, "eth0", "lab1-server", 2, "native", 1, 1, spec=spec.to_json())

@@ -3,14 +3,15 @@ values, window-scale rule, nft script, address words, the CLI parser, the flood 
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 
 import pytest
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
-from fastpath.apps.guard import cli, nft
-from fastpath.apps.guard import synguard as sg
+from fastpath.apps.guard import abi, cli, nft
+from fastpath.apps.guard.config import GuardConfig, parse_cidr, parse_ports, parse_rate, server_wscale
 from fastpath.cli import build_parser
 from fastpath.errors import FastpathError
 from fastpath.labs import flood
@@ -19,7 +20,7 @@ from fastpath.labs import flood
 @pytest.mark.parametrize("text,want", [("80", (80,)), ("443,80,80", (80, 443)), ("", ()),
                                        (" 1 , 65535 ", (1, 65535))])
 def test_parse_ports(text, want):
-    assert sg.parse_ports(text) == want
+    assert parse_ports(text) == want
 
 
 @pytest.mark.parametrize("text,msg", [("0", "port 0 out of range"), ("65536", "out of range"),
@@ -27,90 +28,90 @@ def test_parse_ports(text, want):
                                       ("-1", "not a number")])
 def test_parse_ports_rejects(text, msg):
     with pytest.raises(FastpathError, match=msg):
-        sg.parse_ports(text)
+        parse_ports(text)
 
 
 @pytest.mark.parametrize("text,want", [("200/s", 200.0), ("200", 200.0), ("6000/min", 100.0), ("0.5/s", 0.5),
                                        ("off", 0.0), ("0", 0.0)])
 def test_parse_rate(text, want):
-    assert sg.parse_rate(text) == want
+    assert parse_rate(text) == want
 
 
 @pytest.mark.parametrize("text", ["fast", "-5/s", "10/h", "1e12/s", ""])
 def test_parse_rate_rejects(text):
     with pytest.raises(FastpathError):
-        sg.parse_rate(text)
+        parse_rate(text)
 
 
 def test_parse_cidr():
-    assert sg.parse_cidr("203.0.113.0/24") == ipaddress.ip_network("203.0.113.0/24")
-    assert sg.parse_cidr("2001:db8::/32").version == 6
-    assert sg.parse_cidr("10.0.0.1") == ipaddress.ip_network("10.0.0.1/32")
+    assert parse_cidr("203.0.113.0/24") == ipaddress.ip_network("203.0.113.0/24")
+    assert parse_cidr("2001:db8::/32").version == 6
+    assert parse_cidr("10.0.0.1") == ipaddress.ip_network("10.0.0.1/32")
     with pytest.raises(FastpathError, match="did you mean 10.0.0.0/8"):
-        sg.parse_cidr("10.0.0.1/8")
+        parse_cidr("10.0.0.1/8")
     with pytest.raises(FastpathError, match="bad CIDR"):
-        sg.parse_cidr("10.0.0.0/33")
+        parse_cidr("10.0.0.0/33")
     with pytest.raises(FastpathError, match="bad CIDR"):
-        sg.parse_cidr("example.com")
+        parse_cidr("example.com")
 
 
 def test_config_validation():
-    sg.GuardConfig().validate()
+    GuardConfig().validate()
     with pytest.raises(FastpathError, match="both a cookie port and a drop port"):
-        sg.GuardConfig(cookie_ports=(80,), drop_ports=(80, 23)).validate()
+        GuardConfig(cookie_ports=(80,), drop_ports=(80, 23)).validate()
     with pytest.raises(FastpathError, match="no port to protect"):
-        sg.GuardConfig(cookie_ports=()).validate()
+        GuardConfig(cookie_ports=()).validate()
     with pytest.raises(FastpathError, match="--syn-burst needs --syn-rate"):
-        sg.GuardConfig(syn_burst=5).validate()
+        GuardConfig(syn_burst=5).validate()
     with pytest.raises(FastpathError, match="out of range"):
-        sg.GuardConfig(cookie_ports=(70000,)).validate()
+        GuardConfig(cookie_ports=(70000,)).validate()
     with pytest.raises(FastpathError, match="fragment verdict"):
-        sg.GuardConfig(fragments="maybe").validate()
+        GuardConfig(fragments="maybe").validate()
 
 
 def test_config_to_map_value():
-    off = sg.GuardConfig().to_ctype(False, False)
+    off = GuardConfig().to_ctype(False, False)
     assert (off.syn_interval_ns, off.syn_burst_ns, off.ban_ns, off.ban_after) == (0, 0, 0, 0)
-    assert off.flags == sg.CFG_COOKIES
-    cfg = sg.GuardConfig(syn_rate=200, syn_burst=400, ban_seconds=30, cookies=False, fragments="pass")
+    assert off.flags == abi.CFG_COOKIES
+    cfg = GuardConfig(syn_rate=200, syn_burst=400, ban_seconds=30, cookies=False, fragments="pass")
     v = cfg.to_ctype(True, True)
     assert v.syn_interval_ns == 5_000_000
     assert v.syn_burst_ns == 399 * 5_000_000
     assert (v.ban_ns, v.ban_after) == (30_000_000_000, 400)
-    assert v.flags == sg.CFG_FRAG_PASS | sg.CFG_ACL4 | sg.CFG_ACL6
+    assert v.flags == abi.CFG_FRAG_PASS | abi.CFG_ACL4 | abi.CFG_ACL6
     # defaults: burst = the rate, ban after one burst of excess; ban_seconds 0: never ban
-    assert sg.GuardConfig(syn_rate=10).to_ctype(False, False).syn_burst_ns == 9 * 100_000_000
-    assert sg.GuardConfig(syn_rate=10, ban_seconds=0).to_ctype(False, False).ban_after == 0
-    assert sg.GuardConfig(syn_rate=0.5).burst == 1
+    assert GuardConfig(syn_rate=10).to_ctype(False, False).syn_burst_ns == 9 * 100_000_000
+    assert GuardConfig(syn_rate=10, ban_seconds=0).to_ctype(False, False).ban_after == 0
+    assert GuardConfig(syn_rate=0.5).burst == 1
 
 
 def test_config_json_round_trip_and_description():
-    cfg = sg.GuardConfig(cookie_ports=(80, 443), drop_ports=(23,), syn_rate=200, syn_burst=400)
-    assert sg.GuardConfig.from_json(cfg.to_json()) == cfg
+    cfg = GuardConfig(cookie_ports=(80, 443), drop_ports=(23,), syn_rate=200, syn_burst=400)
+    assert GuardConfig.from_json(cfg.to_json()) == cfg
     text = cfg.describe()
     assert "SYN cookies on 80,443" in text and "SYNs dropped on 23" in text
     assert "200 SYN/s per source (burst 400, ban 60s after 400 excess)" in text
-    assert "cookies off" in sg.GuardConfig(cookies=False).describe()
+    assert "cookies off" in GuardConfig(cookies=False).describe()
 
 
 @pytest.mark.parametrize("rmem,core,want", [(6291456, 212992, 7), (33554432, 4194304, 10), (4096, 0, 0),
                                             (1 << 40, 0, 14), (131072, 8388608, 8)])
 def test_server_wscale_follows_tcp_select_initial_window(rmem, core, want):
-    assert sg.server_wscale(rmem, core) == want
+    assert server_wscale(rmem, core) == want
 
 
 def test_address_words_round_trip():
     for text in ("10.1.2.3", "2001:db8::1", "::ffff:1.2.3.4"):
         addr = ipaddress.ip_address(text)
-        back = sg.address_of(sg.mapped_words(addr))
+        back = abi.address_of(abi.mapped_words(addr))
         assert str(back) == (text if "ffff" not in text else "1.2.3.4")
     for net in ("198.51.100.0/24", "0.0.0.0/0", "2001:db8:a::/48", "fd00::1/128"):
         n = ipaddress.ip_network(net)
-        assert sg.lpm_network(sg.lpm_key(n)) == n
+        assert abi.lpm_network(abi.lpm_key(n)) == n
 
 
 def test_nft_script():
-    defines = {**sg.TUNABLES, "SG_MSS4": 1460, "SG_WSCALE": 7}
+    defines = {**abi.TUNABLES, "SG_MSS4": 1460, "SG_WSCALE": 7}
     text = nft.render("fastpath_synguard_eth0_2", "eth0", [443, 80], defines)
     assert "table inet fastpath_synguard_eth0_2 {" in text
     assert "elements = { 80, 443 }" in text
@@ -137,8 +138,28 @@ def test_cli_parser_and_help():
                        (["xdp", "ports", "eth0", "--add", "8443"], cli.cmd_ports),
                        (["xdp", "rate", "eth0", "--syn-rate", "off"], cli.cmd_rate)):
         assert parser.parse_args(argv).func is func
-    assert set(cli.STAT_HELP) == set(sg.STAT_NAMES)
+    assert set(cli.STAT_HELP) == set(abi.STAT_NAMES)
     assert "fastpath xdp attach eth0 --ports 80,443" in cli.EPILOG
+
+
+@pytest.mark.parametrize(("option", "text", "msg"), [
+    ("syn_burst", "x", "--syn-burst 'x' is not a whole number"),
+    ("syn_burst", "-3", "--syn-burst -3 out of range"),
+    ("ban_after", "4294967296", "--ban-after 4294967296 out of range"),  # a u32 in the config
+    ("ban_seconds", "1e9", "--ban-seconds 1e9 out of range"),
+    ("ban_seconds", "soon", "--ban-seconds 'soon' is not a number"),
+])
+def test_rate_options_out_of_range_are_one_clear_error(option: str, text: str, msg: str) -> None:
+    given = {"syn_rate": "200/s", "syn_burst": None, "ban_after": None, "ban_seconds": None, option: text}
+    with pytest.raises(FastpathError) as exc:
+        cli._rate_changes(argparse.Namespace(**given), GuardConfig())
+    assert exc.value.message == msg
+
+
+def test_rate_options_within_range_are_taken() -> None:
+    args = argparse.Namespace(syn_rate="200/s", syn_burst="400", ban_after="4294967295", ban_seconds="0.5")
+    cfg = cli._rate_changes(args, GuardConfig())
+    assert (cfg.syn_rate, cfg.syn_burst, cfg.ban_after, cfg.ban_seconds) == (200.0, 400, 4294967295, 0.5)
 
 
 def test_flood_frame_is_a_valid_syn():

@@ -10,31 +10,28 @@ from rich.table import Table
 from fastpath.apps.count import xdp_count
 from fastpath.bpf import xdp
 from fastpath.bpf.loader import dump_source
-from fastpath.core.args import add_iface_args, port_type
+from fastpath.core.args import add_command, add_iface_args, add_json_arg, add_watch_arg, port_type
 from fastpath.core.watch import watch
 from fastpath.output import info, make_table, print_json, print_table
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    count = sub.add_parser(
-        "count", help="the counting XDP program (runtime proof)",
+    count = add_command(
+        sub, "count", help="the counting XDP program (runtime proof)",
         epilog="example:\n  fastpath count attach veth0 --netns lab1-server --watch-port 9000\n"
-               "  fastpath count stats veth0 --netns lab1-server --json",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+               "  fastpath count stats veth0 --netns lab1-server --json")
     csub = count.add_subparsers(dest="count_command", metavar="ACTION", required=True)
     att = csub.add_parser("attach", help="attach (or atomically replace) the counter")
     add_iface_args(att)
     xdp.add_mode_args(att)
     att.add_argument("--watch-port", type=port_type, default=9, help="UDP port counted as 'watched'")
-    att.add_argument("--json", action="store_true", help="print the attachment as JSON")
+    add_json_arg(att, "print the attachment as JSON")
     att.add_argument("--dump-bpf", action="store_true", help=argparse.SUPPRESS)
     att.set_defaults(func=cmd_attach)
     st = csub.add_parser("stats", help="counter totals (and rates with --watch)")
     add_iface_args(st)
-    st.add_argument("--json", action="store_true", help="machine-readable output")
-    st.add_argument("--watch", type=float, nargs="?", const=1.0, metavar="SECS",
-                    help="redraw every SECS seconds with rates")
+    add_json_arg(st)
+    add_watch_arg(st, "redraw every SECS seconds with rates")
     st.set_defaults(func=cmd_stats)
     det = csub.add_parser("detach", help="detach the counter and remove its pins")
     add_iface_args(det)

@@ -6,16 +6,28 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 from rich.table import Table
 
-from fastpath.apps.guard import nft, synguard
-from fastpath.apps.guard.synguard import GuardConfig
+from fastpath.apps.guard import abi, nft, synguard
+from fastpath.apps.guard.config import (
+    GuardConfig,
+    parse_cidr,
+    parse_ports,
+    parse_rate,
+    plan_defines,
+    with_changes,
+)
 from fastpath.bpf import xdp
 from fastpath.bpf.loader import dump_source
+from fastpath.core.args import add_command, add_iface_args, add_json_arg, add_watch_arg
 from fastpath.core.watch import watch
 from fastpath.errors import FastpathError
 from fastpath.output import info, make_table, print_json, print_table
+
+_N = TypeVar("_N", int, float)
 
 EPILOG = """\
 examples:
@@ -50,11 +62,6 @@ STAT_HELP = {
 }
 
 
-def _iface(p: argparse.ArgumentParser) -> None:
-    p.add_argument("iface", metavar="IFACE", help="interface name")
-    p.add_argument("--netns", metavar="NAME", help="network namespace of the interface (ip netns)")
-
-
 def _rate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--syn-rate", metavar="N/s",
                    help="SYNs per second per source (IPv6: per /64); off: no limit")
@@ -65,16 +72,16 @@ def _rate_args(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    top = sub.add_parser(
-        "xdp", help="XDP SYN-flood guard: SYN cookies in XDP, allow/deny lists, SYN rate limits",
+    top = add_command(
+        sub, "xdp", help="XDP SYN-flood guard: SYN cookies in XDP, allow/deny lists, SYN rate limits",
         description="Keep TCP services reachable under a spoofed SYN flood: SYNs to protected "
                     "ports are answered from XDP with SYN cookies, valid ACKs go on to SYNPROXY.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EPILOG)
     xs = top.add_subparsers(dest="xdp_command", metavar="ACTION", required=True)
 
     att = xs.add_parser("attach", help="attach the guard (or replace it atomically, keeping its maps)",
                         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _iface(att)
+    add_iface_args(att)
     xdp.add_mode_args(att)
     att.add_argument("--ports", default="80,443", metavar="LIST",
                      help="TCP ports answered with SYN cookies (default 80,443; '' for none)")
@@ -85,23 +92,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                      help="pass SYNs to the stack (lists and rate limits only; no SYNPROXY rules)")
     att.add_argument("--fragments", choices=("drop", "pass"), default="drop",
                      help="verdict for first fragments to protected ports (default drop)")
-    att.add_argument("--json", action="store_true", help="print the attachment as JSON")
+    add_json_arg(att, "print the attachment as JSON")
     att.add_argument("--dump-bpf", action="store_true", help=argparse.SUPPRESS)
     att.set_defaults(func=cmd_attach)
 
     det = xs.add_parser("detach", help="remove the guard, its pins and its nft rules")
-    _iface(det)
+    add_iface_args(det)
     det.set_defaults(func=cmd_detach)
 
     st = xs.add_parser("status", help="every interface the guard runs on, in every namespace")
-    st.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json_arg(st)
     st.set_defaults(func=cmd_status)
 
     stats = xs.add_parser("stats", help="counter totals and packets per second")
-    _iface(stats)
-    stats.add_argument("--json", action="store_true", help="machine-readable output")
-    stats.add_argument("--watch", type=float, nargs="?", const=1.0, metavar="SECS",
-                       help="redraw every SECS seconds")
+    add_iface_args(stats)
+    add_json_arg(stats)
+    add_watch_arg(stats)
     stats.add_argument("--interval", type=float, default=1.0, metavar="SECS",
                        help="sampling time for pps without --watch (0: totals only)")
     stats.set_defaults(func=cmd_stats)
@@ -113,58 +119,57 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p.add_argument("cidrs", nargs="*", metavar="CIDR")
         p.add_argument("--iface", metavar="IFACE", help="only this interface (default: every guarded one)")
         p.add_argument("--netns", metavar="NAME", help="only interfaces in this namespace")
-        p.add_argument("--json", action="store_true", help="machine-readable output (list)")
+        add_json_arg(p, "machine-readable output (list)")
         p.set_defaults(func=cmd_acl, acl_action=action)
 
     ports = xs.add_parser("ports", help="show or change protected ports, live")
-    _iface(ports)
+    add_iface_args(ports)
     ports.add_argument("--add", default="", metavar="LIST", help="ports to answer with SYN cookies")
     ports.add_argument("--add-drop", default="", metavar="LIST", help="ports whose SYNs are dropped")
     ports.add_argument("--remove", default="", metavar="LIST", help="ports to stop protecting")
-    ports.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json_arg(ports)
     ports.set_defaults(func=cmd_ports)
 
     rate = xs.add_parser("rate", help="change the per-source SYN rate limit and ban, live")
-    _iface(rate)
+    add_iface_args(rate)
     _rate_args(rate)
     rate.set_defaults(func=cmd_rate)
 
 
 # -- parsing helpers -----------------------------------------------------------------------------
 
-def _int(text: str | None, what: str, default: int) -> int:
+# Bounds of the live settings: counts are u32 in the program's config, a ban at most a year.
+COUNT_MAX, COUNT_MAX_TEXT = 0xFFFFFFFF, "4294967295"
+BAN_MAX_S, BAN_MAX_TEXT = 86400 * 365, "one year"
+
+
+def _number(text: str | None, what: str, default: _N, kind: Callable[[str], _N], most: float,
+            most_text: str) -> _N:
+    """`text` (an option's value) as a `kind` (int or float) from 0 to `most`; `default` when
+    the option was not given."""
     if text is None:
         return default
     try:
-        value = int(text)
+        value = kind(text)
     except ValueError:
-        raise FastpathError(f"{what} {text!r} is not a whole number") from None
-    if value < 0:
-        raise FastpathError(f"{what} {value} cannot be negative")
-    return value
-
-
-def _float(text: str | None, what: str, default: float) -> float:
-    if text is None:
-        return default
-    try:
-        value = float(text)
-    except ValueError:
-        raise FastpathError(f"{what} {text!r} is not a number") from None
-    if value < 0 or value > 86400 * 365:
-        raise FastpathError(f"{what} {value:g} out of range", fix="use 0 to one year")
+        noun = "a whole number" if kind is int else "a number"
+        raise FastpathError(f"{what} {text!r} is not {noun}") from None
+    if not 0 <= value <= most:
+        raise FastpathError(f"{what} {text.strip()} out of range", fix=f"use 0 to {most_text}")
     return value
 
 
 def _rate_changes(args: argparse.Namespace, base: GuardConfig) -> GuardConfig:
-    rate = base.syn_rate if args.syn_rate is None else synguard.parse_rate(args.syn_rate)
-    burst = _int(args.syn_burst, "--syn-burst", base.syn_burst if args.syn_rate is None else 0)
+    rate = base.syn_rate if args.syn_rate is None else parse_rate(args.syn_rate)
+    burst = _number(args.syn_burst, "--syn-burst", base.syn_burst if args.syn_rate is None else 0, int,
+                    COUNT_MAX, COUNT_MAX_TEXT)
     if rate == 0 and args.syn_burst is None:
         burst = 0
-    return synguard.with_changes(
+    return with_changes(
         base, syn_rate=rate, syn_burst=burst,
-        ban_after=_int(args.ban_after, "--ban-after", base.ban_after),
-        ban_seconds=_float(args.ban_seconds, "--ban-seconds", base.ban_seconds))
+        ban_after=_number(args.ban_after, "--ban-after", base.ban_after, int, COUNT_MAX, COUNT_MAX_TEXT),
+        ban_seconds=_number(args.ban_seconds, "--ban-seconds", base.ban_seconds, float, BAN_MAX_S,
+                            BAN_MAX_TEXT))
 
 
 def _ns_flag(netns: str | None) -> str:
@@ -174,13 +179,13 @@ def _ns_flag(netns: str | None) -> str:
 # -- commands ------------------------------------------------------------------------------------
 
 def cmd_attach(args: argparse.Namespace) -> int:
-    base = GuardConfig(cookie_ports=synguard.parse_ports(args.ports),
-                       drop_ports=synguard.parse_ports(args.drop_ports),
+    base = GuardConfig(cookie_ports=parse_ports(args.ports),
+                       drop_ports=parse_ports(args.drop_ports),
                        cookies=not args.no_cookies, fragments=args.fragments)
     cfg = _rate_changes(args, base).validate()
     if args.dump_bpf:
-        defines = synguard.plan_defines(args.iface, args.netns)
-        sys.stdout.write(dump_source(synguard.SPEC, defines, str(xdp.pin_dir(args.iface, args.netns))))
+        defines = plan_defines(args.iface, args.netns)
+        sys.stdout.write(dump_source(abi.SPEC, defines, str(xdp.pin_dir(args.iface, args.netns))))
         return 0
     res = synguard.attach(args.iface, args.netns, args.mode, cfg, peer_program=args.peer_program)
     att = res.attachment
@@ -243,7 +248,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _stats_rows(cur: dict[str, tuple[int, int]], prev: dict[str, tuple[int, int]] | None,
                 dt: float) -> list[dict[str, object]]:
     out = []
-    for name in synguard.STAT_NAMES:
+    for name in abi.STAT_NAMES:
         packets, nbytes = cur[name]
         row: dict[str, object] = {"counter": name, "packets": packets, "bytes": nbytes}
         if prev is not None and dt > 0:
@@ -263,7 +268,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
             time.sleep(min(args.interval, 60))
         cur = synguard.read_counters(att)
         rows = _stats_rows(cur, prev, time.monotonic() - t0)
-        frames = sum(cur[n][0] for n in synguard.OUTCOME_NAMES)
+        frames = sum(cur[n][0] for n in abi.OUTCOME_NAMES)
         if args.json:
             print_json({"ifname": att.ifname, "netns": att.netns, "frames": frames,
                         "counters": {r["counter"]: {k: v for k, v in r.items() if k != "counter"}
@@ -295,7 +300,7 @@ def cmd_acl(args: argparse.Namespace) -> int:
     if args.verb != "list" and not args.cidrs:
         raise FastpathError(f"'fastpath xdp {action} {args.verb}' needs at least one CIDR",
                             fix=f"e.g. fastpath xdp {action} {args.verb} 203.0.113.0/24")
-    nets = [synguard.parse_cidr(c) for c in args.cidrs]
+    nets = [parse_cidr(c) for c in args.cidrs]
     if len(set(nets)) != len(nets):
         raise FastpathError("a CIDR is listed twice", fix="give each network once")
     atts = synguard.attachments(args.iface, args.netns, live_only=True)
@@ -323,9 +328,9 @@ def cmd_acl(args: argparse.Namespace) -> int:
 
 def cmd_ports(args: argparse.Namespace) -> int:
     att = synguard.attachment(args.iface, args.netns)
-    add = synguard.parse_ports(args.add)
-    add_drop = synguard.parse_ports(args.add_drop)
-    remove = synguard.parse_ports(args.remove)
+    add = parse_ports(args.add)
+    add_drop = parse_ports(args.add_drop)
+    remove = parse_ports(args.remove)
     cfg = synguard.guard_config(att)
     if add or add_drop or remove:
         clash = (set(add) | set(add_drop)) & set(remove)
@@ -335,19 +340,19 @@ def cmd_ports(args: argparse.Namespace) -> int:
                                 fix="name each port in one of --add, --add-drop, --remove")
         cookie = (set(cfg.cookie_ports) - set(add_drop) - set(remove)) | set(add)
         drop = (set(cfg.drop_ports) - set(add) - set(remove)) | set(add_drop)
-        cfg = synguard.with_changes(cfg, cookie_ports=tuple(sorted(cookie)), drop_ports=tuple(sorted(drop)))
+        cfg = with_changes(cfg, cookie_ports=tuple(sorted(cookie)), drop_ports=tuple(sorted(drop)))
         att = synguard.set_config(att, cfg)
     live = synguard.read_ports(att)
     table = att.options.get("nft_table")
     data = {"ifname": att.ifname, "netns": att.netns,
-            "cookie_ports": [p for p, m in sorted(live.items()) if m == synguard.PORT_COOKIE],
-            "drop_ports": [p for p, m in sorted(live.items()) if m == synguard.PORT_DROP],
+            "cookie_ports": [p for p, m in sorted(live.items()) if m == abi.PORT_COOKIE],
+            "drop_ports": [p for p, m in sorted(live.items()) if m == abi.PORT_DROP],
             "synproxy_ports": nft.ports(att.netns, table) if isinstance(table, str) else []}
     if args.json:
         print_json(data)
         return 0
     print_table(["port", "mode"],
-                [[p, "cookie" if m == synguard.PORT_COOKIE else "drop"] for p, m in sorted(live.items())],
+                [[p, "cookie" if m == abi.PORT_COOKIE else "drop"] for p, m in sorted(live.items())],
                 title=f"protected ports on {att.ifname}")
     return 0
 

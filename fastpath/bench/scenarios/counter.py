@@ -2,7 +2,7 @@
 
 Contenders, all run on the same IPv4/UDP frame in the same kernel:
 - `fastpath`: bpf/xdp_count.c (parses L2-L4, per-CPU counters, no atomics);
-- `textbook`: the counter most XDP tutorials show, one shared array slot bumped with an
+- `textbook` (bpf/counter_peers.c): the counter most XDP tutorials show, one shared array slot bumped with an
   atomic add per frame (no parsing, so it does strictly less work on one CPU; its cost
   shows up as cache-line bouncing once several CPUs count at once);
 - `noop`: XDP_PASS and nothing else, the floor every program pays (the baseline).
@@ -14,29 +14,14 @@ from __future__ import annotations
 
 import os
 import threading
-from pathlib import Path
 
 from fastpath.apps.count import xdp_count
 from fastpath.bench import BenchContext, Metric, Scenario, Target, register_scenario
 from fastpath.bpf import loader, testrun
 
-_PEERS = {
-    "textbook": """
-#include <uapi/linux/bpf.h>
-BPF_ARRAY(rx, u64, 1);
-int textbook(struct xdp_md *ctx) {
-    int key = 0;
-    u64 *v = rx.lookup(&key);
-    if (v)
-        __sync_fetch_and_add(v, 1);
-    return XDP_PASS;
-}
-""",
-    "noop": """
-#include <uapi/linux/bpf.h>
-int noop(struct xdp_md *ctx) { return XDP_PASS; }
-""",
-}
+# The textbook counter and the no-op floor (bpf/counter_peers.c), one entry each.
+_PEERS = {name: loader.ProgramSpec(name="counter_peers", entry=name, maps=())
+          for name in ("textbook", "noop")}
 
 # 14 + 20 + 8 + 22 bytes: a minimal IPv4/UDP frame to the watched port (9).
 _FRAME = bytes.fromhex(
@@ -66,9 +51,7 @@ class Counter(Scenario):
         self._progs: dict[str, loader.LoadedProgram] = {
             "fastpath": loader.load(xdp_count.SPEC),
         }
-        for name, text in _PEERS.items():
-            Path(ctx.workdir, f"{name}.c").write_text(text)
-            spec = loader.ProgramSpec(name=name, entry=name, maps=(), directory=Path(ctx.workdir))
+        for name, spec in _PEERS.items():
             self._progs[name] = loader.load(spec)
 
     def measure(self, contender: str, ctx: BenchContext) -> dict[str, float]:

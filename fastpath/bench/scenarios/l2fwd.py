@@ -91,15 +91,6 @@ TOPOLOGY: dict[str, Any] = {
     ],
 }
 
-XDP_PROGRAM = """
-#include <uapi/linux/bpf.h>
-/* One slot: the egress port (fwd:p1); the scenario fills it from inside fwd. */
-BPF_DEVMAP(egress, 1);
-int xdp_redirect(struct xdp_md *ctx)
-{
-    return egress.redirect_map(0, 0);
-}
-"""
 XDP_FLAGS_DRV_MODE = 4
 
 
@@ -336,9 +327,8 @@ class L2fwdBench(Scenario):
         from fastpath.bpf import loader
 
         assert self._lab is not None
-        Path(ctx.workdir, "xdp_redirect.c").write_text(XDP_PROGRAM)
-        spec = loader.ProgramSpec(name="xdp_redirect", entry="xdp_redirect", maps=(),
-                                  directory=Path(ctx.workdir))
+        # bpf/l2fwd_redirect.c: one devmap slot, the egress port fwd:p1
+        spec = loader.ProgramSpec(name="l2fwd_redirect", entry="xdp_redirect", maps=())
         try:
             self._xdp = loader.load(spec)
         except FastpathError as exc:

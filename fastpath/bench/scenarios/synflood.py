@@ -42,8 +42,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fastpath.apps.guard import nft
+from fastpath.apps.guard import abi, nft
 from fastpath.apps.guard import synguard as sg
+from fastpath.apps.guard.config import GuardConfig, parse_cidr, plan_defines
 from fastpath.bench import BenchContext, Metric, Scenario, Target, register_scenario
 from fastpath.bench.environment import cpu_busy_ns
 from fastpath.bpf import loader, testrun, xdp
@@ -112,24 +113,23 @@ class SynfloodPacket(Scenario):
     def setup(self, ctx: BenchContext) -> None:
         if os.geteuid() != 0:
             raise CapabilityError("loading BPF programs needs root")
-        src = sg.SPEC.source_path.read_text()
         # a cookie answer (SYN-ACK) is another length than the SYN: the tail moves
-        self._progs = [testrun.load_restoring(src, "sg_process", FRAME_LEN, sg.TUNABLES, Path(ctx.workdir),
+        self._progs = [testrun.load_restoring([abi.SPEC.source_path], "sg_process", FRAME_LEN, abi.TUNABLES,
                                               moves="tail", noop=noop) for noop in (False, True)]
         self._frames = _frames()
         with self._map("ports") as ports:
-            ports.set(ctypes.c_uint32(_PORT), ctypes.c_uint32(sg.PORT_COOKIE))
-            ports.set(ctypes.c_uint32(_CLOSED), ctypes.c_uint32(sg.PORT_DROP))
+            ports.set(ctypes.c_uint32(_PORT), ctypes.c_uint32(abi.PORT_COOKIE))
+            ports.set(ctypes.c_uint32(_CLOSED), ctypes.c_uint32(abi.PORT_DROP))
         with self._map("acl_v4") as acl:
-            acl.set(sg.lpm_key(sg.parse_cidr("198.51.100.0/24")), ctypes.c_uint32(sg.ACL_DENY))
+            acl.set(abi.lpm_key(parse_cidr("198.51.100.0/24")), ctypes.c_uint32(abi.ACL_DENY))
         # the admitted flow of pass-flow, as a validated cookie ACK would have left it
-        key = sg.SgFlowKey()
-        key.client[:] = sg.mapped_words(sg.parse_cidr("10.0.0.1/32").network_address)
-        key.server[:] = sg.mapped_words(sg.parse_cidr("10.0.0.2/32").network_address)
+        key = abi.SgFlowKey()
+        key.client[:] = abi.mapped_words(parse_cidr("10.0.0.1/32").network_address)
+        key.server[:] = abi.mapped_words(parse_cidr("10.0.0.2/32").network_address)
         key.client_port = int.from_bytes((40002).to_bytes(2, "big"), "little")
         key.server_port = int.from_bytes(_PORT.to_bytes(2, "big"), "little")
         with self._map("flows") as flows:
-            flows.set(key, sg.SgFlow(1))
+            flows.set(key, abi.SgFlow(1))
         for c in self.contenders():
             self._configure(c)
             res = testrun.run_xdp(self._fd(c), self._frame(c), repeat=3)
@@ -141,12 +141,12 @@ class SynfloodPacket(Scenario):
     def _map(self, name: str) -> Any:
         from fastpath.bpf.maps import TypedMap
 
-        key, value = sg.MAP_TYPES[name]
+        key, value = abi.MAP_TYPES[name]
         return TypedMap(os.dup(self._progs[0].map_fd(name)), key, value)
 
     def _configure(self, contender: str) -> None:
         limited = contender == "drop-limited"
-        cfg = sg.GuardConfig(cookie_ports=(_PORT,), drop_ports=(_CLOSED,), syn_rate=1 if limited else 0,
+        cfg = GuardConfig(cookie_ports=(_PORT,), drop_ports=(_CLOSED,), syn_rate=1 if limited else 0,
                              syn_burst=1 if limited else 0, ban_seconds=0)
         with self._map("config") as m:
             m.set(ctypes.c_uint32(0), cfg.to_ctype(True, False))
@@ -173,32 +173,9 @@ class SynfloodPacket(Scenario):
 # ---------------------------------------------------------------------------------------
 # synflood: the live flood against each defence
 
-# The floors: the least any defence can do with a flood frame. Drop defences are measured
-# against dropping it in XDP; defences that answer (cookies) against sending one frame back
-# the way a SYN-ACK goes (MAC addresses swapped, XDP_TX), since every answering defence pays
-# for that transmission alike.
-_FLOORS = r"""
-#include <uapi/linux/bpf.h>
-
-int drop_all(struct xdp_md *ctx)
-{
-	return XDP_DROP;
-}
-
-int reflect(struct xdp_md *ctx)
-{
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	unsigned char tmp[6];
-
-	if (data + 14 > data_end)
-		return XDP_DROP;
-	__builtin_memcpy(tmp, data, 6);
-	__builtin_memcpy(data, data + 6, 6);
-	__builtin_memcpy(data + 6, tmp, 6);
-	return XDP_TX;
-}
-"""
+# The floors (bpf/synflood_floors.c): the least any defence can do with a flood frame.
+FLOORS = {entry: loader.ProgramSpec(name="synflood_floors", entry=entry, maps=())
+          for entry in ("drop_all", "reflect")}
 _ANSWERING = {"fastpath", "syncookies", "synproxy"}
 
 _SYNPROXY = """\
@@ -268,24 +245,21 @@ class Synflood(Scenario):
 
             self._flood = Flood("eth0", lab.mac("server", "eth0"), floodlab.SERVER4, floodlab.SERVICE_PORT,
                                 floodlab.SPOOFED_NET)
-        Path(ctx.workdir, "floor.c").write_text(_FLOORS)
-        self._floors = {e: loader.ProgramSpec(name="floor", entry=e, maps=(), directory=Path(ctx.workdir))
-                        for e in ("drop_all", "reflect")}
         # The attacker never needs what comes back (SYN-ACKs to spoofed addresses): drop it
         # on arrival, so the return path costs every answering defence as little as it can.
-        xdp.attach(self._floors["drop_all"], "eth0", lab.netns("attacker"), "native")
-        self._defines = sg.plan_defines("eth0", lab.netns("server"))
+        xdp.attach(FLOORS["drop_all"], "eth0", lab.netns("attacker"), "native")
+        self._defines = plan_defines("eth0", lab.netns("server"))
 
     # -- defences ----------------------------------------------------------------------------
 
     def _on(self, contender: str) -> None:
         lab, ns = self._lab, self._lab.netns("server")
         if contender in ("drop_all", "reflect"):
-            xdp.attach(self._floors[contender], "eth0", ns, "native")
+            xdp.attach(FLOORS[contender], "eth0", ns, "native")
         elif contender == "fastpath":
-            sg.attach("eth0", ns, "native", sg.GuardConfig(cookie_ports=(floodlab.SERVICE_PORT,)))
+            sg.attach("eth0", ns, "native", GuardConfig(cookie_ports=(floodlab.SERVICE_PORT,)))
         elif contender == "fastpath-drop":
-            cfg = sg.GuardConfig(cookie_ports=(), drop_ports=(floodlab.SERVICE_PORT,))
+            cfg = GuardConfig(cookie_ports=(), drop_ports=(floodlab.SERVICE_PORT,))
             sg.attach("eth0", ns, "native", cfg)
         elif contender == "syncookies":
             lab.run("server", ["sysctl", "-qw", "net.ipv4.tcp_syncookies=2"])
