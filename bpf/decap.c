@@ -23,6 +23,9 @@
  *   IPv4 checksum) passes untouched for the kernel to drop; fragments of tunnel packets
  *   (XDP cannot reassemble them) and tunnel packets whose inner header is truncated, of
  *   the wrong version or longer than the outer payload drop with a counter.
+ * - ECN survives the tunnel (RFC 6040 normal mode): congestion the network marked on the
+ *   outer header (CE, or ECT(1) over ECT(0)) is copied to the inner packet, IPv4 checksum
+ *   updated incrementally (RFC 1624); CE over a packet that is not ECN-capable drops.
  * - Per-CPU counters (packets and bytes per verdict): no atomics on the fast path.
  *
  * Minimum kernel: 5.9 (XDP bpf_link; bpf_xdp_adjust_head is 4.10).
@@ -144,6 +147,35 @@ static __always_inline int ipv4_csum_ok(const struct iphdr *ip, __u32 hlen, void
 	return s == 0xffff;
 }
 
+#define ECN_NOT_ECT 0
+#define ECN_ECT1 1
+#define ECN_ECT0 2
+#define ECN_CE 3
+
+/* The inner packet's ECN field after decapsulation (RFC 6040 4.2, normal mode), or -1 when
+ * the packet must be dropped. */
+static __always_inline int ecn_decap(__u8 outer, __u8 inner)
+{
+	if (outer == ECN_CE)
+		return inner == ECN_NOT_ECT ? -1 : ECN_CE;
+	if (outer == ECN_ECT1 && inner == ECN_ECT0)
+		return ECN_ECT1;
+	return inner;
+}
+
+/* Set the ECN field of an IPv4 header, updating its checksum (RFC 1624, eqn. 3). */
+static __always_inline void set_ecn4(struct iphdr *ip, __u8 ecn)
+{
+	__u16 old = *(__u16 *)ip;
+	__u32 sum;
+
+	ip->tos = (ip->tos & ~ECN_CE) | ecn;
+	sum = (__u16)~ip->check + (__u16)~old + *(__u16 *)ip;
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	ip->check = ~sum;
+}
+
 /* Remove the outer_len bytes of outer IP header that follow the Ethernet header. */
 static __always_inline int strip(struct xdp_md *ctx, __u32 outer_len, __u16 ethertype)
 {
@@ -174,6 +206,7 @@ static __always_inline int decap_v4(struct xdp_md *ctx, void *data, void *data_e
 	struct iphdr *in;
 	__u32 hlen;
 	__u16 tot, in_tot;
+	int ecn;
 
 	if ((void *)(ip + 1) > data_end || ip->version != 4 || ip->ihl < 5)
 		return count(DECAP_STAT_PASS_MALFORMED, len, XDP_PASS);
@@ -199,6 +232,11 @@ static __always_inline int decap_v4(struct xdp_md *ctx, void *data, void *data_e
 		return count(DECAP_STAT_DROP_MALFORMED, len, XDP_DROP);
 	if (!is_vip(&in->daddr, 4))
 		return count(DECAP_STAT_DROP_NOT_VIP, len, XDP_DROP);
+	ecn = ecn_decap(ip->tos & ECN_CE, in->tos & ECN_CE);
+	if (ecn < 0)
+		return count(DECAP_STAT_DROP_CE_NOT_ECT, len, XDP_DROP);
+	if (ecn != (in->tos & ECN_CE))
+		set_ecn4(in, ecn);
 	if (strip(ctx, hlen, ETH_P_IP))
 		return count(DECAP_STAT_DROP_ERROR, len, XDP_DROP);
 	return count(DECAP_STAT_DECAP_V4, len, XDP_PASS);
@@ -209,7 +247,9 @@ static __always_inline int decap_v6(struct xdp_md *ctx, void *data, void *data_e
 	struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
 	struct ipv6hdr *in;
 	struct frag6 *fh;
+	__u32 outer_w, inner_w;
 	__u16 plen;
+	int ecn;
 
 	if ((void *)(ip6 + 1) > data_end || ip6->version != 6)
 		return count(DECAP_STAT_PASS_MALFORMED, len, XDP_PASS);
@@ -240,6 +280,13 @@ static __always_inline int decap_v6(struct xdp_md *ctx, void *data, void *data_e
 		return count(DECAP_STAT_DROP_MALFORMED, len, XDP_DROP);
 	if (!is_vip(&in->daddr, 6))
 		return count(DECAP_STAT_DROP_NOT_VIP, len, XDP_DROP);
+	/* The traffic class straddles the first two bytes: ECN is bits 20-21 of the first word. */
+	outer_w = bpf_ntohl(*(__be32 *)ip6);
+	inner_w = bpf_ntohl(*(__be32 *)in);
+	ecn = ecn_decap((outer_w >> 20) & ECN_CE, (inner_w >> 20) & ECN_CE);
+	if (ecn < 0)
+		return count(DECAP_STAT_DROP_CE_NOT_ECT, len, XDP_DROP);
+	*(__be32 *)in = bpf_htonl((inner_w & ~((__u32)ECN_CE << 20)) | ((__u32)ecn << 20));
 	if (strip(ctx, sizeof(struct ipv6hdr), ETH_P_IPV6))
 		return count(DECAP_STAT_DROP_ERROR, len, XDP_DROP);
 	return count(DECAP_STAT_DECAP_V6, len, XDP_PASS);

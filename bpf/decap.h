@@ -54,7 +54,9 @@ enum decap_stat {
 					  * network: anyone else's tunnel would be an open relay */
 	DECAP_STAT_DROP_NOT_VIP = 10,    /* a tunnel from a balancer whose inner destination is
 					  * not in `vips` */
-	DECAP_STAT_MAX = 11,
+	DECAP_STAT_DROP_CE_NOT_ECT = 11, /* congestion marked (CE) on the outer header of a packet
+					  * that does not speak ECN: RFC 6040 drops it */
+	DECAP_STAT_MAX = 12,
 };
 
 #endif /* FASTPATH_DECAP_H */

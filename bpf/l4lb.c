@@ -46,6 +46,8 @@
  *        fastpath lb backend add 10.0.0.10:80/tcp 10.0.0.21
  * Manual test: fastpath lb attach eth0 && fastpath lb vip add 10.9.0.1:80/tcp --mode dsr &&
  *        fastpath lb backend add 10.9.0.1:80/tcp 10.0.0.2 && fastpath lb stats
+ * One file by design: bcc compiles one translation unit and rewrites map syntax only in
+ * it, so the balancer's maps, parsers and modes live together (headers hold only types).
  */
 #include <uapi/linux/bpf.h>
 #include <linux/if_ether.h>
@@ -118,9 +120,12 @@
 #endif
 
 #define LB_NSEC_PER_SEC 1000000000ULL
+#define IP_DF 0x4000
 #define IP_MF 0x2000
 #define IP_OFFSET 0x1fff
 #define IPPROTO_FRAGMENT_HDR 44
+/* CPUs start their outer IPv4 ID sequences this far apart. */
+#define LB_IPIP_ID_SPREAD 0x1000
 
 FP_MAP_F("hash", struct lb_vip_key, struct lb_vip, vips, LB_MAX_VIPS, BPF_F_NO_PREALLOC);
 FP_MAP("hash", struct lb_addr_key, __u32, vip_addrs, LB_MAX_VIPS);
@@ -134,6 +139,8 @@ FP_MAP("percpu_array", u32, struct lb_vip_stats, vip_stats, LB_MAX_VIPS);
 FP_MAP("percpu_array", u32, struct lb_backend_stats, backend_stats, LB_MAX_BACKENDS);
 FP_MAP("percpu_array", u32, struct lb_counter, stats, LB_STAT_MAX);
 FP_MAP("array", u32, struct lb_config, config, 1);
+/* Per-CPU sequence of outer IPv4 IDs for ipip packets that may be fragmented. */
+FP_MAP("percpu_array", u32, u32, ipip_ids, 1);
 
 /* What the parsers found, and so what the program does next. */
 enum next_step {
@@ -618,6 +625,21 @@ static __always_inline void *push_outer(struct xdp_md *ctx, const struct pkt *p,
 	return data + sizeof(struct ethhdr);
 }
 
+/* The outer IPv4 ID of a packet that may be fragmented (RFC 6864: unique per source,
+ * destination and protocol for as long as fragments may live). A flow stays on one CPU, so
+ * a per-CPU sequence never repeats an ID within the flow's outer address pair before it
+ * wraps; CPUs start their sequences apart. */
+static __always_inline __u16 next_ipip_id(void)
+{
+	u32 zero = 0;
+	u32 *seq = ipip_ids.lookup(&zero);
+
+	if (!seq)
+		return 1;
+	*seq += 1;
+	return (__u16)(*seq + bpf_get_smp_processor_id() * LB_IPIP_ID_SPREAD);
+}
+
 static __always_inline int encap(struct xdp_md *ctx, const struct pkt *p,
 				 const struct lb_backend *be, __u64 len)
 {
@@ -632,16 +654,24 @@ static __always_inline int encap(struct xdp_md *ctx, const struct pkt *p,
 	__builtin_memcpy(ours, eth->h_dest, ETH_ALEN);
 	if (p->flow.family == 4) {
 		struct iphdr *o = push_outer(ctx, p, be, ours, sizeof(*o), ETH_P_IP, &stat);
+		struct iphdr *in;
 		__u32 entropy;
+		__be16 df;
 
 		if (!o)
 			return count(stat, len, XDP_DROP);
+		in = (void *)(o + 1);
+		if ((void *)(in + 1) > (void *)(long)ctx->data_end)
+			return count(LB_STAT_DROP_ERROR, len, XDP_DROP);
 		entropy = (bpf_ntohl(p->flow.src[0]) ^ bpf_ntohs(p->flow.sport)) & 0xffff;
+		/* The client's DF holds for the tunnel too (RFC 2003 3.1); an outer header that may
+		 * be fragmented gets a real ID, an atomic one ID 0 (RFC 6864). */
+		df = in->frag_off & bpf_htons(IP_DF);
 		*(__u8 *)o = 0x45;
 		o->tos = p->tos;
 		o->tot_len = bpf_htons(p->ip_len + sizeof(struct iphdr));
-		o->id = 0;
-		o->frag_off = 0;
+		o->id = df ? 0 : bpf_htons(next_ipip_id());
+		o->frag_off = df;
 		o->ttl = 64;
 		o->protocol = IPPROTO_IPIP;
 		o->check = 0;

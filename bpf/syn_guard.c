@@ -35,6 +35,8 @@
  *        [--syn-rate 200/s --syn-burst 400] [--no-cookies]
  * Manual test: fastpath xdp attach eth0 --ports 8080 && hping3 -S --flood -p 8080 --rand-source
  *        SERVER & curl http://SERVER:8080/ && fastpath xdp stats eth0
+ * One file by design: bcc compiles one translation unit and rewrites map syntax only in
+ * it, so the guard's layers and their maps live together (syn_guard.h holds the types).
  */
 #include <uapi/linux/bpf.h>
 #include <linux/if_ether.h>

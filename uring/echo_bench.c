@@ -29,6 +29,8 @@
  *             Exit status: 0 on success, 1 on a verification or connection failure,
  *             2 on bad options.
  * Test:       fastpath-uring-echo --port 7777 & fastpath-echo-bench --port 7777 --duration 2
+ * One program: connection driver, pacing, latency histogram and report share its state;
+ * the option parser and clock come from common.h.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>

@@ -31,6 +31,8 @@
  *             one) on stdout, JSON "stats" lines on SIGUSR1 / every --stats-interval,
  *             and a final "stats" line at exit.
  * Test:       fastpath-uring-echo --port 7777 & sleep 0.2; echo hi | nc -N 127.0.0.1 7777; kill %1
+ * Its size is the server's own decisions (pause/resume, the ENOBUFS wait list, drain,
+ * timers); the echo core is echo_core.c and the shared main/options are server.h.
  */
 #define _GNU_SOURCE
 #include <errno.h>

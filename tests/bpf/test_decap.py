@@ -86,24 +86,24 @@ def eth(ethertype: int | None = None) -> Ether:
     return e
 
 
-def inner4(proto: str = "tcp") -> bytes:
+def inner4(proto: str = "tcp", ecn: int = 0) -> bytes:
     l4 = TCP(sport=40000, dport=80, flags="S", seq=1000, window=512) if proto == "tcp" else \
         UDP(sport=40000, dport=53)
-    return bytes(IP(src=CLIENT4, dst=VIP4, ttl=63, tos=0x10) / l4 / Raw(b"hello"))
+    return bytes(IP(src=CLIENT4, dst=VIP4, ttl=63, tos=0x10 | ecn) / l4 / Raw(b"hello"))
 
 
-def inner6(proto: str = "tcp") -> bytes:
+def inner6(proto: str = "tcp", ecn: int = 0) -> bytes:
     l4 = TCP(sport=40000, dport=80, flags="S", seq=1000, window=512) if proto == "tcp" else \
         UDP(sport=40000, dport=53)
-    return bytes(IPv6(src=CLIENT6, dst=VIP6, hlim=63, tc=0x20) / l4 / Raw(b"hello"))
+    return bytes(IPv6(src=CLIENT6, dst=VIP6, hlim=63, tc=0x20 | ecn) / l4 / Raw(b"hello"))
 
 
 def ipip4(inner: bytes, dst: str = LOCAL4, src: str = OUTER4, **ip) -> bytes:
     return bytes(eth() / IP(src=src, dst=dst, proto=4, ttl=64, **ip) / Raw(inner))
 
 
-def ipip6(inner: bytes, dst: str = LOCAL6, src: str = OUTER6) -> bytes:
-    return bytes(eth() / IPv6(src=src, dst=dst, nh=41, hlim=64) / Raw(inner))
+def ipip6(inner: bytes, dst: str = LOCAL6, src: str = OUTER6, tc: int = 0) -> bytes:
+    return bytes(eth() / IPv6(src=src, dst=dst, nh=41, hlim=64, tc=tc) / Raw(inner))
 
 
 def to(inner: bytes, dst: str) -> bytes:
@@ -202,6 +202,48 @@ def test_ethernet_padding_is_kept_after_the_inner_packet(prog):
     padded = frame + b"\0" * (60 - len(frame))
     out = run(prog, padded, "XDP_PASS", "decap_v4")
     assert out == with_ethertype(0x0800, inner) + b"\0" * (60 - len(frame))
+
+
+# ---------------------------------------------------------------------------------------
+# ECN through the tunnel (RFC 6040 normal mode): Not-ECT 0, ECT(1) 1, ECT(0) 2, CE 3
+
+ECN_CASES = [  # outer, inner, what the inner packet carries on
+    (3, 2, 3), (3, 1, 3), (3, 3, 3),     # congestion marked on the way reaches the client's packet
+    (1, 2, 1),                           # ECT(1) over ECT(0) is kept
+    (2, 1, 1), (2, 2, 2), (1, 1, 1), (0, 2, 2), (0, 3, 3), (2, 0, 0), (1, 0, 0), (0, 0, 0),
+]
+
+
+def with_ecn(inner: bytes, ecn: int) -> bytes:
+    if inner[0] >> 4 == 4:
+        p = IP(inner)
+        p.tos = (p.tos & ~3) | ecn
+        del p.chksum
+        return bytes(p)
+    q = IPv6(inner)
+    q.tc = (q.tc & ~3) | ecn
+    return bytes(q)
+
+
+@pytest.mark.parametrize("outer,inner,result", ECN_CASES, ids=[f"{o}over{i}" for o, i, _ in ECN_CASES])
+@pytest.mark.parametrize("family", [4, 6])
+def test_ecn_is_carried_to_the_inner_packet(prog, family, outer, inner, result):
+    if family == 4:
+        packet = inner4(ecn=inner)
+        frame = ipip4(packet, tos=0xB8 | outer)
+    else:
+        packet = inner6(ecn=inner)
+        frame = ipip6(packet, tc=0xB8 | outer)
+    out = run(prog, frame, "XDP_PASS", f"decap_v{family}")
+    assert out[14:].hex() == with_ecn(packet, result).hex()
+    if family == 4:
+        assert IP(out[14:]).chksum == IP(with_ecn(packet, result)).chksum  # the incremental update is exact
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_ce_over_a_packet_without_ecn_drops(prog, family):
+    frame = ipip4(inner4(), tos=3) if family == 4 else ipip6(inner6(), tc=3)
+    run(prog, frame, "XDP_DROP", "drop_ce_not_ect")
 
 
 # ---------------------------------------------------------------------------------------
@@ -335,4 +377,13 @@ def test_fuzz_verdict_contract(prog, base, cut, pos, value):
         p = Ether(frame)
         outer_len = p[IP].ihl * 4 if frame[12:14] == b"\x08\x00" else 40
         assert res.output[:12] == frame[:12]
-        assert res.output[14:] == frame[14 + outer_len:]
+        # Byte for byte, but for the ECN field (RFC 6040 may carry the outer one in) and the
+        # IPv4 checksum that follows it.
+        got, want = bytearray(res.output[14:]), bytearray(frame[14 + outer_len:])
+        for b in (got, want):
+            if len(b) >= 12 and b[0] >> 4 == 4:
+                b[1] &= 0xFC
+                b[10:12] = b"\0\0"
+            elif len(b) >= 2:
+                b[1] &= 0xCF
+        assert got == want

@@ -134,9 +134,10 @@ def eth() -> Ether:
     return Ether(src=CLIENT_MAC, dst=LB_MAC)
 
 
-def tcp4(dst: str, dport: int, sport: int, flags: str = "S", src: str = CLIENT4, **ip) -> bytes:
-    return bytes(eth() / IP(src=src, dst=dst, **ip) / TCP(sport=sport, dport=dport, flags=flags,
-                                                           seq=1000, window=512) / Raw(b"hello"))
+def tcp4(dst: str, dport: int, sport: int, flags: str = "S", src: str = CLIENT4, flags_ip: str = "",
+         **ip) -> bytes:
+    return bytes(eth() / IP(src=src, dst=dst, flags=flags_ip, **ip)
+                 / TCP(sport=sport, dport=dport, flags=flags, seq=1000, window=512) / Raw(b"hello"))
 
 
 def udp4(dst: str, dport: int, sport: int, src: str = CLIENT4, chksum: int | None = None) -> bytes:
@@ -175,17 +176,32 @@ def nat_expected(frame: bytes, mac: str, addr: str, port: int) -> bytes:
     return bytes(p)
 
 
-def ipip_expected(frame: bytes, backend: store.BackendState, client: str, sport: int) -> bytes:
+def ipip_expected(frame: bytes, backend: store.BackendState, client: str, sport: int,
+                  ident: int = 0) -> bytes:
+    """The encapsulated frame; an IPv4 outer header copies the client's DF and carries `ident`."""
     p = Ether(frame)
     inner = bytes(p.payload)
     src = hashing.ipip_source(ipaddress.ip_address(client), sport, prog_defines())
     if p.type == 0x0800:
-        outer = IP(src=str(src), dst=backend.address, proto=4, ttl=64, id=0, flags=0,
+        outer = IP(src=str(src), dst=backend.address, proto=4, ttl=64, id=ident, flags=p[IP].flags & 2,
                    tos=p[IP].tos) / Raw(inner)
     else:
         tc = p[IPv6].tc
         outer = IPv6(src=str(src), dst=backend.address, nh=41, hlim=64, tc=tc, fl=0) / Raw(inner)
     return bytes(Ether(src=LB_MAC, dst=backend.mac, type=p.type) / outer)
+
+
+def check_ipip(env: Env, frame: bytes, backend: store.BackendState, client: str, sport: int) -> int:
+    """Run an ipip frame; check every byte and the outer IPv4 ID rule (RFC 6864): 0 when the
+    client set DF (copied to the outer header), otherwise a real one. Returns the ID."""
+    res = env.run(frame)
+    assert res.verdict == "XDP_TX"
+    ident = 0
+    if Ether(frame).type == 0x0800:
+        ident = Ether(res.output)[IP].id
+        assert (ident == 0) == bool(Ether(frame)[IP].flags.DF), ident
+    assert res.output.hex() == ipip_expected(frame, backend, client, sport, ident).hex()
+    return ident
 
 
 def check(env: Env, frame: bytes, verdict: str, expected: bytes | None = None) -> testrun.RunResult:
@@ -326,14 +342,24 @@ def test_ipip_encapsulates(env, vip, make, client):
     for sport in (43001, 0xBEEF):
         frame = make(sport)
         be = env.pick(vip, client, sport)
-        check(env, frame, "XDP_TX", ipip_expected(frame, be, client, sport))
+        check_ipip(env, frame, be, client, sport)
+
+
+def test_ipip_outer_header_copies_df_and_numbers_the_rest(env):
+    """A client packet with DF gives an outer header with DF and ID 0; one without DF may be
+    fragmented on the way to the backend, so its outer header needs IDs that do not repeat."""
+    vip, sport = "10.100.0.3:80/tcp", 43050
+    be = env.pick(vip, CLIENT4, sport)
+    assert check_ipip(env, tcp4("10.100.0.3", 80, sport, flags="A", flags_ip="DF"), be, CLIENT4, sport) == 0
+    ids = [check_ipip(env, tcp4("10.100.0.3", 80, sport, flags="A"), be, CLIENT4, sport) for _ in range(50)]
+    assert all(ids) and len(set(ids)) == len(ids), ids
 
 
 def test_ipip_v6_traffic_class_is_copied(env):
     frame = bytes(eth() / IPv6(src=CLIENT6, dst="fd00:100::3", tc=0xb8) / TCP(sport=43100, dport=80))
     be = env.pick("[fd00:100::3]:80/tcp", CLIENT6, 43100)
-    res = check(env, frame, "XDP_TX", ipip_expected(frame, be, CLIENT6, 43100))
-    assert Ether(res.output)[IPv6].tc == 0xB8
+    check_ipip(env, frame, be, CLIENT6, 43100)
+    assert Ether(env.run(frame).output)[IPv6].tc == 0xB8
 
 
 @pytest.mark.parametrize("ip,client,vip,fits", [
@@ -587,7 +613,7 @@ def test_icmp_errors_follow_the_flow_to_its_backend(env):
     be = env.pick("10.100.0.3:80/tcp", CLIENT4, 51001)
     err = icmp4_error("10.100.0.3", IP(src="10.100.0.3", dst=CLIENT4) / TCP(sport=80, dport=51001),
                       type_=11, code=0)
-    check(env, err, "XDP_TX", ipip_expected(err, be, CLIENT4, 51001))
+    check_ipip(env, err, be, CLIENT4, 51001)
     # dsr v6: packet too big
     res = check(env, tcp6("fd00:100::1", 80, 51002), "XDP_TX")
     mac = Ether(res.output).dst

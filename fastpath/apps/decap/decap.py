@@ -35,7 +35,7 @@ SPEC = ProgramSpec(name="decap", entry="decap", maps=("addrs", "sources_v4", "so
 # enum decap_stat, in order
 STAT_NAMES = ("pass_not_ip", "pass_not_tunnel", "pass_not_local", "pass_malformed", "decap_v4",
               "decap_v6", "drop_fragment", "drop_malformed", "drop_error", "drop_not_balancer",
-              "drop_not_vip")
+              "drop_not_vip", "drop_ce_not_ect")
 DECAP_STAT_MAX = len(STAT_NAMES)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address

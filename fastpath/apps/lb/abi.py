@@ -30,7 +30,7 @@ TUNABLES: dict[str, int] = {
     "LB_IPIP_V6_PREFIX": 0x01000000,   # outer IPv6 sources 100::x:y (discard prefix)
 }
 MAPS = ("vips", "vip_addrs", "rings", "backends", "conntrack", "nat_reverse", "vip_stats",
-        "backend_stats", "stats", "config")
+        "backend_stats", "stats", "config", "ipip_ids")
 SPEC = ProgramSpec(name="l4lb", entry="l4lb", maps=MAPS, defaults=TUNABLES, command="fastpath lb",
                    chain_slot=1)
 
@@ -121,5 +121,6 @@ MAP_TYPES: dict[str, tuple[type[Any], type[Any]]] = {
     "backend_stats": (ctypes.c_uint32, BackendStats),
     "stats": (ctypes.c_uint32, Counter),
     "config": (ctypes.c_uint32, Config),
+    "ipip_ids": (ctypes.c_uint32, ctypes.c_uint32),
 }
 
