@@ -139,9 +139,17 @@ def parse_topology(data: object) -> Topology:
     if not isinstance(top["name"], str):
         raise TopologyError(f"lab name {top['name']!r} must be a string")
     topo = Topology(name=top["name"])
-
     if "nodes" not in top:
         raise TopologyError("missing 'nodes' (e.g. nodes: {client: {}, server: {}})")
+    for section in (_read_nodes, _read_bridges, _read_links, _read_addresses, _read_macs, _read_routes,
+                    _read_neighbors):
+        section(top, topo)
+    topo.static_neighbors = _bool(top.get("static_neighbors", False), "static_neighbors")
+    validate(topo)
+    return topo
+
+
+def _read_nodes(top: dict[str, Any], topo: Topology) -> None:
     for name, spec in _mapping(top["nodes"], "nodes", None, "nodes").items():
         where = f"nodes[{name}]"
         _key(name, "nodes")
@@ -151,6 +159,8 @@ def parse_topology(data: object) -> Topology:
             name, {str(k): sysctl_value(v, f"{where}.sysctls[{k}]") for k, v in sysctls.items()}
         )
 
+
+def _read_bridges(top: dict[str, Any], topo: Topology) -> None:
     for name, spec in _mapping(top.get("bridges"), "bridges", None, "bridges").items():
         where = f"bridges[{name}]"
         _key(name, "bridges")
@@ -161,6 +171,8 @@ def parse_topology(data: object) -> Topology:
             mcast_snooping=_bool(conf.get("mcast_snooping", False), f"{where}.mcast_snooping"),
         )
 
+
+def _read_links(top: dict[str, Any], topo: Topology) -> None:
     for idx, spec in enumerate(_list(top.get("links"), "links")):
         where = f"links[{idx}]"
         conf = _mapping(spec, where, LINK_KEYS, where)
@@ -181,12 +193,16 @@ def parse_topology(data: object) -> Topology:
             )
         )
 
+
+def _read_addresses(top: dict[str, Any], topo: Topology) -> None:
     for key, addrs in _mapping(top.get("addresses"), "addresses", None, "addresses").items():
         iface = _iface(key, "addresses")
         where = f"addresses[{iface}]"
         values = addrs if isinstance(addrs, list) else [addrs]
         topo.addresses[iface] = [parse_interface_address(a, where) for a in values]
 
+
+def _read_macs(top: dict[str, Any], topo: Topology) -> None:
     for key, mac in _mapping(top.get("macs"), "macs", None, "macs").items():
         iface = _iface(key, "macs")
         if not isinstance(mac, str):
@@ -196,6 +212,8 @@ def parse_topology(data: object) -> Topology:
             )
         topo.macs[iface] = mac
 
+
+def _read_routes(top: dict[str, Any], topo: Topology) -> None:
     for node, routes in _mapping(top.get("routes"), "routes", None, "routes").items():
         _key(node, "routes")
         parsed = []
@@ -214,26 +232,24 @@ def parse_topology(data: object) -> Topology:
             )
         topo.routes[node] = parsed
 
+
+def _read_neighbors(top: dict[str, Any], topo: Topology) -> None:
     for key, neighs in _mapping(top.get("neighbors"), "neighbors", None, "neighbors").items():
         iface = _iface(key, "neighbors")
-        parsed_n = []
+        parsed = []
         for idx, spec in enumerate(_list(neighs, f"neighbors[{iface}]")):
             where = f"neighbors[{iface}][{idx}]"
             conf = _mapping(spec, where, NEIGHBOR_KEYS, where)
             for k in NEIGHBOR_KEYS:
                 if k not in conf:
                     raise TopologyError(f"{where}: missing {k!r}")
-            parsed_n.append(
+            parsed.append(
                 Neighbor(
                     dst=_text(conf["dst"], f"{where}.dst"),
                     lladdr=_text(conf["lladdr"], f"{where}.lladdr (quote MACs in YAML)"),
                 )
             )
-        topo.neighbors[iface] = parsed_n
-
-    topo.static_neighbors = _bool(top.get("static_neighbors", False), "static_neighbors")
-    validate(topo)
-    return topo
+        topo.neighbors[iface] = parsed
 
 
 def topology_to_dict(topo: Topology) -> dict[str, Any]:
