@@ -29,6 +29,8 @@
  *   only while its flow is live and pinned to the replying backend, and refreshes it. RSTs
  *   and FINs are not checked against sequence numbers (we see no window), so a forged one
  *   costs a flow at most its pinning: its next packet takes the current Maglev pick.
+ *   A SYN that repeats a live flow's tuple keeps the flow's backend (a forged SYN cannot
+ *   move a connection); only a SYN of no live flow, or of a gone backend, picks anew.
  * - ICMP errors of nat flows (RFC 5508 section 4.2), both directions, v4 and v6: an error
  *   to the VIP quoting a reply VIP -> client goes to the flow's backend, outer destination
  *   and quoted source address:port rewritten to the backend's; an error from the backend
@@ -769,7 +771,10 @@ static __always_inline int balance(struct xdp_md *ctx, struct pkt *p, const stru
 		vs->packets++;
 		vs->bytes += len;
 	}
-	if (!p->syn) {
+	/* Every packet looks its flow up, SYNs too: a SYN that repeats a live flow's tuple (a
+	 * retransmit, a reused port, or a forged one) keeps the flow's backend, so nobody can
+	 * move a live connection by sending a SYN with its tuple. Only a gone backend re-picks. */
+	{
 		f = conntrack.lookup(&p->flow);
 		if (f) {
 			now = bpf_ktime_get_coarse_ns();
@@ -783,7 +788,11 @@ static __always_inline int balance(struct xdp_md *ctx, struct pkt *p, const stru
 			} else {
 				if (vs)
 					vs->lru_hits++;
-				if (p->rst) {
+				if (p->syn) {
+					/* A new connection on the tuple lives as one. */
+					f->flags &= ~LB_FLOW_F_CLOSING;
+					f->atime = now;
+				} else if (p->rst) {
 					end_flow(p, vip, be, len);
 					f = NULL;
 				} else if (p->fin && !(f->flags & LB_FLOW_F_CLOSING)) {

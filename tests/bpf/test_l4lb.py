@@ -398,10 +398,16 @@ def test_conntrack_keeps_flows_when_the_ring_changes(env):
         st1 = env.vip_stats("10.100.0.1:80/tcp")
         assert st1["lru_hits"] - st0["lru_hits"] == len(sports)
         assert st1["new_flows"] == st0["new_flows"]
-        # A new connection (SYN) from a flow that was on .12 now follows the new ring.
         moved = [sp for sp in sports if first[sp] == MACS["10.0.0.12"]
                  and env.pick("10.100.0.1:80/tcp", CLIENT4, sp).address == "10.0.0.11"]
         assert moved
+        # A SYN that repeats a live flow's tuple (a retransmit, or forged by whoever knows the
+        # tuple) keeps the flow's backend: nobody moves a live connection with a SYN.
+        res = check(env, tcp4("10.100.0.1", 80, moved[0], flags="S"), "XDP_TX")
+        assert Ether(res.output).dst == MACS["10.0.0.12"]
+        assert env.vip_stats("10.100.0.1:80/tcp")["new_flows"] == st0["new_flows"]
+        # Once the flow has ended, a new connection on the tuple follows the new ring.
+        idle(env, flow_key(CLIENT4, moved[0], "10.100.0.1:80/tcp"), abi.TUNABLES["LB_TCP_TIMEOUT"] + 1)
         res = check(env, tcp4("10.100.0.1", 80, moved[0], flags="S"), "XDP_TX")
         assert Ether(res.output).dst == MACS["10.0.0.11"]
     finally:
