@@ -4,6 +4,8 @@ its ACTION sub-commands, ports, the interface + namespace pair, --json and --wat
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ipaddress
 from typing import Any
 
 from fastpath.errors import FastpathError
@@ -21,6 +23,21 @@ def parse_port(text: str, what: str = "", fix: str = PORT_FIX) -> int:
     if not 1 <= value <= 65535:
         raise FastpathError(f"{prefix}port {value} out of range 1-65535", fix=fix)
     return value
+
+
+def parse_cidr(text: str, what: str = "CIDR",
+               example: str = "write an IPv4 or IPv6 network such as 203.0.113.0/24 or 2001:db8::/32",
+               ) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """'203.0.113.0/24' -> the network; anything else is one FastpathError naming `what`, whose
+    fix names the network meant when only host bits are wrong, else `example`."""
+    try:
+        return ipaddress.ip_network(text.strip(), strict=True)
+    except ValueError as exc:
+        fix = example
+        with contextlib.suppress(ValueError):
+            net = ipaddress.ip_network(text.strip(), strict=False)
+            fix = f"host bits are set; did you mean {net}?"
+        raise FastpathError(f"bad {what} {text!r}: {exc}", fix=fix) from None
 
 
 def port_type(text: str) -> int:

@@ -11,8 +11,9 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
 from fastpath.apps.guard import abi, cli, nft
-from fastpath.apps.guard.config import GuardConfig, parse_cidr, parse_ports, parse_rate, server_wscale
+from fastpath.apps.guard.config import GuardConfig, parse_ports, parse_rate, server_wscale
 from fastpath.cli import build_parser
+from fastpath.core.args import parse_cidr
 from fastpath.errors import FastpathError
 from fastpath.labs import flood
 

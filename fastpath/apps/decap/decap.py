@@ -25,6 +25,7 @@ from typing import Any
 from fastpath.bpf import xdp
 from fastpath.bpf.loader import ProgramSpec
 from fastpath.bpf.maps import TypedMap
+from fastpath.core.args import parse_cidr
 from fastpath.errors import FastpathError
 
 # Tunables of bpf/decap.c (its #ifndef defaults), passed as -D flags.
@@ -82,18 +83,9 @@ def source_key(net: Network) -> DecapSrcV4 | DecapSrcV6:
 
 
 def parse_source(text: str) -> Network:
-    """A balancer network given to --from: a CIDR, or one address as its /32 or /128."""
-    try:
-        return ipaddress.ip_network(text.strip(), strict=True)
-    except ValueError:
-        try:
-            net = ipaddress.ip_network(text.strip(), strict=False)
-        except ValueError:
-            raise FastpathError(f"bad balancer network {text!r}: not an IPv4 or IPv6 CIDR",
-                                fix="give the outer sources the balancer's ipip uses, e.g. "
-                                    "--from 172.16.0.0/16 --from 100::/96") from None
-        raise FastpathError(f"bad balancer network {text!r}: host bits are set",
-                            fix=f"did you mean {net}?") from None
+    """A balancer network given to --from."""
+    return parse_cidr(text, "balancer network", "give the outer sources the balancer's ipip uses, "
+                                                "e.g. --from 172.16.0.0/16 --from 100::/96")
 
 
 def parse_addr(text: str) -> IPAddress:

@@ -14,7 +14,6 @@ from rich.table import Table
 from fastpath.apps.guard import abi, nft, synguard
 from fastpath.apps.guard.config import (
     GuardConfig,
-    parse_cidr,
     parse_ports,
     parse_rate,
     plan_defines,
@@ -22,7 +21,7 @@ from fastpath.apps.guard.config import (
 )
 from fastpath.bpf import xdp
 from fastpath.bpf.loader import dump_source
-from fastpath.core.args import add_command, add_iface_args, add_json_arg, add_watch_arg
+from fastpath.core.args import add_command, add_iface_args, add_json_arg, add_watch_arg, parse_cidr
 from fastpath.core.watch import watch
 from fastpath.errors import FastpathError
 from fastpath.output import info, make_table, print_json, print_table

@@ -7,9 +7,7 @@ will do).
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
-import ipaddress
 import math
 import re
 import socket
@@ -25,7 +23,6 @@ from fastpath.apps.guard.abi import (
     CFG_COOKIES,
     CFG_FRAG_PASS,
     TUNABLES,
-    Network,
     SgConfig,
 )
 from fastpath.bpf import xdp
@@ -59,17 +56,6 @@ def parse_rate(text: str) -> float:
     if not 0 < value <= 1e9:
         raise FastpathError(f"SYN rate {text!r} out of range", fix="use a rate above 0 and up to 1e9/s")
     return value
-
-
-def parse_cidr(text: str) -> Network:
-    try:
-        return ipaddress.ip_network(text.strip(), strict=True)
-    except ValueError as exc:
-        fix = "write an IPv4 or IPv6 network such as 203.0.113.0/24 or 2001:db8::/32"
-        with contextlib.suppress(ValueError):
-            net = ipaddress.ip_network(text.strip(), strict=False)
-            fix = f"host bits are set; did you mean {net}?"
-        raise FastpathError(f"bad CIDR {text!r}: {exc}", fix=fix) from None
 
 
 @dataclass(frozen=True)

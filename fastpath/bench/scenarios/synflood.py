@@ -44,10 +44,11 @@ from typing import Any
 
 from fastpath.apps.guard import abi, nft
 from fastpath.apps.guard import synguard as sg
-from fastpath.apps.guard.config import GuardConfig, parse_cidr, plan_defines
+from fastpath.apps.guard.config import GuardConfig, plan_defines
 from fastpath.bench import BenchContext, Metric, Scenario, Target, register_scenario
 from fastpath.bench.environment import cpu_busy_ns
 from fastpath.bpf import loader, testrun, xdp
+from fastpath.core.args import parse_cidr
 from fastpath.errors import CapabilityError, FastpathError
 from fastpath.labs import floodlab
 
