@@ -64,6 +64,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`fastpath ... | head`): stop quietly, as a shell tool does,
+        # and keep the interpreter from failing again on flushing stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as exc:  # noqa: BLE001 - no command ends in a traceback
         if os.environ.get(DEBUG_ENV):
             raise

@@ -36,7 +36,7 @@ def parse_cidr(text: str, what: str = "CIDR",
         fix = example
         with contextlib.suppress(ValueError):
             net = ipaddress.ip_network(text.strip(), strict=False)
-            fix = f"host bits are set; did you mean {net}?"
+            fix = f"did you mean {net}?"  # the error already says host bits are set
         raise FastpathError(f"bad {what} {text!r}: {exc}", fix=fix) from None
 
 

@@ -44,3 +44,32 @@ def test_pipe_and_narrow_terminal_get_records(monkeypatch: pytest.MonkeyPatch) -
 def test_values_with_spaces_are_quoted() -> None:
     text = output.format_records(["alive"], [["NO (interface gone)"], [None]])
     assert text == 'alive="NO (interface gone)"\nalive=""\n'
+
+
+
+def test_a_reader_that_stops_early_gets_no_error_line() -> None:
+    """`fastpath ... | head -1`: when the reader has gone, a command printing a table stops
+    quietly with the shell's SIGPIPE status instead of printing an error (unbuffered, so the
+    write fails inside the command, as a long listing into `head` does)."""
+    import os
+    import subprocess
+    import sys
+
+    child = (
+        "import argparse, sys\n"
+        "from fastpath import cli\n"
+        "from fastpath.output import print_table\n"
+        "p = argparse.ArgumentParser()\n"
+        "p.set_defaults(func=lambda a: print_table(['n'], [[str(i)] for i in range(50000)]))\n"
+        "cli.build_parser = lambda: p\n"
+        "sys.exit(cli.main([]))\n"
+    )
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        res = subprocess.run([sys.executable, "-u", "-c", child], stdout=w, stderr=subprocess.PIPE, text=True,
+                             timeout=120)
+    finally:
+        os.close(w)
+    assert res.stderr == ""
+    assert res.returncode == 141
