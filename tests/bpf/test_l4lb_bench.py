@@ -36,3 +36,27 @@ def test_lb_packet_harness(tmp_path):
         assert dsr["ns_hit"] > noop["ns_hit"] and dsr["ns_miss"] > dsr["ns_hit"]
     finally:
         sc.teardown(ctx)
+
+
+def test_textbook_peer_balances():
+    """The peer lb-packet measures fastpath against is a working balancer: a frame to its VIP
+    goes back out to a backend's MAC, the flow is pinned, other frames pass."""
+    if os.geteuid() != 0:
+        pytest.skip("loading BPF programs needs root")
+    from fastpath.bpf import loader
+
+    spec = loader.ProgramSpec(name="lb_peers", entry="textbook", maps=())
+    with loader.load(spec) as prog:
+        lb_bench._fill_textbook(prog, "10.1.0.1", 80, 3)
+        frame = lb_bench._frame("10.1.0.1")
+        res = testrun.run_xdp(prog.prog_fd, frame)
+        assert res.verdict == "XDP_TX"
+        out = res.output
+        assert out[6:12] == frame[0:6], "the old destination becomes the source"
+        backend = int.from_bytes(out[0:6], "big") - 0x0200000000AA
+        assert 0 <= backend < 3, out[0:6].hex()
+        assert out[12:] == frame[12:], "direct routing leaves the IP packet alone"
+        flows = list(prog.table("tb_flows").items())
+        assert len(flows) == 1 and flows[0][1].value == backend
+        other = testrun.run_xdp(prog.prog_fd, lb_bench._frame("10.1.0.9"))
+        assert other.verdict == "XDP_PASS" and other.output == lb_bench._frame("10.1.0.9")

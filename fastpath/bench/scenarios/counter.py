@@ -8,6 +8,9 @@ Contenders, all run on the same IPv4/UDP frame in the same kernel:
 - `noop`: XDP_PASS and nothing else, the floor every program pays (the baseline).
 
 Measured once on one CPU, and once with every CPU running the program at the same time.
+Targets, ratios within one run (no machine's absolute timings): on one CPU, parsing L2-L4
+costs fastpath at most 1.25× the textbook's time (>= 0.8× as fast); with every CPU counting,
+per-CPU counters beat the shared atomic by >= 1.1×.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ class Counter(Scenario):
     ]
     baseline = "noop"
     targets = [
-        Target("ns_per_packet", "fastpath", "<=", 50),
+        Target("ns_per_packet", "fastpath", ">=", 0.8, versus="textbook"),
         Target("ns_per_packet_all_cpus", "fastpath", ">=", 1.1, versus="textbook"),
     ]
 
