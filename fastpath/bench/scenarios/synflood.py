@@ -7,7 +7,14 @@ path runs inside fastpath.bpf.testrun's frame-restoring harness (save the frame,
 guard, put the tail and the frame back); the `harness` contender (the baseline) does that
 around no guard at all; `ns_net` takes a harness run made just before off each path's time,
 which leaves the guard's own cost.
-Targets on ns_net: drop paths <= 50 ns, cookie paths <= 250 ns.
+The peer is the kernel's own XDP SYN proxy (fastpath.bench.kernel_peers: the selftests'
+xdp_synproxy_kern.c, built from the kernel source package, a conntrack lookup through
+kfuncs on every packet) on the same frames: `kernel-cookie-v4`/`-v6` (SYN -> cookie
+SYN-ACK), `kernel-drop-cookie` (the bad ACK), `kernel-pass-cookie` (an ACK returning its
+cookie), each in the same harness (its no-op build taken off for `ns_net`).
+Targets on ns_net, ratios within one run: each cookie path and each drop path at or below
+the kernel proxy's time for the same job (its cookie path of the same family, its bad-ACK
+drop).
 
 `synflood`: the same spoofed flood (fastpath/labs/flood.py, the fastest this machine makes)
 against one server (fastpath/labs/floodlab.py) defended in turn by
@@ -45,7 +52,7 @@ from typing import Any
 from fastpath.apps.guard import abi, nft
 from fastpath.apps.guard import synguard as sg
 from fastpath.apps.guard.config import GuardConfig, plan_defines
-from fastpath.bench import BenchContext, Metric, Scenario, Target, register_scenario
+from fastpath.bench import BenchContext, Metric, Scenario, Target, kernel_peers, register_scenario
 from fastpath.bench.environment import cpu_busy_ns
 from fastpath.bpf import loader, testrun, xdp
 from fastpath.core.args import parse_cidr
@@ -78,14 +85,14 @@ def _frames() -> dict[str, bytes]:
 
     eth = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
     opts = [("MSS", 1460), ("SAckOK", b""), ("Timestamp", (123456, 0)), ("NOP", None), ("WScale", 7)]
-    v4 = eth / IP(src="10.0.0.1", dst="10.0.0.2")
+    v4 = eth / IP(src="10.0.0.1", dst="10.0.0.2", flags="DF")  # Linux sends TCP with DF
     frames = {
         "udp": v4 / UDP(sport=5353, dport=53) / (b"q" * 20),
         "syn4": v4 / TCP(sport=40000, dport=_PORT, flags="S", seq=1000, options=opts),
         "syn6": eth / IPv6(src="fd00::1", dst="fd00::2") / TCP(sport=40000, dport=_PORT, flags="S", seq=1000,
                                                                 options=opts),
-        "denied_syn": eth / IP(src="198.51.100.9", dst="10.0.0.2") / TCP(sport=40000, dport=_PORT, flags="S",
-                                                                          options=opts),
+        "denied_syn": eth / IP(src="198.51.100.9", dst="10.0.0.2", flags="DF") / TCP(
+            sport=40000, dport=_PORT, flags="S", options=opts),
         "closed_syn": v4 / TCP(sport=40000, dport=_CLOSED, flags="S", options=opts),
         "bad_ack": v4 / TCP(sport=40001, dport=_PORT, flags="A", seq=1001, ack=4242),
         "flow_ack": v4 / TCP(sport=40002, dport=_PORT, flags="PA", seq=1001, ack=4242) / b"GET /",
@@ -105,11 +112,13 @@ class SynfloodPacket(Scenario):
     description = "ns/packet of each XDP SYN-guard verdict path (BPF_PROG_TEST_RUN, frame-restoring harness)"
     metrics = [Metric("ns_per_packet", "ns/packet", "lower"), Metric("ns_net", "ns/packet net", "lower")]
     baseline = "harness"
-    targets = [Target("ns_net", c, "<=", 50) for c in ("drop-deny", "drop-port", "drop-limited")] + [
-        Target("ns_net", c, "<=", 250) for c in ("cookie-v4", "cookie-v6")]
+    # ratios to the kernel's XDP SYN proxy in the same run (fastpath.bench.kernel_peers)
+    targets = [Target("ns_net", c, ">=", 1.0, versus="kernel-drop-cookie")
+               for c in ("drop-deny", "drop-port", "drop-limited", "drop-cookie")] + [
+        Target("ns_net", f"cookie-{v}", ">=", 1.0, versus=f"kernel-cookie-{v}") for v in ("v4", "v6")]
 
     def contenders(self) -> list[str]:
-        return [*PATHS, "harness"]
+        return [*PATHS, *kernel_peers.SynproxyBench.PATHS, "harness"]
 
     def setup(self, ctx: BenchContext) -> None:
         if os.geteuid() != 0:
@@ -131,7 +140,13 @@ class SynfloodPacket(Scenario):
         key.server_port = int.from_bytes(_PORT.to_bytes(2, "big"), "little")
         with self._map("flows") as flows:
             flows.set(key, abi.SgFlow(1))
-        for c in self.contenders():
+        try:
+            self._kernel: kernel_peers.SynproxyBench | None = kernel_peers.SynproxyBench(
+                self._frames, _PORT, FRAME_LEN)
+        except CapabilityError as exc:
+            self._kernel = None
+            kernel_peers.skip_or_fail(ctx.skip_contender, kernel_peers.SynproxyBench.PATHS, exc)
+        for c in PATHS.keys() | {"harness"}:
             self._configure(c)
             res = testrun.run_xdp(self._fd(c), self._frame(c), repeat=3)
             want = "XDP_TX" if c == "harness" else PATHS[c][1]
@@ -159,8 +174,10 @@ class SynfloodPacket(Scenario):
         return self._frames["syn4" if contender == "harness" else PATHS[contender][0]]
 
     def measure(self, contender: str, ctx: BenchContext) -> dict[str, float]:
-        self._configure(contender)
         repeat = ctx.pick(2_000_000, 20_000)
+        if self._kernel is not None and contender in kernel_peers.SynproxyBench.PATHS:
+            return self._kernel.measure(contender, repeat)
+        self._configure(contender)
         harness = testrun.run_xdp(self._fd("harness"), self._frame("harness"), repeat=repeat)
         want = "XDP_TX" if contender == "harness" else PATHS[contender][1]
         res = testrun.run_expect(self._fd(contender), self._frame(contender), want, repeat, contender)
@@ -169,6 +186,9 @@ class SynfloodPacket(Scenario):
     def teardown(self, ctx: BenchContext) -> None:
         for p in getattr(self, "_progs", []):
             p.close()
+        kernel = getattr(self, "_kernel", None)
+        if kernel is not None:
+            kernel.close()
 
 
 # ---------------------------------------------------------------------------------------
