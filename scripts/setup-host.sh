@@ -12,13 +12,15 @@ die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 
 [ "$(id -u)" -eq 0 ] || die "must run as root (bpf, netns and hugepages need it); try: sudo make test"
 
-# 1. Debian packages.
+# 1. Debian packages. linux-source-6.12: the benchmarks build the kernel's own XDP programs
+#    (SYN proxy, IPIP tunnel sample) from it as peers, with bpftool and libbpf.
 packages=(
   bpfcc-tools python3-bpfcc libbpfcc libbpfcc-dev clang llvm libelf-dev
   linux-headers-amd64 liburing-dev liburing2
   dpdk dpdk-dev libdpdk-dev meson ninja-build pkg-config
   iproute2 iputils-ping nftables iptables ethtool netsniff-ng hping3 iperf3 tcpdump
   haproxy python3-venv python3-pip gcc make
+  linux-source-6.12 bpftool libbpf-dev
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -46,6 +46,7 @@ PROBES: dict[str, Probe] = {
     "xdp-live-frames": lambda s: xdp.probe_live_frames(),
     "veth-peer-programs": lambda s: xdp.probe_veth_peers(),
     "syncookie-helpers": xdp.probe_syncookie_helpers,
+    "kernel-peers": lambda s: xdp.probe_kernel_peers(),
     "io-uring": lambda s: uring.probe_io_uring(s.root),
     "io-uring-opcodes": lambda s: uring.probe_io_uring_opcodes(),
     "io-uring-multishot": lambda s: uring.probe_io_uring_multishot(s.root),

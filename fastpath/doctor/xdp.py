@@ -260,3 +260,21 @@ def probe_syncookie_helpers(session: DoctorSession | None = None) -> Check:
     if ok4 and ok6:
         return _ok(name, "bpf_tcp_raw_{gen,check}_syncookie_ipv{4,6}: " + detail, **data)
     return _fail(name, detail, "the XDP SYN guard needs Linux 6.0+ with CONFIG_SYN_COOKIES=y", **data)
+
+
+def probe_kernel_peers() -> Check:
+    """Whether the benchmarks' peers from the kernel's own tree (the selftests' XDP SYN proxy,
+    the samples' IPIP tunnel) can be built here: source package, tools, libbpf, kfuncs."""
+    from fastpath.bench import kernel_peers
+
+    name = "kernel-peers"
+    why = kernel_peers.unavailable_reason()
+    data = {"source": str(kernel_peers.TARBALL), "kfuncs": list(kernel_peers.KFUNCS),
+            "build_dir": str(kernel_peers.build_dir())}
+    if why is None:
+        return _ok(name, f"{kernel_peers.TARBALL.name}, clang/llc, bpftool, libbpf, kfuncs "
+                         f"{', '.join(kernel_peers.KFUNCS)}: the bench builds the kernel's SYN proxy and "
+                         "IPIP tunnel sample", **data)
+    return _warn(name, f"the benchmarks' kernel peers cannot be built: {why}",
+                 f"apt-get install {kernel_peers.PACKAGE} bpftool libbpf-dev clang llvm "
+                 "(scripts/setup-host.sh does)", **data)
