@@ -255,3 +255,23 @@ def test_lazy_builtin_import_and_missing_dependency(isolated, tmp_path, monkeypa
     assert "fastpath_no_such_dependency" in listing["needs-dep"].reason
     with pytest.raises(ScenarioUnavailable, match="scenario 'needs-dep' is unavailable"):
         load_scenario("needs-dep")
+
+
+TIME_UNITS = ("ns", "µs", "us", "ms", "s")
+
+
+def test_builtin_targets_carry_no_machine_timings():
+    """A target in a unit of time only holds on the machine it was measured on: every
+    built-in target on a time metric must be a ratio to a contender of the same run."""
+    absolute = []
+    for name in registry.scenario_names():
+        try:
+            cls = registry.load_scenario(name)
+        except FastpathError:
+            continue  # an optional dependency is missing here; --list reports it
+        units = {m.name: m.unit for m in cls.metrics}
+        for t in cls.targets:
+            unit = units[t.metric].split()[0].split("/")[0]
+            if t.versus is None and unit in TIME_UNITS:
+                absolute.append(f"{name}: {t.contender} {t.metric} {t.op} {t.value} {units[t.metric]}")
+    assert not absolute, absolute
