@@ -90,7 +90,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     att.add_argument("--no-cookies", action="store_true",
                      help="pass SYNs to the stack (lists and rate limits only; no SYNPROXY rules)")
     att.add_argument("--fragments", choices=("drop", "pass"), default="drop",
-                     help="verdict for first fragments to protected ports (default drop)")
+                     help="verdict for first fragments to protected ports (default drop); pass: the "
+                          "stack reassembles them and SYNs among them get SYNPROXY (IPv4) or a drop (IPv6)")
     add_json_arg(att, "print the attachment as JSON")
     att.add_argument("--dump-bpf", action="store_true", help=argparse.SUPPRESS)
     att.set_defaults(func=cmd_attach)

@@ -301,7 +301,7 @@ def _switch(att: xdp.Attachment, cfg: GuardConfig, previous: GuardConfig | None,
     first = seed_existing(att, cfg.cookie_ports, conntrack=False)
     write_ports(att, cfg, previous)
     write_config(att, cfg)
-    nft.install(att.netns, table, att.ifname, cfg.cookie_ports, defines)
+    nft.install(att.netns, table, att.ifname, cfg.cookie_ports, defines, cfg.fragments == "pass")
     att.options["nft_table"] = table
     seeded = seed_existing(att, cfg.cookie_ports)  # and handshakes completed meanwhile
     if "tcp_loose_was" not in att.options:
