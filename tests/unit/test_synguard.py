@@ -121,8 +121,28 @@ def test_nft_script():
     assert 'iifname "eth0" tcp dport @cookie_ports ct state invalid drop' in text
     bare = nft.render("t", "eth0", [], {**defines, "SG_WSCALE": 15, "SG_TIMESTAMPS": 0, "SG_SACK": 0})
     assert "elements" not in bare and "wscale" not in bare and "timestamp" not in bare
+    assert "prerouting" not in text and "mark" not in text, "fragments dropped by XDP: no extra chains"
     assert nft.table_name("eth0.100", 7) == "fastpath_synguard_eth0_100_7"
     assert nft.table_name("veth-a", 12) == "fastpath_synguard_veth_a_12"
+
+
+def test_nft_script_with_fragments_passed():
+    """Reassembled SYNs: marked before defrag (-450), handled after it (-350), the mark cleared."""
+    text = nft.render("t", "eth0", [80], {**abi.TUNABLES, "SG_MSS4": 1460, "SG_WSCALE": 7}, fragments=True)
+    early = text[text.index("chain fragments {"):text.index("chain reassembled {")]
+    late = text[text.index("chain reassembled {"):text.index("chain input {")]
+    assert "type filter hook prerouting priority -450;" in early
+    assert ('iifname "eth0" ip frag-off & 0x3fff == 0x2000 meta l4proto tcp '
+            "meta mark set meta mark | 0x00400000") in early
+    assert ('iifname "eth0" frag frag-off 0 frag more-fragments 1 meta l4proto tcp '
+            "meta mark set meta mark | 0x00400000") in early
+    assert "type filter hook prerouting priority -350;" in late
+    lines = [ln.strip() for ln in late.splitlines() if ln.strip()]
+    marked = 'iifname "eth0" meta mark & 0x00400000 != 0 '
+    syn = "tcp dport @cookie_ports tcp flags & (syn|ack) == syn"
+    assert lines.index(f"{marked}meta nfproto ipv6 {syn} drop") < lines.index(f"{marked}{syn} notrack")
+    assert lines[-2] == "meta mark & 0x00400000 != 0 meta mark set meta mark & 0xffbfffff"
+    assert "synproxy mss 1460 wscale 7" in text[text.index("chain input {"):]
 
 
 def test_cli_parser_and_help():

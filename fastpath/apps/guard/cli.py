@@ -16,7 +16,6 @@ from fastpath.apps.guard.config import (
     GuardConfig,
     parse_ports,
     parse_rate,
-    plan_defines,
     with_changes,
 )
 from fastpath.bpf import xdp
@@ -90,7 +89,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     att.add_argument("--no-cookies", action="store_true",
                      help="pass SYNs to the stack (lists and rate limits only; no SYNPROXY rules)")
     att.add_argument("--fragments", choices=("drop", "pass"), default="drop",
-                     help="verdict for first fragments to protected ports (default drop)")
+                     help="verdict for first fragments to protected ports (default drop); pass: the "
+                          "stack reassembles them and SYNs among them get SYNPROXY (IPv4) or a drop (IPv6)")
     add_json_arg(att, "print the attachment as JSON")
     att.add_argument("--dump-bpf", action="store_true", help=argparse.SUPPRESS)
     att.set_defaults(func=cmd_attach)
@@ -183,14 +183,15 @@ def cmd_attach(args: argparse.Namespace) -> int:
                        cookies=not args.no_cookies, fragments=args.fragments)
     cfg = _rate_changes(args, base).validate()
     if args.dump_bpf:
-        defines = plan_defines(args.iface, args.netns)
+        defines, _ = synguard.attach_defines(args.iface, args.netns, cfg)
         sys.stdout.write(dump_source(abi.SPEC, defines, str(xdp.pin_dir(args.iface, args.netns))))
         return 0
     res = synguard.attach(args.iface, args.netns, args.mode, cfg, peer_program=args.peer_program)
     att = res.attachment
+    scale = res.window_scale
     if args.json:
         print_json({**synguard.status(att), "replaced": res.replaced, "defines": res.defines,
-                    "kept": res.kept})
+                    "kept": res.kept, "window_scale": scale.as_json() if scale else None})
         return 0
     where = f" in {args.netns}" if args.netns else ""
     verb = "replaced the program on" if res.replaced else "attached to"
@@ -200,8 +201,9 @@ def cmd_attach(args: argparse.Namespace) -> int:
     if cfg.cookies and cfg.cookie_ports:
         layers.append(f"SYN cookies + SYNPROXY (nft table {res.nft_table})")
     kept = f"; {res.kept} open connection(s) kept" if res.kept else ""
+    scaled = f"; {scale.note}" if scale else ""
     info(f"syn_guard {verb} {args.iface}{where} ({att.mode} mode, prog id {att.prog_id}): "
-         f"{cfg.describe()}; layers: {', '.join(layers)}{kept}; "
+         f"{cfg.describe()}; layers: {', '.join(layers)}{kept}{scaled}; "
          f"stop with: fastpath xdp detach {args.iface}{_ns_flag(args.netns)}")
     return 0
 
@@ -259,6 +261,11 @@ def _stats_rows(cur: dict[str, tuple[int, int]], prev: dict[str, tuple[int, int]
 def cmd_stats(args: argparse.Namespace) -> int:
     att = synguard.attachment(args.iface, args.netns)
     title = f"syn_guard on {att.ifname}" + (f" in {att.netns}" if att.netns else "")
+    warnings = synguard.window_scale_warnings(att)
+    for line in warnings:
+        ports = ",".join(map(str, synguard.guard_config(att).cookie_ports))
+        info(f"warning: {line}; re-attach the guard so it takes the listener's scale: fastpath xdp attach "
+             f"{att.ifname}{_ns_flag(att.netns)} --ports {ports}")
     if args.watch is None:
         prev = None
         t0 = time.monotonic()
@@ -271,7 +278,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
         if args.json:
             print_json({"ifname": att.ifname, "netns": att.netns, "frames": frames,
                         "counters": {r["counter"]: {k: v for k, v in r.items() if k != "counter"}
-                                     for r in rows}})
+                                     for r in rows}, "warnings": warnings})
             return 0
         print_table(["counter", "packets", "pps", "bytes", "meaning"],
                     [[r["counter"], f"{r['packets']:,}", f"{r['pps']:,.0f}" if "pps" in r else "-",

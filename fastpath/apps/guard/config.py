@@ -2,7 +2,8 @@
 from the user's words, validated, turned into the program's config record), and the
 compile-time defines an interface implies (MSS from its MTU; timestamps, SACK and window
 scale from its namespace's TCP sysctls, so the SYN-ACKs XDP sends promise what the server
-will do).
+will do; the window scale is only a default: attach takes the one the listeners really use,
+fastpath/apps/guard/listeners.py).
 """
 
 from __future__ import annotations

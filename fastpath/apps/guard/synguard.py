@@ -6,7 +6,9 @@ allow/deny lists) is live, with no reload. Attach also installs the netfilter SY
 rules that finish handshakes whose cookie XDP has checked (fastpath/apps/guard/nft.py), in the
 interface's own namespace; detach removes them. Connections already open on cookie ports
 are carried into the flow table and conntrack first (fastpath/apps/guard/existing.py), at attach,
-re-attach and port changes, so the guard never cuts them.
+re-attach and port changes, so the guard never cuts them. The window scale the guard's
+SYN-ACKs promise is the one the listeners on the cookie ports answer with
+(fastpath/apps/guard/listeners.py), since SYNPROXY does not translate windows.
 
     att = synguard.attach("eth0", netns="lab1-server", config=GuardConfig(cookie_ports=(80,)))
     synguard.acl_change([att], "deny", "add", [ip_network("203.0.113.0/24")])
@@ -25,7 +27,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fastpath.apps.guard import existing, nft
+from fastpath.apps.guard import existing, listeners, nft
 from fastpath.apps.guard.abi import (
     ACL_ACTIONS,
     MAP_TYPES,
@@ -210,6 +212,7 @@ class AttachResult:
     nft_table: str | None
     defines: dict[str, int] = field(default_factory=dict)
     kept: int = 0  # connections open at attach carried into conntrack and the flows map
+    window_scale: listeners.WindowScale | None = None  # what the SYN-ACKs promise (cookies on)
 
 
 # -- carried-over connections: the XDP flows map ----------------------------------------------
@@ -244,6 +247,19 @@ def seed_existing(att: xdp.Attachment, ports: Iterable[int], conntrack: bool = T
     return Seeded(len(conns), created)
 
 
+def attach_defines(ifname: str, netns: str | None,
+                   cfg: GuardConfig) -> tuple[dict[str, int], listeners.WindowScale | None]:
+    """The defines an attach compiles with. With cookies on, SG_WSCALE is the scale the
+    listeners on the cookie ports really use (SYNPROXY does not translate windows), the
+    sysctls' when none is there; listeners that disagree are refused (FastpathError)."""
+    defines = plan_defines(ifname, netns)
+    if not (cfg.cookies and cfg.cookie_ports):
+        return defines, None
+    scale = listeners.window_scale(netns, cfg.cookie_ports, defines["SG_WSCALE"])
+    defines["SG_WSCALE"] = scale.value
+    return defines, scale
+
+
 def attach(
     ifname: str,
     netns: str | None = None,
@@ -255,10 +271,10 @@ def attach(
     the maps and SYNPROXY rules match `config`. On a first attach that fails half-way,
     everything is removed again."""
     cfg = (config or GuardConfig()).validate()
-    defines = plan_defines(ifname, netns)
     use_nft = cfg.cookies and bool(cfg.cookie_ports)
     if use_nft:
         nft.require()
+    defines, scale = attach_defines(ifname, netns, cfg)
     xdp.clear_stale(ifname, netns)
     old = xdp.read_state(ifname, netns, PROGRAM)
     ours = old is not None and old.program == PROGRAM and "config" in old.options
@@ -285,7 +301,7 @@ def attach(
         raise
     nft_table = att.options.get("nft_table")
     return AttachResult(att, replaced, nft_table if isinstance(nft_table, str) else None, defines,
-                        seeded.connections)
+                        seeded.connections, scale)
 
 
 def _switch(att: xdp.Attachment, cfg: GuardConfig, previous: GuardConfig | None,
@@ -301,7 +317,7 @@ def _switch(att: xdp.Attachment, cfg: GuardConfig, previous: GuardConfig | None,
     first = seed_existing(att, cfg.cookie_ports, conntrack=False)
     write_ports(att, cfg, previous)
     write_config(att, cfg)
-    nft.install(att.netns, table, att.ifname, cfg.cookie_ports, defines)
+    nft.install(att.netns, table, att.ifname, cfg.cookie_ports, defines, cfg.fragments == "pass")
     att.options["nft_table"] = table
     seeded = seed_existing(att, cfg.cookie_ports)  # and handshakes completed meanwhile
     if "tcp_loose_was" not in att.options:
@@ -346,6 +362,7 @@ def set_config(att: xdp.Attachment, config: GuardConfig) -> xdp.Attachment:
     previous = guard_config(att)
     if cfg.cookies and cfg.cookie_ports:
         nft.require()
+        _check_window_scale(att, cfg, sorted(set(cfg.cookie_ports) - set(previous.cookie_ports)))
     table = None
     if cfg.cookies and cfg.cookie_ports:
         table = str(att.options.get("nft_table") or nft.table_name(att.ifname, att.ifindex))
@@ -353,6 +370,30 @@ def set_config(att: xdp.Attachment, config: GuardConfig) -> xdp.Attachment:
     att.options["config"] = cfg.to_json()
     xdp.save_state(att)
     return att
+
+
+def _check_window_scale(att: xdp.Attachment, cfg: GuardConfig, ports: Sequence[int]) -> None:
+    """Refuse new cookie ports (`ports`, of `cfg`) whose listeners use another window scale
+    than the one the program was compiled with (only a re-attach can change it)."""
+    wrong = window_scale_warnings(att, ports)
+    if wrong:
+        every = ",".join(map(str, cfg.cookie_ports))
+        raise FastpathError(wrong[0], fix="re-attach with the new ports so the guard takes the "
+                                          f"listeners' scale: fastpath xdp attach {att.ifname}"
+                                          f"{_ns_flag(att.netns)} --ports {every}")
+
+
+def window_scale_warnings(att: xdp.Attachment, ports: Sequence[int] | None = None) -> list[str]:
+    """A line per listener on the cookie ports (or `ports`) whose window scale differs from
+    the one the guard's SYN-ACKs promise (a listener started or changed after attach)."""
+    try:
+        cfg = guard_config(att)
+    except FastpathError:
+        return []
+    if not cfg.cookies or not _netns_alive(att.netns) or "SG_WSCALE" not in att.defines:
+        return []
+    return listeners.mismatches(att.netns, cfg.cookie_ports if ports is None else ports,
+                                int(att.defines["SG_WSCALE"]))
 
 
 def status(att: xdp.Attachment) -> dict[str, object]:
