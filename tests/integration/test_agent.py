@@ -49,16 +49,28 @@ GUARDED = 23
 METRICS_PORT = 9433
 VIP_TEXT = f"{L.VIP}:{L.VIP_PORT}/tcp"
 KNOCK = _sibling("test_xdp_chain").KNOCK
+RATE_LIMITED = {"ports": [81], "syn_rate": "1/s", "ban_after": 2, "ban_seconds": 2}
+
+# N connection attempts (one SYN each, 0.2 s apart at most) to HOST:PORT.
+SYNS = """
+import socket, sys
+for _ in range(int(sys.argv[3])):
+    s = socket.socket()
+    s.settimeout(0.2)
+    s.connect_ex((sys.argv[1], int(sys.argv[2])))
+    s.close()
+"""
 
 
 def node_config(t, weights: dict[str, int], *, extra_backend: str | None = None, decap_first: bool = False,
-                guard_drop: tuple[int, ...] = (GUARDED,), health: bool = True) -> dict:
+                guard_drop: tuple[int, ...] = (GUARDED,), health: bool = True,
+                guard: dict | None = None) -> dict:
     backends: dict = {L.BACKENDS[n]: {"weight": w} for n, w in weights.items()}
     if extra_backend:
         backends[extra_backend] = {"weight": 1}
     lb_entry = {
         "interface": "eth0", "netns": t.ns, "mode": "native",
-        "guard": {"ports": [], "drop_ports": list(guard_drop), "cookies": False},
+        "guard": {"ports": [], "drop_ports": list(guard_drop), "cookies": False, **(guard or {})},
         "balancer": {"table_size": 4099,
                      "health": {"interval": 0.3, "timeout": 0.5, "fall": 2, "rise": 1} if health else False,
                      "vips": {VIP_TEXT: {"mode": "dsr", "backends": backends}}},
@@ -345,7 +357,8 @@ def test_apply_is_all_or_nothing_and_detach_on_exit(agent_lab):
     t = agent_lab
     b3 = t.lab.netns("b3")
     weights = {"b1": 1, "b2": 1}
-    good = node_config(t, weights, health=False)
+    # Port 81 is rate-limited (SYNs passed to the stack, cookies off) with a short ban.
+    good = node_config(t, weights, health=False, guard=RATE_LIMITED)
     good["interfaces"] = good["interfaces"][:1]  # the balancer's interface only
     first = write(t.tmp / "a.yaml", good)
     L.fastpath("apply", str(first))
@@ -356,7 +369,7 @@ def test_apply_is_all_or_nothing_and_detach_on_exit(agent_lab):
     # A config whose last step the kernel refuses: a backend with no route through eth0. The
     # decap attach and the guard change done before it are undone.
     bad = node_config(t, weights, extra_backend="192.0.2.99", decap_first=True,
-                      guard_drop=(GUARDED, 24), health=False)
+                      guard_drop=(GUARDED, 24), health=False, guard=RATE_LIMITED)
     second = write(t.tmp / "b.yaml", bad)
     steps = json.loads(L.fastpath("apply", str(second), "--dry-run", "--json").stdout)["plan"]
     assert [(s["action"], s["program"]) for s in steps] == \
@@ -370,7 +383,7 @@ def test_apply_is_all_or_nothing_and_detach_on_exit(agent_lab):
     assert plan.read_managed() == managed_before
 
     # An interface that is not there: refused before any step, naming the key.
-    gone = node_config(t, weights, guard_drop=(GUARDED, 24), health=False)
+    gone = node_config(t, weights, guard_drop=(GUARDED, 24), health=False, guard=RATE_LIMITED)
     gone["interfaces"][1]["interface"] = "eth9"
     error = one_error_line(L.fastpath("apply", str(write(t.tmp / "c.yaml", gone)), check=False))
     assert "interfaces[1] (eth9 in" in error and ".interface: no interface 'eth9'" in error, error
@@ -379,6 +392,13 @@ def test_apply_is_all_or_nothing_and_detach_on_exit(agent_lab):
     # --detach-on-exit: the agent takes the running programs, then removes them at SIGTERM.
     agent = start_agent(t, first, "--detach-on-exit")
     agent.wait_event("config_unchanged")
+
+    # A client over the SYN rate is banned, then let go: both leave an event.
+    t.lab.run("client", [sys.executable, "-c", SYNS, L.VIP, "81", "12"], timeout=60)
+    banned = agent.wait_event("source_banned", source=L.CLIENT)
+    assert banned["interface"] == "eth0" and banned["netns"] == t.ns and 0 < banned["seconds"] <= 2
+    agent.wait_event("source_unbanned", source=L.CLIENT)
+
     agent.signal(signal.SIGTERM)
     assert agent.wait(60) == 0
     for prog in ("syn_guard", "l4lb"):
