@@ -23,7 +23,7 @@ examples:
   fastpath agent --config /etc/fastpath/node.yaml
   fastpath agent --config node.yaml --detach-on-exit
   fastpath agent --config /etc/fastpath/node.yaml --install-unit   then: systemctl enable --now fastpath
-  kill -HUP $(pidof -s fastpath)           re-apply the config (systemctl reload fastpath)
+  systemctl reload fastpath                SIGHUP: re-apply the edited config
 """
 
 

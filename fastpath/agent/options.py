@@ -122,7 +122,7 @@ def to_argv(parser: argparse.ArgumentParser, section: Mapping[str, Any], where: 
 def _key_of(parser: argparse.ArgumentParser, message: str) -> str | None:
     """The YAML key argparse's message is about ("argument --syn-burst: ...")."""
     for opt in settings(parser).values():
-        if f"argument {opt.flag}" in message or f"argument {opt.flag}/" in message:
+        if re.search(rf"\bargument {re.escape(opt.flag)}\b(?!-)", message):
             return opt.key
     return None
 

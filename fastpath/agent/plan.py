@@ -18,6 +18,7 @@ import ipaddress
 import socket
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fastpath.agent.nodeconfig import BalancerSection, DecapSection, GuardSection, InterfaceConfig, NodeConfig
@@ -41,7 +42,7 @@ TITLES = {"syn_guard": "SYN guard", "l4lb": "balancer", "decap": "decap"}
 OPTION_OF = {tunable: opt[2:].replace("-", "_") for opt, tunable in ATTACH_OPTIONS.items()}
 
 
-def managed_path() -> Any:
+def managed_path() -> Path:
     return RUN_ROOT / "agent" / "managed.json"
 
 

@@ -88,6 +88,10 @@ class Agent:
             self.events.emit("config_refused", config=str(self.path), error=str(exc))
             self.status.record("refused", False)
             return False
+        except OSError as exc:  # reading what runs failed (a map, a state file): nothing applied
+            self.events.emit("apply_failed", config=str(self.path), error=str(exc), rolled_back=0)
+            self.status.record("failed", False)
+            return False
         finally:
             self._poll()
         self.events.emit("config_applied", config=str(self.path), steps=results,
