@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "fastpath.dpdk.cli",
     "fastpath.uring.cli",
     "fastpath.apps.lb.cli",
+    "fastpath.agent.cli",
 )
 
 EPILOG = """\

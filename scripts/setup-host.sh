@@ -21,6 +21,7 @@ packages=(
   iproute2 iputils-ping nftables iptables ethtool netsniff-ng hping3 iperf3 tcpdump
   haproxy python3-venv python3-pip gcc make
   linux-source-6.12 bpftool libbpf-dev
+  systemd   # systemd-analyze: the agent's unit file is checked with `systemd-analyze verify`
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -41,10 +41,20 @@ def register(lb_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.set_defaults(func=cmd_stats)
 
 
-def cmd_attach(args: argparse.Namespace) -> int:
-    extra = [decap.parse_addr(a) for a in args.addr]
+AttachSets = tuple[list[decap.Network], list[decap.IPAddress], list[decap.IPAddress]]
+
+
+def attach_sets(args: argparse.Namespace) -> AttachSets:
+    """(balancer networks, VIPs, extra addresses) the options of `decap attach` give (the
+    node config's decap sections go through the same parser and this function)."""
     sources = [decap.parse_source(s) for s in args.sources]
     vips = [decap.parse_addr(a) for a in args.vips]
+    decap.check_sets(sources, vips)
+    return sources, vips, [decap.parse_addr(a) for a in args.addr]
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
+    sources, vips, extra = attach_sets(args)
     if args.dump_bpf:
         sys.stdout.write(dump_source(decap.SPEC, decap.TUNABLES, str(xdp.pin_dir(args.iface, args.netns))))
         return 0

@@ -131,7 +131,7 @@ def _write_set(att: xdp.Attachment, name: str, keys: Sequence[ctypes.Structure])
             m.set(k, ctypes.c_uint32(1))
 
 
-def _check_sets(sources: Sequence[Network], vips: Sequence[IPAddress]) -> None:
+def check_sets(sources: Sequence[Network], vips: Sequence[IPAddress]) -> None:
     if not sources:
         raise FastpathError("decap needs the balancers' source networks",
                             fix="add --from CIDR for each (the balancer's ipip sources are "
@@ -158,7 +158,7 @@ def attach(ifname: str, netns: str | None, sources: Iterable[Network], vips: Ite
     extra = sorted(set(extra), key=lambda a: (a.version, a))
     source_list = sorted(set(sources), key=lambda n: (n.version, n))
     vip_list = sorted(set(vips), key=lambda a: (a.version, a))
-    _check_sets(source_list, vip_list)
+    check_sets(source_list, vip_list)
     xdp.clear_stale(ifname, netns)
     old = xdp.read_state(ifname, netns)
     if old is not None and old.program not in (SPEC.name, xdp.PEER_PROGRAM):

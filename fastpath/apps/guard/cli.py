@@ -177,11 +177,18 @@ def _ns_flag(netns: str | None) -> str:
 
 # -- commands ------------------------------------------------------------------------------------
 
-def cmd_attach(args: argparse.Namespace) -> int:
+def attach_config(args: argparse.Namespace) -> GuardConfig:
+    """The GuardConfig the options of `xdp attach` ask for, validated. The node config
+    (fastpath.agent) parses its guard sections with the same parser and this function, so
+    an option added to the attach parser and read here is accepted there too."""
     base = GuardConfig(cookie_ports=parse_ports(args.ports),
                        drop_ports=parse_ports(args.drop_ports),
                        cookies=not args.no_cookies, fragments=args.fragments)
-    cfg = _rate_changes(args, base).validate()
+    return _rate_changes(args, base).validate()
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
+    cfg = attach_config(args)
     if args.dump_bpf:
         defines, _ = synguard.attach_defines(args.iface, args.netns, cfg)
         sys.stdout.write(dump_source(abi.SPEC, defines, str(xdp.pin_dir(args.iface, args.netns))))

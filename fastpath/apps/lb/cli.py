@@ -202,10 +202,16 @@ def _session(args: argparse.Namespace, *, write: bool = True) -> Iterator[Balanc
         yield bal
 
 
-def cmd_attach(args: argparse.Namespace) -> int:
+def attach_tunables(args: argparse.Namespace) -> dict[str, int]:
+    """The tunables the options of `lb attach` ask for (the node config's balancer sections
+    go through the same parser and this function)."""
     # argparse keeps --table-size as args.table_size, and so on.
     given = {opt: getattr(args, opt[2:].replace("-", "_")) for opt in config.ATTACH_OPTIONS}
-    tunables = config.tunables(given)
+    return config.tunables(given)
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
+    tunables = attach_tunables(args)
     if args.dump_bpf:
         sys.stdout.write(program.dump(args.iface, args.netns, tunables))
         return 0

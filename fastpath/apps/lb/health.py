@@ -116,12 +116,16 @@ class HealthChecker:
         return out
 
 
+def check_timing(interval: float, timeout: float) -> None:
+    if not 0.05 <= interval <= 60 or not 0.05 <= timeout <= 60:
+        raise FastpathError("--interval and --timeout must be between 0.05 and 60 seconds")
+
+
 def run(ifname: str, netns: str | None, *, interval: float = 0.5, timeout: float = 0.5, fall: int = 2,
         rise: int = 2, rounds: int | None = None,
         report: Callable[[Transition], None] | None = None) -> int:
     """Check until interrupted (or for `rounds` rounds); returns how many transitions."""
-    if not 0.05 <= interval <= 60 or not 0.05 <= timeout <= 60:
-        raise FastpathError("--interval and --timeout must be between 0.05 and 60 seconds")
+    check_timing(interval, timeout)
     program.attachment(ifname, netns)
     checker = HealthChecker(fall, rise)
     changed = 0
