@@ -91,7 +91,8 @@ identifier = st.text(string.ascii_lowercase + string.digits + "_-", min_size=0, 
 def test_generated_port_names_are_short_unique_and_distinct_from_bridges(nodes, ifnames, bridges):
     nodes = [n for n in nodes if n != "sw"] or ["n"]
     ifnames = [i for i in ifnames if i != "lo"] or ["e0"]
-    bridges = [b for b in bridges if b not in nodes and b != "lo"] or ["br"]
+    bridges = [b for b in bridges if b not in nodes and b != "lo"] or [
+        next(f"br{i}" for i in range(len(nodes) + 1) if f"br{i}" not in nodes)]
     b = TopologyBuilder("lab")
     for n in nodes:
         b.node(n)
