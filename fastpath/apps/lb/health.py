@@ -141,7 +141,7 @@ def run(ifname: str, netns: str | None, *, interval: float = 0.5, timeout: float
         while rounds is None or n < rounds:
             started = time.monotonic()
             if announcer is not None:
-                _require_data_plane(ifname, netns)
+                _require_data_plane(ifname, netns, announcer.speaker.running)
             state = store.load_state(ifname, netns) or store.LbState()
             results = probe(targets(state), netns, timeout)
             moves = checker.update(state, results)
@@ -167,13 +167,15 @@ def run(ifname: str, netns: str | None, *, interval: float = 0.5, timeout: float
     return changed
 
 
-def _require_data_plane(ifname: str, netns: str | None) -> None:
-    """Raise unless the balancer still runs on its interface: the routes must not outlive it."""
+def _require_data_plane(ifname: str, netns: str | None, announcing: bool) -> None:
+    """Raise unless the balancer still runs on its interface: the routes must not outlive it
+    (the caller's clean-up stops the speaker)."""
+    withdrawn = ": every VIP withdrawn" if announcing else ""
     try:
         att = program.attachment(ifname, netns)
     except FastpathError as exc:
-        raise FastpathError(f"{exc.message}: every VIP withdrawn") from None
+        raise FastpathError(f"{exc.message}{withdrawn}") from None
     dead = xdp.dead_reason(att)
     if dead is not None:
-        raise FastpathError(f"the balancer on {ifname} is gone ({dead}): every VIP withdrawn",
+        raise FastpathError(f"the balancer on {ifname} is gone ({dead}){withdrawn}",
                             fix="attach it again, then restart fastpath lb health")
