@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
                                         on_sample=show, say=say)
     finally:
         lab.down()
-    say("lab torn down: no speaker, namespace or pin left")
+    say("lab torn down")
     problems = fleetlab.problems(res)
     if not check["consistent"]:
         problems.insert(0, "the balancers' Maglev tables differ")
