@@ -19,7 +19,7 @@ packages=(
   linux-headers-amd64 liburing-dev liburing2
   dpdk dpdk-dev libdpdk-dev meson ninja-build pkg-config
   iproute2 iputils-ping nftables iptables ethtool netsniff-ng hping3 iperf3 tcpdump
-  haproxy python3-venv python3-pip gcc make
+  haproxy python3-venv python3-pip gcc make bird2
   linux-source-6.12 bpftool libbpf-dev
   systemd   # systemd-analyze: the agent's unit file is checked with `systemd-analyze verify`
 )
@@ -32,6 +32,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q >/dev/null
   apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+  changed=1
+fi
+
+# BIRD 2 is the balancers' BGP speaker, started by `fastpath lb health` in the balancer's
+# namespace; the package's own service would run a stray speaker in the host's namespace.
+if [ -d /run/systemd/system ] && systemctl is-enabled --quiet bird.service 2>/dev/null; then
+  systemctl disable --now bird.service >/dev/null 2>&1
+  say "disabled bird.service: fastpath runs BIRD per balancer (fastpath lb health)"
   changed=1
 fi
 

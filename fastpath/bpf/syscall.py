@@ -33,6 +33,7 @@ PROG_TEST_RUN = 10
 PROG_GET_FD_BY_ID = 13
 MAP_GET_FD_BY_ID = 14
 OBJ_GET_INFO_BY_FD = 15
+MAP_LOOKUP_BATCH = 24
 MAP_UPDATE_BATCH = 26
 LINK_CREATE = 28
 LINK_UPDATE = 29
@@ -299,6 +300,19 @@ def map_update_batch(fd: int, keys: int, values: int, count: int) -> tuple[int, 
     type without batch support answers (0, EINVAL/EOPNOTSUPP/ENOTSUPP)."""
     attr = _BatchAttr(keys=keys, values=values, count=count, map_fd=fd)
     ret = _libc.syscall(ctypes.c_long(_SYS_BPF), ctypes.c_int(MAP_UPDATE_BATCH), ctypes.byref(attr),
+                        ctypes.c_uint(ctypes.sizeof(attr)))
+    return int(attr.count), (0 if ret == 0 else ctypes.get_errno())
+
+
+def map_lookup_batch(fd: int, in_batch: int, out_batch: int, keys: int, values: int,
+                     count: int) -> tuple[int, int]:
+    """BPF_MAP_LOOKUP_BATCH (Linux 5.6+): up to `count` elements after the key at address
+    `in_batch` (0: from the first), written as packed keys and values at `keys` and
+    `values`; the key to continue from lands at `out_batch`. Returns (elements read, 0 or
+    the errno that stopped it; ENOENT means the map's end was reached)."""
+    attr = _BatchAttr(in_batch=in_batch, out_batch=out_batch, keys=keys, values=values, count=count,
+                      map_fd=fd)
+    ret = _libc.syscall(ctypes.c_long(_SYS_BPF), ctypes.c_int(MAP_LOOKUP_BATCH), ctypes.byref(attr),
                         ctypes.c_uint(ctypes.sizeof(attr)))
     return int(attr.count), (0 if ret == 0 else ctypes.get_errno())
 

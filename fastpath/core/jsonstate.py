@@ -14,11 +14,17 @@ from typing import Any
 
 def write_json(path: Path, data: Any, *, sort_keys: bool = False) -> None:
     """Replace `path` with `data` as indented JSON in one rename; parents are created."""
+    write_text(path, json.dumps(data, indent=2, sort_keys=sort_keys) + "\n")
+
+
+def write_text(path: Path, text: str) -> None:
+    """Replace `path` with `text` in one rename (a reader sees the old file or the new one);
+    parents are created."""
     path.parent.mkdir(parents=True, exist_ok=True)
     # Unique per process: two writers never share (and truncate) one temporary file.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=sort_keys) + "\n")
+        tmp.write_text(text)
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):

@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         epilog="example:\n  fastpath demo counter --seconds 5",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("scenario", nargs="?", default="counter", choices=["counter", "lb", "synflood"],
+    p.add_argument("scenario", nargs="?", default="counter", choices=["counter", "lb", "synflood", "fleet"],
                    help="which demo (default: counter)")
     p.add_argument("--seconds", type=float, default=6.0, help="how long traffic runs (1-60)")
     p.add_argument("--json", action="store_true", help="print the final counters as JSON, no live table")
@@ -62,6 +62,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         from fastpath.labs import flooddemo
 
         return flooddemo.run(args.seconds, args.json)
+    if args.scenario == "fleet":
+        from fastpath.labs import fleet_demo
+
+        return fleet_demo.run(args)
     if args.scenario == "lb":
         from fastpath.labs import lb_demo
 

@@ -184,7 +184,7 @@ def test_config_errors(data, needle):
 
 
 @pytest.mark.parametrize("data,fix", [
-    ({"vip": {}}, "only 'vips' is allowed"),
+    ({"vip": {}}, "only 'vips' and 'bgp' are allowed"),
     ({"vips": {"10.0.0.1:80/tcp": {"backend": {}}}}, "use mode, hash, backends"),
     ({"vips": {"10.0.0.1:80/tcp": {"backends": {"10.0.0.2": {"port": 1}}}}}, "use weight, drain, mac"),
 ])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 from fastpath.apps.decap import cli as decap_cli
-from fastpath.apps.lb import abi, config, health, program, store
+from fastpath.apps.lb import abi, config, fleet_cli, health, program, store
 from fastpath.apps.lb.abi import IPAddress
 from fastpath.apps.lb.balancer import Balancer
 from fastpath.bpf import xdp
@@ -31,7 +32,9 @@ examples:
   fastpath lb apply lb.yaml
   fastpath lb stats --watch
   fastpath lb explain 198.51.100.7:40000 10.0.0.10:80/tcp
-  fastpath lb health                      # keep running: drains failing backends
+  fastpath lb health                      # keep running: drains failing backends, announces VIPs
+  fastpath lb bgp status                  # the node's BGP sessions and announced VIPs
+  fastpath lb fleet check eth0@lab-lb1 eth0@lab-lb2   # equal Maglev tables on every node?
   fastpath lb decap attach eth0 --netns lab-b1 --from 172.16.0.0/16 --vip 10.0.0.10  # ipip backend
   fastpath lb detach eth0 --netns lab-lb
 """
@@ -42,14 +45,14 @@ Sub: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 def register(sub: Sub) -> None:
     top = sub.add_parser(
-        "lb", help="XDP L4 load balancer: Maglev, conntrack, dsr/nat/ipip, health checks",
+        "lb", help="XDP L4 load balancer: Maglev, conntrack, dsr/nat/ipip, health checks, BGP fleets",
         description="VIPs spread over backends by weighted Maglev hashing in XDP, flows pinned "
                     "by conntrack, managed through pinned BPF maps.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     s = top.add_subparsers(dest="lb_command", metavar="ACTION", required=True)
     for build in (_attach_parser, _detach_parser, _vip_parsers, _backend_parsers, _apply_parser,
-                  _stats_parser, _explain_parser, _health_parser, decap_cli.register):
+                  _stats_parser, _explain_parser, _health_parser, fleet_cli.register, decap_cli.register):
         build(s)
 
 
@@ -179,13 +182,14 @@ def _explain_parser(s: Sub) -> None:
 
 
 def _health_parser(s: Sub) -> None:
-    p = s.add_parser("health", help="TCP health checks; drains failing backends (runs until Ctrl-C)")
+    p = s.add_parser("health", help="TCP health checks; drains failing backends and, with a 'bgp' "
+                                    "section, announces the VIPs that have a backend up (until Ctrl-C)")
     _target_args(p)
     p.add_argument("--interval", type=float, default=0.5, help="seconds between rounds (default 0.5)")
     p.add_argument("--timeout", type=float, default=0.5, help="connect timeout (default 0.5)")
     p.add_argument("--fall", type=int, default=2, help="failures in a row that drain (default 2)")
     p.add_argument("--rise", type=int, default=2, help="successes in a row that restore (default 2)")
-    p.add_argument("--once", action="store_true", help="one round, then exit")
+    p.add_argument("--once", action="store_true", help="one round, then exit (announces nothing)")
     p.set_defaults(func=cmd_health)
 
 
@@ -327,13 +331,13 @@ def cmd_backend_list(args: argparse.Namespace) -> int:
 
 def cmd_apply(args: argparse.Namespace) -> int:
     path = Path(args.config)
-    specs = config.load_config(path)
+    specs, announce = program.load_file(path)
     iface, netns = _target(args)
     if args.dry_run:
-        info(f"{path}: valid, {len(specs)} VIPs (dry run: nothing applied)")
+        info(f"{path}: valid, {len(specs)} VIPs" + (f", BGP {announce.describe()}" if announce else "")
+             + " (dry run: nothing applied)")
         return 0
-    with program.session(iface, netns) as bal:
-        changes = bal.apply(specs)
+    changes = program.apply_file(path, iface, netns)
     if args.json:
         print_json({"changes": changes})
         return 0
@@ -432,13 +436,16 @@ def cmd_health(args: argparse.Namespace) -> int:
         state = "up: back in the ring" if t.up else f"DOWN ({t.reason}): drained"
         info(f"{time.strftime('%H:%M:%S')} {t.vip} backend {t.backend} {state}")
 
+    # SIGTERM (a service manager, a lab's tear-down) stops the BGP speaker cleanly, like Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     if not args.once:
         info(f"health checks of every TCP backend on {where(iface, netns)} every {args.interval:g}s "
              f"(fall {args.fall}, rise {args.rise}); Ctrl-C to stop")
     # One round decides on its own: a single failure drains, a single success restores.
     fall, rise = (1, 1) if args.once else (args.fall, args.rise)
     health.run(iface, netns, interval=args.interval, timeout=args.timeout, fall=fall, rise=rise,
-               rounds=1 if args.once else None, report=report)
+               rounds=1 if args.once else None, report=report, announce=not args.once,
+               say=lambda line: info(f"{time.strftime('%H:%M:%S')} {line}"))
     if args.once:
         state = store.load_state(iface, netns)
         rows = [[v, b.name, b.health, b.status] for v, vs in sorted((state.vips if state else {}).items())

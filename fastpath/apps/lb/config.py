@@ -177,9 +177,10 @@ def parse_config(data: object, source: str = "config") -> list[VipSpec]:
               10.0.1.21:8080: {weight: 3}
               10.0.1.22:8080: {drain: true, mac: "02:00:00:00:01:22"}
               10.0.1.23:8080:    # weight 1
+        bgp: ...                 # announcing the VIPs: fastpath.apps.lb.bgp reads it
     """
-    top = _mapping(data, source, "the top level must be a mapping with 'vips'", ("vips",),
-                   "only 'vips' is allowed")
+    top = _mapping(data, source, "the top level must be a mapping with 'vips'", ("vips", "bgp"),
+                   "only 'vips' and 'bgp' are allowed")
     vips = _mapping(top.get("vips"), source, "'vips' must be a mapping of ADDR:PORT/PROTO to settings")
     out: list[VipSpec] = []
     seen: set[VipId] = set()
@@ -253,17 +254,23 @@ def check_backend(vip: VipId, mode: str, addr: IPAddress, port: int | None) -> N
 
 
 
-def load_config(path: Path) -> list[VipSpec]:
-    """Read and check an `lb apply` file (see parse_config)."""
+def read_file(path: Path) -> object:
+    """The YAML document in an `lb apply` file, unchecked."""
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise FastpathError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise FastpathError(f"config file {path} is a directory") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise FastpathError(f"{path}: not valid YAML{where}") from None
-    return parse_config(data, str(path))
+
+
+def load_config(path: Path) -> list[VipSpec]:
+    """Read and check the VIPs of an `lb apply` file (see parse_config)."""
+    return parse_config(read_file(path), str(path))
 
 
 # ---------------------------------------------------------------------------------------

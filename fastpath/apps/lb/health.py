@@ -6,6 +6,11 @@ the backend's address and port, from the balancer's namespace, bounded by `timeo
 go elsewhere, conntrack keeps existing ones, exactly like `backend drain`); `rise`
 successes in a row bring it back. With the defaults (0.5 s, 0.5 s, fall 2) a dead backend
 is drained about 1.5 s after it stops answering. UDP backends are not checked.
+
+When the `lb apply` file has a `bgp` section, the checker also runs the node's BGP speaker
+(fastpath.apps.lb.speaker) and after every round announces the VIP addresses that have a
+backend up and withdraws the others. It checks each round that the balancer is still
+attached; when it is not, it withdraws everything and exits with an error.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from fastpath.apps.lb import program, store
+from fastpath.apps.lb import program, speaker, store
 from fastpath.bpf import xdp
 from fastpath.errors import FastpathError
 
@@ -123,27 +128,58 @@ def check_timing(interval: float, timeout: float) -> None:
 
 def run(ifname: str, netns: str | None, *, interval: float = 0.5, timeout: float = 0.5, fall: int = 2,
         rise: int = 2, rounds: int | None = None,
-        report: Callable[[Transition], None] | None = None) -> int:
-    """Check until interrupted (or for `rounds` rounds); returns how many transitions."""
+        report: Callable[[Transition], None] | None = None, announce: bool = False,
+        say: Callable[[str], None] | None = None) -> int:
+    """Check until interrupted (or for `rounds` rounds); returns how many transitions.
+
+    With `announce`, the node's BGP speaker follows every round (see the module's doc) and
+    is stopped, withdrawing every VIP, when this returns or raises, whatever the cause.
+    """
     check_timing(interval, timeout)
     program.attachment(ifname, netns)
     checker = HealthChecker(fall, rise)
+    announcer = speaker.Announcer(ifname, netns) if announce else None
     changed = 0
     n = 0
-    while rounds is None or n < rounds:
-        started = time.monotonic()
-        state = store.load_state(ifname, netns) or store.LbState()
-        results = probe(targets(state), netns, timeout)
-        moves = checker.update(state, results)
-        if moves:
-            with program.session(ifname, netns) as bal:
-                for m in moves:
-                    bal.set_health(m.vip, m.backend, m.up)
-                    changed += 1
-                    if report:
-                        report(m)
-        n += 1
-        if rounds is not None and n >= rounds:
-            break
-        time.sleep(max(0.0, interval - (time.monotonic() - started)))
+    try:
+        while rounds is None or n < rounds:
+            started = time.monotonic()
+            if announcer is not None:
+                _require_data_plane(ifname, netns, announcer.speaker.running)
+            state = store.load_state(ifname, netns) or store.LbState()
+            results = probe(targets(state), netns, timeout)
+            moves = checker.update(state, results)
+            if moves:
+                with program.session(ifname, netns) as bal:
+                    for m in moves:
+                        bal.set_health(m.vip, m.backend, m.up)
+                        changed += 1
+                        if report:
+                            report(m)
+                    state = bal.state
+            if announcer is not None:
+                for line in announcer.update(state):
+                    if say:
+                        say(line)
+            n += 1
+            if rounds is not None and n >= rounds:
+                break
+            time.sleep(max(0.0, interval - (time.monotonic() - started)))
+    finally:
+        if announcer is not None:
+            announcer.close()
     return changed
+
+
+def _require_data_plane(ifname: str, netns: str | None, announcing: bool) -> None:
+    """Raise unless the balancer still runs on its interface: the routes must not outlive it
+    (the caller's clean-up stops the speaker)."""
+    withdrawn = ": every VIP withdrawn" if announcing else ""
+    try:
+        att = program.attachment(ifname, netns)
+    except FastpathError as exc:
+        raise FastpathError(f"{exc.message}{withdrawn}") from None
+    dead = xdp.dead_reason(att)
+    if dead is not None:
+        raise FastpathError(f"the balancer on {ifname} is gone ({dead}){withdrawn}",
+                            fix="attach it again, then restart fastpath lb health")

@@ -1,5 +1,5 @@
 """The l4lb program's maps as typed maps, opened from their bpffs pins or from a loaded
-program, and the batched writer that fills a Maglev ring in one system call."""
+program, and the batched writer and reader of Maglev rings (one system call each way)."""
 
 from __future__ import annotations
 
@@ -40,6 +40,37 @@ def write_u32_array(fd: int, first: int, values: array[int]) -> None:
         k.value = first + i
         v.value = values[i]
         syscall.map_update(fd, k, v)  # type: ignore[arg-type]  # any ctypes object is a buffer to bpf(2)
+
+
+def read_u32_array(fd: int, first: int, count: int) -> array[int]:
+    """The values at keys first .. first + count - 1 of a u32 -> u32 array map: batched
+    lookups (BPF_MAP_LOOKUP_BATCH) where possible, element by element otherwise."""
+    out = array("I", bytes(4 * count))
+    keys = array("I", bytes(4 * count))
+    cursor = array("I", [max(first - 1, 0), 0])  # the key a batch continues after, and the next one
+    caddr, _ = cursor.buffer_info()
+    kaddr, _ = keys.buffer_info()
+    vaddr, _ = out.buffer_info()
+    done = 0
+    while done < count:
+        start = 0 if (first == 0 and done == 0) else caddr
+        got, err = syscall.map_lookup_batch(fd, start, caddr + 4, kaddr + 4 * done, vaddr + 4 * done,
+                                            count - done)
+        if got == 0 and err:
+            if err in _NO_BATCH:
+                break
+            raise syscall.BpfError(err, "map lookup batch")
+        done += got
+        cursor[0] = cursor[1]
+        if err:
+            break
+    k = ctypes.c_uint32()
+    v = ctypes.c_uint32()
+    for i in range(done, count):
+        k.value = first + i
+        syscall.map_lookup(fd, k, v)  # type: ignore[arg-type]  # any ctypes object is a buffer to bpf(2)
+        out[i] = v.value
+    return out
 
 
 # errnos of a kernel without batch operations for the map type (524: ENOTSUPP, kernel-only)

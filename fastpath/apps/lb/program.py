@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 
+from fastpath.apps.lb import bgp
 from fastpath.apps.lb.abi import SPEC, TIMEOUTS, TUNABLES
 from fastpath.apps.lb.balancer import Balancer
-from fastpath.apps.lb.config import check_tunables
+from fastpath.apps.lb.config import VipSpec, check_tunables, parse_config, read_file
 from fastpath.apps.lb.maps import LbMaps
 from fastpath.apps.lb.nexthop import resolve_mac
 from fastpath.apps.lb.store import LbState, load_state, locked, remove_state, save_state
@@ -81,6 +83,31 @@ def detach(ifname: str, netns: str | None) -> xdp.Attachment | None:
         att = xdp.detach(ifname, netns, program=SPEC.name)
     remove_state(ifname, netns)
     return att
+
+
+def load_file(path: Path) -> tuple[list[VipSpec], bgp.BgpSpec | None]:
+    """An `lb apply` file, checked in full: its VIPs and its `bgp` section (None: none)."""
+    data = read_file(path)
+    specs = parse_config(data, str(path))
+    raw = data.get("bgp") if isinstance(data, dict) else None
+    announce = bgp.parse_bgp(raw, str(path)) if raw is not None else None
+    if announce is not None:
+        bgp.check_families(announce, [str(s.vip) for s in specs])
+    return specs, announce
+
+
+def apply_file(path: Path, ifname: str, netns: str | None) -> list[str]:
+    """Make the balancer equal an `lb apply` file (VIPs, backends and what it announces over
+    BGP); nothing is applied when any part is bad. Returns the changes, in words."""
+    specs, announce = load_file(path)
+    with session(ifname, netns) as bal:
+        changes = bal.apply(specs)
+        wanted = announce.to_json() if announce else None
+        if bal.state.bgp != wanted:
+            changes.append(f"BGP: {announce.describe()}" if announce
+                           else "BGP: section removed, nothing announced")
+            bal.state.bgp = wanted
+    return changes
 
 
 def dump(ifname: str, netns: str | None, tunables: Mapping[str, int]) -> str:

@@ -90,6 +90,8 @@ class LbState:
     next_vip: int = 0
     next_backend: int = 0
     vips: dict[str, VipState] = field(default_factory=dict)
+    # The `bgp` section of the last `lb apply` (fastpath.apps.lb.bgp.BgpSpec as JSON), or None.
+    bgp: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -128,9 +130,14 @@ def save_state(ifname: str, netns: str | None, state: LbState) -> None:
     write_json(state_path(ifname, netns), state.to_json())
 
 
+# Beside the state file: the BGP speaker's configuration, control socket and log
+# (fastpath.apps.lb.speaker), removed with the state even when the speaker was killed.
+SPEAKER_SUFFIXES = (".bird.conf", ".bird.ctl", ".bird.log")
+
+
 def remove_state(ifname: str, netns: str | None) -> None:
     path = state_path(ifname, netns)
-    for p in (path, path.with_suffix(".lock")):
+    for p in (path, path.with_suffix(".lock"), *(path.with_suffix(s) for s in SPEAKER_SUFFIXES)):
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
     with contextlib.suppress(OSError):
