@@ -10,10 +10,18 @@
  *   writes it into the idle one of the VIP's two rings, then replaces the VIP entry (a hash map
  *   element, swapped whole under RCU) to flip `ring`: a packet sees the old table or the
  *   new one, never a half-written one.
- * - conntrack is an LRU hash with per-CPU LRU lists (BPF_F_NO_COMMON_LRU, as Katran): no
- *   shared lock on the fast path, yet a flow is found whichever CPU its packets land on.
- *   A TCP SYN always goes through the ring (a new connection is a new flow), so a drained
- *   backend gets no new connections while established ones stay.
+ * - Two flow tables, so that no flood evicts an established flow: `half_open` holds flows
+ *   seen once (a SYN, the first packet of a UDP flow or of a TCP flow picked up mid-stream),
+ *   `conntrack` the flows a second packet from the client that is not a SYN confirmed (the
+ *   handshake's ACK, a UDP flow's second datagram). A spoofed-source flood (one packet per
+ *   tuple: SYNs, UDP, stray ACKs) only churns half_open. half_open keeps a handshake on
+ *   its first pick while the ring changes; it has per-CPU LRU lists (BPF_F_NO_COMMON_LRU,
+ *   as Katran: no shared lock while a flood inserts at line rate) and is sized by the CPUs
+ *   that run the program (the kernel gives every possible CPU an equal share). conntrack
+ *   and nat_reverse have a common LRU: inserts (one per confirmed flow) are rare, lookups
+ *   take no lock either way, and the whole table serves whichever CPUs run the program.
+ *   nat replies of half-open flows (the SYN-ACK) are translated through half_open_reverse.
+ *   A drained backend gets no new flows while established ones stay.
  * - NAT rewrites address and port with incremental checksums (RFC 1624), v4 and v6;
  *   replies from backends are translated back through `nat_reverse` and handed to the
  *   kernel to route to the client.
@@ -22,14 +30,17 @@
  *   IPv6 extension headers to a VIP address drop with a counter; IPv4 options are parsed
  *   past and balanced; ICMP errors quoting a VIP flow follow the flow to its backend
  *   (dsr, ipip; nat translated, see below); other ICMP passes.
- * - Flow lifetime: a conntrack entry idle longer than LB_UDP_TIMEOUT / LB_TCP_TIMEOUT counts
- *   as absent (the next packet is a miss, picked by Maglev again); a TCP FIN (the client's,
- *   or a nat backend's) marks the flow closing (LB_CLOSING_TIMEOUT idle); a TCP RST deletes
- *   it and its nat_reverse entry. The entry is the one authority: a reply is translated
- *   only while its flow is live and pinned to the replying backend, and refreshes it. RSTs
- *   and FINs are not checked against sequence numbers (we see no window), so a forged one
- *   costs a flow at most its pinning: its next packet takes the current Maglev pick.
- *   A SYN that repeats a live flow's tuple keeps the flow's backend (a forged SYN cannot
+ * - Flow lifetime: an entry idle longer than LB_UDP_TIMEOUT / LB_TCP_TIMEOUT counts as
+ *   absent (the next packet is a miss, picked by Maglev again); a TCP FIN (the client's, or
+ *   a nat backend's) marks the flow closing (LB_CLOSING_TIMEOUT idle); a TCP RST (either
+ *   side) marks it reset, which ends it after LB_CLOSING_TIMEOUT idle unless a later packet
+ *   of the flow (not a RST) clears the mark: a forged RST cannot end a live flow, and the
+ *   entries of a reset one age out. RSTs are not checked against sequence numbers: dsr and
+ *   ipip show us one direction only, without window scale, and tracking sequence numbers
+ *   would write the entry on every packet (now at most once a second); the end hosts check
+ *   RSTs against their window (RFC 5961). The entry is the one authority: a reply is
+ *   translated only while its flow is live and pinned to the replying backend, and refreshes
+ *   it. A SYN that repeats a live flow's tuple keeps the flow's backend (a forged SYN cannot
  *   move a connection); only a SYN of no live flow, or of a gone backend, picks anew.
  * - ICMP errors of nat flows (RFC 5508 section 4.2), both directions, v4 and v6: an error
  *   to the VIP quoting a reply VIP -> client goes to the flow's backend, outer destination
@@ -79,9 +90,27 @@
 #define LB_RING_SIZE 65537
 #endif
 
-/* Flows conntrack (and nat_reverse) hold before the least recently used are evicted. */
+/* Established flows conntrack (and nat_reverse) hold before the least recently used are
+ * evicted. */
 #ifndef LB_CONNTRACK_SIZE
 #define LB_CONNTRACK_SIZE 131072
+#endif
+
+/* Half-open flows half_open (and half_open_reverse) hold, all CPUs that run the program
+ * together; a flood of new tuples evicts only these. */
+#ifndef LB_HALF_OPEN_SIZE
+#define LB_HALF_OPEN_SIZE 32768
+#endif
+
+/* CPUs the kernel may ever bring up, and CPUs that run the program (those serving the
+ * NIC's receive queues). half_open's per-CPU LRU gives each possible CPU an equal share and
+ * a CPU evicts only from its own, so the map gets LB_HALF_OPEN_SIZE * POSSIBLE / RX entries. */
+#ifndef LB_POSSIBLE_CPUS
+#define LB_POSSIBLE_CPUS 1
+#endif
+
+#ifndef LB_RX_CPUS
+#define LB_RX_CPUS 1
 #endif
 
 /* Seed of the flow hash; fastpath/apps/lb/hashing.py computes the same hash for
@@ -92,7 +121,7 @@
 
 /* Seconds a flow may stay idle before its next packet counts as a conntrack miss (a new
  * Maglev pick) and its nat replies are no longer translated: UDP, TCP, and TCP once a FIN
- * was seen. A TCP RST ends a flow at once. */
+ * or a RST was seen. */
 #ifndef LB_UDP_TIMEOUT
 #define LB_UDP_TIMEOUT 30
 #endif
@@ -121,6 +150,8 @@
 #define LB_IPIP_V6_PREFIX 0x01000000
 #endif
 
+#define LB_HALF_OPEN_ENTRIES \
+	((__u32)(((__u64)LB_HALF_OPEN_SIZE * LB_POSSIBLE_CPUS + LB_RX_CPUS - 1) / LB_RX_CPUS))
 #define LB_NSEC_PER_SEC 1000000000ULL
 #define IP_DF 0x4000
 #define IP_MF 0x2000
@@ -133,10 +164,12 @@ FP_MAP_F("hash", struct lb_vip_key, struct lb_vip, vips, LB_MAX_VIPS, BPF_F_NO_P
 FP_MAP("hash", struct lb_addr_key, __u32, vip_addrs, LB_MAX_VIPS);
 FP_MAP("array", u32, u32, rings, LB_MAX_VIPS * 2 * LB_RING_SIZE);
 FP_MAP("array", u32, struct lb_backend, backends, LB_MAX_BACKENDS);
-FP_MAP_F("lru_hash", struct lb_flow_key, struct lb_flow, conntrack, LB_CONNTRACK_SIZE,
+FP_MAP("lru_hash", struct lb_flow_key, struct lb_flow, conntrack, LB_CONNTRACK_SIZE);
+FP_MAP("lru_hash", struct lb_flow_key, struct lb_vip_key, nat_reverse, LB_CONNTRACK_SIZE);
+FP_MAP_F("lru_hash", struct lb_flow_key, struct lb_flow, half_open, LB_HALF_OPEN_ENTRIES,
 	 BPF_F_NO_COMMON_LRU);
-FP_MAP_F("lru_hash", struct lb_flow_key, struct lb_vip_key, nat_reverse, LB_CONNTRACK_SIZE,
-	 BPF_F_NO_COMMON_LRU);
+FP_MAP_F("lru_hash", struct lb_flow_key, struct lb_vip_key, half_open_reverse,
+	 LB_HALF_OPEN_ENTRIES, BPF_F_NO_COMMON_LRU);
 FP_MAP("percpu_array", u32, struct lb_vip_stats, vip_stats, LB_MAX_VIPS);
 FP_MAP("percpu_array", u32, struct lb_backend_stats, backend_stats, LB_MAX_BACKENDS);
 FP_MAP("percpu_array", u32, struct lb_counter, stats, LB_STAT_MAX);
@@ -705,11 +738,51 @@ static __always_inline int encap(struct xdp_md *ctx, const struct pkt *p,
 /* How long a flow may stay idle (ns). */
 static __always_inline __u64 flow_timeout(const struct lb_flow *f, __u8 proto)
 {
-	if (f->flags & LB_FLOW_F_CLOSING)
+	if (f->flags & (LB_FLOW_F_CLOSING | LB_FLOW_F_RESET))
 		return LB_CLOSING_TIMEOUT * LB_NSEC_PER_SEC;
 	if (proto == IPPROTO_TCP)
 		return LB_TCP_TIMEOUT * LB_NSEC_PER_SEC;
 	return LB_UDP_TIMEOUT * LB_NSEC_PER_SEC;
+}
+
+/* The backend of a flow entry that still serves a VIP's flow: its backend exists and serves
+ * the VIP, and the flow has not been idle past its timeout. NULL otherwise. */
+static __always_inline struct lb_backend *flow_backend(const struct lb_flow *f, __u32 vidx,
+							const struct pkt *p, __u64 now, __u64 len)
+{
+	__u32 bid = f->backend;
+	struct lb_backend *be = backends.lookup(&bid);
+
+	if (!be || !(be->flags & LB_BACKEND_F_EXISTS) || be->vip != vidx)
+		return NULL;
+	if (now - f->atime > flow_timeout(f, p->flow.proto)) {
+		count(LB_STAT_FLOW_EXPIRED, len, 0);
+		return NULL;
+	}
+	return be;
+}
+
+/* A RST (from either side) marks the flow reset; any later packet of the flow that is not a
+ * RST clears the mark: the RST was stale, or forged by someone who knew the tuple. */
+static __always_inline void flow_seen(struct lb_flow *f, const struct pkt *p, __u64 now, __u64 len)
+{
+	if (p->rst) {
+		if (!(f->flags & LB_FLOW_F_RESET)) {
+			f->flags |= LB_FLOW_F_RESET;
+			f->atime = now;
+			count(LB_STAT_FLOW_RESET, len, 0);
+		}
+		return;
+	}
+	if (f->flags & LB_FLOW_F_RESET) {
+		f->flags &= ~LB_FLOW_F_RESET;
+		f->atime = now;
+		count(LB_STAT_FLOW_REVIVED, len, 0);
+	}
+	if (p->fin && !(f->flags & LB_FLOW_F_CLOSING)) {
+		f->flags |= LB_FLOW_F_CLOSING;
+		f->atime = now;
+	}
 }
 
 /* The nat_reverse key of a flow's replies: backend -> client. */
@@ -725,7 +798,10 @@ static __always_inline void reply_key(struct lb_flow_key *rk, const struct pkt *
 	rk->family = p->flow.family;
 }
 
-static __always_inline void record_reverse(const struct pkt *p, const struct lb_backend *be)
+/* Record how the flow's replies are translated back: in nat_reverse for an established
+ * flow, in half_open_reverse for a half-open one. */
+static __always_inline void record_reverse(const struct pkt *p, const struct lb_backend *be,
+					   int half)
 {
 	struct lb_flow_key rk;
 	struct lb_vip_key vk;
@@ -736,21 +812,35 @@ static __always_inline void record_reverse(const struct pkt *p, const struct lb_
 	vk.port = p->flow.dport;
 	vk.proto = p->flow.proto;
 	vk.family = p->flow.family;
-	nat_reverse.update(&rk, &vk);
+	if (half)
+		half_open_reverse.update(&rk, &vk);
+	else
+		nat_reverse.update(&rk, &vk);
 }
 
-/* A TCP RST ends its flow: both entries go, so any later packet is picked by Maglev. */
-static __always_inline void end_flow(struct pkt *p, const struct lb_vip *vip,
-				     const struct lb_backend *be, __u64 len)
+/* A half-open flow is confirmed: it moves to conntrack (and its reply translation to
+ * nat_reverse), where no flood of new tuples can evict it. On failure it stays half-open
+ * and the next packet tries again. */
+static __always_inline void confirm_flow(const struct pkt *p, const struct lb_vip *vip,
+					 const struct lb_backend *be, const struct lb_flow *f,
+					 __u64 now, __u64 len)
 {
+	struct lb_flow nf = {
+		.backend = f->backend,
+		.flags = f->flags,
+		.atime = now,
+	};
 	struct lb_flow_key rk;
 
-	conntrack.delete(&p->flow);
-	if (vip->mode == LB_MODE_NAT && be) {
+	if (conntrack.update(&p->flow, &nf))
+		return;
+	if (vip->mode == LB_MODE_NAT) {
+		record_reverse(p, be, 0);
 		reply_key(&rk, p, be);
-		nat_reverse.delete(&rk);
+		half_open_reverse.delete(&rk);
 	}
-	count(LB_STAT_FLOW_RESET, len, 0);
+	half_open.delete(&p->flow);
+	count(LB_STAT_FLOW_CONFIRMED, len, 0);
 }
 
 static __always_inline int balance(struct xdp_md *ctx, struct pkt *p, const struct lb_vip *vip,
@@ -760,12 +850,13 @@ static __always_inline int balance(struct xdp_md *ctx, struct pkt *p, const stru
 	struct lb_vip_stats *vs = vip_stats.lookup(&vidx);
 	struct lb_backend_stats *bs;
 	struct lb_backend *be = NULL;
-	struct lb_flow *f = NULL;
+	struct lb_flow *f;
 	__u32 bid = 0;
 	__u32 key;
 	__u32 *slot;
-	__u64 now;
+	__u64 now = 0;
 	int new_flow = 0;
+	int half = 0;
 
 	if (vs) {
 		vs->packets++;
@@ -774,42 +865,45 @@ static __always_inline int balance(struct xdp_md *ctx, struct pkt *p, const stru
 	/* Every packet looks its flow up, SYNs too: a SYN that repeats a live flow's tuple (a
 	 * retransmit, a reused port, or a forged one) keeps the flow's backend, so nobody can
 	 * move a live connection by sending a SYN with its tuple. Only a gone backend re-picks. */
-	{
-		f = conntrack.lookup(&p->flow);
-		if (f) {
-			now = bpf_ktime_get_coarse_ns();
-			bid = f->backend;
-			be = backends.lookup(&bid);
-			if (!be || !(be->flags & LB_BACKEND_F_EXISTS) || be->vip != vidx) {
-				be = NULL;
-			} else if (now - f->atime > flow_timeout(f, p->flow.proto)) {
-				count(LB_STAT_FLOW_EXPIRED, len, 0);
-				be = NULL;
-			} else {
-				if (vs)
-					vs->lru_hits++;
-				if (p->syn) {
-					/* A new connection on the tuple lives as one. */
-					f->flags &= ~LB_FLOW_F_CLOSING;
-					f->atime = now;
-				} else if (p->rst) {
-					end_flow(p, vip, be, len);
-					f = NULL;
-				} else if (p->fin && !(f->flags & LB_FLOW_F_CLOSING)) {
-					f->flags |= LB_FLOW_F_CLOSING;
-					f->atime = now;
-				} else if (now - f->atime > LB_NSEC_PER_SEC && !p->icmp) {
-					f->atime = now;
-					/* nat_reverse is an LRU of its own: keep the pair together. */
-					if (vip->mode == LB_MODE_NAT)
-						record_reverse(p, be);
-				}
-			}
-		}
-		if (!be && vs)
-			vs->lru_misses++;
+	f = conntrack.lookup(&p->flow);
+	if (f) {
+		now = bpf_ktime_get_coarse_ns();
+		be = flow_backend(f, vidx, p, now, len);
+		/* An entry that no longer serves is dead: the flow starts again half-open. */
+		if (!be)
+			conntrack.delete(&p->flow);
 	}
 	if (!be) {
+		f = half_open.lookup(&p->flow);
+		if (f) {
+			now = now ? now : bpf_ktime_get_coarse_ns();
+			be = flow_backend(f, vidx, p, now, len);
+			half = 1;
+		}
+	}
+	if (be) {
+		bid = f->backend;
+		if (vs)
+			vs->lru_hits++;
+		if (p->syn) {
+			/* A new connection on the tuple lives as one; it stays where it is. */
+			f->flags = 0;
+			f->atime = now;
+		} else if (!p->icmp) {
+			flow_seen(f, p, now, len);
+			/* The client's second packet that is not a SYN (nor a RST) confirms it. */
+			if (half && !p->rst) {
+				confirm_flow(p, vip, be, f, now, len);
+			} else if (now - f->atime > LB_NSEC_PER_SEC) {
+				f->atime = now;
+				/* nat_reverse is an LRU of its own: keep the pair together. */
+				if (vip->mode == LB_MODE_NAT)
+					record_reverse(p, be, half);
+			}
+		}
+	} else {
+		if (vs)
+			vs->lru_misses++;
 		if (vip->backends == 0 || vidx >= LB_MAX_VIPS)
 			goto no_backend;
 		key = (vidx * 2 + (vip->ring & 1)) * LB_RING_SIZE +
@@ -821,20 +915,17 @@ static __always_inline int balance(struct xdp_md *ctx, struct pkt *p, const stru
 		be = backends.lookup(&bid);
 		if (!be || !(be->flags & LB_BACKEND_F_EXISTS))
 			goto no_backend;
-		if (p->rst) {
-			/* No flow to begin; an expired or stale entry of this one ends. */
-			if (f)
-				end_flow(p, vip, be, len);
-		} else if (!p->icmp) {
+		/* A RST begins no flow; anything else begins a half-open one. */
+		if (!p->rst && !p->icmp) {
 			struct lb_flow nf = {
 				.backend = bid,
 				.flags = p->fin ? LB_FLOW_F_CLOSING : 0,
-				.atime = bpf_ktime_get_coarse_ns(),
+				.atime = now ? now : bpf_ktime_get_coarse_ns(),
 			};
 
-			conntrack.update(&p->flow, &nf);
+			half_open.update(&p->flow, &nf);
 			if (vip->mode == LB_MODE_NAT)
-				record_reverse(p, be);
+				record_reverse(p, be, 1);
 			new_flow = 1;
 			if (vs)
 				vs->new_flows++;
@@ -867,21 +958,50 @@ no_backend:
 	return count(LB_STAT_DROP_NO_BACKEND, len, XDP_DROP);
 }
 
+/* The flow entry (conntrack, else half_open) that a reply from backend `src`:`sport` may be
+ * translated by: live, and pinned to that backend. NULL otherwise. */
+static __always_inline struct lb_flow *reply_flow(const struct lb_flow_key *fk, const struct pkt *p,
+						  __be16 vport, __u64 now, __u64 len)
+{
+	struct lb_flow *f = conntrack.lookup(fk);
+	struct lb_backend *be;
+	__u32 bid;
+
+	if (!f)
+		f = half_open.lookup(fk);
+	if (!f)
+		return NULL;
+	if (now - f->atime > flow_timeout(f, p->flow.proto)) {
+		count(LB_STAT_FLOW_EXPIRED, len, 0);
+		return NULL;
+	}
+	bid = f->backend;
+	be = backends.lookup(&bid);
+	if (!be || !same6(be->addr, p->flow.src) || (be->port ? be->port : vport) != p->flow.sport)
+		return NULL;
+	return f;
+}
+
 /* A packet from a nat backend to a client (a reply, or an ICMP error about a packet the
- * backend got from the client): make it come from the VIP. Only while the flow is live in
- * conntrack and pinned to this backend; a stale entry is dropped and the packet passes as
- * it is. Replies keep the flow alive and end it as the client's packets do (FIN, RST). */
+ * backend got from the client): make it come from the VIP. Only while the flow is live
+ * (established, or half-open: the SYN-ACK) and pinned to this backend; a stale entry is
+ * dropped and the packet passes as it is. Replies keep the flow alive and mark it as the
+ * client's packets do (FIN, RST), but never confirm it: a backend answers spoofed clients
+ * too. */
 static __always_inline int reverse_nat(struct xdp_md *ctx, struct pkt *p, __u64 len)
 {
 	struct lb_vip_key *vk = nat_reverse.lookup(&p->flow);
-	struct lb_backend *be;
 	struct lb_flow_key fk;
 	struct lb_flow *f;
 	__be32 addr[4];
 	__be16 port;
-	__u32 bid;
 	__u64 now;
+	int half = 0;
 
+	if (!vk) {
+		vk = half_open_reverse.lookup(&p->flow);
+		half = 1;
+	}
 	if (!vk)
 		return count(p->icmp ? LB_STAT_PASS_ICMP : LB_STAT_PASS_NON_VIP, len, XDP_PASS);
 	__builtin_memcpy(addr, vk->addr, 16);
@@ -894,17 +1014,9 @@ static __always_inline int reverse_nat(struct xdp_md *ctx, struct pkt *p, __u64 
 	fk.dport = port;
 	fk.proto = p->flow.proto;
 	fk.family = p->flow.family;
-	f = conntrack.lookup(&fk);
-	if (!f)
-		goto stale;
 	now = bpf_ktime_get_coarse_ns();
-	if (now - f->atime > flow_timeout(f, p->flow.proto)) {
-		count(LB_STAT_FLOW_EXPIRED, len, 0);
-		goto stale;
-	}
-	bid = f->backend;
-	be = backends.lookup(&bid);
-	if (!be || !same6(be->addr, p->flow.src) || (be->port ? be->port : port) != p->flow.sport)
+	f = reply_flow(&fk, p, port, now, len);
+	if (!f)
 		goto stale;
 	if (p->icmp) {
 		if (icmp_nat(ctx, p, addr, port, 1))
@@ -913,20 +1025,16 @@ static __always_inline int reverse_nat(struct xdp_md *ctx, struct pkt *p, __u64 
 	}
 	if (rewrite(ctx, p, addr, port, 1))
 		return count(LB_STAT_DROP_ERROR, len, XDP_DROP);
-	if (p->rst) {
-		conntrack.delete(&fk);
-		nat_reverse.delete(&p->flow);
-		count(LB_STAT_FLOW_RESET, len, 0);
-	} else if (p->fin && !(f->flags & LB_FLOW_F_CLOSING)) {
-		f->flags |= LB_FLOW_F_CLOSING;
+	flow_seen(f, p, now, len);
+	if (now - f->atime > LB_NSEC_PER_SEC)
 		f->atime = now;
-	} else if (now - f->atime > LB_NSEC_PER_SEC) {
-		f->atime = now;
-	}
 	return count(LB_STAT_NAT_REVERSE, len, XDP_PASS);
 
 stale:
-	nat_reverse.delete(&p->flow);
+	if (half)
+		half_open_reverse.delete(&p->flow);
+	else
+		nat_reverse.delete(&p->flow);
 	return count(p->icmp ? LB_STAT_PASS_ICMP : LB_STAT_PASS_NON_VIP, len, XDP_PASS);
 }
 

@@ -25,6 +25,8 @@ enum lb_mode {
 
 /* struct lb_flow.flags */
 #define LB_FLOW_F_CLOSING 0x1       /* a FIN was seen: LB_CLOSING_TIMEOUT idle ends it */
+#define LB_FLOW_F_RESET 0x2         /* a RST was seen: LB_CLOSING_TIMEOUT idle ends it, unless a
+				     * later packet of the flow (not a RST) clears it first */
 
 /* A ring slot with no backend (every backend of the VIP drained or removed). */
 #define LB_NO_BACKEND 0xffffffffu
@@ -63,7 +65,8 @@ struct lb_backend {
 	__u16 vip;          /* index of the VIP it serves: a reused id never inherits flows */
 };
 
-/* Key of `conntrack` (client -> VIP) and of `nat_reverse` (backend -> client). */
+/* Key of `conntrack` and `half_open` (client -> VIP) and of `nat_reverse` and
+ * `half_open_reverse` (backend -> client). */
 struct lb_flow_key {
 	__be32 src[4];
 	__be32 dst[4];
@@ -74,8 +77,12 @@ struct lb_flow_key {
 	__u16 pad;
 };
 
-/* Value of `conntrack`. An entry idle longer than its timeout (LB_UDP_TIMEOUT,
- * LB_TCP_TIMEOUT, or LB_CLOSING_TIMEOUT once closing) counts as absent. */
+/* Value of `conntrack` (established flows: confirmed by a second packet from the client that
+ * is not a SYN, e.g. the handshake's ACK) and of `half_open` (flows seen once: a TCP
+ * handshake in progress, the first packet of a UDP flow or of a TCP flow picked up
+ * mid-stream). An entry idle longer
+ * than its timeout (LB_UDP_TIMEOUT, LB_TCP_TIMEOUT, or LB_CLOSING_TIMEOUT once closing or
+ * reset) counts as absent. */
 struct lb_flow {
 	__u32 backend;      /* backend id */
 	__u8 flags;         /* LB_FLOW_F_* */
@@ -83,16 +90,17 @@ struct lb_flow {
 	__u64 atime;        /* coarse ktime (ns) of the last refresh, at most once a second */
 };
 
-/* Value of `nat_reverse`: the VIP a reply must appear to come from is its lb_vip_key. The
- * entry serves only while the conntrack entry of its flow is live and names its backend. */
+/* Value of `nat_reverse` (and `half_open_reverse`): the VIP a reply must appear to come from
+ * is its lb_vip_key. The entry serves only while the flow's entry (conntrack or half_open)
+ * is live and names its backend. */
 
 /* Per-CPU counters of one VIP (`vip_stats`). */
 struct lb_vip_stats {
 	__u64 packets;
 	__u64 bytes;
 	__u64 new_flows;    /* flows given a backend by the Maglev ring */
-	__u64 lru_hits;     /* packets whose flow was in conntrack */
-	__u64 lru_misses;   /* non-SYN packets whose flow was not (picked by Maglev again) */
+	__u64 lru_hits;     /* packets whose flow was live in conntrack or half_open */
+	__u64 lru_misses;   /* packets whose flow was not (picked by Maglev) */
 	__u64 no_backend;   /* dropped: no usable backend */
 };
 
@@ -126,9 +134,14 @@ enum lb_stat {
 	LB_STAT_ICMP_REVERSE = 12,      /* ICMP errors about a nat flow's reply leg (a packet
 					 * client -> backend) translated back to the VIP, then routed */
 	/* Events, counted besides the packet's own outcome: */
-	LB_STAT_FLOW_RESET = 13,        /* TCP RSTs that ended a flow (its entries deleted) */
+	LB_STAT_FLOW_RESET = 13,        /* TCP RSTs that marked a live flow reset (it ends after
+					 * LB_CLOSING_TIMEOUT idle unless its traffic goes on) */
 	LB_STAT_FLOW_EXPIRED = 14,      /* packets that found their flow idle past its timeout */
-	LB_STAT_MAX = 15,
+	LB_STAT_FLOW_CONFIRMED = 15,    /* flows moved from half_open to conntrack by a second
+					 * packet from the client that is not a SYN */
+	LB_STAT_FLOW_REVIVED = 16,      /* flows marked reset whose traffic went on (a packet of
+					 * the flow after the RST: it was stale or forged) */
+	LB_STAT_MAX = 17,
 };
 
 /* The one element of `config`. */

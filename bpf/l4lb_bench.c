@@ -3,7 +3,8 @@
  * l4lb_bench - the load balancer (l4lb.c) plus the hook its conntrack-miss benchmark needs.
  *
  * lb-packet measures a conntrack miss by running the same frame again and again; after
- * each run lb_bench_forget deletes the flow that run created, so the next run misses too.
+ * each run lb_bench_forget deletes the flow that run created (a half-open entry: the frame is
+ * an ACK of no known flow) from both flow tables, so the next run misses too.
  * fastpath.bpf.testrun.load_restoring compiles it after l4lb.c (whose map and key it
  * uses) and before the restoring harness (restoring_harness.c), which calls it as
  * BENCH_AFTER; it is not a program of its own.
@@ -27,4 +28,5 @@ static __always_inline void lb_bench_forget(const __u8 *frame)
 	k.proto = IPPROTO_TCP;
 	k.family = 4;
 	conntrack.delete(&k);
+	half_open.delete(&k);
 }

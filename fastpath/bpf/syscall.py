@@ -472,12 +472,22 @@ def prog_test_run_live(prog_fd: int, data: bytes, repeat: int, ifindex: int) -> 
     return int(attr.duration)
 
 
-def possible_cpus() -> int:
-    """Number of possible CPUs: the width of every per-CPU map value."""
-    with open("/sys/devices/system/cpu/possible") as fh:
+def _cpu_count(which: str) -> int:
+    with open(f"/sys/devices/system/cpu/{which}") as fh:
         text = fh.read().strip()
     count = 0
     for part in text.split(","):
         lo, _, hi = part.partition("-")
         count += (int(hi) if hi else int(lo)) - int(lo) + 1
     return count
+
+
+def possible_cpus() -> int:
+    """Number of possible CPUs: the width of every per-CPU map value, and the number of
+    shares a per-CPU LRU map (BPF_F_NO_COMMON_LRU) splits its entries into."""
+    return _cpu_count("possible")
+
+
+def online_cpus() -> int:
+    """Number of CPUs online now."""
+    return _cpu_count("online")

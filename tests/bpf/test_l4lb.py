@@ -237,6 +237,7 @@ def test_header_constants_match_python():
     assert flag == hex(abi.LB_VIP_F_HASH_SRC_ONLY)
     assert re.search(r"#define LB_BACKEND_F_EXISTS (0x\w+)", text).group(1) == hex(abi.LB_BACKEND_F_EXISTS)
     assert re.search(r"#define LB_FLOW_F_CLOSING (0x\w+)", text).group(1) == hex(abi.LB_FLOW_F_CLOSING)
+    assert re.search(r"#define LB_FLOW_F_RESET (0x\w+)", text).group(1) == hex(abi.LB_FLOW_F_RESET)
     assert int(re.search(r"#define LB_NO_BACKEND (0x\w+)u", text).group(1), 16) == abi.LB_NO_BACKEND
 
 
@@ -668,12 +669,22 @@ def reply_key(be: store.BackendState, client: str, sport: int, proto: str) -> ab
     return k
 
 
+def flow_entry(env: Env, key: abi.FlowKey) -> tuple[str, abi.Flow] | None:
+    """The flow's entry and the table holding it: conntrack (established) or half_open."""
+    for table in ("conntrack", "half_open"):
+        f = env.maps[table].get(key)
+        if f is not None:
+            return table, f
+    return None
+
+
 def idle(env: Env, key: abi.FlowKey, seconds: float) -> None:
     """Make the flow look idle for `seconds`: move its last refresh back."""
-    f = env.maps["conntrack"].get(key)
-    assert f is not None
+    found = flow_entry(env, key)
+    assert found is not None
+    table, f = found
     f.atime -= int(seconds * 1e9)
-    env.maps["conntrack"].set(key, f)
+    env.maps[table].set(key, f)
 
 
 def nat_backend(env: Env, vip_text: str, address: str) -> store.BackendState:
@@ -696,11 +707,13 @@ def moved_flows(env: Env, sports: range) -> list[int]:
 
 
 def open_on_12(env: Env, sports: range) -> list[int]:
-    """Open flows (SYN) on the untilted ring; the ports that landed on .12."""
+    """Open flows (SYN, then the handshake's ACK) on the untilted ring; the ports that landed
+    on .12."""
     out = []
     for sp in sports:
         if Ether(check(env, tcp4("10.100.0.1", 80, sp, flags="S"), "XDP_TX").output).dst == MACS["10.0.0.12"]:
             out.append(sp)
+        check(env, tcp4("10.100.0.1", 80, sp, flags="A"), "XDP_TX")
     return out
 
 
@@ -710,28 +723,55 @@ def to(env: Env, frame: bytes) -> str:
     return next(a for a, m in MACS.items() if m == mac)
 
 
-def test_rst_ends_the_flow_and_later_packets_follow_the_current_ring(env):
+def test_rst_marks_the_flow_reset_and_only_silence_ends_it(env):
+    """A RST (the client's, or forged by whoever knows the tuple) cannot end a live flow: it
+    marks it reset; the flow's next packet clears the mark and still reaches its backend
+    although the ring now picks another. A reset flow that stays silent ages out."""
     on_12 = open_on_12(env, range(52000, 52040))
     with tilted(env):
         sp = moved_flows(env, range(52000, 52040))
         sp = [p for p in sp if p in on_12][0]
         key = flow_key(CLIENT4, sp, TILT[0])
+        be12 = nat_backend(env, TILT[0], "10.0.0.12")
         assert to(env, tcp4("10.100.0.1", 80, sp, flags="A")) == "10.0.0.12", "pinned before the RST"
-        c0, v0 = env.counters(), env.vip_stats(TILT[0])
-        # The RST still reaches the flow's backend.
+        c0 = env.counters()
+        # The RST reaches the flow's backend and marks the flow, which stays pinned.
         assert to(env, tcp4("10.100.0.1", 80, sp, flags="R")) == "10.0.0.12"
         assert env.counters()["flow_reset"] == c0["flow_reset"] + 1
-        assert env.maps["conntrack"].get(key) is None
-        # The flow is gone: the next packet is a miss and takes the current Maglev pick.
+        f = env.maps["conntrack"].get(key)
+        assert (f.flags, f.backend) == (abi.LB_FLOW_F_RESET, be12.id)
+        ex = env.bal.explain(ipaddress.ip_address(CLIENT4), sp, config.parse_vip(TILT[0]))
+        assert (ex["conntrack_state"], ex["backend"]) == ("reset", "10.0.0.12:80")
+        # The flow goes on (the RST was forged): its backend, the mark cleared.
+        assert to(env, tcp4("10.100.0.1", 80, sp, flags="PA")) == "10.0.0.12"
+        assert env.maps["conntrack"].get(key).flags == 0
+        assert env.counters()["flow_revived"] == c0["flow_revived"] + 1
+        # Even after a pause shorter than the closing timeout.
+        closing_s = abi.TUNABLES["LB_CLOSING_TIMEOUT"]
+        check(env, tcp4("10.100.0.1", 80, sp, flags="R"), "XDP_TX")
+        idle(env, key, closing_s - 2)
+        assert to(env, tcp4("10.100.0.1", 80, sp, flags="A")) == "10.0.0.12"
+        assert env.maps["conntrack"].get(key).flags == 0
+        # A reset flow silent past the closing timeout is gone: the next packet is a miss and
+        # takes the current Maglev pick, as does a new connection on the tuple.
+        check(env, tcp4("10.100.0.1", 80, sp, flags="R"), "XDP_TX")
+        idle(env, key, closing_s + 2)
+        v0, exp = env.vip_stats(TILT[0]), env.counters()["flow_expired"]
         assert to(env, tcp4("10.100.0.1", 80, sp, flags="A")) == "10.0.0.11"
         v1 = env.vip_stats(TILT[0])
         assert v1["lru_misses"] == v0["lru_misses"] + 1 and v1["new_flows"] == v0["new_flows"] + 1
-        # A new connection on the same 5-tuple follows the current ring too.
+        assert env.counters()["flow_expired"] == exp + 1
         assert to(env, tcp4("10.100.0.1", 80, sp, flags="S")) == "10.0.0.11"
         # A RST of no flow is forwarded (Maglev) but begins none.
         key2 = flow_key(CLIENT4, 52999, TILT[0])
         check(env, tcp4("10.100.0.1", 80, 52999, flags="R"), "XDP_TX")
-        assert env.maps["conntrack"].get(key2) is None
+        assert flow_entry(env, key2) is None
+        # A RST does not confirm a handshake: the flow stays half-open, marked.
+        key3 = flow_key(CLIENT4, 52998, TILT[0])
+        check(env, tcp4("10.100.0.1", 80, 52998, flags="S"), "XDP_TX")
+        check(env, tcp4("10.100.0.1", 80, 52998, flags="R"), "XDP_TX")
+        table, f = flow_entry(env, key3)
+        assert (table, f.flags) == ("half_open", abi.LB_FLOW_F_RESET)
 
 
 def test_fin_marks_the_flow_closing_with_the_short_timeout(env):
@@ -828,38 +868,59 @@ def as_from_vip(frame: bytes, vip_addr: str, vip_port: int) -> bytes:
     return bytes(p)
 
 
-def test_nat_rst_and_fin_from_either_side_end_both_entries(env):
+def test_nat_rst_from_either_side_marks_the_flow_and_replies_stay_translated(env):
+    """A RST from the backend's side (a forged one too) or from the client's marks the flow
+    reset: the flow's later packets still go to the backend and its replies are still
+    translated to the VIP, clearing the mark; silent past the closing timeout, it ends."""
     vip = "10.100.0.2:80/tcp"
-    # The backend resets: translated (the client must see it), then both entries are gone.
+    closing_s = abi.TUNABLES["LB_CLOSING_TIMEOUT"]
+    # The backend resets: translated (the client must see it), and the flow stays.
     sp = 52400
     be = nat_backend(env, vip, Ether(check(env, tcp4("10.100.0.2", 80, sp), "XDP_TX").output)[IP].dst)
     fkey, rkey = flow_key(CLIENT4, sp, vip), reply_key(be, CLIENT4, sp, "tcp")
-    assert env.maps["conntrack"].get(fkey) and env.maps["nat_reverse"].get(rkey)
     check(env, nat_reply(be, sp, "SA"), "XDP_PASS", as_from_vip(nat_reply(be, sp, "SA"), "10.100.0.2", 80))
+    check(env, tcp4("10.100.0.2", 80, sp, flags="A"), "XDP_TX")   # the handshake completes
+    assert env.maps["conntrack"].get(fkey) and env.maps["nat_reverse"].get(rkey)
     check(env, nat_reply(be, sp, "FA"), "XDP_PASS", as_from_vip(nat_reply(be, sp, "FA"), "10.100.0.2", 80))
     assert env.maps["conntrack"].get(fkey).flags == abi.LB_FLOW_F_CLOSING, "a backend's FIN closes too"
     c0 = env.counters()
     check(env, nat_reply(be, sp, "R"), "XDP_PASS", as_from_vip(nat_reply(be, sp, "R"), "10.100.0.2", 80))
     assert env.counters()["flow_reset"] == c0["flow_reset"] + 1
-    assert env.maps["conntrack"].get(fkey) is None and env.maps["nat_reverse"].get(rkey) is None
+    assert env.maps["conntrack"].get(fkey).flags == abi.LB_FLOW_F_CLOSING | abi.LB_FLOW_F_RESET
+    assert env.maps["nat_reverse"].get(rkey) is not None
+    # The RST was forged: the backend's next reply is still translated, and clears the mark.
     late = nat_reply(be, sp)
+    check(env, late, "XDP_PASS", as_from_vip(late, "10.100.0.2", 80))
+    assert env.maps["conntrack"].get(fkey).flags == abi.LB_FLOW_F_CLOSING
+    assert env.counters()["flow_revived"] == c0["flow_revived"] + 1
+    # A real RST, then silence: the flow ages out and replies pass untranslated.
+    check(env, nat_reply(be, sp, "R"), "XDP_PASS", as_from_vip(nat_reply(be, sp, "R"), "10.100.0.2", 80))
+    idle(env, fkey, closing_s + 2)
     check(env, late, "XDP_PASS", late)
-    assert env.counters()["nat_reverse"] == c0["nat_reverse"] + 1, "only the RST was translated"
-    # The client resets: forwarded to the backend, then both entries are gone.
+    assert env.maps["nat_reverse"].get(rkey) is None
+    # The client resets: forwarded to the backend; the flow's entries stay, replies are
+    # translated and the client's next packet still goes to the backend.
     sp = 52401
     be = nat_backend(env, vip, Ether(check(env, tcp4("10.100.0.2", 80, sp), "XDP_TX").output)[IP].dst)
+    ack = tcp4("10.100.0.2", 80, sp, flags="A")
+    check(env, ack, "XDP_TX", nat_expected(ack, be.mac, be.address, be.port))
     fkey, rkey = flow_key(CLIENT4, sp, vip), reply_key(be, CLIENT4, sp, "tcp")
     rst = tcp4("10.100.0.2", 80, sp, flags="R")
     check(env, rst, "XDP_TX", nat_expected(rst, be.mac, be.address, be.port))
-    assert env.maps["conntrack"].get(fkey) is None and env.maps["nat_reverse"].get(rkey) is None
-    check(env, nat_reply(be, sp), "XDP_PASS", nat_reply(be, sp))
+    assert env.maps["conntrack"].get(fkey).flags == abi.LB_FLOW_F_RESET
+    assert env.maps["nat_reverse"].get(rkey) is not None
+    check(env, nat_reply(be, sp), "XDP_PASS", as_from_vip(nat_reply(be, sp), "10.100.0.2", 80))
+    assert env.maps["conntrack"].get(fkey).flags == 0
+    check(env, ack, "XDP_TX", nat_expected(ack, be.mac, be.address, be.port))
 
 
 def test_nat_replies_of_an_expired_flow_are_not_translated(env):
     vip = "10.100.0.2:80/tcp"
     sp = 52410
     be = nat_backend(env, vip, Ether(check(env, tcp4("10.100.0.2", 80, sp), "XDP_TX").output)[IP].dst)
+    check(env, tcp4("10.100.0.2", 80, sp, flags="A"), "XDP_TX")
     fkey, rkey = flow_key(CLIENT4, sp, vip), reply_key(be, CLIENT4, sp, "tcp")
+    assert env.maps["nat_reverse"].get(rkey) is not None
     # Replies keep the flow alive: one after a long client silence refreshes it.
     idle(env, fkey, abi.TUNABLES["LB_TCP_TIMEOUT"] - 2)
     check(env, nat_reply(be, sp), "XDP_PASS", as_from_vip(nat_reply(be, sp), "10.100.0.2", 80))

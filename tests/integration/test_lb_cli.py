@@ -160,6 +160,9 @@ def test_attach_errors(attached):
         (["lb", "attach", "nosuch0", "--netns", ns], "unknown interface 'nosuch0'"),
         (["lb", "attach", "eth0", "--netns", ns, "--seed", "7"], "cannot change size or seed in place"),
         (["lb", "attach", "eth1", "--netns", ns, "--table-size", "65536"], "must be a prime"),
+        (["lb", "attach", "eth1", "--netns", ns, "--half-open", "10"], "--half-open 10 out of range"),
+        (["lb", "attach", "eth1", "--netns", ns, "--rx-cpus", "100000"], "--rx-cpus 100000 out of range"),
+        (["lb", "attach", "eth0", "--netns", ns, "--half-open", "4096"], "cannot change size or seed"),
         (["lb", "stats", "--iface", "eth1", "--netns", ns], "not attached to eth1"),
         (["lb", "detach", "eth1", "--netns", ns], "nothing attached to eth1"),
     ]

@@ -232,6 +232,10 @@ def test_ipip_source_addresses():
     ({"LB_UDP_TIMEOUT": 0}, "--udp-timeout 0 out of range"),
     ({"LB_TCP_TIMEOUT": 8 * 86400}, "--tcp-timeout 691200 out of range"),
     ({"LB_CLOSING_TIMEOUT": -1}, "--closing-timeout -1 out of range"),
+    ({"LB_HALF_OPEN_SIZE": 100}, "--half-open 100 out of range"),
+    ({"LB_POSSIBLE_CPUS": 4, "LB_RX_CPUS": 0}, "--rx-cpus 0 out of range 1-4"),
+    ({"LB_POSSIBLE_CPUS": 4, "LB_RX_CPUS": 5}, "--rx-cpus 5 out of range 1-4"),
+    ({"LB_HALF_OPEN_SIZE": 1 << 24, "LB_POSSIBLE_CPUS": 64, "LB_RX_CPUS": 8}, "more than 67108864 entries"),
 ])
 def test_check_tunables(changes, needle):
     config.check_tunables(abi.TUNABLES)

@@ -20,7 +20,10 @@ TUNABLES: dict[str, int] = {
     "LB_MAX_VIPS": 32,
     "LB_MAX_BACKENDS": 4096,
     "LB_RING_SIZE": maglev.DEFAULT_TABLE_SIZE,
-    "LB_CONNTRACK_SIZE": 131072,
+    "LB_CONNTRACK_SIZE": 131072,       # established flows
+    "LB_HALF_OPEN_SIZE": 32768,        # half-open flows, all CPUs that run the program together
+    "LB_POSSIBLE_CPUS": 1,             # attach sets both from the host (see host_cpus)
+    "LB_RX_CPUS": 1,
     "LB_HASH_SEED": 0,
     "LB_UDP_TIMEOUT": 30,              # seconds idle before a flow is forgotten: UDP,
     "LB_TCP_TIMEOUT": 300,             # TCP,
@@ -29,8 +32,8 @@ TUNABLES: dict[str, int] = {
     "LB_IPIP_V4_PREFIX": 0xAC10,       # outer IPv4 sources 172.16.x.y
     "LB_IPIP_V6_PREFIX": 0x01000000,   # outer IPv6 sources 100::x:y (discard prefix)
 }
-MAPS = ("vips", "vip_addrs", "rings", "backends", "conntrack", "nat_reverse", "vip_stats",
-        "backend_stats", "stats", "config", "ipip_ids")
+MAPS = ("vips", "vip_addrs", "rings", "backends", "conntrack", "nat_reverse", "half_open",
+        "half_open_reverse", "vip_stats", "backend_stats", "stats", "config", "ipip_ids")
 SPEC = ProgramSpec(name="l4lb", entry="l4lb", maps=MAPS, defaults=TUNABLES, command="fastpath lb",
                    chain_slot=1)
 
@@ -41,6 +44,7 @@ HASHES = ("5tuple", "src")
 LB_VIP_F_HASH_SRC_ONLY = 0x1
 LB_BACKEND_F_EXISTS = 0x1
 LB_FLOW_F_CLOSING = 0x1
+LB_FLOW_F_RESET = 0x2
 # Seconds of the flow timeouts: they change no map, so a hot reload may change them.
 TIMEOUTS = ("LB_UDP_TIMEOUT", "LB_TCP_TIMEOUT", "LB_CLOSING_TIMEOUT")
 MAX_TIMEOUT = 7 * 86400
@@ -49,7 +53,7 @@ LB_NO_BACKEND = 0xFFFFFFFF
 STAT_NAMES = ("pass_not_ip", "pass_non_vip", "pass_malformed", "pass_icmp", "nat_reverse",
               "icmp_forwarded", "drop_fragment", "drop_malformed", "drop_unsupported",
               "drop_no_backend", "drop_too_big", "drop_error", "icmp_reverse", "flow_reset",
-              "flow_expired")
+              "flow_expired", "flow_confirmed", "flow_revived")
 LB_STAT_MAX = len(STAT_NAMES)
 MAX_WEIGHT = maglev.MAX_WEIGHT
 
@@ -117,6 +121,8 @@ MAP_TYPES: dict[str, tuple[type[Any], type[Any]]] = {
     "backends": (ctypes.c_uint32, Backend),
     "conntrack": (FlowKey, Flow),
     "nat_reverse": (FlowKey, VipKey),
+    "half_open": (FlowKey, Flow),
+    "half_open_reverse": (FlowKey, VipKey),
     "vip_stats": (ctypes.c_uint32, VipStats),
     "backend_stats": (ctypes.c_uint32, BackendStats),
     "stats": (ctypes.c_uint32, Counter),

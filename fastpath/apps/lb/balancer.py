@@ -20,6 +20,7 @@ from fastpath.apps.lb import maglev
 from fastpath.apps.lb.abi import (
     LB_BACKEND_F_EXISTS,
     LB_FLOW_F_CLOSING,
+    LB_FLOW_F_RESET,
     LB_NO_BACKEND,
     MODES,
     PROTOS,
@@ -409,6 +410,26 @@ class Balancer:
                 for v in self.stats()["vips"] if only is None or v["vip"] == str(only)
                 for b in v["backends"]]
 
+    def _flow_state(self, key: FlowKey, vip: VipId, by_id: dict[int, BackendState],
+                    table: str) -> tuple[BackendState | None, str | None, float | None]:
+        """(backend while live, state, idle seconds) of the flow's entry in `table`
+        (conntrack or half_open); (None, None, None) without one."""
+        flow = self.maps[table].get(key)
+        if flow is None:
+            return None, None, None
+        # bpf_ktime_get_coarse_ns() is CLOCK_MONOTONIC, read at tick granularity; the data
+        # plane subtracts modulo 2**64, and so does this.
+        since = (time.clock_gettime_ns(time.CLOCK_MONOTONIC) - flow.atime) % 2**64
+        idle = since / 1e9 if since < 2**63 else 0.0
+        short = bool(flow.flags & (LB_FLOW_F_CLOSING | LB_FLOW_F_RESET))
+        limit = self.timeouts["LB_CLOSING_TIMEOUT" if short else
+                              "LB_TCP_TIMEOUT" if vip.proto == "tcp" else "LB_UDP_TIMEOUT"]
+        if idle > limit:
+            return None, "expired", idle
+        state = ("reset" if flow.flags & LB_FLOW_F_RESET else "closing" if flow.flags & LB_FLOW_F_CLOSING
+                 else "half-open" if table == "half_open" else "established")
+        return by_id.get(flow.backend), state, idle
+
     def explain(self, client: IPAddress, sport: int, vip: VipId) -> dict[str, Any]:
         """Which backend a flow from client:sport to `vip` gets, and why."""
         vs = self.vip(vip)
@@ -430,20 +451,12 @@ class Balancer:
         got = self.maps["rings"].get(ctypes.c_uint32(rkey))
         ring_id = int(got.value) if got is not None else LB_NO_BACKEND
         ring_backend = by_id.get(ring_id)
-        flow = self.maps["conntrack"].get(key)
-        ct_backend = by_id.get(flow.backend) if flow is not None else None
-        state = idle = None
-        if flow is not None:
-            # bpf_ktime_get_coarse_ns() is CLOCK_MONOTONIC, read at tick granularity; the data
-            # plane subtracts modulo 2**64, and so does this.
-            since = (time.clock_gettime_ns(time.CLOCK_MONOTONIC) - flow.atime) % 2**64
-            idle = since / 1e9 if since < 2**63 else 0.0
-            closing = bool(flow.flags & LB_FLOW_F_CLOSING)
-            limit = self.timeouts["LB_CLOSING_TIMEOUT" if closing else
-                                  "LB_TCP_TIMEOUT" if vip.proto == "tcp" else "LB_UDP_TIMEOUT"]
-            state = "expired" if idle > limit else "closing" if closing else "established"
-            if state == "expired":
-                ct_backend = None
+        ct_backend, state, idle = self._flow_state(key, vip, by_id, "conntrack")
+        if ct_backend is None:
+            # The data plane looks at half_open when conntrack has no live entry.
+            half = self._flow_state(key, vip, by_id, "half_open")
+            if half[1] is not None and (half[0] is not None or state is None):
+                ct_backend, state, idle = half
         out: dict[str, Any] = {
             "vip": str(vip), "client": fmt_addr_port(client, sport), "mode": vs.mode,
             "hash": h, "slot": slot, "ring": ring,
@@ -451,11 +464,11 @@ class Balancer:
             "conntrack_backend": ct_backend.name if ct_backend else None,
             "conntrack_state": state, "idle_s": None if idle is None else round(idle, 1),
         }
-        if flow is not None and ct_backend is not None:
+        if ct_backend is not None:
             out["backend"] = ct_backend.name
             out["reason"] = (f"conntrack hit ({state} flow pinned to {ct_backend.name}, idle "
-                             f"{idle:.0f} s); a new connection "
-                             f"(TCP SYN) would take Maglev slot {slot} -> "
+                             f"{idle or 0:.0f} s); once it ends, a new connection "
+                             f"would take Maglev slot {slot} -> "
                              f"{ring_backend.name if ring_backend else 'no backend'}")
         elif ring_backend is not None:
             out["backend"] = ring_backend.name

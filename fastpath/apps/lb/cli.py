@@ -84,7 +84,13 @@ def _attach_parser(s: Sub) -> None:
     att.add_argument("--max-vips", type=int, help=f"default {abi.TUNABLES['LB_MAX_VIPS']}")
     att.add_argument("--max-backends", type=int, help=f"default {abi.TUNABLES['LB_MAX_BACKENDS']}")
     att.add_argument("--conntrack", type=int, metavar="FLOWS",
-                     help=f"conntrack size (default {abi.TUNABLES['LB_CONNTRACK_SIZE']})")
+                     help=f"established flows held (default {abi.TUNABLES['LB_CONNTRACK_SIZE']})")
+    att.add_argument("--half-open", type=int, metavar="FLOWS",
+                     help="half-open flows held: handshakes in progress, flows seen once; a flood of "
+                          f"new tuples evicts only these (default {abi.TUNABLES['LB_HALF_OPEN_SIZE']})")
+    att.add_argument("--rx-cpus", type=int, metavar="N",
+                     help="CPUs that run the program (serve the NIC's receive queues); sizes the "
+                          "half-open table's per-CPU shares (default: the CPUs online)")
     for opt, what in (("--udp-timeout", "a UDP flow"), ("--tcp-timeout", "a TCP flow"),
                       ("--closing-timeout", "a TCP flow after a FIN")):
         att.add_argument(opt, type=int, metavar="SECONDS",

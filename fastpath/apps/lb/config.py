@@ -283,6 +283,8 @@ ATTACH_OPTIONS: dict[str, str] = {
     "--max-vips": "LB_MAX_VIPS",
     "--max-backends": "LB_MAX_BACKENDS",
     "--conntrack": "LB_CONNTRACK_SIZE",
+    "--half-open": "LB_HALF_OPEN_SIZE",
+    "--rx-cpus": "LB_RX_CPUS",
     "--udp-timeout": "LB_UDP_TIMEOUT",
     "--tcp-timeout": "LB_TCP_TIMEOUT",
     "--closing-timeout": "LB_CLOSING_TIMEOUT",
@@ -302,7 +304,11 @@ _RANGES: dict[str, tuple[int, int, str]] = {
     "LB_HASH_SEED": (0, M32, ""),
     **{key: (1, MAX_TIMEOUT, " seconds") for key in TIMEOUTS},
     "LB_CONNTRACK_SIZE": (1024, 1 << 26, ""),
+    "LB_HALF_OPEN_SIZE": (1024, 1 << 24, ""),
 }
+# Entries of half_open (and of half_open_reverse) at most: its size grows by the possible
+# CPUs over the CPUs that run the program.
+MAX_HALF_OPEN_ENTRIES = 1 << 26
 
 
 def check_tunables(defines: Mapping[str, int | str]) -> None:
@@ -313,6 +319,14 @@ def check_tunables(defines: Mapping[str, int | str]) -> None:
     for key, (low, high, unit) in _RANGES.items():
         if not low <= int(defines[key]) <= high:
             raise FastpathError(f"{_OPTION[key]} {defines[key]} out of range {low}-{high}{unit}")
+    possible, rx = int(defines["LB_POSSIBLE_CPUS"]), int(defines["LB_RX_CPUS"])
+    if not 1 <= rx <= possible:
+        raise FastpathError(f"--rx-cpus {rx} out of range 1-{possible} (the CPUs this host may have)")
+    half_open = int(defines["LB_HALF_OPEN_SIZE"])
+    if -(-half_open * possible // rx) > MAX_HALF_OPEN_ENTRIES:
+        raise FastpathError(f"--half-open {half_open} on {rx} of {possible} possible CPUs needs more than "
+                            f"{MAX_HALF_OPEN_ENTRIES} entries",
+                            fix="lower --half-open, or raise --rx-cpus to the CPUs serving the queues")
     vips = int(defines["LB_MAX_VIPS"])
     if vips * 2 * size >= 2**32 or vips * 2 * size * 4 > 1 << 30:
         raise FastpathError(f"{vips} VIPs x 2 rings x {size} slots needs more than 1 GiB",

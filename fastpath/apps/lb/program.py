@@ -15,9 +15,15 @@ from fastpath.apps.lb.config import VipSpec, check_tunables, parse_config, read_
 from fastpath.apps.lb.maps import LbMaps
 from fastpath.apps.lb.nexthop import resolve_mac
 from fastpath.apps.lb.store import LbState, load_state, locked, remove_state, save_state
-from fastpath.bpf import xdp
+from fastpath.bpf import syscall, xdp
 from fastpath.bpf.loader import dump_source
 from fastpath.errors import FastpathError
+
+
+def host_cpus() -> dict[str, int]:
+    """The host's CPU counts the half-open table is sized by (possible CPUs, and the CPUs
+    online as those that run the program, unless --rx-cpus says otherwise)."""
+    return {"LB_POSSIBLE_CPUS": syscall.possible_cpus(), "LB_RX_CPUS": syscall.online_cpus()}
 
 
 def attachment(ifname: str, netns: str | None) -> xdp.Attachment:
@@ -61,6 +67,7 @@ def attach(ifname: str, netns: str | None, mode: str = "auto",
         defines.update(old.defines)
         defines.update({k: v for k, v in asked.items() if k in TIMEOUTS})
     else:
+        defines.update(host_cpus())
         defines.update(tunables or {})
     check_tunables(defines)
     with locked(ifname, netns):
@@ -112,7 +119,7 @@ def apply_file(path: Path, ifname: str, netns: str | None) -> list[str]:
 
 def dump(ifname: str, netns: str | None, tunables: Mapping[str, int]) -> str:
     """The C source and flags `attach` would build with these tunables (`--dump-bpf`)."""
-    defines: dict[str, int | str] = {**TUNABLES, **tunables}
+    defines: dict[str, int | str] = {**TUNABLES, **host_cpus(), **tunables}
     check_tunables(defines)
     return dump_source(SPEC, defines, str(xdp.pin_dir(ifname, netns)))
 
