@@ -283,6 +283,9 @@ def test_balancer_end_to_end(lb_lab):
     t.lb("backend", "drain", t.vip, t.backend("b1"))
     got = t.burst(33000, 100)
     counts = t.check_predicted(got)
+    # asked right away: a closed flow lives only the closing timeout (10 s) in conntrack
+    explain = json.loads(t.lb("explain", f"{CLIENT}:33000", t.vip, "--json").stdout)
+    assert explain["backend"] is not None and explain["conntrack_backend"] == explain["backend"]
     assert counts["b1"] == 0 and counts["b2"] + counts["b3"] == 100, counts
     drained = [b for b in t.backends_json() if b["backend"].startswith(BACKENDS["b1"])]
     assert drained[0]["status"] == "drained" and drained[0]["share"] == 0
@@ -299,8 +302,6 @@ def test_balancer_end_to_end(lb_lab):
     per = {b["backend"]: b for b in v["backends"]}
     assert per[t.name("b3")]["new_flows"] > 0
 
-    explain = json.loads(t.lb("explain", f"{CLIENT}:33000", t.vip, "--json").stdout)
-    assert explain["backend"] is not None and explain["conntrack_backend"] == explain["backend"]
 
     # Health checks: kill b2's server; within 3 s clients stop failing; restored when back.
     t.lb("backend", "drain", t.vip, t.backend("b1"), "--undo")
