@@ -294,7 +294,8 @@ def balancer_steps(entry: InterfaceConfig, want: BalancerSection) -> list[Step]:
     att = _running(ifname, netns, "l4lb")
     specs = list(want.vips)
     wanted = canon_specs(specs)
-    defines = {**TUNABLES, **want.tunables}
+    # what attach would compile: the host's CPU counts unless the config gives --rx-cpus
+    defines = {**TUNABLES, **lb_program.host_cpus(), **want.tunables}
     if att is None:
         sizes = ", ".join(f"{OPTION_OF[k]} {v}" for k, v in sorted(want.tunables.items()))
         changes = [f"attach the balancer{' (' + sizes + ')' if sizes else ''}", *vip_diff({}, wanted)]
