@@ -13,8 +13,9 @@
  * Layers, in order, each counted per CPU in `stats` (enum sg_stat in syn_guard.h):
  *   1. allow/deny CIDR lists (LPM tries per family, longest prefix wins) -> PASS / DROP;
  *   2. per-port mode: cookie (protected) or drop (closed port: SYNs dropped);
- *   3. per-source SYN token bucket (GCRA in an LRU map) and a temporary ban after
- *      repeated excess;
+ *   3. per-source SYN token bucket (GCRA in an LRU map, shared by the CPUs and taken with
+ *      compare-and-swap) and a temporary ban after repeated excess, kept in a map of its
+ *      own that only such a source enters, so a flood of spoofed sources cannot flush it;
  *   4. SYN cookies for cookie ports, ACK validation, flow table.
  * Anything that is not TCP to a protected port passes after the parse (and the ACL when
  * the lists are not empty).
@@ -30,7 +31,8 @@
  * lives in maps, so changes need no reload. Study reference for the design: the kernel's
  * xdp_synproxy selftest (tools/testing/selftests/bpf/progs/xdp_synproxy_kern.c).
  *
- * Minimum kernel: 6.0 (raw SYN-cookie helpers; also bpf_xdp_load_bytes 5.18, coarse clock 5.11).
+ * Minimum kernel: 6.0 (raw SYN-cookie helpers; also bpf_xdp_load_bytes 5.18, coarse clock 5.11,
+ *        BPF atomics with fetch and compare-and-swap 5.12).
  * Usage: fastpath xdp attach IFACE [--netns NS] [--ports 80,443] [--drop-ports 23]
  *        [--syn-rate 200/s --syn-burst 400] [--no-cookies]
  * Manual test: fastpath xdp attach eth0 --ports 8080 && hping3 -S --flood -p 8080 --rand-source
@@ -56,6 +58,16 @@
 /* Sources whose SYN rate is tracked; the least recently seen are forgotten first. */
 #ifndef SG_SOURCES_MAX
 #define SG_SOURCES_MAX 65536
+#endif
+
+/* Bans in force, shared by all CPUs; when full, the least recently used ban goes first. */
+#ifndef SG_BANS_MAX
+#define SG_BANS_MAX 16384
+#endif
+
+/* Compare-and-swap attempts on a source's token bucket before its SYN counts as over. */
+#ifndef SG_RATE_TRIES
+#define SG_RATE_TRIES 4
 #endif
 
 /* Flows admitted by a valid cookie; size it above the number of concurrent connections. */
@@ -123,9 +135,11 @@ FP_MAP("array", u32, struct sg_config, config, 1);
 FP_MAP("array", u32, u32, ports, 65536);
 FP_MAP_F("lpm_trie", struct sg_lpm_v4, u32, acl_v4, SG_ACL_MAX, BPF_F_NO_PREALLOC);
 FP_MAP_F("lpm_trie", struct sg_lpm_v6, u32, acl_v6, SG_ACL_MAX, BPF_F_NO_PREALLOC);
-/* Per-CPU LRU lists: a flood of new sources does not serialise both CPUs on one lock. */
+/* Per-CPU LRU lists (the entries themselves are shared): a flood of new sources does not
+ * serialise the CPUs on one lock. */
 FP_MAP_F("lru_hash", struct sg_source_key, struct sg_source, sources, SG_SOURCES_MAX,
 	 BPF_F_NO_COMMON_LRU);
+FP_MAP("lru_hash", struct sg_source_key, struct sg_ban, bans, SG_BANS_MAX);
 FP_MAP("lru_hash", struct sg_flow_key, struct sg_flow, flows, SG_FLOWS_MAX);
 
 #define SG_ETH_P_8021Q 0x8100
@@ -233,15 +247,45 @@ static __always_inline u32 acl_lookup(struct sg_pkt *p, u32 flags)
 	return action ? *action : 0;
 }
 
+/* Bans and a token bucket for a source that went over its rate: the caller's verdict. */
+static __always_inline u32 rate_over(struct sg_config *cfg, struct sg_source_key *key,
+				     struct sg_source *s, u64 now)
+{
+	u64 start = s->window_start_ns;
+
+	/* One CPU wins the window's reset; a count lost to the race delays a ban by a SYN. */
+	if (now - start > SG_BAN_WINDOW_NS &&
+	    __sync_val_compare_and_swap(&s->window_start_ns, start, now) == start)
+		s->excess = 0;
+	/* An atomic add (32-bit atomics return no value before -mcpu=v3 with alu32): two CPUs
+	 * may both see the count reach ban_after, and the ban is then written twice. */
+	__sync_fetch_and_add(&s->excess, 1);
+	if (!cfg->ban_ns || !cfg->ban_after || s->excess < cfg->ban_after)
+		return SG_DROP_LIMITED;
+	{
+		/* A ban lives in `bans`, which only such a source enters, so a flood of new
+		 * (spoofed) sources that turns `sources` over cannot lift it. */
+		struct sg_ban ban = {.until_ns = now + cfg->ban_ns, .since_ns = now};
+
+		bans.update(key, &ban);
+		s->banned_until_ns = ban.until_ns;
+		s->excess = 0;
+		sg_done(SG_EVENT_BAN, 0, 0);
+	}
+	return SG_DROP_LIMITED;
+}
+
 /*
  * Layer 3: GCRA token bucket per source. Returns 0 when the SYN may go on, else the stat
- * it was dropped under. Updates race benignly between CPUs (a few SYNs more or less).
+ * it was dropped under. The bucket is shared by all CPUs and taken with compare-and-swap,
+ * so a source spread over receive queues gets its rate and no more; a SYN that loses the
+ * race SG_RATE_TRIES times in a row (as many CPUs taking the same source's tokens at once)
+ * counts as over the rate.
  */
 static __always_inline u32 rate_check(struct sg_config *cfg, struct sg_pkt *p, u64 now)
 {
 	struct sg_source_key key = {};
 	struct sg_source *s;
-	u64 tat;
 
 	if (!cfg->syn_interval_ns)
 		return 0;
@@ -253,29 +297,41 @@ static __always_inline u32 rate_check(struct sg_config *cfg, struct sg_pkt *p, u
 	}
 	s = sources.lookup(&key);
 	if (!s) {
+		/* A new source, or one `sources` forgot under a flood: its ban may still run. */
 		struct sg_source fresh = {.tat_ns = now + cfg->syn_interval_ns};
+		struct sg_ban *ban = bans.lookup(&key);
+		u32 verdict = 0;
 
+		if (ban) {
+			if (ban->until_ns > now) {
+				fresh.tat_ns = now;
+				fresh.banned_until_ns = ban->until_ns;
+				verdict = SG_DROP_BANNED;
+			} else {
+				bans.delete(&key);
+			}
+		}
 		sources.update(&key, &fresh);
-		return 0;
+		return verdict;
 	}
-	if (s->banned_until_ns > now)
-		return SG_DROP_BANNED;
-	tat = s->tat_ns > now ? s->tat_ns : now;
-	if (tat - now <= cfg->syn_burst_ns) {
-		s->tat_ns = tat + cfg->syn_interval_ns;
-		return 0;
+	if (s->banned_until_ns) {
+		if (s->banned_until_ns > now)
+			return SG_DROP_BANNED;
+		/* The ban ran out: the source starts afresh, and the ban map forgets it. */
+		bans.delete(&key);
+		s->banned_until_ns = 0;
 	}
-	if (now - s->window_start_ns > SG_BAN_WINDOW_NS) {
-		s->window_start_ns = now;
-		s->excess = 0;
+#pragma unroll
+	for (int n = 0; n < SG_RATE_TRIES; n++) {
+		u64 seen = s->tat_ns;
+		u64 tat = seen > now ? seen : now;
+
+		if (tat - now > cfg->syn_burst_ns)
+			return rate_over(cfg, &key, s, now);
+		if (__sync_val_compare_and_swap(&s->tat_ns, seen, tat + cfg->syn_interval_ns) == seen)
+			return 0;
 	}
-	s->excess++;
-	if (cfg->ban_ns && cfg->ban_after && s->excess >= cfg->ban_after) {
-		s->banned_until_ns = now + cfg->ban_ns;
-		s->excess = 0;
-		sg_done(SG_EVENT_BAN, 0, 0);
-	}
-	return SG_DROP_LIMITED;
+	return rate_over(cfg, &key, s, now);
 }
 
 /*
@@ -445,7 +501,7 @@ static __always_inline int send_cookie(struct xdp_md *ctx, struct sg_pkt *p, u64
 		return sg_done(SG_DROP_ERROR, p->len, XDP_DROP);
 	__builtin_memcpy(l3, &r, 20);
 #pragma unroll
-	for (int w = 0; w < 5; w++) {
+	for (u32 w = 0; w < 5; w++) {
 		if (w >= optw)
 			break;
 		if (l3 + 24 + w * 4 > data_end)

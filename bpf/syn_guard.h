@@ -11,9 +11,10 @@
 #define FASTPATH_SYN_GUARD_H
 
 /*
- * Keys of the per-CPU `stats` map. Every frame lands in exactly one outcome counter
- * (SG_OUTCOMES of them), so their sum is the number of frames seen; the counters after
- * that are events (a ban started) that accompany an outcome.
+ * Keys of the per-CPU `stats` map. Every frame lands in exactly one outcome counter (the
+ * SG_OUTCOMES ids below SG_OUTCOMES, and every id appended after the events that is not
+ * named SG_EVENT_*), so their sum is the number of frames seen; SG_EVENT_* counters are
+ * events (a ban started) that accompany an outcome. New ids are appended before SG_STAT_MAX.
  */
 enum sg_stat {
 	SG_PASS_OTHER = 0,     /* not TCP to a protected port: non-IP, other protocols, later fragments */
@@ -90,10 +91,17 @@ struct sg_source_key {
 /* Value of `sources`: a GCRA token bucket (theoretical arrival time) plus ban state. */
 struct sg_source {
 	__u64 tat_ns;          /* when the source's next SYN is due at the configured rate */
-	__u64 banned_until_ns; /* SYNs dropped until this time */
+	__u64 banned_until_ns; /* a copy of the source's `bans` entry's until_ns (skips that lookup) */
 	__u64 window_start_ns; /* start of the window in which `excess` is counted */
 	__u32 excess;          /* SYNs over the rate in this window */
 	__u32 pad;
+};
+
+/* Value of `bans`, keyed by struct sg_source_key: a source that went over its SYN rate
+ * `ban_after` times within SG_BAN_WINDOW_NS. Its SYNs are dropped until `until_ns`. */
+struct sg_ban {
+	__u64 until_ns;        /* bpf_ktime_get_coarse_ns() clock */
+	__u64 since_ns;        /* when the ban started */
 };
 
 /* Key of `flows`: a connection whose handshake ACK carried a valid cookie. */

@@ -5,11 +5,14 @@ rate limit and ban, and a hypothesis fuzz of random and mutated frames."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ipaddress
 import os
 import re
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -50,10 +53,12 @@ MACOS_OPTS = [("MSS", 1460), ("NOP", None), ("WScale", 6), ("NOP", None), ("NOP"
 
 
 class Guard:
-    """One loaded copy of the program with private maps, configured like an attachment."""
+    """One loaded copy of the program with private maps, configured like an attachment
+    (`prog`: the guard compiled into another entry, e.g. behind the spoofing front)."""
 
-    def __init__(self, defines: dict[str, int] | None = None) -> None:
-        self.prog = loader.load(abi.SPEC, defines or {})
+    def __init__(self, defines: dict[str, int] | None = None,
+                 prog: loader.LoadedProgram | None = None) -> None:
+        self.prog = prog if prog is not None else loader.load(abi.SPEC, defines or {})
         self.defines = {**abi.TUNABLES, **(defines or {})}
 
     def map(self, name: str) -> TypedMap:
@@ -66,7 +71,7 @@ class Guard:
                 m.set(ctypes.c_uint32(port), ctypes.c_uint32(abi.PORT_OPEN))
             for port, mode in sg._port_modes(config).items():
                 m.set(ctypes.c_uint32(port), ctypes.c_uint32(mode))
-        for name in ("acl_v4", "acl_v6", "sources", "flows"):
+        for name in ("acl_v4", "acl_v6", "sources", "bans", "flows"):
             with self.map(name) as m:
                 m.clear()
         for nets, action in ((allow, abi.ACL_ALLOW), (deny, abi.ACL_DENY)):
@@ -595,6 +600,153 @@ def test_rate_change_is_live(g):
     with g.map("config") as m:
         m.set(ctypes.c_uint32(0), GuardConfig(cookie_ports=(COOKIE,)).to_ctype(False, False))
     assert [set(g.run(syn4())[1]) for _ in range(3)] == [{"tx_cookie"}] * 3
+
+
+def _source_key(addr: str) -> abi.SgSourceKey:
+    key = abi.SgSourceKey()
+    key.addr[:] = abi.mapped_words(ipaddress.ip_address(addr))
+    return key
+
+
+def _coarse_ns() -> int:
+    """The clock the program reads (bpf_ktime_get_coarse_ns)."""
+    return time.clock_gettime_ns(getattr(time, "CLOCK_MONOTONIC_COARSE", 6))
+
+
+@contextlib.contextmanager
+def _one_cpu() -> Iterator[None]:
+    """Run on one CPU: `sources` keeps an LRU list per CPU, and a flood turns over the list
+    of the CPU it runs on, so the abuser's entry must be on that one too."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(before)})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+SPOOF_MARK = "100.64.0.0"  # SG_SPOOF_MARK of bpf/syn_guard_bench.c
+SPOOF_LEN = len(syn4().build())
+FLOOD_SOURCES = 1_000_000
+SYNS_EACH = 2  # SG_SPOOF_EACH: each spoofed source sends two SYNs, as retransmitting tools do
+
+
+@pytest.fixture(scope="module")
+def spoofer():
+    """The guard behind bpf/syn_guard_bench.c's spoofing front, under the restoring harness:
+    a frame from SPOOF_MARK comes from a new source every SYNS_EACH runs (frames of SPOOF_LEN
+    bytes)."""
+    _need_root()
+    prog = testrun.load_restoring([abi.SPEC.source_path, abi.SPEC.source_dir / "syn_guard_bench.c"],
+                                  "sg_bench_spoofed", SPOOF_LEN, {**abi.TUNABLES, "SG_SPOOF_EACH": SYNS_EACH},
+                                  moves="tail")
+    g = Guard(prog=prog)
+    yield g
+    g.close()
+
+
+def test_a_ban_outlives_a_spoofed_flood_of_a_million_sources(spoofer):
+    """A real abuser goes over its rate and is banned and goes quiet; then a million spoofed
+    sources, two SYNs each (within their burst), turn the source table over many times; the
+    abuser's next SYN is still dropped as banned, and no spoofed source was banned."""
+    g = spoofer
+    abuser = syn4(src="10.9.9.9")
+    with _one_cpu():
+        g.configure(GuardConfig(cookie_ports=(COOKIE,), syn_rate=10, syn_burst=3, ban_after=2,
+                                ban_seconds=600))
+        seen = [set(g.run(abuser)[1]) for _ in range(6)]
+        assert seen == [{"tx_cookie"}] * 3 + [{"drop_limited"}, {"drop_limited", "bans"}, {"drop_banned"}]
+
+        flood = syn4(src=SPOOF_MARK).build()
+        before = g.counters()
+        sent, deadline = 0, time.monotonic() + 600
+        while sent < FLOOD_SOURCES * SYNS_EACH:
+            assert time.monotonic() < deadline, f"the flood took too long ({sent:,} SYNs sent)"
+            n = min(200_000, FLOOD_SOURCES * SYNS_EACH - sent)
+            assert testrun.run_xdp(g.prog.prog_fd, flood, repeat=n).verdict == TX
+            sent += n
+        after = g.counters()
+        delta = {abi.STAT_NAMES[i]: a[0] - b[0] for i, (a, b) in enumerate(zip(after, before, strict=True))
+                 if a != b}
+        assert delta == {"tx_cookie": FLOOD_SOURCES * SYNS_EACH}, "spoofed SYNs within their burst: cookies"
+        with g.map("sources") as m:
+            assert m.get(_source_key("10.9.9.9")) is None, "the flood made the source table forget the abuser"
+
+        res, d = g.run(abuser)
+        assert (res.verdict, d) == (DROP, {"drop_banned": (1, SPOOF_LEN)}), "the ban outlived the flood"
+        assert set(g.run(abuser)[1]) == {"drop_banned"}
+        with g.map("bans") as m:
+            ban = m.get(_source_key("10.9.9.9"))
+            spoofed = m.get(_source_key("100.64.0.1"))
+        assert ban is not None and ban.until_ns - ban.since_ns == 600 * 10**9
+        assert spoofed is None, "no spoofed source was banned"
+
+
+def test_a_ban_ends_when_it_should(g):
+    """A ban lasts --ban-seconds from the SYN that started it, then the source's SYNs are
+    answered again and its entry leaves the ban map, whether the source table still knows
+    the source or forgot it meanwhile."""
+    g.configure(GuardConfig(cookie_ports=(COOKIE,), syn_rate=10, syn_burst=3, ban_after=2, ban_seconds=0.3))
+    kept, forgotten = "10.9.9.11", "10.9.9.12"
+    for src in (kept, forgotten):
+        seen = [set(g.run(syn4(src=src))[1]) for _ in range(6)]
+        assert seen[-2:] == [{"drop_limited", "bans"}, {"drop_banned"}], src
+    with g.map("bans") as m:
+        bans = {src: m.get(_source_key(src)) for src in (kept, forgotten)}
+    for src, ban in bans.items():
+        assert ban is not None and ban.until_ns - ban.since_ns == 300_000_000, src
+    until = max(b.until_ns for b in bans.values() if b is not None)
+    deadline = time.monotonic() + 30
+    while _coarse_ns() <= until:
+        assert time.monotonic() < deadline, "the clock did not pass the ban's end"
+        time.sleep(0.02)
+    with g.map("sources") as m:
+        assert m.delete(_source_key(forgotten))
+    for src in (kept, forgotten):
+        assert set(g.run(syn4(src=src))[1]) == {"tx_cookie"}, src
+    with g.map("bans") as m:
+        left = [m.get(_source_key(src)) for src in (kept, forgotten)]
+    assert left == [None, None], "an ended ban is removed"
+
+
+def test_a_source_spread_over_cpus_gets_its_burst_and_no_more(g):
+    """Two CPUs take SYNs of one source at the same time: together they admit its burst (plus
+    what the rate adds meanwhile), not a token more; the bucket is shared and updated
+    atomically, so no CPU's update is lost to the other's."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs")
+    burst, per_cpu = 1_000_000, 1_000_000
+    g.configure(GuardConfig(cookie_ports=(COOKIE,), syn_rate=1, syn_burst=burst, ban_seconds=0,
+                            cookies=False))
+    frame = syn4(src="10.7.7.7").build()
+    start = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def take(cpu: int) -> None:
+        try:
+            os.sched_setaffinity(0, {cpu})  # this thread only
+            start.wait(timeout=30)
+            testrun.run_xdp(g.prog.prog_fd, frame, repeat=per_cpu)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+
+    before = g.counters()
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=take, args=(cpu,)) for cpu in cpus[:2]]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=120)
+    elapsed = time.monotonic() - t0
+    assert not errors and not any(th.is_alive() for th in threads), errors
+    after = g.counters()
+    passed = after[abi.STAT["pass_syn"]][0] - before[abi.STAT["pass_syn"]][0]
+    limited = after[abi.STAT["drop_limited"]][0] - before[abi.STAT["drop_limited"]][0]
+    assert passed + limited == 2 * per_cpu
+    # The burst, one token per second of the run, and the first SYN (which opens the bucket).
+    assert passed <= burst + int(elapsed) + 2, f"{passed - burst:,} SYNs over the burst"
+    assert passed >= burst * 0.99, f"only {passed:,} of the burst's {burst:,} SYNs admitted"
 
 
 # -- configuration flags -------------------------------------------------------------------------------

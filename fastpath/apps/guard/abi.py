@@ -23,6 +23,8 @@ PROGRAM = "syn_guard"
 TUNABLES: dict[str, int] = {
     "SG_ACL_MAX": 16384,          # entries per ACL trie (IPv4, IPv6)
     "SG_SOURCES_MAX": 65536,      # sources whose SYN rate is tracked (LRU)
+    "SG_BANS_MAX": 16384,         # bans in force (LRU, its own map: a flood of sources cannot flush it)
+    "SG_RATE_TRIES": 4,           # compare-and-swap attempts on a token bucket before a SYN is over
     "SG_FLOWS_MAX": 65536,        # flows admitted by a cookie (LRU)
     "SG_MSS4": 1460,              # MSS advertised in IPv4 SYN-ACKs
     "SG_MSS6": 1440,              # MSS advertised in IPv6 SYN-ACKs
@@ -38,7 +40,7 @@ TUNABLES: dict[str, int] = {
 SPEC = ProgramSpec(
     name=PROGRAM,
     entry="syn_guard",
-    maps=("stats", "config", "ports", "acl_v4", "acl_v6", "sources", "flows"),
+    maps=("stats", "config", "ports", "acl_v4", "acl_v6", "sources", "bans", "flows"),
     defaults=TUNABLES,
     command="fastpath xdp",
     chain_slot=0,
@@ -98,6 +100,10 @@ class SgSource(ctypes.Structure):
     ]
 
 
+class SgBan(ctypes.Structure):
+    _fields_ = [("until_ns", ctypes.c_uint64), ("since_ns", ctypes.c_uint64)]
+
+
 class SgFlowKey(ctypes.Structure):
     _fields_ = [
         ("client", ctypes.c_uint32 * 4),
@@ -120,6 +126,7 @@ MAP_TYPES: dict[str, tuple[type[ctypes._SimpleCData] | type[ctypes.Structure], t
     "acl_v4": (SgLpmV4, ctypes.c_uint32),
     "acl_v6": (SgLpmV6, ctypes.c_uint32),
     "sources": (SgSourceKey, SgSource),
+    "bans": (SgSourceKey, SgBan),
     "flows": (SgFlowKey, SgFlow),
 }
 

@@ -35,6 +35,7 @@ examples:
   fastpath xdp deny add 203.0.113.0/24 2001:db8:bad::/48
   fastpath xdp ports eth0 --add 8443
   fastpath xdp rate eth0 --syn-rate off
+  fastpath xdp bans eth0
   fastpath xdp status --json
   fastpath xdp detach eth0
 """
@@ -110,6 +111,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     stats.add_argument("--interval", type=float, default=1.0, metavar="SECS",
                        help="sampling time for pps without --watch (0: totals only)")
     stats.set_defaults(func=cmd_stats)
+
+    bans = xs.add_parser("bans", help="sources banned now for going over their SYN rate")
+    add_iface_args(bans)
+    add_json_arg(bans)
+    bans.set_defaults(func=cmd_bans)
 
     for action in ("allow", "deny"):
         p = xs.add_parser(action, help=f"the {action} list: sources that always "
@@ -268,15 +274,21 @@ def cmd_stats(args: argparse.Namespace) -> int:
         cur = synguard.read_counters(att)
         rows = _stats_rows(cur, prev, time.monotonic() - t0)
         frames = sum(cur[n][0] for n in abi.OUTCOME_NAMES)
+        bans = synguard.read_bans(att)
         if args.json:
             print_json({"ifname": att.ifname, "netns": att.netns, "frames": frames,
                         "counters": {r["counter"]: {k: v for k, v in r.items() if k != "counter"}
-                                     for r in rows}})
+                                     for r in rows},
+                        "banned": [_ban_json(b) for b in bans]})
             return 0
         print_table(["counter", "packets", "pps", "bytes", "meaning"],
                     [[r["counter"], f"{r['packets']:,}", f"{r['pps']:,.0f}" if "pps" in r else "-",
                       f"{r['bytes']:,}", STAT_HELP[str(r["counter"])]] for r in rows],
                     title=f"{title}: {frames:,} frames")
+        if bans:
+            shown = ", ".join(b.source for b in bans[:5]) + (", ..." if len(bans) > 5 else "")
+            info(f"{len(bans)} source(s) banned now: {shown} (fastpath xdp bans {att.ifname}"
+                 f"{_ns_flag(att.netns)})")
         return 0
     Counters = dict[str, tuple[int, int]]
 
@@ -292,6 +304,27 @@ def cmd_stats(args: argparse.Namespace) -> int:
         return {r["counter"]: {k: v for k, v in r.items() if k != "counter"} for r in rows}
 
     return watch(args.watch, lambda: synguard.read_counters(att), render, as_json if args.json else None)
+
+
+def _ban_json(ban: synguard.Ban) -> dict[str, object]:
+    return {"source": ban.source, "seconds_left": round(ban.seconds_left, 1),
+            "seconds_since": round(ban.seconds_since, 1)}
+
+
+def cmd_bans(args: argparse.Namespace) -> int:
+    att = synguard.attachment(args.iface, args.netns)
+    bans = synguard.read_bans(att)
+    if args.json:
+        print_json([_ban_json(b) for b in bans])
+        return 0
+    where = f"{att.ifname}" + (f" in {att.netns}" if att.netns else "")
+    if not bans:
+        info(f"no source is banned on {where}")
+        return 0
+    print_table(["source", "banned for", "ends in"],
+                [[b.source, f"{b.seconds_since:,.0f} s", f"{b.seconds_left:,.0f} s"] for b in bans],
+                title=f"sources banned on {where} (over their SYN rate)")
+    return 0
 
 
 def cmd_acl(args: argparse.Namespace) -> int:

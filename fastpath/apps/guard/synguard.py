@@ -39,6 +39,8 @@ from fastpath.apps.guard.abi import (
     SgConfig,
     SgFlow,
     SgFlowKey,
+    SgSourceKey,
+    address_of,
     lpm_key,
     lpm_network,
     mapped_words,
@@ -62,6 +64,38 @@ def read_counters(att: xdp.Attachment) -> dict[str, tuple[int, int]]:
     with open_map(att, "stats") as m:
         sums = [m.sum_percpu(ctypes.c_uint32(i)) for i in range(len(STAT_NAMES))]
     return {name: (s["packets"], s["bytes"]) for name, s in zip(STAT_NAMES, sums, strict=True)}
+
+
+def coarse_now_ns() -> int:
+    """The clock the program stamps bans and flows with (bpf_ktime_get_coarse_ns):
+    CLOCK_MONOTONIC_COARSE (6)."""
+    return time.clock_gettime_ns(getattr(time, "CLOCK_MONOTONIC_COARSE", 6))
+
+
+@dataclass(frozen=True)
+class Ban:
+    source: str          # an IPv4 address, or an IPv6 /64
+    seconds_left: float
+    seconds_since: float
+
+
+def source_name(key: SgSourceKey) -> str:
+    """A `sources`/`bans` key as the user knows it: IPv4 address, or IPv6 source's /64."""
+    addr = address_of(key.addr)
+    return str(addr) if addr.version == 4 else f"{addr}/64"
+
+
+def read_bans(att: xdp.Attachment) -> list[Ban]:
+    """The bans in force (ended ones the program has not yet removed are left out),
+    longest-running first."""
+    now = coarse_now_ns()
+    out = []
+    with open_map(att, "bans") as m:
+        for key, ban in m.items():
+            if ban.until_ns > now:
+                left, since = (ban.until_ns - now) / 1e9, max(0, now - ban.since_ns) / 1e9
+                out.append(Ban(source_name(key), left, since))
+    return sorted(out, key=lambda b: (-b.seconds_since, b.source))
 
 
 def _acl_nonempty(att: xdp.Attachment) -> tuple[bool, bool]:
@@ -217,8 +251,7 @@ class AttachResult:
 def add_flows(att: xdp.Attachment, conns: Sequence[existing.Connection]) -> None:
     if not conns:
         return
-    # The program stamps flows with bpf_ktime_get_coarse_ns(): CLOCK_MONOTONIC_COARSE (6).
-    now = time.clock_gettime_ns(getattr(time, "CLOCK_MONOTONIC_COARSE", 6))
+    now = coarse_now_ns()
     with open_map(att, "flows") as m:
         for conn in conns:
             key = SgFlowKey()

@@ -6,7 +6,9 @@ repeats the program on one buffer, and the cookie path rewrites it into a SYN-AC
 path runs inside fastpath.bpf.testrun's frame-restoring harness (save the frame, run the
 guard, put the tail and the frame back); the `harness` contender (the baseline) does that
 around no guard at all; `ns_net` takes a harness run made just before off each path's time,
-which leaves the guard's own cost.
+which leaves the guard's own cost. `cookie-flood` runs the guard behind
+bpf/syn_guard_bench.c, which gives every run's SYN a new source, with the rate limit on: the
+path of a spoofed flood's SYN (a new entry in `sources`, a miss in `bans`, a cookie).
 Targets on ns_net: drop paths <= 50 ns, cookie paths <= 250 ns.
 
 `synflood`: the same spoofed flood (fastpath/labs/flood.py, the fastest this machine makes)
@@ -67,7 +69,10 @@ PATHS: dict[str, tuple[str, str, str]] = {
     "drop-cookie": ("bad_ack", "XDP_DROP", "drop_cookie"),
     "cookie-v4": ("syn4", "XDP_TX", "tx_cookie"),
     "cookie-v6": ("syn6", "XDP_TX", "tx_cookie"),
+    # a spoofed flood's SYN: a new source every run (bpf/syn_guard_bench.c), rate limit on
+    "cookie-flood": ("spoofed_syn", "XDP_TX", "tx_cookie"),
 }
+_SPOOF_MARK = "100.64.0.0"  # SG_SPOOF_MARK of bpf/syn_guard_bench.c
 _PORT, _CLOSED = 80, 23
 
 
@@ -82,6 +87,8 @@ def _frames() -> dict[str, bytes]:
     frames = {
         "udp": v4 / UDP(sport=5353, dport=53) / (b"q" * 20),
         "syn4": v4 / TCP(sport=40000, dport=_PORT, flags="S", seq=1000, options=opts),
+        "spoofed_syn": eth / IP(src=_SPOOF_MARK, dst="10.0.0.2") / TCP(sport=40000, dport=_PORT, flags="S",
+                                                                       seq=1000, options=opts),
         "syn6": eth / IPv6(src="fd00::1", dst="fd00::2") / TCP(sport=40000, dport=_PORT, flags="S", seq=1000,
                                                                 options=opts),
         "denied_syn": eth / IP(src="198.51.100.9", dst="10.0.0.2") / TCP(sport=40000, dport=_PORT, flags="S",
@@ -117,10 +124,15 @@ class SynfloodPacket(Scenario):
         # a cookie answer (SYN-ACK) is another length than the SYN: the tail moves
         self._progs = [testrun.load_restoring([abi.SPEC.source_path], "sg_process", FRAME_LEN, abi.TUNABLES,
                                               moves="tail", noop=noop) for noop in (False, True)]
+        # the guard behind a front that gives every run's SYN a new source (cookie-flood)
+        self._progs.append(testrun.load_restoring(
+            [abi.SPEC.source_path, abi.SPEC.source_dir / "syn_guard_bench.c"], "sg_bench_spoofed", FRAME_LEN,
+            abi.TUNABLES, moves="tail"))
         self._frames = _frames()
-        with self._map("ports") as ports:
-            ports.set(ctypes.c_uint32(_PORT), ctypes.c_uint32(abi.PORT_COOKIE))
-            ports.set(ctypes.c_uint32(_CLOSED), ctypes.c_uint32(abi.PORT_DROP))
+        for prog in (0, 2):
+            with self._map("ports", prog) as ports:
+                ports.set(ctypes.c_uint32(_PORT), ctypes.c_uint32(abi.PORT_COOKIE))
+                ports.set(ctypes.c_uint32(_CLOSED), ctypes.c_uint32(abi.PORT_DROP))
         with self._map("acl_v4") as acl:
             acl.set(abi.lpm_key(parse_cidr("198.51.100.0/24")), ctypes.c_uint32(abi.ACL_DENY))
         # the admitted flow of pass-flow, as a validated cookie ACK would have left it
@@ -139,13 +151,18 @@ class SynfloodPacket(Scenario):
                 raise FastpathError(f"synflood-packet: {c} returned {res.verdict} (want {want}) or "
                                     "the harness did not restore the frame")
 
-    def _map(self, name: str) -> Any:
+    def _map(self, name: str, prog: int = 0) -> Any:
         from fastpath.bpf.maps import TypedMap
 
         key, value = abi.MAP_TYPES[name]
-        return TypedMap(os.dup(self._progs[0].map_fd(name)), key, value)
+        return TypedMap(os.dup(self._progs[prog].map_fd(name)), key, value)
 
     def _configure(self, contender: str) -> None:
+        if contender == "cookie-flood":  # every source new: within its rate, tracked, answered
+            cfg = GuardConfig(cookie_ports=(_PORT,), drop_ports=(_CLOSED,), syn_rate=200, ban_seconds=60)
+            with self._map("config", 2) as m:
+                m.set(ctypes.c_uint32(0), cfg.to_ctype(True, False))
+            return
         limited = contender == "drop-limited"
         cfg = GuardConfig(cookie_ports=(_PORT,), drop_ports=(_CLOSED,), syn_rate=1 if limited else 0,
                              syn_burst=1 if limited else 0, ban_seconds=0)
@@ -153,7 +170,7 @@ class SynfloodPacket(Scenario):
             m.set(ctypes.c_uint32(0), cfg.to_ctype(True, False))
 
     def _fd(self, contender: str) -> int:
-        return self._progs[1 if contender == "harness" else 0].prog_fd
+        return self._progs[{"harness": 1, "cookie-flood": 2}.get(contender, 0)].prog_fd
 
     def _frame(self, contender: str) -> bytes:
         return self._frames["syn4" if contender == "harness" else PATHS[contender][0]]
