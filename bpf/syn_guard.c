@@ -12,7 +12,9 @@
  *
  * Layers, in order, each counted per CPU in `stats` (enum sg_stat in syn_guard.h):
  *   1. allow/deny CIDR lists (LPM tries per family, longest prefix wins) -> PASS / DROP;
- *   2. per-port mode: cookie (protected) or drop (closed port: SYNs dropped);
+ *   2. per-port mode: cookie (protected) or drop (closed port: SYNs dropped), for the
+ *      destinations in `protected_addrs` (the host's own addresses; everything else, such
+ *      as a VIP of the balancer chained behind, passes on untouched);
  *   3. per-source SYN token bucket (GCRA in an LRU map, shared by the CPUs and taken with
  *      compare-and-swap) and a temporary ban after repeated excess, kept in a map of its
  *      own that only such a source enters, so a flood of spoofed sources cannot flush it;
@@ -58,6 +60,11 @@
 /* Sources whose SYN rate is tracked; the least recently seen are forgotten first. */
 #ifndef SG_SOURCES_MAX
 #define SG_SOURCES_MAX 65536
+#endif
+
+/* Destination addresses the guard protects (the namespace's own plus those listed). */
+#ifndef SG_PROTECTED_MAX
+#define SG_PROTECTED_MAX 4096
 #endif
 
 /* Bans in force, shared by all CPUs; when full, the least recently used ban goes first. */
@@ -140,6 +147,7 @@ FP_MAP_F("lpm_trie", struct sg_lpm_v6, u32, acl_v6, SG_ACL_MAX, BPF_F_NO_PREALLO
 FP_MAP_F("lru_hash", struct sg_source_key, struct sg_source, sources, SG_SOURCES_MAX,
 	 BPF_F_NO_COMMON_LRU);
 FP_MAP("lru_hash", struct sg_source_key, struct sg_ban, bans, SG_BANS_MAX);
+FP_MAP("hash", struct sg_addr, u32, protected_addrs, SG_PROTECTED_MAX);
 FP_MAP("lru_hash", struct sg_flow_key, struct sg_flow, flows, SG_FLOWS_MAX);
 
 #define SG_ETH_P_8021Q 0x8100
@@ -623,6 +631,7 @@ static __always_inline int sg_process(struct xdp_md *ctx)
 	struct sg_config *cfg;
 	struct tcphdr *th;
 	u32 zero = 0, dport, mode, *modep, stat;
+	u64 l4off;
 	u8 proto = 0;
 	u16 h_proto;
 	int ret;
@@ -660,10 +669,15 @@ static __always_inline int sg_process(struct xdp_md *ctx)
 	if (ret >= 0)
 		return ret;
 
-	/* L4: the destination port decides whether we care at all (layer 2). */
-	if (p.l4off > SG_HDR_MAX || p.l4len < 4)
+	/* L4: the destination port decides whether we care at all (layer 2). One register holds
+	 * the offset for the check and the pointer: the verifier must see the bound on the
+	 * register that moves the pointer, and without the empty asm clang zero-extends p.l4off
+	 * once for each (the verifier cannot tell the copies are equal). */
+	l4off = p.l4off;
+	asm volatile("" : "+r"(l4off));
+	if (l4off > SG_HDR_MAX || p.l4len < 4)
 		return sg_done(SG_DROP_MALFORMED, p.len, XDP_DROP);
-	th = data + p.l4off;
+	th = data + l4off;
 	if ((void *)th + 4 > data_end)
 		return sg_done(SG_DROP_MALFORMED, p.len, XDP_DROP);
 	dport = bpf_ntohs(th->dest);
@@ -671,6 +685,10 @@ static __always_inline int sg_process(struct xdp_md *ctx)
 	mode = modep ? *modep : SG_PORT_OPEN;
 	if (mode == SG_PORT_OPEN)
 		return sg_done(SG_PASS_OTHER, p.len, XDP_PASS);
+	/* Only the host's own services are guarded: TCP to another address on a protected port
+	 * (a VIP of the balancer behind us in the chain) goes on untouched. */
+	if ((cfg->flags & SG_CFG_DESTS) && !protected_addrs.lookup((struct sg_addr *)p.daddr))
+		return sg_done(SG_PASS_DEST, p.len, XDP_PASS);
 	if (p.frag) {
 		if (cfg->flags & SG_CFG_FRAG_PASS)
 			return sg_done(SG_FRAGMENT, p.len, XDP_PASS);
@@ -705,8 +723,12 @@ static __always_inline int sg_process(struct xdp_md *ctx)
 	{
 		struct sg_flow_key fk = {};
 		struct sg_flow flow = {};
-		void *l3 = data + p.l3off;
+		u64 l3off = p.l3off;
+		void *l3;
 		long bad;
+
+		asm volatile("" : "+r"(l3off));  /* one register for check and pointer, as l4off */
+		l3 = data + l3off;
 
 		__builtin_memcpy(fk.client, p.saddr, 16);
 		__builtin_memcpy(fk.server, p.daddr, 16);
@@ -714,7 +736,7 @@ static __always_inline int sg_process(struct xdp_md *ctx)
 		fk.server_port = th->dest;
 		if (flows.lookup(&fk))
 			return sg_done(SG_PASS_FLOW, p.len, XDP_PASS);
-		if (th->syn || p.l3off > 22 || l3 + 40 > data_end)
+		if (th->syn || l3off > 22 || l3 + 40 > data_end)
 			return sg_done(SG_DROP_COOKIE, p.len, XDP_DROP);
 		if (p.v6)
 			bad = sg_cookie_check_v6(l3, th);

@@ -35,7 +35,8 @@ enum sg_stat {
 	SG_OUTCOMES = 15,
 	SG_EVENT_BAN = 15,     /* a source was banned (counts bans started, not frames) */
 	SG_EVENT_PROBE = 16,   /* a zero-window probe stood in for a lost handshake ACK (with SG_PASS_COOKIE) */
-	SG_STAT_MAX = 17,
+	SG_PASS_DEST = 17,     /* TCP to a protected port of an address not in `protected_addrs` (a VIP) */
+	SG_STAT_MAX = 18,
 };
 
 /* Values of the `ports` map, indexed by TCP destination port in host byte order. */
@@ -51,11 +52,16 @@ enum sg_acl_action {
 	SG_ACL_DENY = 2,
 };
 
+/* Values of `protected_addrs`: why an address is there. */
+#define SG_PROTECT_LOCAL  (1U << 0) /* an address of the interface's namespace at attach/refresh */
+#define SG_PROTECT_LISTED (1U << 1) /* given with --protect */
+
 /* Bits of sg_config.flags. */
 #define SG_CFG_COOKIES   (1U << 0) /* answer SYNs to cookie ports from XDP */
 #define SG_CFG_FRAG_PASS (1U << 1) /* let first fragments to protected ports through */
 #define SG_CFG_ACL4      (1U << 2) /* acl_v4 has entries; clear: skip the lookup */
 #define SG_CFG_ACL6      (1U << 3) /* acl_v6 has entries; clear: skip the lookup */
+#define SG_CFG_DESTS     (1U << 4) /* guard only destinations in `protected_addrs`; clear: all */
 
 /* The one element of the `config` array: everything that changes without a reload. */
 struct sg_config {
@@ -95,6 +101,12 @@ struct sg_source {
 	__u64 window_start_ns; /* start of the window in which `excess` is counted */
 	__u32 excess;          /* SYNs over the rate in this window */
 	__u32 pad;
+};
+
+/* Key of `protected_addrs`: a destination the guard protects (the host's own addresses
+ * and those the user lists), IPv4 as ::ffff:a.b.c.d; value: SG_PROTECT_* bits. */
+struct sg_addr {
+	__u32 addr[4];
 };
 
 /* Value of `bans`, keyed by struct sg_source_key: a source that went over its SYN rate

@@ -38,13 +38,14 @@ from fastpath.bpf.maps import TypedMap, layout
 pytestmark = pytest.mark.bpf
 
 COOKIE, COOKIE2, DROP_PORT, OPEN = 80, 443, 23, 8080
+CLIENT4, SERVER4 = "10.0.0.1", "10.0.0.2"
+CLIENT6, SERVER6 = "fd00::1", "fd00::2"
+VIP4, VIP6 = "10.0.0.100", "fd00::100"  # not the host's own: a balancer's VIP
 CONFIG = GuardConfig(cookie_ports=(COOKIE, COOKIE2), drop_ports=(DROP_PORT,))
 ALLOW = [ipaddress.ip_network("192.0.2.0/24"), ipaddress.ip_network("2001:db8:a::/48"),
          ipaddress.ip_network("198.51.100.7/32")]
 DENY = [ipaddress.ip_network("198.51.100.0/24"), ipaddress.ip_network("2001:db8:d::/48")]
 
-CLIENT4, SERVER4 = "10.0.0.1", "10.0.0.2"
-CLIENT6, SERVER6 = "fd00::1", "fd00::2"
 E = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
 LINUX_OPTS = [("MSS", 1460), ("SAckOK", b""), ("Timestamp", (123456, 0)), ("NOP", None), ("WScale", 7)]
 WINDOWS_OPTS = [("MSS", 1460), ("NOP", None), ("WScale", 8), ("NOP", None), ("NOP", None), ("SAckOK", b"")]
@@ -65,7 +66,16 @@ class Guard:
         key, value = abi.MAP_TYPES[name]
         return TypedMap(os.dup(self.prog.map_fd(name)), key, value)
 
-    def configure(self, config: GuardConfig, allow: list = (), deny: list = ()) -> None:  # type: ignore[assignment]
+    def configure(self, config: GuardConfig, allow: list = (), deny: list = (),  # type: ignore[assignment]
+                  protected: tuple[str, ...] = (SERVER4, SERVER6)) -> None:
+        """Ports, lists and config as given; the servers' addresses are the host's own
+        (`protected_addrs`), as attach makes them."""
+        with self.map("protected_addrs") as m:
+            m.clear()
+            for addr in protected:
+                key = abi.SgAddr()
+                key.addr[:] = abi.mapped_words(ipaddress.ip_address(addr))
+                m.set(key, ctypes.c_uint32(abi.PROTECT_LOCAL))
         with self.map("ports") as m:
             for port in (COOKIE, COOKIE2, DROP_PORT, OPEN, 9999):
                 m.set(ctypes.c_uint32(port), ctypes.c_uint32(abi.PORT_OPEN))
@@ -152,12 +162,18 @@ def test_header_enums_match_python_constants():
     for i, name in enumerate(abi.STAT_NAMES):
         key = {"bans": "SG_EVENT_BAN", "probes": "SG_EVENT_PROBE"}.get(name, "SG_" + name.upper())
         assert c[key] == i, name
+        assert (name in abi.EVENT_NAMES) == key.startswith("SG_EVENT_"), name
     assert (c["SG_OUTCOMES"], c["SG_STAT_MAX"]) == (abi.SG_OUTCOMES, abi.SG_STAT_MAX)
     assert (c["SG_PORT_OPEN"], c["SG_PORT_COOKIE"], c["SG_PORT_DROP"]) == (
         abi.PORT_OPEN, abi.PORT_COOKIE, abi.PORT_DROP)
     assert (c["SG_ACL_ALLOW"], c["SG_ACL_DENY"]) == (abi.ACL_ALLOW, abi.ACL_DENY)
-    assert (c["SG_CFG_COOKIES"], c["SG_CFG_FRAG_PASS"], c["SG_CFG_ACL4"], c["SG_CFG_ACL6"]) == (
-        abi.CFG_COOKIES, abi.CFG_FRAG_PASS, abi.CFG_ACL4, abi.CFG_ACL6)
+    flags = ("SG_CFG_COOKIES", "SG_CFG_FRAG_PASS", "SG_CFG_ACL4", "SG_CFG_ACL6", "SG_CFG_DESTS")
+    assert tuple(c[f] for f in flags) == (
+        abi.CFG_COOKIES, abi.CFG_FRAG_PASS, abi.CFG_ACL4, abi.CFG_ACL6, abi.CFG_DESTS)
+    text = (loader.bpf_source_dir() / "syn_guard.h").read_text()
+    bits = {m.group(1): 1 << int(m.group(2)) for m in
+            re.finditer(r"#define\s+(SG_PROTECT_[A-Z]+)\s+\(1U << (\d+)\)", text)}
+    assert bits == {"SG_PROTECT_LOCAL": abi.PROTECT_LOCAL, "SG_PROTECT_LISTED": abi.PROTECT_LISTED}
 
 
 def test_every_tunable_is_an_ifndef_default_in_the_c_source():
@@ -233,6 +249,21 @@ GOLDEN: list[tuple[str, Packet | bytes, str, str]] = [
     ("v4 ACK open port", tcp4("A", OPEN), PASS, "pass_other"),
     ("v4 data open port", tcp4("PA", OPEN, b"data"), PASS, "pass_other"),
     ("v6 RST open port", tcp6("R", OPEN), PASS, "pass_other"),
+    # protected ports of an address that is not the host's own (a VIP): untouched
+    ("v4 SYN to a VIP", E / IP(src=CLIENT4, dst=VIP4) / TCP(sport=40000, dport=COOKIE, flags="S",
+                                                             options=LINUX_OPTS), PASS, "pass_dest"),
+    ("v6 SYN to a VIP", E / IPv6(src=CLIENT6, dst=VIP6) / TCP(sport=40000, dport=COOKIE, flags="S"),
+     PASS, "pass_dest"),
+    ("v4 ACK to a VIP", E / IP(src=CLIENT4, dst=VIP4) / TCP(sport=40000, dport=COOKIE, flags="A", ack=5),
+     PASS, "pass_dest"),
+    ("v4 SYN to a VIP's drop port", E / IP(src=CLIENT4, dst=VIP4) / TCP(dport=DROP_PORT, flags="S"),
+     PASS, "pass_dest"),
+    ("v4 first fragment to a VIP", E / IP(src=CLIENT4, dst=VIP4, flags="MF") /
+     TCP(sport=40000, dport=COOKIE, flags="S"), PASS, "pass_dest"),
+    ("v6 SYN to a VIP behind ext headers", E / IPv6(src=CLIENT6, dst=VIP6) / V6EXT /
+     TCP(sport=40000, dport=COOKIE, flags="S"), PASS, "pass_dest"),
+    ("v4 SYN to a VIP from deny list", E / IP(src="198.51.100.9", dst=VIP4) / TCP(dport=COOKIE, flags="S"),
+     DROP, "drop_deny"),
     # ACKs to a cookie port: no flow and no valid cookie -> dropped in XDP
     ("v4 ACK bad cookie", tcp4("A"), DROP, "drop_cookie"),
     ("v6 ACK bad cookie", tcp6("A"), DROP, "drop_cookie"),
@@ -776,6 +807,23 @@ def test_empty_acl_skips_lookup_and_port_change_is_live(g):
     assert set(g.run(syn4())[1]) == {"pass_other"}
 
 
+def test_only_protected_destinations_are_guarded_and_the_set_is_live(g):
+    """A SYN to a protected port of an address that is not the host's own passes untouched
+    (pass_dest); adding the address to `protected_addrs` guards it at once; with --protect
+    any (SG_CFG_DESTS clear) every destination is guarded without a lookup."""
+    vip_syn = E / IP(src=CLIENT4, dst=VIP4) / TCP(sport=40000, dport=COOKIE, flags="S", options=LINUX_OPTS)
+    res, d = g.run(vip_syn)
+    assert (res.verdict, set(d), res.output) == (PASS, {"pass_dest"}, vip_syn.build())
+    g.configure(CONFIG, ALLOW, DENY, protected=(SERVER4, SERVER6, VIP4))
+    assert set(g.run(vip_syn)[1]) == {"tx_cookie"}
+    g.configure(CONFIG, ALLOW, DENY, protected=())
+    assert set(g.run(syn4())[1]) == {"pass_dest"}, "nothing protected: nothing guarded"
+    g.configure(GuardConfig(cookie_ports=CONFIG.cookie_ports, drop_ports=CONFIG.drop_ports, protect=("any",)),
+                protected=())
+    assert set(g.run(vip_syn)[1]) == {"tx_cookie"}
+    assert set(g.run(syn6())[1]) == {"tx_cookie"}
+
+
 # -- compile-time SYN-ACK options ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("defines", [
@@ -859,8 +907,8 @@ def test_counters_add_up_over_a_batch(g):
         total += 1
         nbytes += len(data)
     after = g.counters()
-    outcome = [(a[0] - b[0], a[1] - b[1]) for a, b in zip(after[:abi.SG_OUTCOMES], before[:abi.SG_OUTCOMES],
-                                                          strict=True)]
+    ids = [abi.STAT[n] for n in abi.OUTCOME_NAMES]
+    outcome = [(after[i][0] - before[i][0], after[i][1] - before[i][1]) for i in ids]
     assert sum(p for p, _ in outcome) == total
     assert sum(b for _, b in outcome) == nbytes
 

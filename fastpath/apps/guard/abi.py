@@ -23,6 +23,7 @@ PROGRAM = "syn_guard"
 TUNABLES: dict[str, int] = {
     "SG_ACL_MAX": 16384,          # entries per ACL trie (IPv4, IPv6)
     "SG_SOURCES_MAX": 65536,      # sources whose SYN rate is tracked (LRU)
+    "SG_PROTECTED_MAX": 4096,     # destination addresses the guard protects
     "SG_BANS_MAX": 16384,         # bans in force (LRU, its own map: a flood of sources cannot flush it)
     "SG_RATE_TRIES": 4,           # compare-and-swap attempts on a token bucket before a SYN is over
     "SG_FLOWS_MAX": 65536,        # flows admitted by a cookie (LRU)
@@ -40,28 +41,31 @@ TUNABLES: dict[str, int] = {
 SPEC = ProgramSpec(
     name=PROGRAM,
     entry="syn_guard",
-    maps=("stats", "config", "ports", "acl_v4", "acl_v6", "sources", "bans", "flows"),
+    maps=("stats", "config", "ports", "acl_v4", "acl_v6", "sources", "bans", "flows", "protected_addrs"),
     defaults=TUNABLES,
     command="fastpath xdp",
     chain_slot=0,
 )
 
-# enum sg_stat: outcome counters (every frame lands in exactly one), then event counters.
+# enum sg_stat: outcome counters (every frame lands in exactly one), event counters (with
+# an outcome), and outcomes appended later.
 STAT_NAMES = (
     "pass_other", "pass_allow", "drop_deny", "drop_port", "drop_limited", "drop_banned",
     "tx_cookie", "pass_syn", "pass_cookie", "drop_cookie", "pass_flow", "pass_tcp",
-    "fragment", "drop_malformed", "drop_error", "bans", "probes",
+    "fragment", "drop_malformed", "drop_error", "bans", "probes", "pass_dest",
 )
 SG_OUTCOMES = 15
-SG_STAT_MAX = 17
+SG_STAT_MAX = 18
 STAT = {name: i for i, name in enumerate(STAT_NAMES)}
-OUTCOME_NAMES = STAT_NAMES[:SG_OUTCOMES]
+EVENT_NAMES = ("bans", "probes")  # SG_EVENT_*
+OUTCOME_NAMES = tuple(n for n in STAT_NAMES if n not in EVENT_NAMES)
 
 # enum sg_port_mode, enum sg_acl_action, SG_CFG_* flags.
 PORT_OPEN, PORT_COOKIE, PORT_DROP = 0, 1, 2
 ACL_ALLOW, ACL_DENY = 1, 2
 ACL_ACTIONS = {"allow": ACL_ALLOW, "deny": ACL_DENY}
-CFG_COOKIES, CFG_FRAG_PASS, CFG_ACL4, CFG_ACL6 = 1, 2, 4, 8
+CFG_COOKIES, CFG_FRAG_PASS, CFG_ACL4, CFG_ACL6, CFG_DESTS = 1, 2, 4, 8, 16
+PROTECT_LOCAL, PROTECT_LISTED = 1, 2  # SG_PROTECT_*: values of protected_addrs
 
 
 class SgConfig(ctypes.Structure):
@@ -100,6 +104,10 @@ class SgSource(ctypes.Structure):
     ]
 
 
+class SgAddr(ctypes.Structure):
+    _fields_ = [("addr", ctypes.c_uint32 * 4)]
+
+
 class SgBan(ctypes.Structure):
     _fields_ = [("until_ns", ctypes.c_uint64), ("since_ns", ctypes.c_uint64)]
 
@@ -128,6 +136,7 @@ MAP_TYPES: dict[str, tuple[type[ctypes._SimpleCData] | type[ctypes.Structure], t
     "sources": (SgSourceKey, SgSource),
     "bans": (SgSourceKey, SgBan),
     "flows": (SgFlowKey, SgFlow),
+    "protected_addrs": (SgAddr, ctypes.c_uint32),
 }
 
 

@@ -15,6 +15,7 @@ from fastpath.apps.guard import abi, nft, synguard
 from fastpath.apps.guard.config import (
     GuardConfig,
     parse_ports,
+    parse_protect,
     parse_rate,
     plan_defines,
     with_changes,
@@ -36,6 +37,7 @@ examples:
   fastpath xdp ports eth0 --add 8443
   fastpath xdp rate eth0 --syn-rate off
   fastpath xdp bans eth0
+  fastpath xdp protect eth0 --set local,192.0.2.10
   fastpath xdp status --json
   fastpath xdp detach eth0
 """
@@ -59,6 +61,7 @@ STAT_HELP = {
     "drop_error": "helper failure building a SYN-ACK",
     "bans": "bans started (event)",
     "probes": "zero-window probes taken for a lost handshake ACK (event)",
+    "pass_dest": "TCP to a protected port of an address not protected (a VIP)",
 }
 
 
@@ -92,6 +95,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                      help="pass SYNs to the stack (lists and rate limits only; no SYNPROXY rules)")
     att.add_argument("--fragments", choices=("drop", "pass"), default="drop",
                      help="verdict for first fragments to protected ports (default drop)")
+    att.add_argument("--protect", default="local", metavar="LIST",
+                     help="destinations guarded: 'local' (every address of the interface's namespace, "
+                          "the default), addresses or networks of up to 256, or 'any'; other "
+                          "destinations (a balancer's VIPs) pass untouched")
     add_json_arg(att, "print the attachment as JSON")
     att.add_argument("--dump-bpf", action="store_true", help=argparse.SUPPRESS)
     att.set_defaults(func=cmd_attach)
@@ -111,6 +118,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     stats.add_argument("--interval", type=float, default=1.0, metavar="SECS",
                        help="sampling time for pps without --watch (0: totals only)")
     stats.set_defaults(func=cmd_stats)
+
+    prot = xs.add_parser("protect", help="show or change the destination addresses the guard protects; "
+                                         "reads the namespace's addresses again")
+    add_iface_args(prot)
+    prot.add_argument("--set", metavar="LIST", help="a new --protect list (local, addresses, any)")
+    add_json_arg(prot)
+    prot.set_defaults(func=cmd_protect)
 
     bans = xs.add_parser("bans", help="sources banned now for going over their SYN rate")
     add_iface_args(bans)
@@ -186,7 +200,8 @@ def _ns_flag(netns: str | None) -> str:
 def cmd_attach(args: argparse.Namespace) -> int:
     base = GuardConfig(cookie_ports=parse_ports(args.ports),
                        drop_ports=parse_ports(args.drop_ports),
-                       cookies=not args.no_cookies, fragments=args.fragments)
+                       cookies=not args.no_cookies, fragments=args.fragments,
+                       protect=parse_protect(args.protect))
     cfg = _rate_changes(args, base).validate()
     if args.dump_bpf:
         defines = plan_defines(args.iface, args.netns)
@@ -304,6 +319,29 @@ def cmd_stats(args: argparse.Namespace) -> int:
         return {r["counter"]: {k: v for k, v in r.items() if k != "counter"} for r in rows}
 
     return watch(args.watch, lambda: synguard.read_counters(att), render, as_json if args.json else None)
+
+
+def cmd_protect(args: argparse.Namespace) -> int:
+    att = synguard.attachment(args.iface, args.netns)
+    cfg = synguard.guard_config(att)
+    if args.set is not None:
+        cfg = with_changes(cfg, protect=parse_protect(args.set))
+    att = synguard.set_config(att, cfg)
+    have = synguard.read_protected(att)
+    why = (("local", abi.PROTECT_LOCAL), ("listed", abi.PROTECT_LISTED))
+    rows = [{"address": str(a), "why": " + ".join(w for w, bit in why if bits & bit)}
+            for a, bits in sorted(have.items(), key=lambda e: (e[0].version, int(e[0])))]
+    if args.json:
+        print_json({"ifname": att.ifname, "netns": att.netns, "protect": list(cfg.protect),
+                    "addresses": rows})
+        return 0
+    where = f"{att.ifname}" + (f" in {att.netns}" if att.netns else "")
+    if cfg.any_dest:
+        info(f"syn_guard on {where} protects every destination address (--protect any)")
+        return 0
+    print_table(["address", "why"], [[r["address"], r["why"]] for r in rows],
+                title=f"destinations the SYN guard protects on {where} (others pass untouched)")
+    return 0
 
 
 def _ban_json(ban: synguard.Ban) -> dict[str, object]:

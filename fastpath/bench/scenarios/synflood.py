@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import ipaddress
 import math
 import os
 import time
@@ -63,6 +64,7 @@ FRAME_LEN = 94  # the IPv6 SYN with Linux's options; shorter frames get Ethernet
 PATHS: dict[str, tuple[str, str, str]] = {
     "pass-other": ("udp", "XDP_PASS", "pass_other"),
     "pass-flow": ("flow_ack", "XDP_PASS", "pass_flow"),
+    "pass-dest": ("vip_syn", "XDP_PASS", "pass_dest"),  # a protected port of a balancer's VIP
     "drop-deny": ("denied_syn", "XDP_DROP", "drop_deny"),
     "drop-port": ("closed_syn", "XDP_DROP", "drop_port"),
     "drop-limited": ("syn4", "XDP_DROP", "drop_limited"),
@@ -94,6 +96,8 @@ def _frames() -> dict[str, bytes]:
         "denied_syn": eth / IP(src="198.51.100.9", dst="10.0.0.2") / TCP(sport=40000, dport=_PORT, flags="S",
                                                                           options=opts),
         "closed_syn": v4 / TCP(sport=40000, dport=_CLOSED, flags="S", options=opts),
+        "vip_syn": eth / IP(src="10.0.0.1", dst="10.0.0.100") / TCP(sport=40000, dport=_PORT, flags="S",
+                                                                     options=opts),
         "bad_ack": v4 / TCP(sport=40001, dport=_PORT, flags="A", seq=1001, ack=4242),
         "flow_ack": v4 / TCP(sport=40002, dport=_PORT, flags="PA", seq=1001, ack=4242) / b"GET /",
     }
@@ -133,6 +137,12 @@ class SynfloodPacket(Scenario):
             with self._map("ports", prog) as ports:
                 ports.set(ctypes.c_uint32(_PORT), ctypes.c_uint32(abi.PORT_COOKIE))
                 ports.set(ctypes.c_uint32(_CLOSED), ctypes.c_uint32(abi.PORT_DROP))
+            # the host's own addresses, as attach finds them (10.0.0.100 stays a VIP's)
+            with self._map("protected_addrs", prog) as protected:
+                for addr in ("10.0.0.2", "fd00::2"):
+                    own = abi.SgAddr()
+                    own.addr[:] = abi.mapped_words(ipaddress.ip_address(addr))
+                    protected.set(own, ctypes.c_uint32(abi.PROTECT_LOCAL))
         with self._map("acl_v4") as acl:
             acl.set(abi.lpm_key(parse_cidr("198.51.100.0/24")), ctypes.c_uint32(abi.ACL_DENY))
         # the admitted flow of pass-flow, as a validated cookie ACK would have left it
