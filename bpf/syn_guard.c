@@ -148,6 +148,7 @@ FP_MAP_F("lru_hash", struct sg_source_key, struct sg_source, sources, SG_SOURCES
 	 BPF_F_NO_COMMON_LRU);
 FP_MAP("lru_hash", struct sg_source_key, struct sg_ban, bans, SG_BANS_MAX);
 FP_MAP("hash", struct sg_addr, u32, protected_addrs, SG_PROTECTED_MAX);
+FP_MAP("array", u32, struct sg_protected_list, protected_list, 1);
 FP_MAP("lru_hash", struct sg_flow_key, struct sg_flow, flows, SG_FLOWS_MAX);
 
 #define SG_ETH_P_8021Q 0x8100
@@ -261,6 +262,8 @@ static __always_inline u32 rate_over(struct sg_config *cfg, struct sg_source_key
 {
 	u64 start = s->window_start_ns;
 
+	if (!cfg->ban_ns || !cfg->ban_after)
+		return SG_DROP_LIMITED;
 	/* One CPU wins the window's reset; a count lost to the race delays a ban by a SYN. */
 	if (now - start > SG_BAN_WINDOW_NS &&
 	    __sync_val_compare_and_swap(&s->window_start_ns, start, now) == start)
@@ -268,7 +271,7 @@ static __always_inline u32 rate_over(struct sg_config *cfg, struct sg_source_key
 	/* An atomic add (32-bit atomics return no value before -mcpu=v3 with alu32): two CPUs
 	 * may both see the count reach ban_after, and the ban is then written twice. */
 	__sync_fetch_and_add(&s->excess, 1);
-	if (!cfg->ban_ns || !cfg->ban_after || s->excess < cfg->ban_after)
+	if (s->excess < cfg->ban_after)
 		return SG_DROP_LIMITED;
 	{
 		/* A ban lives in `bans`, which only such a source enters, so a flood of new
@@ -519,6 +522,29 @@ static __always_inline int send_cookie(struct xdp_md *ctx, struct sg_pkt *p, u64
 	return sg_done(SG_TX_COOKIE, p->len, XDP_TX);
 }
 
+/* Layer 2's other half: is the destination one the guard protects (the host's own)? The
+ * few addresses a host has are compared inline; a longer list takes the hash lookup. */
+static __always_inline int dest_protected(struct sg_pkt *p)
+{
+	u32 zero = 0, n;
+	struct sg_protected_list *l = protected_list.lookup(&zero);
+
+	if (!l)
+		return 0;
+	n = l->n;
+	if (n == SG_PROTECTED_HASH)
+		return protected_addrs.lookup((struct sg_addr *)p->daddr) != NULL;
+#pragma unroll
+	for (u32 i = 0; i < SG_PROTECTED_INLINE; i++) {
+		if (i >= n)
+			break;
+		if (l->addr[i].addr[3] == p->daddr[3] && l->addr[i].addr[2] == p->daddr[2] &&
+		    l->addr[i].addr[1] == p->daddr[1] && l->addr[i].addr[0] == p->daddr[0])
+			return 1;
+	}
+	return 0;
+}
+
 /* Fill the IPv4 part of `p`; returns -1 to go on to TCP, else the final verdict. */
 static __always_inline int parse_v4(void *data, void *data_end, struct sg_pkt *p,
 				    struct sg_config *cfg, u8 *proto)
@@ -687,7 +713,7 @@ static __always_inline int sg_process(struct xdp_md *ctx)
 		return sg_done(SG_PASS_OTHER, p.len, XDP_PASS);
 	/* Only the host's own services are guarded: TCP to another address on a protected port
 	 * (a VIP of the balancer behind us in the chain) goes on untouched. */
-	if ((cfg->flags & SG_CFG_DESTS) && !protected_addrs.lookup((struct sg_addr *)p.daddr))
+	if ((cfg->flags & SG_CFG_DESTS) && !dest_protected(&p))
 		return sg_done(SG_PASS_DEST, p.len, XDP_PASS);
 	if (p.frag) {
 		if (cfg->flags & SG_CFG_FRAG_PASS)

@@ -109,6 +109,17 @@ struct sg_addr {
 	__u32 addr[4];
 };
 
+/* The one element of `protected_list`: the protected addresses again, compared inline when
+ * there are at most SG_PROTECTED_INLINE of them (a fraction of a hash lookup's cost);
+ * n == SG_PROTECTED_HASH: more than that, look the destination up in `protected_addrs`. */
+#define SG_PROTECTED_INLINE 16
+#define SG_PROTECTED_HASH 0xffffffffU
+struct sg_protected_list {
+	__u32 n;
+	__u32 pad;
+	struct sg_addr addr[SG_PROTECTED_INLINE];
+};
+
 /* Value of `bans`, keyed by struct sg_source_key: a source that went over its SYN rate
  * `ban_after` times within SG_BAN_WINDOW_NS. Its SYNs are dropped until `until_ns`. */
 struct sg_ban {

@@ -76,6 +76,8 @@ class Guard:
                 key = abi.SgAddr()
                 key.addr[:] = abi.mapped_words(ipaddress.ip_address(addr))
                 m.set(key, ctypes.c_uint32(abi.PROTECT_LOCAL))
+        with self.map("protected_list") as m:
+            m.set(ctypes.c_uint32(0), sg.protected_list(ipaddress.ip_address(a) for a in protected))
         with self.map("ports") as m:
             for port in (COOKIE, COOKIE2, DROP_PORT, OPEN, 9999):
                 m.set(ctypes.c_uint32(port), ctypes.c_uint32(abi.PORT_OPEN))
@@ -805,6 +807,22 @@ def test_empty_acl_skips_lookup_and_port_change_is_live(g):
     with g.map("ports") as m:
         m.set(ctypes.c_uint32(COOKIE), ctypes.c_uint32(abi.PORT_OPEN))
     assert set(g.run(syn4())[1]) == {"pass_other"}
+
+
+def test_more_protected_addresses_than_fit_inline_take_the_hash(g):
+    """Up to PROTECTED_INLINE addresses are compared inline, more are looked up in the hash:
+    either way the first and the last of them are guarded and others are not."""
+    for count in (abi.PROTECTED_INLINE, abi.PROTECTED_INLINE + 1, 200):
+        many = tuple(f"10.1.{i // 250}.{i % 250 + 1}" for i in range(count - 1)) + (SERVER4,)
+        g.configure(CONFIG, protected=many)
+        with g.map("protected_list") as m:
+            n = m.get(ctypes.c_uint32(0)).n  # type: ignore[union-attr]
+        assert n == (count if count <= abi.PROTECTED_INLINE else abi.PROTECTED_HASH)
+        assert set(g.run(syn4())[1]) == {"tx_cookie"}, count
+        first = E / IP(src=CLIENT4, dst=many[0]) / TCP(sport=40000, dport=COOKIE, flags="S")
+        assert set(g.run(first)[1]) == {"tx_cookie"}, count
+        assert set(g.run(E / IP(src=CLIENT4, dst=VIP4) / TCP(dport=COOKIE, flags="S"))[1]) == {"pass_dest"}
+        assert set(g.run(syn6())[1]) == {"pass_dest"}, "SERVER6 is not in this list"
 
 
 def test_only_protected_destinations_are_guarded_and_the_set_is_live(g):

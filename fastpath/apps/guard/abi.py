@@ -41,7 +41,8 @@ TUNABLES: dict[str, int] = {
 SPEC = ProgramSpec(
     name=PROGRAM,
     entry="syn_guard",
-    maps=("stats", "config", "ports", "acl_v4", "acl_v6", "sources", "bans", "flows", "protected_addrs"),
+    maps=("stats", "config", "ports", "acl_v4", "acl_v6", "sources", "bans", "flows", "protected_addrs",
+          "protected_list"),
     defaults=TUNABLES,
     command="fastpath xdp",
     chain_slot=0,
@@ -108,6 +109,14 @@ class SgAddr(ctypes.Structure):
     _fields_ = [("addr", ctypes.c_uint32 * 4)]
 
 
+PROTECTED_INLINE = 16          # SG_PROTECTED_INLINE: addresses compared inline
+PROTECTED_HASH = 0xFFFFFFFF    # SG_PROTECTED_HASH: more than that, the hash decides
+
+
+class SgProtectedList(ctypes.Structure):
+    _fields_ = [("n", ctypes.c_uint32), ("pad", ctypes.c_uint32), ("addr", SgAddr * PROTECTED_INLINE)]
+
+
 class SgBan(ctypes.Structure):
     _fields_ = [("until_ns", ctypes.c_uint64), ("since_ns", ctypes.c_uint64)]
 
@@ -137,6 +146,7 @@ MAP_TYPES: dict[str, tuple[type[ctypes._SimpleCData] | type[ctypes.Structure], t
     "bans": (SgSourceKey, SgBan),
     "flows": (SgFlowKey, SgFlow),
     "protected_addrs": (SgAddr, ctypes.c_uint32),
+    "protected_list": (ctypes.c_uint32, SgProtectedList),
 }
 
 

@@ -36,6 +36,8 @@ from fastpath.apps.guard.abi import (
     PROGRAM,
     PROTECT_LISTED,
     PROTECT_LOCAL,
+    PROTECTED_HASH,
+    PROTECTED_INLINE,
     SPEC,
     STAT_NAMES,
     TUNABLES,
@@ -44,6 +46,7 @@ from fastpath.apps.guard.abi import (
     SgConfig,
     SgFlow,
     SgFlowKey,
+    SgProtectedList,
     SgSourceKey,
     address_of,
     lpm_key,
@@ -174,14 +177,33 @@ def read_protected(att: xdp.Attachment) -> dict[Address, int]:
         return {address_of(k.addr): int(v.value) for k, v in m.items()}
 
 
+def protected_list(addrs: Iterable[Address]) -> SgProtectedList:
+    """The inline copy of the protected addresses the program compares first, or the mark
+    that sends it to the hash when there are more than PROTECTED_INLINE."""
+    ordered = sorted(addrs, key=lambda a: (a.version, int(a)))
+    out = SgProtectedList()
+    if len(ordered) > PROTECTED_INLINE:
+        out.n = PROTECTED_HASH
+        return out
+    out.n = len(ordered)
+    for i, addr in enumerate(ordered):
+        out.addr[i] = _addr_key(addr)
+    return out
+
+
 def write_protected(att: xdp.Attachment, want: Mapping[Address, int]) -> None:
-    """Make `protected_addrs` hold exactly `want`: new addresses first, then the old ones
-    go, so an address in both sets is guarded throughout."""
+    """Make `protected_addrs` hold exactly `want` and `protected_list` the same addresses:
+    new addresses first, then the list, then the old ones go, so an address in both sets is
+    guarded throughout."""
     have = read_protected(att)
     with open_map(att, "protected_addrs") as m:
         for addr, bits in want.items():
             if have.get(addr) != bits:
                 m.set(_addr_key(addr), ctypes.c_uint32(bits))
+        with open_map(att, "protected_list") as lst:
+            # Through the union (which the hash holds now, whatever its size) to `want`.
+            lst.set(ctypes.c_uint32(0), protected_list({**have, **want}))
+            lst.set(ctypes.c_uint32(0), protected_list(want))
         for addr in have.keys() - want.keys():
             m.delete(_addr_key(addr))
 

@@ -138,11 +138,14 @@ class SynfloodPacket(Scenario):
                 ports.set(ctypes.c_uint32(_PORT), ctypes.c_uint32(abi.PORT_COOKIE))
                 ports.set(ctypes.c_uint32(_CLOSED), ctypes.c_uint32(abi.PORT_DROP))
             # the host's own addresses, as attach finds them (10.0.0.100 stays a VIP's)
+            own = [ipaddress.ip_address(a) for a in ("10.0.0.2", "fd00::2")]
             with self._map("protected_addrs", prog) as protected:
-                for addr in ("10.0.0.2", "fd00::2"):
-                    own = abi.SgAddr()
-                    own.addr[:] = abi.mapped_words(ipaddress.ip_address(addr))
-                    protected.set(own, ctypes.c_uint32(abi.PROTECT_LOCAL))
+                for addr in own:
+                    akey = abi.SgAddr()
+                    akey.addr[:] = abi.mapped_words(addr)
+                    protected.set(akey, ctypes.c_uint32(abi.PROTECT_LOCAL))
+            with self._map("protected_list", prog) as inline:
+                inline.set(ctypes.c_uint32(0), sg.protected_list(own))
         with self._map("acl_v4") as acl:
             acl.set(abi.lpm_key(parse_cidr("198.51.100.0/24")), ctypes.c_uint32(abi.ACL_DENY))
         # the admitted flow of pass-flow, as a validated cookie ACK would have left it
