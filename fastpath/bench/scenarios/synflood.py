@@ -9,6 +9,7 @@ around no guard at all; `ns_net` takes a harness run made just before off each p
 which leaves the guard's own cost. `cookie-flood` runs the guard behind
 bpf/syn_guard_bench.c, which gives every run's SYN a new source, with the rate limit on: the
 path of a spoofed flood's SYN (a new entry in `sources`, a miss in `bans`, a cookie).
+`pass-dest` is a SYN to a guarded port of an address the guard does not protect (a VIP).
 Targets on ns_net: drop paths <= 50 ns, cookie paths <= 250 ns.
 
 `synflood`: the same spoofed flood (fastpath/labs/flood.py, the fastest this machine makes)
