@@ -12,9 +12,12 @@
  *
  * Layers, in order, each counted per CPU in `stats` (enum sg_stat in syn_guard.h):
  *   1. allow/deny CIDR lists (LPM tries per family, longest prefix wins) -> PASS / DROP;
- *   2. per-port mode: cookie (protected) or drop (closed port: SYNs dropped);
- *   3. per-source SYN token bucket (GCRA in an LRU map) and a temporary ban after
- *      repeated excess;
+ *   2. per-port mode: cookie (protected) or drop (closed port: SYNs dropped), for the
+ *      destinations in `protected_addrs` (the host's own addresses; everything else, such
+ *      as a VIP of the balancer chained behind, passes on untouched);
+ *   3. per-source SYN token bucket (GCRA in an LRU map, shared by the CPUs and taken with
+ *      compare-and-swap) and a temporary ban after repeated excess, kept in a map of its
+ *      own that only such a source enters, so a flood of spoofed sources cannot flush it;
  *   4. SYN cookies for cookie ports, ACK validation, flow table.
  * Anything that is not TCP to a protected port passes after the parse (and the ACL when
  * the lists are not empty).
@@ -30,7 +33,8 @@
  * lives in maps, so changes need no reload. Study reference for the design: the kernel's
  * xdp_synproxy selftest (tools/testing/selftests/bpf/progs/xdp_synproxy_kern.c).
  *
- * Minimum kernel: 6.0 (raw SYN-cookie helpers; also bpf_xdp_load_bytes 5.18, coarse clock 5.11).
+ * Minimum kernel: 6.0 (raw SYN-cookie helpers; also bpf_xdp_load_bytes 5.18, coarse clock 5.11,
+ *        BPF atomics with fetch and compare-and-swap 5.12).
  * Usage: fastpath xdp attach IFACE [--netns NS] [--ports 80,443] [--drop-ports 23]
  *        [--syn-rate 200/s --syn-burst 400] [--no-cookies]
  * Manual test: fastpath xdp attach eth0 --ports 8080 && hping3 -S --flood -p 8080 --rand-source
@@ -56,6 +60,21 @@
 /* Sources whose SYN rate is tracked; the least recently seen are forgotten first. */
 #ifndef SG_SOURCES_MAX
 #define SG_SOURCES_MAX 65536
+#endif
+
+/* Destination addresses the guard protects (the namespace's own plus those listed). */
+#ifndef SG_PROTECTED_MAX
+#define SG_PROTECTED_MAX 4096
+#endif
+
+/* Bans in force, shared by all CPUs; when full, the least recently used ban goes first. */
+#ifndef SG_BANS_MAX
+#define SG_BANS_MAX 16384
+#endif
+
+/* Compare-and-swap attempts on a source's token bucket before its SYN counts as over. */
+#ifndef SG_RATE_TRIES
+#define SG_RATE_TRIES 4
 #endif
 
 /* Flows admitted by a valid cookie; size it above the number of concurrent connections. */
@@ -123,9 +142,13 @@ FP_MAP("array", u32, struct sg_config, config, 1);
 FP_MAP("array", u32, u32, ports, 65536);
 FP_MAP_F("lpm_trie", struct sg_lpm_v4, u32, acl_v4, SG_ACL_MAX, BPF_F_NO_PREALLOC);
 FP_MAP_F("lpm_trie", struct sg_lpm_v6, u32, acl_v6, SG_ACL_MAX, BPF_F_NO_PREALLOC);
-/* Per-CPU LRU lists: a flood of new sources does not serialise both CPUs on one lock. */
+/* Per-CPU LRU lists (the entries themselves are shared): a flood of new sources does not
+ * serialise the CPUs on one lock. */
 FP_MAP_F("lru_hash", struct sg_source_key, struct sg_source, sources, SG_SOURCES_MAX,
 	 BPF_F_NO_COMMON_LRU);
+FP_MAP("lru_hash", struct sg_source_key, struct sg_ban, bans, SG_BANS_MAX);
+FP_MAP("hash", struct sg_addr, u32, protected_addrs, SG_PROTECTED_MAX);
+FP_MAP("array", u32, struct sg_protected_list, protected_list, 1);
 FP_MAP("lru_hash", struct sg_flow_key, struct sg_flow, flows, SG_FLOWS_MAX);
 
 #define SG_ETH_P_8021Q 0x8100
@@ -233,15 +256,47 @@ static __always_inline u32 acl_lookup(struct sg_pkt *p, u32 flags)
 	return action ? *action : 0;
 }
 
+/* Bans and a token bucket for a source that went over its rate: the caller's verdict. */
+static __always_inline u32 rate_over(struct sg_config *cfg, struct sg_source_key *key,
+				     struct sg_source *s, u64 now)
+{
+	u64 start = s->window_start_ns;
+
+	if (!cfg->ban_ns || !cfg->ban_after)
+		return SG_DROP_LIMITED;
+	/* One CPU wins the window's reset; a count lost to the race delays a ban by a SYN. */
+	if (now - start > SG_BAN_WINDOW_NS &&
+	    __sync_val_compare_and_swap(&s->window_start_ns, start, now) == start)
+		s->excess = 0;
+	/* An atomic add (32-bit atomics return no value before -mcpu=v3 with alu32): two CPUs
+	 * may both see the count reach ban_after, and the ban is then written twice. */
+	__sync_fetch_and_add(&s->excess, 1);
+	if (s->excess < cfg->ban_after)
+		return SG_DROP_LIMITED;
+	{
+		/* A ban lives in `bans`, which only such a source enters, so a flood of new
+		 * (spoofed) sources that turns `sources` over cannot lift it. */
+		struct sg_ban ban = {.until_ns = now + cfg->ban_ns, .since_ns = now};
+
+		bans.update(key, &ban);
+		s->banned_until_ns = ban.until_ns;
+		s->excess = 0;
+		sg_done(SG_EVENT_BAN, 0, 0);
+	}
+	return SG_DROP_LIMITED;
+}
+
 /*
  * Layer 3: GCRA token bucket per source. Returns 0 when the SYN may go on, else the stat
- * it was dropped under. Updates race benignly between CPUs (a few SYNs more or less).
+ * it was dropped under. The bucket is shared by all CPUs and taken with compare-and-swap,
+ * so a source spread over receive queues gets its rate and no more; a SYN that loses the
+ * race SG_RATE_TRIES times in a row (as many CPUs taking the same source's tokens at once)
+ * counts as over the rate.
  */
 static __always_inline u32 rate_check(struct sg_config *cfg, struct sg_pkt *p, u64 now)
 {
 	struct sg_source_key key = {};
 	struct sg_source *s;
-	u64 tat;
 
 	if (!cfg->syn_interval_ns)
 		return 0;
@@ -253,29 +308,41 @@ static __always_inline u32 rate_check(struct sg_config *cfg, struct sg_pkt *p, u
 	}
 	s = sources.lookup(&key);
 	if (!s) {
+		/* A new source, or one `sources` forgot under a flood: its ban may still run. */
 		struct sg_source fresh = {.tat_ns = now + cfg->syn_interval_ns};
+		struct sg_ban *ban = bans.lookup(&key);
+		u32 verdict = 0;
 
+		if (ban) {
+			if (ban->until_ns > now) {
+				fresh.tat_ns = now;
+				fresh.banned_until_ns = ban->until_ns;
+				verdict = SG_DROP_BANNED;
+			} else {
+				bans.delete(&key);
+			}
+		}
 		sources.update(&key, &fresh);
-		return 0;
+		return verdict;
 	}
-	if (s->banned_until_ns > now)
-		return SG_DROP_BANNED;
-	tat = s->tat_ns > now ? s->tat_ns : now;
-	if (tat - now <= cfg->syn_burst_ns) {
-		s->tat_ns = tat + cfg->syn_interval_ns;
-		return 0;
+	if (s->banned_until_ns) {
+		if (s->banned_until_ns > now)
+			return SG_DROP_BANNED;
+		/* The ban ran out: the source starts afresh, and the ban map forgets it. */
+		bans.delete(&key);
+		s->banned_until_ns = 0;
 	}
-	if (now - s->window_start_ns > SG_BAN_WINDOW_NS) {
-		s->window_start_ns = now;
-		s->excess = 0;
+#pragma unroll
+	for (int n = 0; n < SG_RATE_TRIES; n++) {
+		u64 seen = s->tat_ns;
+		u64 tat = seen > now ? seen : now;
+
+		if (tat - now > cfg->syn_burst_ns)
+			return rate_over(cfg, &key, s, now);
+		if (__sync_val_compare_and_swap(&s->tat_ns, seen, tat + cfg->syn_interval_ns) == seen)
+			return 0;
 	}
-	s->excess++;
-	if (cfg->ban_ns && cfg->ban_after && s->excess >= cfg->ban_after) {
-		s->banned_until_ns = now + cfg->ban_ns;
-		s->excess = 0;
-		sg_done(SG_EVENT_BAN, 0, 0);
-	}
-	return SG_DROP_LIMITED;
+	return rate_over(cfg, &key, s, now);
 }
 
 /*
@@ -445,7 +512,7 @@ static __always_inline int send_cookie(struct xdp_md *ctx, struct sg_pkt *p, u64
 		return sg_done(SG_DROP_ERROR, p->len, XDP_DROP);
 	__builtin_memcpy(l3, &r, 20);
 #pragma unroll
-	for (int w = 0; w < 5; w++) {
+	for (u32 w = 0; w < 5; w++) {
 		if (w >= optw)
 			break;
 		if (l3 + 24 + w * 4 > data_end)
@@ -453,6 +520,29 @@ static __always_inline int send_cookie(struct xdp_md *ctx, struct sg_pkt *p, u64
 		*(__be32 *)(l3 + 20 + w * 4) = r.opt[w];
 	}
 	return sg_done(SG_TX_COOKIE, p->len, XDP_TX);
+}
+
+/* Layer 2's other half: is the destination one the guard protects (the host's own)? The
+ * few addresses a host has are compared inline; a longer list takes the hash lookup. */
+static __always_inline int dest_protected(struct sg_pkt *p)
+{
+	u32 zero = 0, n;
+	struct sg_protected_list *l = protected_list.lookup(&zero);
+
+	if (!l)
+		return 0;
+	n = l->n;
+	if (n == SG_PROTECTED_HASH)
+		return protected_addrs.lookup((struct sg_addr *)p->daddr) != NULL;
+#pragma unroll
+	for (u32 i = 0; i < SG_PROTECTED_INLINE; i++) {
+		if (i >= n)
+			break;
+		if (l->addr[i].addr[3] == p->daddr[3] && l->addr[i].addr[2] == p->daddr[2] &&
+		    l->addr[i].addr[1] == p->daddr[1] && l->addr[i].addr[0] == p->daddr[0])
+			return 1;
+	}
+	return 0;
 }
 
 /* Fill the IPv4 part of `p`; returns -1 to go on to TCP, else the final verdict. */
@@ -567,6 +657,7 @@ static __always_inline int sg_process(struct xdp_md *ctx)
 	struct sg_config *cfg;
 	struct tcphdr *th;
 	u32 zero = 0, dport, mode, *modep, stat;
+	u64 l4off;
 	u8 proto = 0;
 	u16 h_proto;
 	int ret;
@@ -604,10 +695,15 @@ static __always_inline int sg_process(struct xdp_md *ctx)
 	if (ret >= 0)
 		return ret;
 
-	/* L4: the destination port decides whether we care at all (layer 2). */
-	if (p.l4off > SG_HDR_MAX || p.l4len < 4)
+	/* L4: the destination port decides whether we care at all (layer 2). One register holds
+	 * the offset for the check and the pointer: the verifier must see the bound on the
+	 * register that moves the pointer, and without the empty asm clang zero-extends p.l4off
+	 * once for each (the verifier cannot tell the copies are equal). */
+	l4off = p.l4off;
+	asm volatile("" : "+r"(l4off));
+	if (l4off > SG_HDR_MAX || p.l4len < 4)
 		return sg_done(SG_DROP_MALFORMED, p.len, XDP_DROP);
-	th = data + p.l4off;
+	th = data + l4off;
 	if ((void *)th + 4 > data_end)
 		return sg_done(SG_DROP_MALFORMED, p.len, XDP_DROP);
 	dport = bpf_ntohs(th->dest);
@@ -615,6 +711,10 @@ static __always_inline int sg_process(struct xdp_md *ctx)
 	mode = modep ? *modep : SG_PORT_OPEN;
 	if (mode == SG_PORT_OPEN)
 		return sg_done(SG_PASS_OTHER, p.len, XDP_PASS);
+	/* Only the host's own services are guarded: TCP to another address on a protected port
+	 * (a VIP of the balancer behind us in the chain) goes on untouched. */
+	if ((cfg->flags & SG_CFG_DESTS) && !dest_protected(&p))
+		return sg_done(SG_PASS_DEST, p.len, XDP_PASS);
 	if (p.frag) {
 		if (cfg->flags & SG_CFG_FRAG_PASS)
 			return sg_done(SG_FRAGMENT, p.len, XDP_PASS);
@@ -649,8 +749,12 @@ static __always_inline int sg_process(struct xdp_md *ctx)
 	{
 		struct sg_flow_key fk = {};
 		struct sg_flow flow = {};
-		void *l3 = data + p.l3off;
+		u64 l3off = p.l3off;
+		void *l3;
 		long bad;
+
+		asm volatile("" : "+r"(l3off));  /* one register for check and pointer, as l4off */
+		l3 = data + l3off;
 
 		__builtin_memcpy(fk.client, p.saddr, 16);
 		__builtin_memcpy(fk.server, p.daddr, 16);
@@ -658,7 +762,7 @@ static __always_inline int sg_process(struct xdp_md *ctx)
 		fk.server_port = th->dest;
 		if (flows.lookup(&fk))
 			return sg_done(SG_PASS_FLOW, p.len, XDP_PASS);
-		if (th->syn || p.l3off > 22 || l3 + 40 > data_end)
+		if (th->syn || l3off > 22 || l3 + 40 > data_end)
 			return sg_done(SG_DROP_COOKIE, p.len, XDP_DROP);
 		if (p.v6)
 			bad = sg_cookie_check_v6(l3, th);

@@ -11,9 +11,10 @@
 #define FASTPATH_SYN_GUARD_H
 
 /*
- * Keys of the per-CPU `stats` map. Every frame lands in exactly one outcome counter
- * (SG_OUTCOMES of them), so their sum is the number of frames seen; the counters after
- * that are events (a ban started) that accompany an outcome.
+ * Keys of the per-CPU `stats` map. Every frame lands in exactly one outcome counter (the
+ * SG_OUTCOMES ids below SG_OUTCOMES, and every id appended after the events that is not
+ * named SG_EVENT_*), so their sum is the number of frames seen; SG_EVENT_* counters are
+ * events (a ban started) that accompany an outcome. New ids are appended before SG_STAT_MAX.
  */
 enum sg_stat {
 	SG_PASS_OTHER = 0,     /* not TCP to a protected port: non-IP, other protocols, later fragments */
@@ -34,7 +35,8 @@ enum sg_stat {
 	SG_OUTCOMES = 15,
 	SG_EVENT_BAN = 15,     /* a source was banned (counts bans started, not frames) */
 	SG_EVENT_PROBE = 16,   /* a zero-window probe stood in for a lost handshake ACK (with SG_PASS_COOKIE) */
-	SG_STAT_MAX = 17,
+	SG_PASS_DEST = 17,     /* TCP to a protected port of an address not in `protected_addrs` (a VIP) */
+	SG_STAT_MAX = 18,
 };
 
 /* Values of the `ports` map, indexed by TCP destination port in host byte order. */
@@ -50,11 +52,16 @@ enum sg_acl_action {
 	SG_ACL_DENY = 2,
 };
 
+/* Values of `protected_addrs`: why an address is there. */
+#define SG_PROTECT_LOCAL  (1U << 0) /* an address of the interface's namespace at attach/refresh */
+#define SG_PROTECT_LISTED (1U << 1) /* given with --protect */
+
 /* Bits of sg_config.flags. */
 #define SG_CFG_COOKIES   (1U << 0) /* answer SYNs to cookie ports from XDP */
 #define SG_CFG_FRAG_PASS (1U << 1) /* let first fragments to protected ports through */
 #define SG_CFG_ACL4      (1U << 2) /* acl_v4 has entries; clear: skip the lookup */
 #define SG_CFG_ACL6      (1U << 3) /* acl_v6 has entries; clear: skip the lookup */
+#define SG_CFG_DESTS     (1U << 4) /* guard only destinations in `protected_addrs`; clear: all */
 
 /* The one element of the `config` array: everything that changes without a reload. */
 struct sg_config {
@@ -90,10 +97,34 @@ struct sg_source_key {
 /* Value of `sources`: a GCRA token bucket (theoretical arrival time) plus ban state. */
 struct sg_source {
 	__u64 tat_ns;          /* when the source's next SYN is due at the configured rate */
-	__u64 banned_until_ns; /* SYNs dropped until this time */
+	__u64 banned_until_ns; /* a copy of the source's `bans` entry's until_ns (skips that lookup) */
 	__u64 window_start_ns; /* start of the window in which `excess` is counted */
 	__u32 excess;          /* SYNs over the rate in this window */
 	__u32 pad;
+};
+
+/* Key of `protected_addrs`: a destination the guard protects (the host's own addresses
+ * and those the user lists), IPv4 as ::ffff:a.b.c.d; value: SG_PROTECT_* bits. */
+struct sg_addr {
+	__u32 addr[4];
+};
+
+/* The one element of `protected_list`: the protected addresses again, compared inline when
+ * there are at most SG_PROTECTED_INLINE of them (a fraction of a hash lookup's cost);
+ * n == SG_PROTECTED_HASH: more than that, look the destination up in `protected_addrs`. */
+#define SG_PROTECTED_INLINE 16
+#define SG_PROTECTED_HASH 0xffffffffU
+struct sg_protected_list {
+	__u32 n;
+	__u32 pad;
+	struct sg_addr addr[SG_PROTECTED_INLINE];
+};
+
+/* Value of `bans`, keyed by struct sg_source_key: a source that went over its SYN rate
+ * `ban_after` times within SG_BAN_WINDOW_NS. Its SYNs are dropped until `until_ns`. */
+struct sg_ban {
+	__u64 until_ns;        /* bpf_ktime_get_coarse_ns() clock */
+	__u64 since_ns;        /* when the ban started */
 };
 
 /* Key of `flows`: a connection whose handshake ACK carried a valid cookie. */

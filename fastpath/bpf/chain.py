@@ -12,17 +12,25 @@ empty slot falls through to XDP_PASS). The link points at the occupied slot that
 first. Every change is a map update or a BPF_LINK_UPDATE, so traffic never sees an
 interface without a program; a program whose chain position changed is recompiled and
 reopens its pinned maps, so counters and flows survive.
+
+Programs that share an interface must not want the same traffic: a program earlier in the
+chain that answers a destination itself (the SYN guard, for the addresses it protects on
+its ports) hides it from a later one that serves it (the balancer, for a VIP). Each
+application declares what it claims through CLAIMS, and `check_claims` refuses an overlap
+with one line, at join and whenever an application changes what it claims.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import ipaddress
 import os
 import shutil
 import struct
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from fastpath.bpf import loader, state, syscall
@@ -30,6 +38,67 @@ from fastpath.errors import FastpathError
 
 CHAIN_MAP = "chain"
 MAX_SLOTS = 2  # FP_CHAIN_SLOTS in bpf/fastpath.h
+
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True)
+class Claim:
+    """TCP destinations one program of a chain wants: `answers` (it replies itself, so no
+    later program sees them) or serves (it needs to see them)."""
+
+    program: str
+    addresses: frozenset[Address] | None  # None: every address
+    ports: frozenset[int]
+    what: str          # in the user's words: "VIP 10.0.0.1:80/tcp", "an address the SYN guard protects"
+    answers: bool
+    fix: str = ""      # how to give up the claim
+
+
+# program -> its claims on an interface, from its saved state (applications register).
+CLAIMS: dict[str, Callable[[str, str | None], list[Claim]]] = {}
+
+
+def _overlap(a: Claim, b: Claim) -> tuple[Address | None, int] | None:
+    """Where two claims meet: (an address, or None for every address, and a port)."""
+    ports = a.ports & b.ports
+    if not ports:
+        return None
+    if a.addresses is None and b.addresses is None:
+        return None, min(ports)
+    if a.addresses is None or b.addresses is None:
+        addrs = a.addresses if b.addresses is None else b.addresses
+    else:
+        addrs = a.addresses & b.addresses
+    if not addrs:
+        return None
+    return min(addrs, key=lambda x: (x.version, int(x))), min(ports)
+
+
+def check_claims(ifname: str, netns: str | None, pending: Mapping[str, list[Claim]] | None = None,
+                 programs: Iterable[str] = ()) -> None:
+    """Refuse (one line) when a program that answers destinations itself would hide some
+    from a program that serves them, among the programs on `ifname` plus `programs`; the
+    claims of a program in `pending` replace what its state says."""
+    pend = dict(pending or {})
+    names = {a.program for a in state.members(ifname, netns)} | set(programs) | set(pend)
+    claims: list[Claim] = []
+    for name in sorted(names):
+        hook = CLAIMS.get(name)
+        claims.extend(pend[name] if name in pend else hook(ifname, netns) if hook else [])
+    where = ifname + (f" in {netns}" if netns else "")
+    for ans in (c for c in claims if c.answers):
+        for srv in (c for c in claims if not c.answers and c.program != ans.program):
+            hit = _overlap(ans, srv)
+            if hit is None:
+                continue
+            addr, port = hit
+            at = f"{addr} port {port}" if addr is not None else f"port {port}"
+            raise FastpathError(
+                f"{srv.what} on {where} is also {ans.what} ({at}): {ans.program} runs first in the "
+                f"chain and would answer its SYNs itself, so {srv.program} would see only their ACKs",
+                fix=ans.fix or srv.fix or None)
 
 
 def chain_defines(program: str, occupied: Mapping[str, int], pdir: Path) -> dict[str, int | str]:
@@ -151,6 +220,7 @@ def join(
     """
     slots = _check(spec, others, ifname)
     state.check_link_mode(spec.name, ifname, netns, mode, others[0])
+    check_claims(ifname, netns, programs=[spec.name])
     pdir = state.pin_dir(ifname, netns)
     subdir = old.subdir if old is not None else spec.name
     mdir = pdir / subdir if subdir else pdir

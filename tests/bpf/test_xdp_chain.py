@@ -1,6 +1,7 @@
 """The SYN guard and the balancer chained on one interface, through BPF_PROG_TEST_RUN: the
 guard, compiled with FP_CHAIN, tail-calls the balancer where it would pass a frame, so a VIP
-frame comes out as the balancer's rewrite; an empty slot falls through to XDP_PASS."""
+frame, even on a port the guard protects for the host's own addresses, comes out as the
+balancer's rewrite; an empty slot falls through to XDP_PASS."""
 
 from __future__ import annotations
 
@@ -33,8 +34,10 @@ l4 = _sibling("test_l4lb")
 sgt = _sibling("test_syn_guard")
 
 VIP = "10.100.0.1:80/tcp"
-# Port 80 is the VIP's: the guard leaves it to the balancer and protects 23 and 443.
-CONFIG = GuardConfig(cookie_ports=(443,), drop_ports=(23,))
+HOST = "10.100.0.9"  # the balancer host's own address, with a local service on :80
+# The guard protects :80 (the VIP's port), :443 and :23 of the host's own address; the VIP
+# is not one, so its traffic goes on to the balancer.
+CONFIG = GuardConfig(cookie_ports=(80, 443), drop_ports=(23,))
 
 
 @pytest.fixture(scope="module")
@@ -60,21 +63,26 @@ def _slot(guard: sgt.Guard, prog_fd: int | None) -> None:
 
 def test_guard_pass_tail_calls_the_balancer(chained):
     guard, env = chained
-    guard.configure(CONFIG)
+    guard.configure(CONFIG, protected=(HOST,))
     _slot(guard, env.prog.prog_fd)
     try:
-        frame = l4.tcp4("10.100.0.1", 80, 40001)
-        backend = env.pick(VIP, l4.CLIENT4, 40001)
-        res, delta = guard.run(frame)
-        assert res.verdict == "XDP_TX"
-        assert res.output.hex() == l4.dsr_expected(frame, backend.mac).hex()
-        assert list(delta) == ["pass_tcp"] or all(k.startswith("pass") for k in delta), delta
+        # The VIP's SYN and ACK on the guarded port 80: the guard passes them (not its
+        # address), and they come out as the balancer's rewrite to the backend Maglev names.
+        for flags in ("S", "A", "PA"):
+            frame = l4.tcp4("10.100.0.1", 80, 40001, flags=flags)
+            backend = env.pick(VIP, l4.CLIENT4, 40001)
+            res, delta = guard.run(frame)
+            assert res.verdict == "XDP_TX", flags
+            assert res.output.hex() == l4.dsr_expected(frame, backend.mac).hex(), flags
+            assert delta == {"pass_dest": (1, len(frame))}, (flags, delta)
 
-        # What the guard drops or answers itself never reaches the balancer.
-        res, delta = guard.run(l4.tcp4("10.100.0.1", 23, 40002))
+        # What the guard drops or answers itself never reaches the balancer: the host's own
+        # address, on the VIP's port too.
+        res, delta = guard.run(l4.tcp4(HOST, 23, 40002))
         assert res.verdict == "XDP_DROP" and "drop_port" in delta
-        res, delta = guard.run(l4.tcp4("10.100.0.1", 443, 40003))
-        assert res.verdict == "XDP_TX" and "tx_cookie" in delta
+        for port in (443, 80):
+            res, delta = guard.run(l4.tcp4(HOST, port, 40003))
+            assert res.verdict == "XDP_TX" and "tx_cookie" in delta, port
 
         # Not a VIP: both pass, the frame unchanged.
         other = l4.udp4("10.9.9.9", 53, 40004)
@@ -86,7 +94,7 @@ def test_guard_pass_tail_calls_the_balancer(chained):
 
 def test_empty_slot_falls_through_to_pass(chained):
     guard, _ = chained
-    guard.configure(CONFIG)
+    guard.configure(CONFIG, protected=(HOST,))
     frame = l4.tcp4("10.100.0.1", 80, 40005)
     res, delta = guard.run(frame)
     assert res.verdict == "XDP_PASS" and res.output == frame

@@ -72,7 +72,7 @@ def test_attach_live_changes_reattach_detach(lab):
                                         PORT: abi.PORT_COOKIE}
     raw = synguard.read_raw_config(att)
     assert (raw.syn_interval_ns, raw.syn_burst_ns) == (2_000_000, 49 * 2_000_000)
-    assert raw.flags == abi.CFG_COOKIES
+    assert raw.flags == abi.CFG_COOKIES | abi.CFG_DESTS
 
     # status: every guarded interface, in every namespace
     status = [s for s in json.loads(fastpath("xdp", "status", "--json").stdout) if s["netns"] == ns]
@@ -103,7 +103,7 @@ def test_attach_live_changes_reattach_detach(lab):
     fastpath("xdp", "allow", "del", "10.66.0.1/32", "--netns", ns)
     fastpath("xdp", "deny", "del", "10.66.0.0/24", "fd66::/64", "--netns", ns)
     assert synguard.acl_entries(att) == []
-    assert synguard.read_raw_config(att).flags == abi.CFG_COOKIES, "empty lists: lookups skipped"
+    assert synguard.read_raw_config(att).flags == abi.CFG_COOKIES | abi.CFG_DESTS, "empty lists: no lookups"
 
     # ports: add a cookie port and remove one, live, in XDP and in the SYNPROXY set
     out = json.loads(fastpath("xdp", "ports", "eth0", "--netns", ns, "--add", "8443", "--remove", "443",

@@ -1,7 +1,10 @@
 """The SYN guard and the load balancer on the same interface, guard first, in either attach
 order: the guard counts and drops SYNs to its protected port, the balancer forwards the VIP's
 connections to the backends Maglev names, detaching either leaves the other working, and
-detaching both leaves nothing in bpffs or the run state."""
+detaching both leaves nothing in bpffs or the run state. With the guard on the VIP's own
+port, VIP connections still reach the backends (the guard protects only the host's own
+addresses) while the guard answers the host's own service on that port with cookies, and an
+overlap (a VIP on a protected address and port) is refused with one line."""
 
 from __future__ import annotations
 
@@ -29,9 +32,10 @@ def _sibling(name: str) -> ModuleType:
 
 
 L = _sibling("test_lb")  # its lab: client -> balancer -> three backends, DSR
-GUARDED = 23  # the guard drops SYNs to this port of the VIP address
+GUARDED = 23  # the guard drops SYNs to this port of the balancer node's own address
+HOST = "10.20.1.1"  # the balancer node's own address on the client's subnet
 
-# Connect to the VIP's guarded port once; prints "refused", "timeout" or "open".
+# Connect to the node's guarded port once; prints "refused", "timeout" or "open".
 KNOCK = """
 import socket, sys
 s = socket.socket()
@@ -83,7 +87,7 @@ def guard_counters(t) -> dict[str, int]:
 
 
 def knock(t) -> str:
-    return t.lab.run("client", [sys.executable, "-c", KNOCK, L.VIP, str(GUARDED)], timeout=30).stdout.strip()
+    return t.lab.run("client", [sys.executable, "-c", KNOCK, HOST, str(GUARDED)], timeout=30).stdout.strip()
 
 
 def lb_new_flows(t) -> int:
@@ -157,6 +161,57 @@ def test_guard_and_balancer_share_an_interface(chain_lab, order):
     assert not xdp.state_path("eth0", t.ns).exists()
     assert not xdp.member_state_path("eth0", t.ns, "l4lb").parent.exists()
     assert not store.state_path("eth0", t.ns).exists()
+
+
+@pytest.mark.parametrize("order", ["guard_first", "lb_first"])
+def test_a_guard_on_the_vips_port_leaves_the_vip_to_the_balancer(chain_lab, order):
+    """Guard with SYN cookies on :80 (its defaults) and a VIP on :80 on one interface: real
+    connections to the VIP succeed and spread over the backends exactly as Maglev says, none
+    answered by the guard; the node's own service on :80 is still guarded (a cookie SYN-ACK,
+    SYNPROXY opens it); a VIP on the node's own address, or a guard that would protect every
+    address, is refused with one line and changes nothing."""
+    t = chain_lab
+    t.lab.spawn("lb", [sys.executable, "-c", L.SERVER, "lb", "80"]).wait_output("ready")
+    guard_cmd = ["xdp", "attach", "eth0", "--netns", t.ns, "--mode", "native"]  # cookies on 80,443
+    if order == "guard_first":
+        L.fastpath(*guard_cmd)
+        attach_lb(t)
+    else:
+        attach_lb(t)
+        L.fastpath(*guard_cmd)
+    protected = json.loads(L.fastpath("xdp", "protect", "eth0", "--netns", t.ns, "--json").stdout)
+    assert HOST in {a["address"] for a in protected["addresses"]}
+    assert L.VIP not in {a["address"] for a in protected["addresses"]}
+
+    before = guard_counters(t)
+    got = t.burst(31000, 30)
+    assert all(not v.startswith("error") for v in got.values()), got
+    spread = t.check_predicted(got)
+    assert set(spread) == set(L.BACKENDS), f"connections spread over every backend: {spread}"
+    after = guard_counters(t)
+    assert after["tx_cookie"] == before["tx_cookie"], "the guard answered no VIP SYN"
+    assert after["pass_dest"] >= before["pass_dest"] + 30 * 3, "SYN, ACK and data of each pass on"
+
+    # The node's own service on :80: answered from XDP with a cookie, opened by SYNPROXY.
+    res = t.lab.run("client", [sys.executable, "-c", L.BURST, HOST, "80", "35000", "3"], timeout=90)
+    own = {int(k): v for k, v in json.loads(res.stdout).items()}
+    assert list(own.values()) == ["lb"] * 3, own
+    guarded = guard_counters(t)
+    assert guarded["tx_cookie"] >= after["tx_cookie"] + 3
+    assert guarded["pass_cookie"] >= after["pass_cookie"] + 3
+
+    # Overlaps are refused, each with one line and nothing changed.
+    res = t.lb("vip", "add", f"{HOST}:80/tcp", "--mode", "dsr", check=False)
+    err = res.stderr.strip()
+    assert res.returncode != 0 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert f"VIP {HOST}:80/tcp" in err and "SYN guard protects" in err, err
+    assert [v["vip"] for v in json.loads(t.lb("vip", "list", "--json").stdout)] == [t.vip]
+    res = L.fastpath("xdp", "protect", "eth0", "--netns", t.ns, "--set", "any", check=False)
+    err = res.stderr.strip()
+    assert res.returncode != 0 and len(err.splitlines()) == 1 and f"VIP {t.vip}" in err, err
+    now = json.loads(L.fastpath("xdp", "protect", "eth0", "--netns", t.ns, "--json").stdout)
+    assert now["protect"] == ["local"]
+    check_balancing(t, 32000)
 
 
 def test_a_program_joining_the_chain_runs_in_the_links_mode(chain_lab):

@@ -11,7 +11,7 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
 from fastpath.apps.guard import abi, cli, nft
-from fastpath.apps.guard.config import GuardConfig, parse_ports, parse_rate, server_wscale
+from fastpath.apps.guard.config import GuardConfig, parse_ports, parse_protect, parse_rate, server_wscale
 from fastpath.cli import build_parser
 from fastpath.core.args import parse_cidr
 from fastpath.errors import FastpathError
@@ -73,17 +73,78 @@ def test_config_validation():
 def test_config_to_map_value():
     off = GuardConfig().to_ctype(False, False)
     assert (off.syn_interval_ns, off.syn_burst_ns, off.ban_ns, off.ban_after) == (0, 0, 0, 0)
-    assert off.flags == abi.CFG_COOKIES
+    assert off.flags == abi.CFG_COOKIES | abi.CFG_DESTS, "only the protected addresses by default"
+    assert GuardConfig(protect=("any",)).to_ctype(False, False).flags == abi.CFG_COOKIES
     cfg = GuardConfig(syn_rate=200, syn_burst=400, ban_seconds=30, cookies=False, fragments="pass")
     v = cfg.to_ctype(True, True)
     assert v.syn_interval_ns == 5_000_000
     assert v.syn_burst_ns == 399 * 5_000_000
     assert (v.ban_ns, v.ban_after) == (30_000_000_000, 400)
-    assert v.flags == abi.CFG_FRAG_PASS | abi.CFG_ACL4 | abi.CFG_ACL6
+    assert v.flags == abi.CFG_FRAG_PASS | abi.CFG_ACL4 | abi.CFG_ACL6 | abi.CFG_DESTS
     # defaults: burst = the rate, ban after one burst of excess; ban_seconds 0: never ban
     assert GuardConfig(syn_rate=10).to_ctype(False, False).syn_burst_ns == 9 * 100_000_000
     assert GuardConfig(syn_rate=10, ban_seconds=0).to_ctype(False, False).ban_after == 0
     assert GuardConfig(syn_rate=0.5).burst == 1
+
+
+@pytest.mark.parametrize("text,want", [
+    ("local", ("local",)), ("LOCAL, 192.0.2.10", ("local", "192.0.2.10")),
+    ("192.0.2.10/32,2001:db8::8/126,local", ("192.0.2.10", "2001:db8::8/126", "local")),
+    ("any", ("any",)), ("local,local", ("local",)),
+])
+def test_parse_protect(text, want):
+    assert parse_protect(text) == want
+    assert GuardConfig(protect=want).validate().protect == want
+
+
+@pytest.mark.parametrize("text,msg", [
+    ("", "--protect is empty"), ("any,local", "covers every address"),
+    ("10.0.0.0/16", "65,536 addresses, more than 256"), ("10.0.0.1/24", "did you mean 10.0.0.0/24"),
+    ("eth0", "bad --protect address 'eth0'"),
+])
+def test_parse_protect_rejects(text, msg):
+    with pytest.raises(FastpathError) as exc:
+        parse_protect(text)
+    assert msg in str(exc.value)
+
+
+def test_protect_lists_addresses_and_old_state_defaults_to_local():
+    cfg = GuardConfig(protect=("local", "192.0.2.10", "2001:db8::4/127"))
+    assert [str(a) for a in cfg.listed()] == ["192.0.2.10", "2001:db8::4", "2001:db8::5"]
+    assert GuardConfig.from_json(cfg.to_json()) == cfg
+    old = cfg.to_json()
+    del old["protect"]  # a state file written before --protect existed
+    assert GuardConfig.from_json(old).protect == ("local",)
+    assert "the namespace's own addresses + 192.0.2.10" in cfg.describe()
+
+
+def test_chain_refuses_a_vip_the_guard_would_answer():
+    """The chain's overlap check: a TCP VIP on an address and port the guard protects is one
+    clear error; another port, another address or a UDP VIP is fine; --protect any meets
+    every VIP on a guarded port."""
+    from fastpath.apps.guard import synguard
+    from fastpath.apps.lb import config as lbconfig
+    from fastpath.apps.lb import program as lbprogram
+    from fastpath.bpf import chain
+
+    host = ipaddress.ip_address("10.20.1.1")
+    guard = synguard.guard_claims(GuardConfig(cookie_ports=(80, 443), drop_ports=(23,)), [host])
+
+    def check(cfg_claims: list[chain.Claim], *vips: str) -> None:
+        lb = lbprogram.vip_claims(lbconfig.parse_vip(v) for v in vips)
+        chain.check_claims("nosuch0", "no-such-ns", {"syn_guard": cfg_claims, "l4lb": lb})
+
+    check(guard, "10.20.100.1:80/tcp", "10.20.1.1:8080/tcp", "10.20.1.1:80/udp")
+    for vip in ("10.20.1.1:80/tcp", "10.20.1.1:23/tcp"):
+        with pytest.raises(FastpathError) as exc:
+            check(guard, "10.20.100.1:80/tcp", vip)
+        text = str(exc.value)
+        assert f"VIP {vip} on nosuch0 in no-such-ns is also an address the SYN guard protects" in text
+        assert "would answer its SYNs itself" in text and "--protect" in text and "\n" not in text
+    anyguard = synguard.guard_claims(GuardConfig(protect=("any",)), [])
+    with pytest.raises(FastpathError, match="VIP 10.20.100.1:443/tcp"):
+        check(anyguard, "10.20.100.1:443/tcp")
+    check(anyguard, "10.20.100.1:8080/tcp")
 
 
 def test_config_json_round_trip_and_description():

@@ -23,6 +23,9 @@ PROGRAM = "syn_guard"
 TUNABLES: dict[str, int] = {
     "SG_ACL_MAX": 16384,          # entries per ACL trie (IPv4, IPv6)
     "SG_SOURCES_MAX": 65536,      # sources whose SYN rate is tracked (LRU)
+    "SG_PROTECTED_MAX": 4096,     # destination addresses the guard protects
+    "SG_BANS_MAX": 16384,         # bans in force (LRU, its own map: a flood of sources cannot flush it)
+    "SG_RATE_TRIES": 4,           # compare-and-swap attempts on a token bucket before a SYN is over
     "SG_FLOWS_MAX": 65536,        # flows admitted by a cookie (LRU)
     "SG_MSS4": 1460,              # MSS advertised in IPv4 SYN-ACKs
     "SG_MSS6": 1440,              # MSS advertised in IPv6 SYN-ACKs
@@ -38,28 +41,32 @@ TUNABLES: dict[str, int] = {
 SPEC = ProgramSpec(
     name=PROGRAM,
     entry="syn_guard",
-    maps=("stats", "config", "ports", "acl_v4", "acl_v6", "sources", "flows"),
+    maps=("stats", "config", "ports", "acl_v4", "acl_v6", "sources", "bans", "flows", "protected_addrs",
+          "protected_list"),
     defaults=TUNABLES,
     command="fastpath xdp",
     chain_slot=0,
 )
 
-# enum sg_stat: outcome counters (every frame lands in exactly one), then event counters.
+# enum sg_stat: outcome counters (every frame lands in exactly one), event counters (with
+# an outcome), and outcomes appended later.
 STAT_NAMES = (
     "pass_other", "pass_allow", "drop_deny", "drop_port", "drop_limited", "drop_banned",
     "tx_cookie", "pass_syn", "pass_cookie", "drop_cookie", "pass_flow", "pass_tcp",
-    "fragment", "drop_malformed", "drop_error", "bans", "probes",
+    "fragment", "drop_malformed", "drop_error", "bans", "probes", "pass_dest",
 )
 SG_OUTCOMES = 15
-SG_STAT_MAX = 17
+SG_STAT_MAX = 18
 STAT = {name: i for i, name in enumerate(STAT_NAMES)}
-OUTCOME_NAMES = STAT_NAMES[:SG_OUTCOMES]
+EVENT_NAMES = ("bans", "probes")  # SG_EVENT_*
+OUTCOME_NAMES = tuple(n for n in STAT_NAMES if n not in EVENT_NAMES)
 
 # enum sg_port_mode, enum sg_acl_action, SG_CFG_* flags.
 PORT_OPEN, PORT_COOKIE, PORT_DROP = 0, 1, 2
 ACL_ALLOW, ACL_DENY = 1, 2
 ACL_ACTIONS = {"allow": ACL_ALLOW, "deny": ACL_DENY}
-CFG_COOKIES, CFG_FRAG_PASS, CFG_ACL4, CFG_ACL6 = 1, 2, 4, 8
+CFG_COOKIES, CFG_FRAG_PASS, CFG_ACL4, CFG_ACL6, CFG_DESTS = 1, 2, 4, 8, 16
+PROTECT_LOCAL, PROTECT_LISTED = 1, 2  # SG_PROTECT_*: values of protected_addrs
 
 
 class SgConfig(ctypes.Structure):
@@ -98,6 +105,22 @@ class SgSource(ctypes.Structure):
     ]
 
 
+class SgAddr(ctypes.Structure):
+    _fields_ = [("addr", ctypes.c_uint32 * 4)]
+
+
+PROTECTED_INLINE = 16          # SG_PROTECTED_INLINE: addresses compared inline
+PROTECTED_HASH = 0xFFFFFFFF    # SG_PROTECTED_HASH: more than that, the hash decides
+
+
+class SgProtectedList(ctypes.Structure):
+    _fields_ = [("n", ctypes.c_uint32), ("pad", ctypes.c_uint32), ("addr", SgAddr * PROTECTED_INLINE)]
+
+
+class SgBan(ctypes.Structure):
+    _fields_ = [("until_ns", ctypes.c_uint64), ("since_ns", ctypes.c_uint64)]
+
+
 class SgFlowKey(ctypes.Structure):
     _fields_ = [
         ("client", ctypes.c_uint32 * 4),
@@ -120,7 +143,10 @@ MAP_TYPES: dict[str, tuple[type[ctypes._SimpleCData] | type[ctypes.Structure], t
     "acl_v4": (SgLpmV4, ctypes.c_uint32),
     "acl_v6": (SgLpmV6, ctypes.c_uint32),
     "sources": (SgSourceKey, SgSource),
+    "bans": (SgSourceKey, SgBan),
     "flows": (SgFlowKey, SgFlow),
+    "protected_addrs": (SgAddr, ctypes.c_uint32),
+    "protected_list": (ctypes.c_uint32, SgProtectedList),
 }
 
 

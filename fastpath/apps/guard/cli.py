@@ -15,6 +15,7 @@ from fastpath.apps.guard import abi, nft, synguard
 from fastpath.apps.guard.config import (
     GuardConfig,
     parse_ports,
+    parse_protect,
     parse_rate,
     with_changes,
 )
@@ -34,6 +35,8 @@ examples:
   fastpath xdp deny add 203.0.113.0/24 2001:db8:bad::/48
   fastpath xdp ports eth0 --add 8443
   fastpath xdp rate eth0 --syn-rate off
+  fastpath xdp bans eth0
+  fastpath xdp protect eth0 --set local,192.0.2.10
   fastpath xdp status --json
   fastpath xdp detach eth0
 """
@@ -57,6 +60,7 @@ STAT_HELP = {
     "drop_error": "helper failure building a SYN-ACK",
     "bans": "bans started (event)",
     "probes": "zero-window probes taken for a lost handshake ACK (event)",
+    "pass_dest": "TCP to a protected port of an address not protected (a VIP)",
 }
 
 
@@ -91,6 +95,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     att.add_argument("--fragments", choices=("drop", "pass"), default="drop",
                      help="verdict for first fragments to protected ports (default drop); pass: the "
                           "stack reassembles them and SYNs among them get SYNPROXY (IPv4) or a drop (IPv6)")
+    att.add_argument("--protect", default="local", metavar="LIST",
+                     help="destinations guarded: 'local' (every address of the interface's namespace, "
+                          "the default), addresses or networks of up to 256, or 'any'; other "
+                          "destinations (a balancer's VIPs) pass untouched")
     add_json_arg(att, "print the attachment as JSON")
     att.add_argument("--dump-bpf", action="store_true", help=argparse.SUPPRESS)
     att.set_defaults(func=cmd_attach)
@@ -110,6 +118,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     stats.add_argument("--interval", type=float, default=1.0, metavar="SECS",
                        help="sampling time for pps without --watch (0: totals only)")
     stats.set_defaults(func=cmd_stats)
+
+    prot = xs.add_parser("protect", help="show or change the destination addresses the guard protects; "
+                                         "reads the namespace's addresses again")
+    add_iface_args(prot)
+    prot.add_argument("--set", metavar="LIST", help="a new --protect list (local, addresses, any)")
+    add_json_arg(prot)
+    prot.set_defaults(func=cmd_protect)
+
+    bans = xs.add_parser("bans", help="sources banned now for going over their SYN rate")
+    add_iface_args(bans)
+    add_json_arg(bans)
+    bans.set_defaults(func=cmd_bans)
 
     for action in ("allow", "deny"):
         p = xs.add_parser(action, help=f"the {action} list: sources that always "
@@ -183,7 +203,8 @@ def attach_config(args: argparse.Namespace) -> GuardConfig:
     an option added to the attach parser and read here is accepted there too."""
     base = GuardConfig(cookie_ports=parse_ports(args.ports),
                        drop_ports=parse_ports(args.drop_ports),
-                       cookies=not args.no_cookies, fragments=args.fragments)
+                       cookies=not args.no_cookies, fragments=args.fragments,
+                       protect=parse_protect(args.protect))
     return _rate_changes(args, base).validate()
 
 
@@ -282,15 +303,21 @@ def cmd_stats(args: argparse.Namespace) -> int:
         cur = synguard.read_counters(att)
         rows = _stats_rows(cur, prev, time.monotonic() - t0)
         frames = sum(cur[n][0] for n in abi.OUTCOME_NAMES)
+        bans = synguard.read_bans(att)
         if args.json:
             print_json({"ifname": att.ifname, "netns": att.netns, "frames": frames,
                         "counters": {r["counter"]: {k: v for k, v in r.items() if k != "counter"}
-                                     for r in rows}, "warnings": warnings})
+                                     for r in rows}, "warnings": warnings,
+                        "banned": [_ban_json(b) for b in bans]})
             return 0
         print_table(["counter", "packets", "pps", "bytes", "meaning"],
                     [[r["counter"], f"{r['packets']:,}", f"{r['pps']:,.0f}" if "pps" in r else "-",
                       f"{r['bytes']:,}", STAT_HELP[str(r["counter"])]] for r in rows],
                     title=f"{title}: {frames:,} frames")
+        if bans:
+            shown = ", ".join(b.source for b in bans[:5]) + (", ..." if len(bans) > 5 else "")
+            info(f"{len(bans)} source(s) banned now: {shown} (fastpath xdp bans {att.ifname}"
+                 f"{_ns_flag(att.netns)})")
         return 0
     Counters = dict[str, tuple[int, int]]
 
@@ -306,6 +333,50 @@ def cmd_stats(args: argparse.Namespace) -> int:
         return {r["counter"]: {k: v for k, v in r.items() if k != "counter"} for r in rows}
 
     return watch(args.watch, lambda: synguard.read_counters(att), render, as_json if args.json else None)
+
+
+def cmd_protect(args: argparse.Namespace) -> int:
+    att = synguard.attachment(args.iface, args.netns)
+    cfg = synguard.guard_config(att)
+    if args.set is not None:
+        cfg = with_changes(cfg, protect=parse_protect(args.set))
+    att = synguard.set_config(att, cfg)
+    have = synguard.read_protected(att)
+    why = (("local", abi.PROTECT_LOCAL), ("listed", abi.PROTECT_LISTED))
+    rows = [{"address": str(a), "why": " + ".join(w for w, bit in why if bits & bit)}
+            for a, bits in sorted(have.items(), key=lambda e: (e[0].version, int(e[0])))]
+    if args.json:
+        print_json({"ifname": att.ifname, "netns": att.netns, "protect": list(cfg.protect),
+                    "addresses": rows})
+        return 0
+    where = f"{att.ifname}" + (f" in {att.netns}" if att.netns else "")
+    if cfg.any_dest:
+        info(f"syn_guard on {where} protects every destination address (--protect any)")
+        return 0
+    print_table(["address", "why"], [[r["address"], r["why"]] for r in rows],
+                title=f"destinations the SYN guard protects on {where} (others pass untouched)")
+    return 0
+
+
+def _ban_json(ban: synguard.Ban) -> dict[str, object]:
+    return {"source": ban.source, "seconds_left": round(ban.seconds_left, 1),
+            "seconds_since": round(ban.seconds_since, 1)}
+
+
+def cmd_bans(args: argparse.Namespace) -> int:
+    att = synguard.attachment(args.iface, args.netns)
+    bans = synguard.read_bans(att)
+    if args.json:
+        print_json([_ban_json(b) for b in bans])
+        return 0
+    where = f"{att.ifname}" + (f" in {att.netns}" if att.netns else "")
+    if not bans:
+        info(f"no source is banned on {where}")
+        return 0
+    print_table(["source", "banned for", "ends in"],
+                [[b.source, f"{b.seconds_since:,.0f} s", f"{b.seconds_left:,.0f} s"] for b in bans],
+                title=f"sources banned on {where} (over their SYN rate)")
+    return 0
 
 
 def cmd_acl(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ fastpath/apps/guard/listeners.py).
 from __future__ import annotations
 
 import fcntl
+import ipaddress
 import math
 import re
 import socket
@@ -22,12 +23,13 @@ from fastpath.apps.guard.abi import (
     CFG_ACL4,
     CFG_ACL6,
     CFG_COOKIES,
+    CFG_DESTS,
     CFG_FRAG_PASS,
     TUNABLES,
     SgConfig,
 )
 from fastpath.bpf import xdp
-from fastpath.core.args import parse_port
+from fastpath.core.args import parse_cidr, parse_port
 from fastpath.errors import FastpathError
 
 SIOCGIFMTU = 0x8921
@@ -59,6 +61,38 @@ def parse_rate(text: str) -> float:
     return value
 
 
+# --protect: "local" (the namespace's own addresses), "any" (every destination), and
+# addresses or small networks (each address of one is protected).
+PROTECT_LOCAL, PROTECT_ANY = "local", "any"
+PROTECT_NET_MAX = 256
+
+
+def parse_protect(text: str) -> tuple[str, ...]:
+    """'local,192.0.2.10,2001:db8::/126' -> ('local', '192.0.2.10', '2001:db8::/126');
+    'any' alone; every network at most PROTECT_NET_MAX addresses."""
+    items = [i.strip() for i in text.split(",") if i.strip()]
+    if not items:
+        raise FastpathError("--protect is empty", fix="give local, any, or addresses, e.g. --protect local")
+    out: list[str] = []
+    for item in items:
+        if item.lower() in (PROTECT_LOCAL, PROTECT_ANY):
+            word = item.lower()
+            if word not in out:
+                out.append(word)
+            continue
+        net = parse_cidr(item, "--protect address",
+                         "give local, any, or addresses such as 192.0.2.10 or 2001:db8::10")
+        if net.num_addresses > PROTECT_NET_MAX:
+            raise FastpathError(f"--protect {item}: {net.num_addresses:,} addresses, more than "
+                                f"{PROTECT_NET_MAX}", fix="list the host's own addresses, not whole networks")
+        name = str(net.network_address) if net.num_addresses == 1 else str(net)
+        if name not in out:
+            out.append(name)
+    if PROTECT_ANY in out and len(out) > 1:
+        raise FastpathError("--protect any covers every address", fix="give 'any' alone, or drop it")
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class GuardConfig:
     """What the guard protects and how; everything here can change without a reload."""
@@ -71,6 +105,7 @@ class GuardConfig:
     ban_seconds: float = 60.0      # ban length; 0: never ban
     cookies: bool = True           # answer SYNs from XDP (else: pass them to the stack)
     fragments: str = "drop"        # verdict for first fragments to protected ports
+    protect: tuple[str, ...] = (PROTECT_LOCAL,)  # destinations guarded: see parse_protect
 
     def validate(self) -> GuardConfig:
         both = sorted(set(self.cookie_ports) & set(self.drop_ports))
@@ -90,7 +125,23 @@ class GuardConfig:
                                 fix="give both, e.g. --syn-rate 200/s --syn-burst 400")
         if self.fragments not in ("drop", "pass"):
             raise FastpathError(f"bad fragment verdict {self.fragments!r}", fix="use drop or pass")
+        if parse_protect(",".join(self.protect)) != self.protect:
+            raise FastpathError(f"bad --protect list {','.join(self.protect)!r}",
+                                fix="give local, any, or addresses, each once")
         return self
+
+    @property
+    def any_dest(self) -> bool:
+        return PROTECT_ANY in self.protect
+
+    def listed(self) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        """Every address the --protect list names (networks expanded)."""
+        out: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+        for item in self.protect:
+            if item not in (PROTECT_LOCAL, PROTECT_ANY):
+                net = ipaddress.ip_network(item)
+                out.extend(net if net.num_addresses > 1 else [net.network_address])
+        return out
 
     @property
     def burst(self) -> int:
@@ -117,6 +168,8 @@ class GuardConfig:
             flags |= CFG_ACL4
         if acl6:
             flags |= CFG_ACL6
+        if not self.any_dest:
+            flags |= CFG_DESTS
         cfg.flags = flags
         return cfg
 
@@ -124,6 +177,7 @@ class GuardConfig:
         data = asdict(self)
         data["cookie_ports"] = list(self.cookie_ports)
         data["drop_ports"] = list(self.drop_ports)
+        data["protect"] = list(self.protect)
         return data
 
     @classmethod
@@ -133,6 +187,8 @@ class GuardConfig:
         for key in ("cookie_ports", "drop_ports"):
             if key in kw:
                 kw[key] = tuple(int(p) for p in kw[key])
+        if "protect" in kw:
+            kw["protect"] = tuple(str(p) for p in kw["protect"])
         return cls(**kw)
 
     def describe(self) -> str:
@@ -147,6 +203,12 @@ class GuardConfig:
                    if self.ban_seconds else "")
             parts.append(f"{self.syn_rate:g} SYN/s per source (burst {self.burst}{ban})")
         parts.append(f"fragments {self.fragments}")
+        if self.any_dest:
+            parts.append("every destination address")
+        else:
+            what = ["the namespace's own addresses"] if PROTECT_LOCAL in self.protect else []
+            listed = [p for p in self.protect if p != PROTECT_LOCAL]
+            parts.append(" + ".join(what + ([", ".join(listed)] if listed else [])))
         return "; ".join(parts)
 
 

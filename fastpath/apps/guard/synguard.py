@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import ipaddress
 import os
 import socket
 import time
@@ -35,20 +36,32 @@ from fastpath.apps.guard.abi import (
     PORT_DROP,
     PORT_OPEN,
     PROGRAM,
+    PROTECT_LISTED,
+    PROTECT_LOCAL,
+    PROTECTED_HASH,
+    PROTECTED_INLINE,
     SPEC,
     STAT_NAMES,
+    TUNABLES,
     Network,
+    SgAddr,
     SgConfig,
     SgFlow,
     SgFlowKey,
+    SgProtectedList,
+    SgSourceKey,
+    address_of,
     lpm_key,
     lpm_network,
     mapped_words,
 )
+from fastpath.apps.guard.config import PROTECT_LOCAL as PROTECT_LOCAL_WORD
 from fastpath.apps.guard.config import GuardConfig, plan_defines
-from fastpath.bpf import xdp
+from fastpath.bpf import chain, xdp
 from fastpath.bpf.maps import TypedMap
 from fastpath.errors import FastpathError
+
+SG_PROTECTED_MAX = TUNABLES["SG_PROTECTED_MAX"]
 
 # -- the pinned maps of one attachment ------------------------------------------------------------
 
@@ -64,6 +77,38 @@ def read_counters(att: xdp.Attachment) -> dict[str, tuple[int, int]]:
     with open_map(att, "stats") as m:
         sums = [m.sum_percpu(ctypes.c_uint32(i)) for i in range(len(STAT_NAMES))]
     return {name: (s["packets"], s["bytes"]) for name, s in zip(STAT_NAMES, sums, strict=True)}
+
+
+def coarse_now_ns() -> int:
+    """The clock the program stamps bans and flows with (bpf_ktime_get_coarse_ns):
+    CLOCK_MONOTONIC_COARSE (6)."""
+    return time.clock_gettime_ns(getattr(time, "CLOCK_MONOTONIC_COARSE", 6))
+
+
+@dataclass(frozen=True)
+class Ban:
+    source: str          # an IPv4 address, or an IPv6 /64
+    seconds_left: float
+    seconds_since: float
+
+
+def source_name(key: SgSourceKey) -> str:
+    """A `sources`/`bans` key as the user knows it: IPv4 address, or IPv6 source's /64."""
+    addr = address_of(key.addr)
+    return str(addr) if addr.version == 4 else f"{addr}/64"
+
+
+def read_bans(att: xdp.Attachment) -> list[Ban]:
+    """The bans in force (ended ones the program has not yet removed are left out),
+    longest-running first."""
+    now = coarse_now_ns()
+    out = []
+    with open_map(att, "bans") as m:
+        for key, ban in m.items():
+            if ban.until_ns > now:
+                left, since = (ban.until_ns - now) / 1e9, max(0, now - ban.since_ns) / 1e9
+                out.append(Ban(source_name(key), left, since))
+    return sorted(out, key=lambda b: (-b.seconds_since, b.source))
 
 
 def _acl_nonempty(att: xdp.Attachment) -> tuple[bool, bool]:
@@ -84,6 +129,114 @@ def read_raw_config(att: xdp.Attachment) -> SgConfig:
     with open_map(att, "config") as m:
         cfg = m.get(ctypes.c_uint32(0))
     return cfg if cfg is not None else SgConfig()
+
+
+# -- the destinations guarded: the namespace's own addresses and those listed -----------------
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def namespace_addresses(netns: str | None) -> list[Address]:
+    """Every IPv4 and IPv6 address of the namespace, on any interface (`ip addr`): a local
+    service listening on a wildcard address answers on each of them."""
+    from pyroute2 import IPRoute
+
+    with xdp.in_netns(netns):
+        ipr = IPRoute()
+    try:
+        out = {ipaddress.ip_address(msg.get_attr("IFA_ADDRESS")) for msg in ipr.get_addr()
+               if msg["family"] in (socket.AF_INET, socket.AF_INET6)}
+    finally:
+        ipr.close()
+    return sorted(out, key=lambda a: (a.version, int(a)))
+
+
+def protected_addresses(netns: str | None, config: GuardConfig) -> dict[Address, int]:
+    """address -> PROTECT_* bits: what `protected_addrs` must hold for `config` (empty for
+    --protect any, which guards every destination without a lookup)."""
+    if config.any_dest:
+        return {}
+    want: dict[Address, int] = {}
+    if PROTECT_LOCAL_WORD in config.protect:
+        for addr in namespace_addresses(netns):
+            want[addr] = want.get(addr, 0) | PROTECT_LOCAL
+    for addr in config.listed():
+        want[addr] = want.get(addr, 0) | PROTECT_LISTED
+    if len(want) > SG_PROTECTED_MAX:
+        raise FastpathError(f"{len(want):,} addresses to protect, more than the program holds "
+                            f"({SG_PROTECTED_MAX:,})", fix="list fewer addresses with --protect")
+    return want
+
+
+def _addr_key(addr: Address) -> SgAddr:
+    key = SgAddr()
+    key.addr[:] = mapped_words(addr)
+    return key
+
+
+def read_protected(att: xdp.Attachment) -> dict[Address, int]:
+    with open_map(att, "protected_addrs") as m:
+        return {address_of(k.addr): int(v.value) for k, v in m.items()}
+
+
+def protected_list(addrs: Iterable[Address]) -> SgProtectedList:
+    """The inline copy of the protected addresses the program compares first, or the mark
+    that sends it to the hash when there are more than PROTECTED_INLINE."""
+    ordered = sorted(addrs, key=lambda a: (a.version, int(a)))
+    out = SgProtectedList()
+    if len(ordered) > PROTECTED_INLINE:
+        out.n = PROTECTED_HASH
+        return out
+    out.n = len(ordered)
+    for i, addr in enumerate(ordered):
+        out.addr[i] = _addr_key(addr)
+    return out
+
+
+def write_protected(att: xdp.Attachment, want: Mapping[Address, int]) -> None:
+    """Make `protected_addrs` hold exactly `want` and `protected_list` the same addresses:
+    new addresses first, then the list, then the old ones go, so an address in both sets is
+    guarded throughout."""
+    have = read_protected(att)
+    with open_map(att, "protected_addrs") as m:
+        for addr, bits in want.items():
+            if have.get(addr) != bits:
+                m.set(_addr_key(addr), ctypes.c_uint32(bits))
+        with open_map(att, "protected_list") as lst:
+            # Through the union (which the hash holds now, whatever its size) to `want`.
+            lst.set(ctypes.c_uint32(0), protected_list({**have, **want}))
+            lst.set(ctypes.c_uint32(0), protected_list(want))
+        for addr in have.keys() - want.keys():
+            m.delete(_addr_key(addr))
+
+
+def guard_claims(config: GuardConfig, protected: Iterable[Address]) -> list[chain.Claim]:
+    """What the guard answers itself, for the chain's overlap check: TCP to its ports (cookie
+    and drop) of the destinations it protects."""
+    ports = frozenset((*config.cookie_ports, *config.drop_ports))
+    if not ports:
+        return []
+    addrs = None if config.any_dest else frozenset(protected)
+    what = ("a destination the SYN guard protects (--protect any)" if addrs is None
+            else "an address the SYN guard protects")
+    return [chain.Claim(PROGRAM, addrs, ports, what, answers=True,
+                        fix="leave that address out of the guard's --protect list (e.g. --protect "
+                            "with the host's own service addresses only), or take the port off the guard")]
+
+
+def _claims_of(ifname: str, netns: str | None) -> list[chain.Claim]:
+    att = xdp.read_state(ifname, netns, PROGRAM)
+    if att is None or "config" not in att.options:
+        return []
+    cfg = guard_config(att)
+    try:
+        protected = list(read_protected(att)) if not cfg.any_dest else []
+    except FastpathError:  # maps not there (yet)
+        protected = list(protected_addresses(netns, cfg))
+    return guard_claims(cfg, protected)
+
+
+chain.CLAIMS[PROGRAM] = _claims_of
 
 
 def _port_modes(config: GuardConfig) -> dict[int, int]:
@@ -220,8 +373,7 @@ class AttachResult:
 def add_flows(att: xdp.Attachment, conns: Sequence[existing.Connection]) -> None:
     if not conns:
         return
-    # The program stamps flows with bpf_ktime_get_coarse_ns(): CLOCK_MONOTONIC_COARSE (6).
-    now = time.clock_gettime_ns(getattr(time, "CLOCK_MONOTONIC_COARSE", 6))
+    now = coarse_now_ns()
     with open_map(att, "flows") as m:
         for conn in conns:
             key = SgFlowKey()
@@ -276,6 +428,8 @@ def attach(
         nft.require()
     defines, scale = attach_defines(ifname, netns, cfg)
     xdp.clear_stale(ifname, netns)
+    protected = protected_addresses(netns, cfg)
+    chain.check_claims(ifname, netns, {PROGRAM: guard_claims(cfg, protected)})
     old = xdp.read_state(ifname, netns, PROGRAM)
     ours = old is not None and old.program == PROGRAM and "config" in old.options
     previous = guard_config(old) if ours and old is not None else None
@@ -290,7 +444,7 @@ def attach(
         table = nft.table_name(ifname, att.ifindex)
         # A first attach starts with every port open (zeroed maps), a re-attach with the old
         # settings: the connections open now are carried over before cookies are checked.
-        seeded = _switch(att, cfg, previous, defines, table if use_nft else None)
+        seeded = _switch(att, cfg, previous, defines, table if use_nft else None, protected)
         xdp.save_state(att)
     except BaseException:
         if not replaced:
@@ -305,10 +459,12 @@ def attach(
 
 
 def _switch(att: xdp.Attachment, cfg: GuardConfig, previous: GuardConfig | None,
-            defines: Mapping[str, int], table: str | None) -> Seeded:
+            defines: Mapping[str, int], table: str | None, protected: Mapping[Address, int]) -> Seeded:
     """Make the maps and the SYNPROXY table match `cfg` without cutting open connections
-    (fastpath/apps/guard/existing.py): flows seeded, XDP maps (cookies on, so a flood never reaches
-    conntrack), nft table, flows and conntrack seeded, tcp_loose=0."""
+    (fastpath/apps/guard/existing.py): flows seeded, XDP maps (the protected addresses before
+    the config that turns their lookup on; cookies on, so a flood never reaches conntrack),
+    nft table, flows and conntrack seeded, tcp_loose=0."""
+    write_protected(att, protected)
     if table is None:
         write_ports(att, cfg, previous)
         write_config(att, cfg)
@@ -357,16 +513,19 @@ def detach(ifname: str, netns: str | None = None) -> xdp.Attachment | None:
 
 
 def set_config(att: xdp.Attachment, config: GuardConfig) -> xdp.Attachment:
-    """Apply a new GuardConfig live (ports, rate, cookies, fragments), no reload."""
+    """Apply a new GuardConfig live (ports, rate, cookies, fragments, protected addresses,
+    whose `local` part is read from the namespace again), no reload."""
     cfg = config.validate()
     previous = guard_config(att)
     if cfg.cookies and cfg.cookie_ports:
         nft.require()
         _check_window_scale(att, cfg, sorted(set(cfg.cookie_ports) - set(previous.cookie_ports)))
+    protected = protected_addresses(att.netns, cfg)
+    chain.check_claims(att.ifname, att.netns, {PROGRAM: guard_claims(cfg, protected)})
     table = None
     if cfg.cookies and cfg.cookie_ports:
         table = str(att.options.get("nft_table") or nft.table_name(att.ifname, att.ifindex))
-    _switch(att, cfg, previous, {k: int(v) for k, v in att.defines.items()}, table)
+    _switch(att, cfg, previous, {k: int(v) for k, v in att.defines.items()}, table, protected)
     att.options["config"] = cfg.to_json()
     xdp.save_state(att)
     return att
@@ -405,6 +564,8 @@ def status(att: xdp.Attachment) -> dict[str, object]:
     }
     with contextlib.suppress(FastpathError):
         data["config"] = guard_config(att).to_json()
+    with contextlib.suppress(FastpathError):
+        data["protected"] = [str(a) for a in sorted(read_protected(att), key=lambda a: (a.version, int(a)))]
     try:
         counters = read_counters(att)
     except FastpathError:

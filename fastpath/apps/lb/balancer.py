@@ -77,6 +77,9 @@ class Balancer:
         self.maps = maps
         self.state = state
         self.resolver = resolver
+        # Called with every VIP the state is about to hold, before a map is written: the
+        # chain's check that no program ahead of the balancer answers a VIP itself.
+        self.vip_check: Callable[[list[VipId]], None] | None = None
         # The program's flow timeouts (seconds), for `explain`.
         self.timeouts = {k: int({**TUNABLES, **(defines or {})}[k]) for k in TIMEOUTS}
         if maps.ring_size != state.table_size:
@@ -178,6 +181,8 @@ class Balancer:
 
     def add_vip(self, vip: VipId, mode: str = "dsr", hash_: str = "5tuple") -> VipState:
         self._check_new_vip(vip, mode, hash_)
+        if self.vip_check is not None:
+            self.vip_check([*(v.id for v in self.state.vips.values()), vip])
         used = {v.index for v in self.state.vips.values()}
         index = self._alloc(used, self.state.max_vips, self.state.next_vip, "VIP")
         return self._insert_vip(vip, mode, hash_, index)
@@ -292,6 +297,8 @@ class Balancer:
         map write, so a bad config applies nothing.
         """
         want = {str(s.vip): s for s in specs}
+        if self.vip_check is not None:
+            self.vip_check([s.vip for s in specs])
         changes: list[str] = []
         drop_vips = [n for n in self.state.vips if n not in want or
                      (self.state.vips[n].mode, self.state.vips[n].hash) != (want[n].mode, want[n].hash)]

@@ -5,17 +5,17 @@ change or one read."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from fastpath.apps.lb import bgp
 from fastpath.apps.lb.abi import SPEC, TIMEOUTS, TUNABLES
 from fastpath.apps.lb.balancer import Balancer
-from fastpath.apps.lb.config import VipSpec, check_tunables, parse_config, read_file
+from fastpath.apps.lb.config import VipId, VipSpec, check_tunables, parse_config, read_file
 from fastpath.apps.lb.maps import LbMaps
 from fastpath.apps.lb.nexthop import resolve_mac
 from fastpath.apps.lb.store import LbState, load_state, locked, remove_state, save_state
-from fastpath.bpf import syscall, xdp
+from fastpath.bpf import chain, syscall, xdp
 from fastpath.bpf.loader import dump_source
 from fastpath.errors import FastpathError
 
@@ -30,6 +30,21 @@ def attachment(ifname: str, netns: str | None) -> xdp.Attachment:
     return xdp.require(ifname, netns, SPEC.name, "the load balancer", "fastpath lb attach")
 
 
+def vip_claims(vips: Iterable[VipId]) -> list[chain.Claim]:
+    """The TCP VIPs, for the chain's check that no program ahead answers one itself."""
+    return [chain.Claim(SPEC.name, frozenset({v.address}), frozenset({v.port}), f"VIP {v}", answers=False,
+                        fix="use a VIP address that is not one of the host's own")
+            for v in vips if v.proto == "tcp"]
+
+
+def _claims_of(ifname: str, netns: str | None) -> list[chain.Claim]:
+    state = load_state(ifname, netns)
+    return vip_claims(v.id for v in state.vips.values()) if state is not None else []
+
+
+chain.CLAIMS[SPEC.name] = _claims_of
+
+
 @contextlib.contextmanager
 def session(ifname: str, netns: str | None, *, write: bool = True) -> Iterator[Balancer]:
     """A Balancer on the program attached to `ifname`, under the state lock; the state is
@@ -39,6 +54,7 @@ def session(ifname: str, netns: str | None, *, write: bool = True) -> Iterator[B
         state = load_state(ifname, netns) or LbState.for_defines(att.defines)
         with LbMaps.from_attachment(att) as maps:
             bal = Balancer(maps, state, lambda a: resolve_mac(a, ifname, netns), att.defines)
+            bal.vip_check = lambda vips: chain.check_claims(ifname, netns, {SPEC.name: vip_claims(vips)})
             yield bal
             if write:
                 save_state(ifname, netns, bal.state)

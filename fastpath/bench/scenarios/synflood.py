@@ -15,6 +15,10 @@ cookie), each in the same harness (its no-op build taken off for `ns_net`).
 Targets on ns_net, ratios within one run: each cookie path and each drop path at or below
 the kernel proxy's time for the same job (its cookie path of the same family, its bad-ACK
 drop).
+`cookie-flood` runs the guard behind bpf/syn_guard_bench.c, which gives every run's SYN a
+new source, with the rate limit on: the path of a spoofed flood's SYN (a new entry in
+`sources`, a miss in `bans`, a cookie).
+`pass-dest` is a SYN to a guarded port of an address the guard does not protect (a VIP).
 
 `synflood`: the same spoofed flood (fastpath/labs/flood.py, the fastest this machine makes)
 against one server (fastpath/labs/floodlab.py) defended in turn by
@@ -43,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import ipaddress
 import math
 import os
 import time
@@ -68,13 +73,17 @@ FRAME_LEN = 94  # the IPv6 SYN with Linux's options; shorter frames get Ethernet
 PATHS: dict[str, tuple[str, str, str]] = {
     "pass-other": ("udp", "XDP_PASS", "pass_other"),
     "pass-flow": ("flow_ack", "XDP_PASS", "pass_flow"),
+    "pass-dest": ("vip_syn", "XDP_PASS", "pass_dest"),  # a protected port of a balancer's VIP
     "drop-deny": ("denied_syn", "XDP_DROP", "drop_deny"),
     "drop-port": ("closed_syn", "XDP_DROP", "drop_port"),
     "drop-limited": ("syn4", "XDP_DROP", "drop_limited"),
     "drop-cookie": ("bad_ack", "XDP_DROP", "drop_cookie"),
     "cookie-v4": ("syn4", "XDP_TX", "tx_cookie"),
     "cookie-v6": ("syn6", "XDP_TX", "tx_cookie"),
+    # a spoofed flood's SYN: a new source every run (bpf/syn_guard_bench.c), rate limit on
+    "cookie-flood": ("spoofed_syn", "XDP_TX", "tx_cookie"),
 }
+_SPOOF_MARK = "100.64.0.0"  # SG_SPOOF_MARK of bpf/syn_guard_bench.c
 _PORT, _CLOSED = 80, 23
 
 
@@ -89,11 +98,15 @@ def _frames() -> dict[str, bytes]:
     frames = {
         "udp": v4 / UDP(sport=5353, dport=53) / (b"q" * 20),
         "syn4": v4 / TCP(sport=40000, dport=_PORT, flags="S", seq=1000, options=opts),
+        "spoofed_syn": eth / IP(src=_SPOOF_MARK, dst="10.0.0.2") / TCP(sport=40000, dport=_PORT, flags="S",
+                                                                       seq=1000, options=opts),
         "syn6": eth / IPv6(src="fd00::1", dst="fd00::2") / TCP(sport=40000, dport=_PORT, flags="S", seq=1000,
                                                                 options=opts),
         "denied_syn": eth / IP(src="198.51.100.9", dst="10.0.0.2", flags="DF") / TCP(
             sport=40000, dport=_PORT, flags="S", options=opts),
         "closed_syn": v4 / TCP(sport=40000, dport=_CLOSED, flags="S", options=opts),
+        "vip_syn": eth / IP(src="10.0.0.1", dst="10.0.0.100") / TCP(sport=40000, dport=_PORT, flags="S",
+                                                                     options=opts),
         "bad_ack": v4 / TCP(sport=40001, dport=_PORT, flags="A", seq=1001, ack=4242),
         "flow_ack": v4 / TCP(sport=40002, dport=_PORT, flags="PA", seq=1001, ack=4242) / b"GET /",
     }
@@ -126,10 +139,24 @@ class SynfloodPacket(Scenario):
         # a cookie answer (SYN-ACK) is another length than the SYN: the tail moves
         self._progs = [testrun.load_restoring([abi.SPEC.source_path], "sg_process", FRAME_LEN, abi.TUNABLES,
                                               moves="tail", noop=noop) for noop in (False, True)]
+        # the guard behind a front that gives every run's SYN a new source (cookie-flood)
+        self._progs.append(testrun.load_restoring(
+            [abi.SPEC.source_path, abi.SPEC.source_dir / "syn_guard_bench.c"], "sg_bench_spoofed", FRAME_LEN,
+            abi.TUNABLES, moves="tail"))
         self._frames = _frames()
-        with self._map("ports") as ports:
-            ports.set(ctypes.c_uint32(_PORT), ctypes.c_uint32(abi.PORT_COOKIE))
-            ports.set(ctypes.c_uint32(_CLOSED), ctypes.c_uint32(abi.PORT_DROP))
+        for prog in (0, 2):
+            with self._map("ports", prog) as ports:
+                ports.set(ctypes.c_uint32(_PORT), ctypes.c_uint32(abi.PORT_COOKIE))
+                ports.set(ctypes.c_uint32(_CLOSED), ctypes.c_uint32(abi.PORT_DROP))
+            # the host's own addresses, as attach finds them (10.0.0.100 stays a VIP's)
+            own = [ipaddress.ip_address(a) for a in ("10.0.0.2", "fd00::2")]
+            with self._map("protected_addrs", prog) as protected:
+                for addr in own:
+                    akey = abi.SgAddr()
+                    akey.addr[:] = abi.mapped_words(addr)
+                    protected.set(akey, ctypes.c_uint32(abi.PROTECT_LOCAL))
+            with self._map("protected_list", prog) as inline:
+                inline.set(ctypes.c_uint32(0), sg.protected_list(own))
         with self._map("acl_v4") as acl:
             acl.set(abi.lpm_key(parse_cidr("198.51.100.0/24")), ctypes.c_uint32(abi.ACL_DENY))
         # the admitted flow of pass-flow, as a validated cookie ACK would have left it
@@ -154,13 +181,18 @@ class SynfloodPacket(Scenario):
                 raise FastpathError(f"synflood-packet: {c} returned {res.verdict} (want {want}) or "
                                     "the harness did not restore the frame")
 
-    def _map(self, name: str) -> Any:
+    def _map(self, name: str, prog: int = 0) -> Any:
         from fastpath.bpf.maps import TypedMap
 
         key, value = abi.MAP_TYPES[name]
-        return TypedMap(os.dup(self._progs[0].map_fd(name)), key, value)
+        return TypedMap(os.dup(self._progs[prog].map_fd(name)), key, value)
 
     def _configure(self, contender: str) -> None:
+        if contender == "cookie-flood":  # every source new: within its rate, tracked, answered
+            cfg = GuardConfig(cookie_ports=(_PORT,), drop_ports=(_CLOSED,), syn_rate=200, ban_seconds=60)
+            with self._map("config", 2) as m:
+                m.set(ctypes.c_uint32(0), cfg.to_ctype(True, False))
+            return
         limited = contender == "drop-limited"
         cfg = GuardConfig(cookie_ports=(_PORT,), drop_ports=(_CLOSED,), syn_rate=1 if limited else 0,
                              syn_burst=1 if limited else 0, ban_seconds=0)
@@ -168,7 +200,7 @@ class SynfloodPacket(Scenario):
             m.set(ctypes.c_uint32(0), cfg.to_ctype(True, False))
 
     def _fd(self, contender: str) -> int:
-        return self._progs[1 if contender == "harness" else 0].prog_fd
+        return self._progs[{"harness": 1, "cookie-flood": 2}.get(contender, 0)].prog_fd
 
     def _frame(self, contender: str) -> bytes:
         return self._frames["syn4" if contender == "harness" else PATHS[contender][0]]
