@@ -26,7 +26,8 @@ enum sg_stat {
 	SG_PASS_SYN = 7,       /* SYN to a cookie port passed to the stack (cookies off) */
 	SG_PASS_COOKIE = 8,    /* ACK whose cookie checked out: a new flow, on to SYNPROXY */
 	SG_DROP_COOKIE = 9,    /* ACK of no known flow whose cookie did not check out */
-	SG_PASS_FLOW = 10,     /* segment of a flow whose cookie checked out earlier */
+	SG_PASS_FLOW = 10,     /* segment of a known connection: a `flows` hit, or one the stack has
+				* a socket for (SG_EVENT_SOCKET) */
 	SG_PASS_TCP = 11,      /* other TCP to a protected port: RST, no ACK, drop-mode non-SYN */
 	SG_FRAGMENT = 12,      /* first fragment to a protected port (verdict: SG_CFG_FRAG_PASS) */
 	SG_DROP_MALFORMED = 13,/* truncated or inconsistent headers, or deeper than the parser walks */
@@ -34,7 +35,11 @@ enum sg_stat {
 	SG_OUTCOMES = 15,
 	SG_EVENT_BAN = 15,     /* a source was banned (counts bans started, not frames) */
 	SG_EVENT_PROBE = 16,   /* a zero-window probe stood in for a lost handshake ACK (with SG_PASS_COOKIE) */
-	SG_STAT_MAX = 17,
+	SG_EVENT_SOCKET = 17,  /* a `flows` miss the stack knows (a non-listening socket of the
+				* exact tuple): passed with SG_PASS_FLOW, cached when established */
+	SG_EVENT_FLOW_END = 18,/* a FIN or RST ended a `flows` entry */
+	SG_EVENT_FLOW_IDLE = 19,/* a `flows` entry idle past SG_FLOW_IDLE_NS, checked against the stack again */
+	SG_STAT_MAX = 20,
 };
 
 /* Values of the `ports` map, indexed by TCP destination port in host byte order. */
@@ -96,7 +101,7 @@ struct sg_source {
 	__u32 pad;
 };
 
-/* Key of `flows`: a connection whose handshake ACK carried a valid cookie. */
+/* Key of `flows`: a known connection (a valid cookie ACK, or a socket the stack has). */
 struct sg_flow_key {
 	__u32 client[4];       /* IPv4 as ::ffff:a.b.c.d */
 	__u32 server[4];
@@ -105,7 +110,8 @@ struct sg_flow_key {
 };
 
 struct sg_flow {
-	__u64 created_ns;      /* bpf_ktime_get_coarse_ns() when the cookie checked out */
+	__u64 seen_ns;         /* bpf_ktime_get_coarse_ns() of a recent segment (refreshed at most
+				* once per SG_FLOW_REFRESH_NS) */
 };
 
 #endif /* FASTPATH_SYN_GUARD_H */

@@ -5,11 +5,14 @@ rate limit and ban, and a hypothesis fuzz of random and mutated frames."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ipaddress
 import os
 import re
-from collections.abc import Callable
+import socket
+import time
+from collections.abc import Callable, Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -145,7 +148,9 @@ def test_header_mirror_matches_bcc_decoded_types(guard):
 def test_header_enums_match_python_constants():
     c = _header_constants()
     for i, name in enumerate(abi.STAT_NAMES):
-        key = {"bans": "SG_EVENT_BAN", "probes": "SG_EVENT_PROBE"}.get(name, "SG_" + name.upper())
+        events = {"bans": "BAN", "probes": "PROBE", "flow_socket": "SOCKET", "flow_ends": "FLOW_END",
+                  "flow_idle": "FLOW_IDLE"}
+        key = f"SG_EVENT_{events[name]}" if name in events else f"SG_{name.upper()}"
         assert c[key] == i, name
     assert (c["SG_OUTCOMES"], c["SG_STAT_MAX"]) == (abi.SG_OUTCOMES, abi.SG_STAT_MAX)
     assert (c["SG_PORT_OPEN"], c["SG_PORT_COOKIE"], c["SG_PORT_DROP"]) == (
@@ -565,6 +570,145 @@ def test_every_truncation_point_is_dropped(g, name):
         assert (res.verdict, delta) == (DROP, {"drop_malformed": (1, cut)}), f"{name} cut at {cut}"
     res, delta = g.run(data)
     assert "drop_malformed" not in delta
+
+
+# -- the flow cache and the stack's sockets ------------------------------------------------------
+
+@contextlib.contextmanager
+def loopback_connection(family: int) -> Iterator[tuple[str, int, int]]:
+    """A real TCP connection over loopback in this namespace: (address, client port, server port)."""
+    addr = "127.0.0.1" if family == socket.AF_INET else "::1"
+    with socket.socket(family, socket.SOCK_STREAM) as lsock, socket.socket(family) as client:
+        lsock.bind((addr, 0))
+        lsock.listen()
+        client.connect((addr, lsock.getsockname()[1]))
+        server, _ = lsock.accept()
+        with server:
+            yield addr, client.getsockname()[1], lsock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def cookie_port(g: Guard, port: int) -> Iterator[None]:
+    with g.map("ports") as m:
+        m.set(ctypes.c_uint32(port), ctypes.c_uint32(abi.PORT_COOKIE))
+    try:
+        yield
+    finally:
+        with g.map("ports") as m:
+            m.set(ctypes.c_uint32(port), ctypes.c_uint32(abi.PORT_OPEN))
+
+
+def segment(addr: str, sport: int, dport: int, flags: str = "A", payload: bytes = b"") -> Packet:
+    l3 = IP(src=addr, dst=addr) if ":" not in addr else IPv6(src=addr, dst=addr)
+    return E / l3 / TCP(sport=sport, dport=dport, flags=flags, seq=5000, ack=6000) / payload
+
+
+def flow_keys(g: Guard) -> list[tuple[str, int, str, int]]:
+    with g.map("flows") as m:
+        return [(str(abi.address_of(k.client)), socket.ntohs(k.client_port), str(abi.address_of(k.server)),
+                 socket.ntohs(k.server_port)) for k in m.keys()]
+
+
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6], ids=["v4", "v6"])
+def test_a_segment_the_stack_knows_passes_without_a_flow_entry(g, family):
+    """A segment of an open connection that is not in `flows` (evicted, idle, or opened
+    while SYNs went to the stack) passes because the stack has a socket for its tuple, and
+    is cached again; the same tuple's segments then hit the cache."""
+    with loopback_connection(family) as (addr, cport, sport), cookie_port(g, sport):
+        res, delta = g.run(segment(addr, cport, sport, "PA", b"ping"))
+        assert (res.verdict, delta.keys()) == (PASS, {"pass_flow", "flow_socket"})
+        assert flow_keys(g) == [(addr, cport, addr, sport)]
+        res, delta = g.run(segment(addr, cport, sport))
+        assert (res.verdict, delta.keys()) == (PASS, {"pass_flow"}), "cached: no second lookup"
+        # the listener alone is no proof: another client port must still carry a cookie
+        res, delta = g.run(segment(addr, cport ^ 1, sport))
+        assert (res.verdict, delta.keys()) == (DROP, {"drop_cookie"})
+
+
+def test_a_time_wait_tuple_passes_and_its_reuse_needs_a_cookie(g):
+    """A segment of a connection in time-wait passes to the stack (which answers it), but a
+    new connection reusing the tuple is a handshake like any other: its ACK is checked and
+    cached."""
+    with socket.socket() as lsock:
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen()
+        client = socket.create_connection(lsock.getsockname())
+        server, _ = lsock.accept()
+        server.close()  # the server closes first: its socket ends in time-wait
+        cport, sport = client.getsockname()[1], lsock.getsockname()[1]
+        client.close()
+    with cookie_port(g, sport):
+        res, delta = g.run(segment("127.0.0.1", cport, sport))
+        assert (res.verdict, delta.keys()) == (PASS, {"pass_flow", "flow_socket"})
+        assert flow_keys(g) == [], "not cached: no live connection"
+        syn = E / IP(src="127.0.0.1", dst="127.0.0.1") / TCP(sport=cport, dport=sport, flags="S", seq=1000,
+                                                           options=LINUX_OPTS)
+        res, _ = g.run(syn)
+        assert res.verdict == TX
+        res, delta = g.run(client_ack(Ether(res.output)))
+        assert (res.verdict, delta.keys()) == (PASS, {"pass_cookie"})
+        assert flow_keys(g) == [("127.0.0.1", cport, "127.0.0.1", sport)]
+
+
+def test_an_ack_flood_of_random_tuples_still_ends_in_xdp(g):
+    """With a listener on the port (the socket lookup finds it) and without one, ACKs of
+    tuples the stack does not know fail the cookie check and are dropped, and leave no
+    flow entry behind."""
+    rnd = __import__("random").Random(7)
+    with socket.socket() as lsock:
+        lsock.bind(("0.0.0.0", 0))
+        lsock.listen()
+        port = lsock.getsockname()[1]
+        with cookie_port(g, port):
+            for _ in range(200):
+                src = str(ipaddress.IPv4Address(rnd.getrandbits(32) | 0x0A000000 & 0xFFFFFFFF))
+                frame = E / IP(src=src, dst=SERVER4) / TCP(sport=rnd.randrange(1024, 65536), dport=port,
+                                                           flags="A", seq=rnd.getrandbits(32),
+                                                           ack=rnd.getrandbits(32))
+                res, delta = g.run(frame)
+                assert (res.verdict, delta.keys()) == (DROP, {"drop_cookie"})
+    assert flow_keys(g) == []
+
+
+@pytest.mark.parametrize("flags,counter", [("FA", "pass_flow"), ("R", "pass_tcp"), ("RA", "pass_tcp")])
+def test_fin_and_rst_end_a_cached_flow(g, flags, counter):
+    res, _ = g.run(syn4())
+    ack = client_ack(Ether(res.output))
+    assert set(g.run(ack)[1]) == {"pass_cookie"}
+    assert len(flow_keys(g)) == 1
+    closing = ack.copy()
+    closing[TCP].flags = flags
+    res, delta = g.run(closing)
+    assert (res.verdict, delta.keys()) == (PASS, {counter, "flow_ends"})
+    assert flow_keys(g) == []
+
+
+def test_an_idle_flow_is_checked_against_the_stack_again():
+    """A cached flow idle past SG_FLOW_IDLE_NS (100 ms here) is looked up in the stack again:
+    gone there, it is forgotten and its segments need a cookie; open there, it passes and
+    is cached afresh."""
+    _need_root()
+    idle = Guard({"SG_FLOW_IDLE_NS": 100_000_000})
+    try:
+        idle.configure(CONFIG)
+        key = abi.SgFlowKey()
+        key.client[:] = abi.mapped_words(ipaddress.ip_address(CLIENT4))
+        key.server[:] = abi.mapped_words(ipaddress.ip_address(SERVER4))
+        key.client_port, key.server_port = socket.htons(40000), socket.htons(COOKIE)
+        with idle.map("flows") as m:
+            m.set(key, abi.SgFlow(time.clock_gettime_ns(getattr(time, "CLOCK_MONOTONIC_COARSE", 6))))
+        time.sleep(0.3)  # more than the idle time (a lower bound, not a timing assertion)
+        res, delta = idle.run(tcp4("PA", payload=b"late"))
+        assert (res.verdict, delta.keys()) == (DROP, {"drop_cookie", "flow_idle"})
+        assert flow_keys(idle) == []
+        with loopback_connection(socket.AF_INET) as (addr, cport, sport), cookie_port(idle, sport):
+            assert set(idle.run(segment(addr, cport, sport))[1]) == {"pass_flow", "flow_socket"}
+            time.sleep(0.3)
+            res, delta = idle.run(segment(addr, cport, sport))
+            assert (res.verdict, delta.keys()) == (PASS, {"pass_flow", "flow_idle", "flow_socket"})
+            assert flow_keys(idle) == [(addr, cport, addr, sport)]
+    finally:
+        idle.close()
 
 
 # -- layer 3: rate limit and ban --------------------------------------------------------------------

@@ -23,7 +23,9 @@ PROGRAM = "syn_guard"
 TUNABLES: dict[str, int] = {
     "SG_ACL_MAX": 16384,          # entries per ACL trie (IPv4, IPv6)
     "SG_SOURCES_MAX": 65536,      # sources whose SYN rate is tracked (LRU)
-    "SG_FLOWS_MAX": 65536,        # flows admitted by a cookie (LRU)
+    "SG_FLOWS_MAX": 65536,        # known connections cached (LRU; a miss costs a socket lookup)
+    "SG_FLOW_IDLE_NS": 300_000_000_000,  # a cached flow idle this long is checked against the stack
+    "SG_FLOW_REFRESH_NS": 1_000_000_000,  # a cached flow's last-seen time is refreshed at most this often
     "SG_MSS4": 1460,              # MSS advertised in IPv4 SYN-ACKs
     "SG_MSS6": 1440,              # MSS advertised in IPv6 SYN-ACKs
     "SG_WSCALE": 7,               # window scale advertised (15: window scaling off)
@@ -48,10 +50,11 @@ SPEC = ProgramSpec(
 STAT_NAMES = (
     "pass_other", "pass_allow", "drop_deny", "drop_port", "drop_limited", "drop_banned",
     "tx_cookie", "pass_syn", "pass_cookie", "drop_cookie", "pass_flow", "pass_tcp",
-    "fragment", "drop_malformed", "drop_error", "bans", "probes",
+    "fragment", "drop_malformed", "drop_error", "bans", "probes", "flow_socket", "flow_ends",
+    "flow_idle",
 )
 SG_OUTCOMES = 15
-SG_STAT_MAX = 17
+SG_STAT_MAX = 20
 STAT = {name: i for i, name in enumerate(STAT_NAMES)}
 OUTCOME_NAMES = STAT_NAMES[:SG_OUTCOMES]
 
@@ -108,7 +111,8 @@ class SgFlowKey(ctypes.Structure):
 
 
 class SgFlow(ctypes.Structure):
-    _fields_ = [("created_ns", ctypes.c_uint64)]
+    _fields_ = [("seen_ns", ctypes.c_uint64)]
+
 
 
 # Key and value type of every map, for the header test and for opening pins.

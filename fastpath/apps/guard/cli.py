@@ -51,13 +51,16 @@ STAT_HELP = {
     "pass_syn": "SYN passed to the stack (cookies off)",
     "pass_cookie": "ACK with a valid cookie: new flow",
     "drop_cookie": "ACK with no flow and a bad cookie",
-    "pass_flow": "segment of an admitted flow",
+    "pass_flow": "segment of a known connection (cached or in the stack)",
     "pass_tcp": "other TCP to a protected port (RST, ...)",
     "fragment": "first fragment to a protected port",
     "drop_malformed": "truncated or unparsable headers",
     "drop_error": "helper failure building a SYN-ACK",
     "bans": "bans started (event)",
     "probes": "zero-window probes taken for a lost handshake ACK (event)",
+    "flow_socket": "flow-cache misses the stack knew: passed (event)",
+    "flow_ends": "cached flows ended by FIN or RST (event)",
+    "flow_idle": "cached flows idle too long, checked again (event)",
 }
 
 

@@ -226,7 +226,7 @@ def add_flows(att: xdp.Attachment, conns: Sequence[existing.Connection]) -> None
             key.server[:] = mapped_words(conn.server)
             key.client_port = socket.htons(conn.client_port)  # as read from the header
             key.server_port = socket.htons(conn.server_port)
-            m.set(key, SgFlow(created_ns=now))
+            m.set(key, SgFlow(seen_ns=now))
 
 
 @dataclass
