@@ -15,12 +15,18 @@
  * stack does not know (or only a listener matches) must carry a valid cookie. FIN and RST
  * end cache entries, idle ones are checked against the stack again.
  *
+ * Cookies can be adaptive (the default the control plane sets): SYNs to a port pass to the
+ * stack untouched, so clients get every TCP option the server offers, until one CPU sees
+ * more than a threshold of SYNs to that port within a window; the port then answers with
+ * cookies until a quiet period without such a window has passed.
+ *
  * Layers, in order, each counted per CPU in `stats` (enum sg_stat in syn_guard.h):
  *   1. allow/deny CIDR lists (LPM tries per family, longest prefix wins) -> PASS / DROP;
  *   2. per-port mode: cookie (protected) or drop (closed port: SYNs dropped);
  *   3. per-source SYN token bucket (GCRA in an LRU map) and a temporary ban after
  *      repeated excess;
- *   4. SYN cookies for cookie ports, ACK validation, flow cache backed by socket lookups.
+ *   4. SYN cookies for cookie ports (always, or adaptive per port), ACK validation, flow
+ *      cache backed by socket lookups.
  * Anything that is not TCP to a protected port passes after the parse (and the ACL when
  * the lists are not empty).
  *
@@ -38,7 +44,8 @@
  * Minimum kernel: 6.0 (raw SYN-cookie helpers; also bpf_xdp_load_bytes 5.18, coarse clock 5.11,
  * bpf_skc_lookup_tcp from XDP 5.2).
  * Usage: fastpath xdp attach IFACE [--netns NS] [--ports 80,443] [--drop-ports 23]
- *        [--syn-rate 200/s --syn-burst 400] [--no-cookies]
+ *        [--syn-rate 200/s --syn-burst 400] [--cookies adaptive|always|off]
+ *        [--syn-threshold 20000/s --quiet-period 30]
  * Manual test: fastpath xdp attach eth0 --ports 8080 && hping3 -S --flood -p 8080 --rand-source
  *        SERVER & curl http://SERVER:8080/ && fastpath xdp stats eth0
  * One file by design: bcc compiles one translation unit and rewrites map syntax only in
@@ -77,6 +84,16 @@
 #endif
 #ifndef SG_FLOW_REFRESH_NS
 #define SG_FLOW_REFRESH_NS 1000000000ULL
+#endif
+
+/* Adaptive cookies: each CPU counts a port's SYNs in windows this long. */
+#ifndef SG_RATE_WINDOW_NS
+#define SG_RATE_WINDOW_NS 100000000ULL
+#endif
+
+/* Ports whose adaptive state is kept (port_state, port_syns); beyond: cookies always. */
+#ifndef SG_ADAPTIVE_PORTS
+#define SG_ADAPTIVE_PORTS 1024
 #endif
 
 /* MSS advertised in our SYN-ACKs (the control plane sets MTU - 40 and MTU - 60). */
@@ -143,6 +160,9 @@ FP_MAP_F("lpm_trie", struct sg_lpm_v6, u32, acl_v6, SG_ACL_MAX, BPF_F_NO_PREALLO
 FP_MAP_F("lru_hash", struct sg_source_key, struct sg_source, sources, SG_SOURCES_MAX,
 	 BPF_F_NO_COMMON_LRU);
 FP_MAP("lru_hash", struct sg_flow_key, struct sg_flow, flows, SG_FLOWS_MAX);
+FP_MAP("array", u32, struct sg_adaptive, adaptive, 1);
+FP_MAP("percpu_hash", u32, struct sg_port_rate, port_syns, SG_ADAPTIVE_PORTS);
+FP_MAP("hash", u32, struct sg_port_state, port_state, SG_ADAPTIVE_PORTS);
 
 #define SG_ETH_P_8021Q 0x8100
 #define SG_ETH_P_8021AD 0x88A8
@@ -292,6 +312,61 @@ static __always_inline u32 rate_check(struct sg_config *cfg, struct sg_pkt *p, u
 		sg_done(SG_EVENT_BAN, 0, 0);
 	}
 	return SG_DROP_LIMITED;
+}
+
+/*
+ * Layer 4, adaptive mode: 1 when the SYN to `port` is to get a cookie, 0 when it goes to
+ * the stack. Each CPU counts the port's SYNs in its own SG_RATE_WINDOW_NS windows (no
+ * shared cache line per SYN); the SYN that takes a window over the threshold puts the port
+ * in cookie mode and stamps `over_ns` (one shared write per CPU and window), and a SYN that
+ * finds no such stamp within the quiet period puts it back. So a port switches once any one
+ * CPU sees more than the threshold rate: at the latest when the port's total rate exceeds
+ * (threshold x CPUs receiving it), already at the threshold when one CPU receives it all.
+ * Races between CPUs at a switch cost at most a double-counted switch.
+ */
+static __always_inline u32 adaptive_cookies(u32 port, u64 now)
+{
+	struct sg_port_state fresh_state = {.since_ns = now}, *st;
+	struct sg_port_rate fresh_rate = {}, *r;
+	struct sg_adaptive *a;
+	u32 zero = 0;
+
+	a = adaptive.lookup(&zero);
+	st = port_state.lookup(&port);
+	if (!st) {
+		port_state.update(&port, &fresh_state);
+		st = port_state.lookup(&port);
+	}
+	r = port_syns.lookup(&port);
+	if (!r) {
+		port_syns.update(&port, &fresh_rate);
+		r = port_syns.lookup(&port);
+	}
+	if (!a || !st || !r)
+		return 1;  /* more adaptive ports than SG_ADAPTIVE_PORTS: the safe side */
+	if (now - r->window_start_ns >= SG_RATE_WINDOW_NS) {
+		r->window_start_ns = now;
+		r->syns = 0;
+	}
+	r->syns++;
+	if (r->syns == a->window_syns + 1) {
+		st->over_ns = now;
+		if (!st->cookies) {
+			st->cookies = 1;
+			st->since_ns = now;
+			__sync_fetch_and_add(&st->to_cookie, 1);
+			sg_done(SG_EVENT_TO_COOKIE, 0, 0);
+		}
+		return 1;
+	}
+	/* signed: another CPU's clock may have stamped over_ns a hair after our `now` */
+	if (st->cookies && r->syns <= a->window_syns && (s64)(now - st->over_ns) > (s64)a->quiet_ns) {
+		st->cookies = 0;
+		st->since_ns = now;
+		__sync_fetch_and_add(&st->to_pass, 1);
+		sg_done(SG_EVENT_TO_PASS, 0, 0);
+	}
+	return st->cookies;
 }
 
 /*
@@ -698,7 +773,8 @@ static __always_inline int sg_process(struct xdp_md *ctx)
 		stat = rate_check(cfg, &p, now);
 		if (stat)
 			return sg_done(stat, p.len, XDP_DROP);
-		if (!(cfg->flags & SG_CFG_COOKIES))
+		if (!(cfg->flags & SG_CFG_COOKIES) ||
+		    ((cfg->flags & SG_CFG_ADAPTIVE) && !adaptive_cookies(dport, now)))
 			return sg_done(SG_PASS_SYN, p.len, XDP_PASS);
 		return send_cookie(ctx, &p, now);
 	}
@@ -747,11 +823,11 @@ static __always_inline int sg_process(struct xdp_md *ctx)
 			return sg_done(SG_DROP_COOKIE, p.len, XDP_DROP);
 		}
 		/*
-		 * Not cached (evicted, idle, or never seen here: a connection open before the
-		 * guard, or one the stack opened while cookies were off): a socket of the exact
-		 * tuple other than a listener means the stack knows the connection. A time-wait
-		 * socket's tuple may be reused by a new connection, whose handshake ACK must pass
-		 * as one (checked, cached); what fails the check is the old connection's.
+		 * Not cached (evicted, idle, or never seen here: a handshake the stack answered
+		 * while the port passed SYNs, or a connection open before the guard): a socket of
+		 * the exact tuple other than a listener means the stack knows the connection. A
+		 * time-wait socket's tuple may be reused by a new connection, whose handshake ACK
+		 * must pass as one (checked, cached); what fails the check is the old connection's.
 		 */
 		state = stack_socket_state(ctx, &p, th->source, th->dest);
 		timewait = state == BPF_TCP_TIME_WAIT;

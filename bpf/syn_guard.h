@@ -23,7 +23,8 @@ enum sg_stat {
 	SG_DROP_LIMITED = 4,   /* SYN over its source's rate */
 	SG_DROP_BANNED = 5,    /* SYN from a banned source */
 	SG_TX_COOKIE = 6,      /* SYN answered with a SYN-ACK carrying a SYN cookie (XDP_TX) */
-	SG_PASS_SYN = 7,       /* SYN to a cookie port passed to the stack (cookies off) */
+	SG_PASS_SYN = 7,       /* SYN to a cookie port passed to the stack (cookies off, or an
+				* adaptive port below its SYN threshold) */
 	SG_PASS_COOKIE = 8,    /* ACK whose cookie checked out: a new flow, on to SYNPROXY */
 	SG_DROP_COOKIE = 9,    /* ACK of no known flow whose cookie did not check out */
 	SG_PASS_FLOW = 10,     /* segment of a known connection: a `flows` hit, or one the stack has
@@ -39,7 +40,9 @@ enum sg_stat {
 				* exact tuple): passed with SG_PASS_FLOW, cached when established */
 	SG_EVENT_FLOW_END = 18,/* a FIN or RST ended a `flows` entry */
 	SG_EVENT_FLOW_IDLE = 19,/* a `flows` entry idle past SG_FLOW_IDLE_NS, checked against the stack again */
-	SG_STAT_MAX = 20,
+	SG_EVENT_TO_COOKIE = 20,/* an adaptive port switched to SYN cookies (its SYN rate crossed the threshold) */
+	SG_EVENT_TO_PASS = 21, /* an adaptive port went back to passing SYNs after a quiet period */
+	SG_STAT_MAX = 22,
 };
 
 /* Values of the `ports` map, indexed by TCP destination port in host byte order. */
@@ -60,6 +63,8 @@ enum sg_acl_action {
 #define SG_CFG_FRAG_PASS (1U << 1) /* let first fragments to protected ports through */
 #define SG_CFG_ACL4      (1U << 2) /* acl_v4 has entries; clear: skip the lookup */
 #define SG_CFG_ACL6      (1U << 3) /* acl_v6 has entries; clear: skip the lookup */
+#define SG_CFG_ADAPTIVE  (1U << 4) /* with SG_CFG_COOKIES: cookies only on ports whose SYN rate
+				    * crossed the `adaptive` threshold (port_state) */
 
 /* The one element of the `config` array: everything that changes without a reload. */
 struct sg_config {
@@ -98,6 +103,30 @@ struct sg_source {
 	__u64 banned_until_ns; /* SYNs dropped until this time */
 	__u64 window_start_ns; /* start of the window in which `excess` is counted */
 	__u32 excess;          /* SYNs over the rate in this window */
+	__u32 pad;
+};
+
+/* The one element of the `adaptive` array: when an adaptive port switches (SG_CFG_ADAPTIVE). */
+struct sg_adaptive {
+	__u64 quiet_ns;        /* back to passing SYNs after this long without a window over the threshold */
+	__u32 window_syns;     /* SYNs one CPU may see for a port in one SG_RATE_WINDOW_NS window */
+	__u32 pad;
+};
+
+/* Value of the per-CPU `port_syns` hash (key: TCP port, host byte order): this CPU's window. */
+struct sg_port_rate {
+	__u64 window_start_ns;
+	__u32 syns;            /* SYNs to the port in the window that started at window_start_ns */
+	__u32 pad;
+};
+
+/* Value of `port_state` (key: TCP port, host byte order): an adaptive port's mode. */
+struct sg_port_state {
+	__u64 since_ns;        /* bpf_ktime_get_coarse_ns() of the last switch (or of the first SYN) */
+	__u64 over_ns;         /* the last window over the threshold began about then */
+	__u32 cookies;         /* 1: SYNs answered with cookies; 0: SYNs passed to the stack */
+	__u32 to_cookie;       /* switches to cookies */
+	__u32 to_pass;         /* switches back to passing SYNs */
 	__u32 pad;
 };
 

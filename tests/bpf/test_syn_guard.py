@@ -38,7 +38,9 @@ from fastpath.bpf.maps import TypedMap, layout
 pytestmark = pytest.mark.bpf
 
 COOKIE, COOKIE2, DROP_PORT, OPEN = 80, 443, 23, 8080
-CONFIG = GuardConfig(cookie_ports=(COOKIE, COOKIE2), drop_ports=(DROP_PORT,))
+# the cookie path for every SYN (adaptive mode has its own tests below)
+ALWAYS = GuardConfig(cookie_ports=(80,), cookies="always")
+CONFIG = GuardConfig(cookie_ports=(COOKIE, COOKIE2), drop_ports=(DROP_PORT,), cookies="always")
 ALLOW = [ipaddress.ip_network("192.0.2.0/24"), ipaddress.ip_network("2001:db8:a::/48"),
          ipaddress.ip_network("198.51.100.7/32")]
 DENY = [ipaddress.ip_network("198.51.100.0/24"), ipaddress.ip_network("2001:db8:d::/48")]
@@ -69,7 +71,7 @@ class Guard:
                 m.set(ctypes.c_uint32(port), ctypes.c_uint32(abi.PORT_OPEN))
             for port, mode in sg._port_modes(config).items():
                 m.set(ctypes.c_uint32(port), ctypes.c_uint32(mode))
-        for name in ("acl_v4", "acl_v6", "sources", "flows"):
+        for name in ("acl_v4", "acl_v6", "sources", "flows", "port_state", "port_syns"):
             with self.map(name) as m:
                 m.clear()
         for nets, action in ((allow, abi.ACL_ALLOW), (deny, abi.ACL_DENY)):
@@ -78,6 +80,8 @@ class Guard:
                     m.set(abi.lpm_key(net), ctypes.c_uint32(action))
         acl4 = any(n.version == 4 for n in (*allow, *deny))
         acl6 = any(n.version == 6 for n in (*allow, *deny))
+        with self.map("adaptive") as m:
+            m.set(ctypes.c_uint32(0), config.adaptive_ctype(int(self.defines["SG_RATE_WINDOW_NS"])))
         with self.map("config") as m:
             m.set(ctypes.c_uint32(0), config.to_ctype(acl4, acl6))
 
@@ -149,15 +153,16 @@ def test_header_enums_match_python_constants():
     c = _header_constants()
     for i, name in enumerate(abi.STAT_NAMES):
         events = {"bans": "BAN", "probes": "PROBE", "flow_socket": "SOCKET", "flow_ends": "FLOW_END",
-                  "flow_idle": "FLOW_IDLE"}
+                  "flow_idle": "FLOW_IDLE", "to_cookie": "TO_COOKIE", "to_pass": "TO_PASS"}
         key = f"SG_EVENT_{events[name]}" if name in events else f"SG_{name.upper()}"
         assert c[key] == i, name
     assert (c["SG_OUTCOMES"], c["SG_STAT_MAX"]) == (abi.SG_OUTCOMES, abi.SG_STAT_MAX)
     assert (c["SG_PORT_OPEN"], c["SG_PORT_COOKIE"], c["SG_PORT_DROP"]) == (
         abi.PORT_OPEN, abi.PORT_COOKIE, abi.PORT_DROP)
     assert (c["SG_ACL_ALLOW"], c["SG_ACL_DENY"]) == (abi.ACL_ALLOW, abi.ACL_DENY)
-    assert (c["SG_CFG_COOKIES"], c["SG_CFG_FRAG_PASS"], c["SG_CFG_ACL4"], c["SG_CFG_ACL6"]) == (
-        abi.CFG_COOKIES, abi.CFG_FRAG_PASS, abi.CFG_ACL4, abi.CFG_ACL6)
+    assert (c["SG_CFG_COOKIES"], c["SG_CFG_FRAG_PASS"], c["SG_CFG_ACL4"], c["SG_CFG_ACL6"],
+            c["SG_CFG_ADAPTIVE"]) == (abi.CFG_COOKIES, abi.CFG_FRAG_PASS, abi.CFG_ACL4, abi.CFG_ACL6,
+                                      abi.CFG_ADAPTIVE)
 
 
 def test_every_tunable_is_an_ifndef_default_in_the_c_source():
@@ -711,10 +716,49 @@ def test_an_idle_flow_is_checked_against_the_stack_again():
         idle.close()
 
 
+# -- adaptive cookies ----------------------------------------------------------------------------
+
+def port_state(g: Guard, port: int = COOKIE) -> abi.SgPortState | None:
+    with g.map("port_state") as m:
+        return m.get(ctypes.c_uint32(port))
+
+
+def test_adaptive_passes_syns_until_the_threshold_then_cookies_then_back(g):
+    # 1000 SYN/s per CPU: 100 SYNs in one 100 ms window; back after 50 ms without one
+    g.configure(GuardConfig(cookie_ports=(COOKIE, COOKIE2), cookies="adaptive", syn_threshold=1000,
+                            quiet_seconds=0.05))
+    res, delta = g.run(syn4())
+    assert (res.verdict, delta.keys()) == (PASS, {"pass_syn"}), "no flood: the SYN goes to the stack"
+    assert res.output == syn4().build(), "untouched"
+    st = port_state(g)
+    assert st is not None and (st.cookies, st.to_cookie, st.to_pass) == (0, 0, 0)
+    # ACKs are checked as always: the adaptive mode only decides who answers SYNs
+    assert set(g.run(tcp4("A"))[1]) == {"drop_cookie"}
+    # a burst far over the threshold within one window (the program runs it back to back)
+    testrun.run_xdp(g.prog.prog_fd, syn4().build(), repeat=2000)
+    st = port_state(g)
+    assert st is not None and (st.cookies, st.to_cookie) == (1, 1)
+    assert g.counters()[abi.STAT["to_cookie"]][0] == 1
+    assert set(g.run(syn4())[1]) == {"tx_cookie"}
+    assert set(g.run(syn4(dport=COOKIE2))[1]) == {"pass_syn"}, "per port"
+    time.sleep(0.3)  # more than a window and the quiet period (a lower bound)
+    res, delta = g.run(syn4())
+    assert (res.verdict, delta.keys()) == (PASS, {"pass_syn", "to_pass"})
+    st = port_state(g)
+    assert st is not None and (st.cookies, st.to_cookie, st.to_pass) == (0, 1, 1)
+
+
+def test_always_and_off_ignore_the_threshold(g):
+    for mode, want in (("always", "tx_cookie"), ("off", "pass_syn")):
+        g.configure(GuardConfig(cookie_ports=(COOKIE,), cookies=mode, syn_threshold=1))
+        assert [set(g.run(syn4())[1]) for _ in range(3)] == [{want}] * 3
+        assert port_state(g) is None, "no adaptive state outside adaptive mode"
+
+
 # -- layer 3: rate limit and ban --------------------------------------------------------------------
 
 def test_rate_limit_then_ban(g):
-    g.configure(GuardConfig(cookie_ports=(COOKIE,), syn_rate=1, syn_burst=3, ban_after=2,
+    g.configure(GuardConfig(cookie_ports=(COOKIE,), cookies="always", syn_rate=1, syn_burst=3, ban_after=2,
                                ban_seconds=60))
     seen = [set(g.run(syn4(src="10.9.9.9"))[1]) for _ in range(7)]
     assert seen == [{"tx_cookie"}] * 3 + [{"drop_limited"}, {"drop_limited", "bans"}] + [{"drop_banned"}] * 2
@@ -727,24 +771,24 @@ def test_rate_limit_then_ban(g):
 
 
 def test_rate_limit_without_ban_and_ipv6_per_64(g):
-    g.configure(GuardConfig(cookie_ports=(COOKIE,), syn_rate=1, syn_burst=2, ban_seconds=0))
+    g.configure(GuardConfig(cookie_ports=(COOKIE,), cookies="always", syn_rate=1, syn_burst=2, ban_seconds=0))
     outcomes = [set(g.run(syn6(src=f"2001:db8:1:2::{i}"))[1]) for i in range(1, 6)]
     assert outcomes == [{"tx_cookie"}] * 2 + [{"drop_limited"}] * 3, "one bucket per /64, no ban"
     assert set(g.run(syn6(src="2001:db8:1:3::1"))[1]) == {"tx_cookie"}
 
 
 def test_rate_change_is_live(g):
-    g.configure(GuardConfig(cookie_ports=(COOKIE,), syn_rate=1, syn_burst=1, ban_seconds=0))
+    g.configure(GuardConfig(cookie_ports=(COOKIE,), cookies="always", syn_rate=1, syn_burst=1, ban_seconds=0))
     assert [set(g.run(syn4())[1]) for _ in range(2)] == [{"tx_cookie"}, {"drop_limited"}]
     with g.map("config") as m:
-        m.set(ctypes.c_uint32(0), GuardConfig(cookie_ports=(COOKIE,)).to_ctype(False, False))
+        m.set(ctypes.c_uint32(0), ALWAYS.to_ctype(False, False))
     assert [set(g.run(syn4())[1]) for _ in range(3)] == [{"tx_cookie"}] * 3
 
 
 # -- configuration flags -------------------------------------------------------------------------------
 
 def test_cookies_off_passes_syns_and_acks(g):
-    g.configure(GuardConfig(cookie_ports=(COOKIE,), drop_ports=(DROP_PORT,), cookies=False))
+    g.configure(GuardConfig(cookie_ports=(COOKIE,), drop_ports=(DROP_PORT,), cookies="off"))
     assert g.run(syn4())[0].verdict == PASS
     assert set(g.run(syn4())[1]) == {"pass_syn"}
     assert set(g.run(tcp4("A"))[1]) == {"pass_tcp"}
@@ -752,16 +796,16 @@ def test_cookies_off_passes_syns_and_acks(g):
 
 
 def test_fragment_verdict_pass(g):
-    g.configure(GuardConfig(cookie_ports=(COOKIE,), fragments="pass"))
+    g.configure(GuardConfig(cookie_ports=(COOKIE,), cookies="always", fragments="pass"))
     frag = E / IP(src=CLIENT4, dst=SERVER4, flags="MF") / TCP(dport=COOKIE, flags="S")
     res, delta = g.run(frag)
     assert (res.verdict, set(delta)) == (PASS, {"fragment"})
 
 
 def test_empty_acl_skips_lookup_and_port_change_is_live(g):
-    g.configure(GuardConfig(cookie_ports=(COOKIE,)), ALLOW, DENY)
+    g.configure(GuardConfig(cookie_ports=(COOKIE,), cookies="always"), ALLOW, DENY)
     with g.map("config") as m:
-        m.set(ctypes.c_uint32(0), GuardConfig(cookie_ports=(COOKIE,)).to_ctype(False, False))
+        m.set(ctypes.c_uint32(0), ALWAYS.to_ctype(False, False))
     assert set(g.run(syn4(src="198.51.100.9"))[1]) == {"tx_cookie"}, "ACL4 flag clear: no lookup"
     with g.map("ports") as m:
         m.set(ctypes.c_uint32(COOKIE), ctypes.c_uint32(abi.PORT_OPEN))

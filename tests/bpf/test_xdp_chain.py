@@ -34,7 +34,7 @@ sgt = _sibling("test_syn_guard")
 
 VIP = "10.100.0.1:80/tcp"
 # Port 80 is the VIP's: the guard leaves it to the balancer and protects 23 and 443.
-CONFIG = GuardConfig(cookie_ports=(443,), drop_ports=(23,))
+CONFIG = GuardConfig(cookie_ports=(443,), drop_ports=(23,), cookies="always")
 
 
 @pytest.fixture(scope="module")

@@ -59,7 +59,7 @@ def test_attach_live_changes_reattach_detach(lab):
     # Generic mode here (the flood test runs native): XDP_TX then leaves through the stack's
     # transmit path, so the bridge-side veth needs no program of its own.
     res = fastpath("xdp", "attach", "eth0", "--netns", ns, "--mode", "generic", "--ports", f"{PORT},443",
-                   "--drop-ports", "23", "--syn-rate", "500/s", "--syn-burst", "50")
+                   "--drop-ports", "23", "--syn-rate", "500/s", "--syn-burst", "50", "--cookies", "always")
     line = res.stderr.strip()
     assert len(line.splitlines()) == 1
     for word in ("syn_guard attached to eth0", "generic mode", f"SYN cookies on 443,{PORT}",
@@ -135,7 +135,7 @@ def test_attach_live_changes_reattach_detach(lab):
     flows_before = _flows(att)
     cookies_before = counters(ns)["tx_cookie"]
     new = json.loads(fastpath("xdp", "attach", "eth0", "--netns", ns, "--ports", str(PORT),
-                              "--fragments", "pass", "--json").stdout)
+                              "--fragments", "pass", "--cookies", "always", "--json").stdout)
     assert new["replaced"] is True and new["generation"] == 2
     assert new["prog_id"] != status[0]["prog_id"]
     assert xdp.read_state("eth0", ns).link_id == att.link_id  # type: ignore[union-attr]

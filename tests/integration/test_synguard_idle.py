@@ -96,7 +96,7 @@ def test_idle_connection_survives_eviction_from_the_flow_table(lab, monkeypatch)
     monkeypatch.setitem(abi.TUNABLES, "SG_FLOWS_MAX", FLOWS)
     lab.spawn("server", [sys.executable, "-c", SERVER, str(IDLE_PORT)]).wait_output("ready")
     lab.spawn("server", floodlab.serve_argv()).wait_output("ready")
-    res = sg.attach("eth0", ns, "native", GuardConfig(cookie_ports=(PORT, IDLE_PORT)))
+    res = sg.attach("eth0", ns, "native", GuardConfig(cookie_ports=(PORT, IDLE_PORT), cookies="always"))
     att = res.attachment
     holders = []
     try:

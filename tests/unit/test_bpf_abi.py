@@ -162,6 +162,9 @@ GUARD_STRUCTS: dict[type[ctypes.Structure], str] = {
     guard_abi.SgSource: "struct sg_source",
     guard_abi.SgFlowKey: "struct sg_flow_key",
     guard_abi.SgFlow: "struct sg_flow",
+    guard_abi.SgAdaptive: "struct sg_adaptive",
+    guard_abi.SgPortRate: "struct sg_port_rate",
+    guard_abi.SgPortState: "struct sg_port_state",
 }
 
 
@@ -184,10 +187,12 @@ def test_guard_structures_match_syn_guard_h(tmp_path: Path) -> None:
             lines.append(f'    printf("{ctype}/{member} %zu %zu\\n", offsetof({ctype}, {member}), '
                          f"sizeof((({ctype} *)0)->{member}));")
     consts = {"SG_OUTCOMES": guard_abi.SG_OUTCOMES, "SG_STAT_MAX": guard_abi.SG_STAT_MAX,
-              "SG_CFG_COOKIES": guard_abi.CFG_COOKIES,
+              "SG_CFG_COOKIES": guard_abi.CFG_COOKIES, "SG_CFG_ADAPTIVE": guard_abi.CFG_ADAPTIVE,
               "SG_EVENT_SOCKET": guard_abi.STAT["flow_socket"],
               "SG_EVENT_FLOW_END": guard_abi.STAT["flow_ends"],
-              "SG_EVENT_FLOW_IDLE": guard_abi.STAT["flow_idle"]}
+              "SG_EVENT_FLOW_IDLE": guard_abi.STAT["flow_idle"],
+              "SG_EVENT_TO_COOKIE": guard_abi.STAT["to_cookie"],
+              "SG_EVENT_TO_PASS": guard_abi.STAT["to_pass"]}
     for name in consts:
         lines.append(f'    printf("{name} %lld\\n", (long long){name});')
     lines.append("    return 0;\n}\n")

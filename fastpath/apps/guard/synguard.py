@@ -35,6 +35,7 @@ from fastpath.apps.guard.abi import (
     PROGRAM,
     SPEC,
     STAT_NAMES,
+    TUNABLES,
     Network,
     SgConfig,
     SgFlow,
@@ -74,6 +75,10 @@ def _acl_nonempty(att: xdp.Attachment) -> tuple[bool, bool]:
 
 def write_config(att: xdp.Attachment, config: GuardConfig) -> None:
     acl4, acl6 = _acl_nonempty(att)
+    # the threshold first: the flag that makes the program read it comes with `config`
+    window = int(att.defines.get("SG_RATE_WINDOW_NS", TUNABLES["SG_RATE_WINDOW_NS"]))
+    with open_map(att, "adaptive") as m:
+        m.set(ctypes.c_uint32(0), config.adaptive_ctype(window))
     with open_map(att, "config") as m:
         m.set(ctypes.c_uint32(0), config.to_ctype(acl4, acl6))
 
@@ -100,6 +105,50 @@ def write_ports(att: xdp.Attachment, config: GuardConfig, previous: GuardConfig 
             m.set(ctypes.c_uint32(port), ctypes.c_uint32(PORT_OPEN))
         for port, mode in new.items():
             m.set(ctypes.c_uint32(port), ctypes.c_uint32(mode))
+
+
+def forget_port_state(att: xdp.Attachment, keep: Iterable[int]) -> None:
+    """Drop the adaptive state (mode, switch counts, SYN windows) of every port not in `keep`."""
+    keep = set(keep)
+    for name in ("port_state", "port_syns"):
+        with open_map(att, name) as m:
+            for key in [k for k in m.keys() if int(k.value) not in keep]:
+                m.delete(key)
+
+
+@dataclass
+class PortMode:
+    """How SYNs to one cookie port are answered right now (`fastpath xdp stats`)."""
+
+    port: int
+    mode: str             # "cookies" or "pass" (SYNs to the stack)
+    setting: str          # the cookie setting: adaptive, always or off
+    since_s: float | None  # seconds since the last switch (adaptive ports that saw SYNs)
+    to_cookie: int = 0
+    to_pass: int = 0
+
+    def to_json(self) -> dict[str, object]:
+        return {"port": self.port, "mode": self.mode, "setting": self.setting, "since_s": self.since_s,
+                "to_cookie": self.to_cookie, "to_pass": self.to_pass}
+
+
+def port_modes(att: xdp.Attachment, config: GuardConfig) -> list[PortMode]:
+    """Every cookie port's current mode; for adaptive ports as the program switched them."""
+    if config.cookies != "adaptive":
+        mode = "pass" if config.cookies == "off" else "cookies"
+        return [PortMode(p, mode, config.cookies, None) for p in config.cookie_ports]
+    with open_map(att, "port_state") as m:
+        states = {int(k.value): v for k, v in m.items()}
+    now = time.clock_gettime_ns(getattr(time, "CLOCK_MONOTONIC_COARSE", 6))
+    out = []
+    for port in config.cookie_ports:
+        st = states.get(port)
+        if st is None:
+            out.append(PortMode(port, "pass", "adaptive", None))
+            continue
+        out.append(PortMode(port, "cookies" if st.cookies else "pass", "adaptive",
+                            round(max(0, now - st.since_ns) / 1e9, 1), st.to_cookie, st.to_pass))
+    return out
 
 
 def read_ports(att: xdp.Attachment) -> dict[int, int]:
@@ -256,7 +305,7 @@ def attach(
     everything is removed again."""
     cfg = (config or GuardConfig()).validate()
     defines = plan_defines(ifname, netns)
-    use_nft = cfg.cookies and bool(cfg.cookie_ports)
+    use_nft = cfg.uses_cookies
     if use_nft:
         nft.require()
     xdp.clear_stale(ifname, netns)
@@ -293,6 +342,7 @@ def _switch(att: xdp.Attachment, cfg: GuardConfig, previous: GuardConfig | None,
     """Make the maps and the SYNPROXY table match `cfg` without cutting open connections
     (fastpath/apps/guard/existing.py): flows seeded, XDP maps (cookies on, so a flood never reaches
     conntrack), nft table, flows and conntrack seeded, tcp_loose=0."""
+    forget_port_state(att, cfg.cookie_ports)
     if table is None:
         write_ports(att, cfg, previous)
         write_config(att, cfg)
@@ -344,10 +394,10 @@ def set_config(att: xdp.Attachment, config: GuardConfig) -> xdp.Attachment:
     """Apply a new GuardConfig live (ports, rate, cookies, fragments), no reload."""
     cfg = config.validate()
     previous = guard_config(att)
-    if cfg.cookies and cfg.cookie_ports:
+    if cfg.uses_cookies:
         nft.require()
     table = None
-    if cfg.cookies and cfg.cookie_ports:
+    if cfg.uses_cookies:
         table = str(att.options.get("nft_table") or nft.table_name(att.ifname, att.ifindex))
     _switch(att, cfg, previous, {k: int(v) for k, v in att.defines.items()}, table)
     att.options["config"] = cfg.to_json()

@@ -10,12 +10,13 @@ which leaves the guard's own cost.
 Paths that consult the stack's socket table do it in the benchmark's own namespace: `drop-ack`
 (an ACK flood's frame: no cached flow, the port's listener found, bad cookie) and
 `pass-socket` (no cached flow, a real loopback connection found: its FIN, never cached, so
-every run looks it up).
+every run looks it up); `pass-syn-adaptive` is a SYN to an adaptive port below its threshold.
 Targets on ns_net: drop paths <= 50 ns, cookie paths <= 250 ns.
 
 `synflood`: the same spoofed flood (fastpath/labs/flood.py, the fastest this machine makes)
 against one server (fastpath/labs/floodlab.py) defended in turn by
-- `fastpath`: the guard, SYN cookies from XDP + SYNPROXY for the ACKs;
+- `fastpath`: the guard, SYN cookies from XDP for every SYN (`--cookies always`; adaptive
+  mode switches to the same within a window of a flood) + SYNPROXY for the ACKs;
 - `syncookies`: the kernel's own SYN cookies (net.ipv4.tcp_syncookies=2), the baseline;
 - `synproxy`: nftables SYNPROXY without XDP (SYN notracked, cookies from netfilter);
 - `fastpath-drop`: the guard with the port in drop mode (SYNs dropped in XDP);
@@ -72,6 +73,7 @@ PATHS: dict[str, tuple[str, str, str]] = {
     "drop-cookie": ("bad_ack", "XDP_DROP", "drop_cookie"),
     "drop-ack": ("listener_ack", "XDP_DROP", "drop_cookie"),
     "pass-socket": ("socket_fin", "XDP_PASS", "pass_flow"),
+    "pass-syn-adaptive": ("syn4", "XDP_PASS", "pass_syn"),
     "cookie-v4": ("syn4", "XDP_TX", "tx_cookie"),
     "cookie-v6": ("syn6", "XDP_TX", "tx_cookie"),
 }
@@ -168,8 +170,12 @@ class SynfloodPacket(Scenario):
 
     def _configure(self, contender: str) -> None:
         limited = contender == "drop-limited"
+        adaptive = contender == "pass-syn-adaptive"  # a threshold no benchmark run reaches
         cfg = GuardConfig(cookie_ports=(_PORT,), drop_ports=(_CLOSED,), syn_rate=1 if limited else 0,
-                          syn_burst=1 if limited else 0, ban_seconds=0)
+                          syn_burst=1 if limited else 0, ban_seconds=0,
+                          cookies="adaptive" if adaptive else "always", syn_threshold=1e9)
+        with self._map("adaptive") as m:
+            m.set(ctypes.c_uint32(0), cfg.adaptive_ctype(abi.TUNABLES["SG_RATE_WINDOW_NS"]))
         with self._map("config") as m:
             m.set(ctypes.c_uint32(0), cfg.to_ctype(True, False))
 
@@ -281,7 +287,8 @@ class Synflood(Scenario):
         if contender in ("drop_all", "reflect"):
             xdp.attach(FLOORS[contender], "eth0", ns, "native")
         elif contender == "fastpath":
-            sg.attach("eth0", ns, "native", GuardConfig(cookie_ports=(floodlab.SERVICE_PORT,)))
+            cfg = GuardConfig(cookie_ports=(floodlab.SERVICE_PORT,), cookies="always")
+            sg.attach("eth0", ns, "native", cfg)
         elif contender == "fastpath-drop":
             cfg = GuardConfig(cookie_ports=(), drop_ports=(floodlab.SERVICE_PORT,))
             sg.attach("eth0", ns, "native", cfg)
