@@ -9,6 +9,16 @@
  * exists answers with an ACK; its cookie is checked here and the ACK goes on to the
  * netfilter SYNPROXY rules fastpath installs, which validate the cookie again and open the
  * real connection to the local server. Later segments of that flow pass on a flow-table hit.
+ * The flow table is a cache: a segment that misses it is looked up in the stack's socket
+ * table (bpf_skc_lookup_tcp), and one of a connection the stack knows passes (and is cached
+ * again), so an evicted or idle flow costs a lookup, never its connection; only what the
+ * stack does not know (or only a listener matches) must carry a valid cookie. FIN and RST
+ * end cache entries, idle ones are checked against the stack again.
+ *
+ * Cookies can be adaptive (the default the control plane sets): SYNs to a port pass to the
+ * stack untouched, so clients get every TCP option the server offers, until one CPU sees
+ * more than a threshold of SYNs to that port within a window; the port then answers with
+ * cookies until a quiet period without such a window has passed.
  *
  * Layers, in order, each counted per CPU in `stats` (enum sg_stat in syn_guard.h):
  *   1. allow/deny CIDR lists (LPM tries per family, longest prefix wins) -> PASS / DROP;
@@ -18,7 +28,8 @@
  *   3. per-source SYN token bucket (GCRA in an LRU map, shared by the CPUs and taken with
  *      compare-and-swap) and a temporary ban after repeated excess, kept in a map of its
  *      own that only such a source enters, so a flood of spoofed sources cannot flush it;
- *   4. SYN cookies for cookie ports, ACK validation, flow table.
+ *   4. SYN cookies for cookie ports (always, or adaptive per port), ACK validation, flow
+ *      cache backed by socket lookups.
  * Anything that is not TCP to a protected port passes after the parse (and the ACL when
  * the lists are not empty).
  *
@@ -34,9 +45,10 @@
  * xdp_synproxy selftest (tools/testing/selftests/bpf/progs/xdp_synproxy_kern.c).
  *
  * Minimum kernel: 6.0 (raw SYN-cookie helpers; also bpf_xdp_load_bytes 5.18, coarse clock 5.11,
- *        BPF atomics with fetch and compare-and-swap 5.12).
+ *        BPF atomics with fetch and compare-and-swap 5.12, bpf_skc_lookup_tcp from XDP 5.2).
  * Usage: fastpath xdp attach IFACE [--netns NS] [--ports 80,443] [--drop-ports 23]
- *        [--syn-rate 200/s --syn-burst 400] [--no-cookies]
+ *        [--syn-rate 200/s --syn-burst 400] [--cookies adaptive|always|off]
+ *        [--syn-threshold 20000/s --quiet-period 30]
  * Manual test: fastpath xdp attach eth0 --ports 8080 && hping3 -S --flood -p 8080 --rand-source
  *        SERVER & curl http://SERVER:8080/ && fastpath xdp stats eth0
  * One file by design: bcc compiles one translation unit and rewrites map syntax only in
@@ -77,9 +89,29 @@
 #define SG_RATE_TRIES 4
 #endif
 
-/* Flows admitted by a valid cookie; size it above the number of concurrent connections. */
+/* Known connections cached (LRU): a miss costs a socket lookup, not the connection, so
+ * this trades lookups for memory; size it near the number of concurrent connections. */
 #ifndef SG_FLOWS_MAX
 #define SG_FLOWS_MAX 65536
+#endif
+
+/* A cached flow idle this long is checked against the stack's socket table again (and
+ * forgotten when the stack no longer has it); refreshed at most once per SG_FLOW_REFRESH_NS. */
+#ifndef SG_FLOW_IDLE_NS
+#define SG_FLOW_IDLE_NS 300000000000ULL
+#endif
+#ifndef SG_FLOW_REFRESH_NS
+#define SG_FLOW_REFRESH_NS 1000000000ULL
+#endif
+
+/* Adaptive cookies: each CPU counts a port's SYNs in windows this long. */
+#ifndef SG_RATE_WINDOW_NS
+#define SG_RATE_WINDOW_NS 100000000ULL
+#endif
+
+/* Ports whose adaptive state is kept (port_state, port_syns); beyond: cookies always. */
+#ifndef SG_ADAPTIVE_PORTS
+#define SG_ADAPTIVE_PORTS 1024
 #endif
 
 /* MSS advertised in our SYN-ACKs (the control plane sets MTU - 40 and MTU - 60). */
@@ -150,6 +182,9 @@ FP_MAP("lru_hash", struct sg_source_key, struct sg_ban, bans, SG_BANS_MAX);
 FP_MAP("hash", struct sg_addr, u32, protected_addrs, SG_PROTECTED_MAX);
 FP_MAP("array", u32, struct sg_protected_list, protected_list, 1);
 FP_MAP("lru_hash", struct sg_flow_key, struct sg_flow, flows, SG_FLOWS_MAX);
+FP_MAP("array", u32, struct sg_adaptive, adaptive, 1);
+FP_MAP("percpu_hash", u32, struct sg_port_rate, port_syns, SG_ADAPTIVE_PORTS);
+FP_MAP("hash", u32, struct sg_port_state, port_state, SG_ADAPTIVE_PORTS);
 
 #define SG_ETH_P_8021Q 0x8100
 #define SG_ETH_P_8021AD 0x88A8
@@ -343,6 +378,105 @@ static __always_inline u32 rate_check(struct sg_config *cfg, struct sg_pkt *p, u
 			return 0;
 	}
 	return rate_over(cfg, &key, s, now);
+}
+
+/*
+ * Layer 4, adaptive mode: 1 when the SYN to `port` is to get a cookie, 0 when it goes to
+ * the stack. Each CPU counts the port's SYNs in its own SG_RATE_WINDOW_NS windows (no
+ * shared cache line per SYN); the SYN that takes a window over the threshold puts the port
+ * in cookie mode and stamps `over_ns` (one shared write per CPU and window), and a SYN that
+ * finds no such stamp within the quiet period puts it back. So a port switches once any one
+ * CPU sees more than the threshold rate: at the latest when the port's total rate exceeds
+ * (threshold x CPUs receiving it), already at the threshold when one CPU receives it all.
+ * Races between CPUs at a switch cost at most a double-counted switch.
+ */
+static __always_inline u32 adaptive_cookies(u32 port, u64 now)
+{
+	struct sg_port_state fresh_state = {.since_ns = now}, *st;
+	struct sg_port_rate fresh_rate = {}, *r;
+	struct sg_adaptive *a;
+	u32 zero = 0;
+
+	a = adaptive.lookup(&zero);
+	st = port_state.lookup(&port);
+	if (!st) {
+		port_state.update(&port, &fresh_state);
+		st = port_state.lookup(&port);
+	}
+	r = port_syns.lookup(&port);
+	if (!r) {
+		port_syns.update(&port, &fresh_rate);
+		r = port_syns.lookup(&port);
+	}
+	if (!a || !st || !r)
+		return 1;  /* more adaptive ports than SG_ADAPTIVE_PORTS: the safe side */
+	if (now - r->window_start_ns >= SG_RATE_WINDOW_NS) {
+		r->window_start_ns = now;
+		r->syns = 0;
+	}
+	r->syns++;
+	if (r->syns == a->window_syns + 1) {
+		st->over_ns = now;
+		if (!st->cookies) {
+			st->cookies = 1;
+			st->since_ns = now;
+			__sync_fetch_and_add(&st->to_cookie, 1);
+			sg_done(SG_EVENT_TO_COOKIE, 0, 0);
+		}
+		return 1;
+	}
+	/* signed: another CPU's clock may have stamped over_ns a hair after our `now` */
+	if (st->cookies && r->syns <= a->window_syns && (s64)(now - st->over_ns) > (s64)a->quiet_ns) {
+		st->cookies = 0;
+		st->since_ns = now;
+		__sync_fetch_and_add(&st->to_pass, 1);
+		sg_done(SG_EVENT_TO_PASS, 0, 0);
+	}
+	return st->cookies;
+}
+
+/*
+ * The state of the stack's socket for the segment's exact tuple (BPF_TCP_*), or -1 when
+ * there is none. bpf_skc_lookup_tcp returns full, request (NEW_SYN_RECV) and timewait
+ * sockets, and a listener when nothing more specific matches.
+ */
+static __always_inline int stack_socket_state(struct xdp_md *ctx, struct sg_pkt *p, __be16 sport,
+					      __be16 dport)
+{
+	struct bpf_sock_tuple t;
+	struct bpf_sock *sk;
+	int state;
+
+	__builtin_memset(&t, 0, sizeof(t));
+	if (p->v6) {
+		__builtin_memcpy(t.ipv6.saddr, p->saddr, 16);
+		__builtin_memcpy(t.ipv6.daddr, p->daddr, 16);
+		t.ipv6.sport = sport;
+		t.ipv6.dport = dport;
+		sk = bpf_skc_lookup_tcp(ctx, &t, sizeof(t.ipv6), BPF_F_CURRENT_NETNS, 0);
+	} else {
+		t.ipv4.saddr = p->saddr[3];
+		t.ipv4.daddr = p->daddr[3];
+		t.ipv4.sport = sport;
+		t.ipv4.dport = dport;
+		sk = bpf_skc_lookup_tcp(ctx, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	}
+	if (!sk)
+		return -1;
+	state = sk->state;
+	bpf_sk_release(sk);
+	return state;
+}
+
+/* A segment of no cached flow whose cookie failed: dropped, unless the stack has a time-wait
+ * socket of its tuple (then it is that old connection's, for the stack to answer). */
+static __always_inline int bad_cookie(int timewait, u32 len)
+{
+	if (timewait) {
+		sg_done(SG_EVENT_SOCKET, 0, 0);
+		return sg_done(SG_PASS_FLOW, len, XDP_PASS);
+	}
+	return sg_done(SG_DROP_COOKIE, len, XDP_DROP);
 }
 
 /*
@@ -738,20 +872,24 @@ static __always_inline int sg_process(struct xdp_md *ctx)
 		stat = rate_check(cfg, &p, now);
 		if (stat)
 			return sg_done(stat, p.len, XDP_DROP);
-		if (!(cfg->flags & SG_CFG_COOKIES))
+		if (!(cfg->flags & SG_CFG_COOKIES) ||
+		    ((cfg->flags & SG_CFG_ADAPTIVE) && !adaptive_cookies(dport, now)))
 			return sg_done(SG_PASS_SYN, p.len, XDP_PASS);
 		return send_cookie(ctx, &p, now);
 	}
-	if (th->rst || !th->ack || mode != SG_PORT_COOKIE || !(cfg->flags & SG_CFG_COOKIES))
+	if (mode != SG_PORT_COOKIE || !(cfg->flags & SG_CFG_COOKIES))
 		return sg_done(SG_PASS_TCP, p.len, XDP_PASS);
 
-	/* An ACK to a cookie port: a known flow, or the handshake's last step with a cookie. */
+	/* A segment to a cookie port: a known connection, or the handshake's last step with a cookie. */
 	{
 		struct sg_flow_key fk = {};
 		struct sg_flow flow = {};
+		struct sg_flow *f;
 		u64 l3off = p.l3off;
 		void *l3;
+		u64 now;
 		long bad;
+		int state, timewait;
 
 		asm volatile("" : "+r"(l3off));  /* one register for check and pointer, as l4off */
 		l3 = data + l3off;
@@ -760,10 +898,56 @@ static __always_inline int sg_process(struct xdp_md *ctx)
 		__builtin_memcpy(fk.server, p.daddr, 16);
 		fk.client_port = th->source;
 		fk.server_port = th->dest;
-		if (flows.lookup(&fk))
-			return sg_done(SG_PASS_FLOW, p.len, XDP_PASS);
-		if (th->syn || l3off > 22 || l3 + 40 > data_end)
+		if (th->rst || !th->ack) {
+			/* to the stack, which checks an RST's sequence number; a cached flow ends */
+			if (th->rst && !flows.delete(&fk))
+				sg_done(SG_EVENT_FLOW_END, 0, 0);
+			return sg_done(SG_PASS_TCP, p.len, XDP_PASS);
+		}
+		now = bpf_ktime_get_coarse_ns();
+		f = flows.lookup(&fk);
+		if (f) {
+			if (th->fin) {
+				/* the rest of the close is found in the stack (not cached again) */
+				flows.delete(&fk);
+				sg_done(SG_EVENT_FLOW_END, 0, 0);
+				return sg_done(SG_PASS_FLOW, p.len, XDP_PASS);
+			}
+			if ((s64)(now - f->seen_ns) <= (s64)SG_FLOW_IDLE_NS) {
+				if ((s64)(now - f->seen_ns) > (s64)SG_FLOW_REFRESH_NS)
+					f->seen_ns = now;
+				return sg_done(SG_PASS_FLOW, p.len, XDP_PASS);
+			}
+			sg_done(SG_EVENT_FLOW_IDLE, 0, 0);
+		}
+		if (th->syn) {
+			if (f)
+				flows.delete(&fk);
 			return sg_done(SG_DROP_COOKIE, p.len, XDP_DROP);
+		}
+		/*
+		 * Not cached (evicted, idle, or never seen here: a handshake the stack answered
+		 * while the port passed SYNs, or a connection open before the guard): a socket of
+		 * the exact tuple other than a listener means the stack knows the connection. A
+		 * time-wait socket's tuple may be reused by a new connection, whose handshake ACK
+		 * must pass as one (checked, cached); what fails the check is the old connection's.
+		 */
+		state = stack_socket_state(ctx, &p, th->source, th->dest);
+		timewait = state == BPF_TCP_TIME_WAIT;
+		if (state >= 0 && state != BPF_TCP_LISTEN && !timewait) {
+			if (state == BPF_TCP_ESTABLISHED && !th->fin) {
+				flow.seen_ns = now;
+				flows.update(&fk, &flow);
+			} else if (f) {
+				flows.delete(&fk);
+			}
+			sg_done(SG_EVENT_SOCKET, 0, 0);
+			return sg_done(SG_PASS_FLOW, p.len, XDP_PASS);
+		}
+		if (f)
+			flows.delete(&fk);
+		if (l3off > 22 || l3 + 40 > data_end)
+			return bad_cookie(timewait, p.len);
 		if (p.v6)
 			bad = sg_cookie_check_v6(l3, th);
 		else
@@ -782,7 +966,7 @@ static __always_inline int sg_process(struct xdp_md *ctx)
 			__be32 seq = th->seq, next = bpf_htonl(bpf_ntohl(seq) + 1);
 
 			if (th->fin || th->psh || th->urg || p.l4len != th->doff * 4)
-				return sg_done(SG_DROP_COOKIE, p.len, XDP_DROP);
+				return bad_cookie(timewait, p.len);
 			th->seq = next;
 			if (p.v6)
 				bad = sg_cookie_check_v6(l3, th);
@@ -790,12 +974,12 @@ static __always_inline int sg_process(struct xdp_md *ctx)
 				bad = sg_cookie_check_v4(l3, th);
 			if (bad) {
 				th->seq = seq;
-				return sg_done(SG_DROP_COOKIE, p.len, XDP_DROP);
+				return bad_cookie(timewait, p.len);
 			}
 			th->check = sg_csum_fold(bpf_csum_diff(&seq, 4, &next, 4, (u16)~th->check));
 			sg_done(SG_EVENT_PROBE, 0, 0);
 		}
-		flow.created_ns = bpf_ktime_get_coarse_ns();
+		flow.seen_ns = now;
 		flows.update(&fk, &flow);
 		return sg_done(SG_PASS_COOKIE, p.len, XDP_PASS);
 	}

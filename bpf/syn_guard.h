@@ -24,10 +24,12 @@ enum sg_stat {
 	SG_DROP_LIMITED = 4,   /* SYN over its source's rate */
 	SG_DROP_BANNED = 5,    /* SYN from a banned source */
 	SG_TX_COOKIE = 6,      /* SYN answered with a SYN-ACK carrying a SYN cookie (XDP_TX) */
-	SG_PASS_SYN = 7,       /* SYN to a cookie port passed to the stack (cookies off) */
+	SG_PASS_SYN = 7,       /* SYN to a cookie port passed to the stack (cookies off, or an
+				* adaptive port below its SYN threshold) */
 	SG_PASS_COOKIE = 8,    /* ACK whose cookie checked out: a new flow, on to SYNPROXY */
 	SG_DROP_COOKIE = 9,    /* ACK of no known flow whose cookie did not check out */
-	SG_PASS_FLOW = 10,     /* segment of a flow whose cookie checked out earlier */
+	SG_PASS_FLOW = 10,     /* segment of a known connection: a `flows` hit, or one the stack has
+				* a socket for (SG_EVENT_SOCKET) */
 	SG_PASS_TCP = 11,      /* other TCP to a protected port: RST, no ACK, drop-mode non-SYN */
 	SG_FRAGMENT = 12,      /* first fragment to a protected port (verdict: SG_CFG_FRAG_PASS) */
 	SG_DROP_MALFORMED = 13,/* truncated or inconsistent headers, or deeper than the parser walks */
@@ -36,7 +38,13 @@ enum sg_stat {
 	SG_EVENT_BAN = 15,     /* a source was banned (counts bans started, not frames) */
 	SG_EVENT_PROBE = 16,   /* a zero-window probe stood in for a lost handshake ACK (with SG_PASS_COOKIE) */
 	SG_PASS_DEST = 17,     /* TCP to a protected port of an address not in `protected_addrs` (a VIP) */
-	SG_STAT_MAX = 18,
+	SG_EVENT_SOCKET = 18,  /* a `flows` miss the stack knows (a non-listening socket of the
+				* exact tuple): passed with SG_PASS_FLOW, cached when established */
+	SG_EVENT_FLOW_END = 19,/* a FIN or RST ended a `flows` entry */
+	SG_EVENT_FLOW_IDLE = 20,/* a `flows` entry idle past SG_FLOW_IDLE_NS, checked against the stack again */
+	SG_EVENT_TO_COOKIE = 21,/* an adaptive port switched to SYN cookies (its SYN rate crossed the threshold) */
+	SG_EVENT_TO_PASS = 22, /* an adaptive port went back to passing SYNs after a quiet period */
+	SG_STAT_MAX = 23,
 };
 
 /* Values of the `ports` map, indexed by TCP destination port in host byte order. */
@@ -62,6 +70,8 @@ enum sg_acl_action {
 #define SG_CFG_ACL4      (1U << 2) /* acl_v4 has entries; clear: skip the lookup */
 #define SG_CFG_ACL6      (1U << 3) /* acl_v6 has entries; clear: skip the lookup */
 #define SG_CFG_DESTS     (1U << 4) /* guard only destinations in `protected_addrs`; clear: all */
+#define SG_CFG_ADAPTIVE  (1U << 5) /* with SG_CFG_COOKIES: cookies only on ports whose SYN rate
+				    * crossed the `adaptive` threshold (port_state) */
 
 /* The one element of the `config` array: everything that changes without a reload. */
 struct sg_config {
@@ -127,7 +137,32 @@ struct sg_ban {
 	__u64 since_ns;        /* when the ban started */
 };
 
-/* Key of `flows`: a connection whose handshake ACK carried a valid cookie. */
+
+/* The one element of the `adaptive` array: when an adaptive port switches (SG_CFG_ADAPTIVE). */
+struct sg_adaptive {
+	__u64 quiet_ns;        /* back to passing SYNs after this long without a window over the threshold */
+	__u32 window_syns;     /* SYNs one CPU may see for a port in one SG_RATE_WINDOW_NS window */
+	__u32 pad;
+};
+
+/* Value of the per-CPU `port_syns` hash (key: TCP port, host byte order): this CPU's window. */
+struct sg_port_rate {
+	__u64 window_start_ns;
+	__u32 syns;            /* SYNs to the port in the window that started at window_start_ns */
+	__u32 pad;
+};
+
+/* Value of `port_state` (key: TCP port, host byte order): an adaptive port's mode. */
+struct sg_port_state {
+	__u64 since_ns;        /* bpf_ktime_get_coarse_ns() of the last switch (or of the first SYN) */
+	__u64 over_ns;         /* the last window over the threshold began about then */
+	__u32 cookies;         /* 1: SYNs answered with cookies; 0: SYNs passed to the stack */
+	__u32 to_cookie;       /* switches to cookies */
+	__u32 to_pass;         /* switches back to passing SYNs */
+	__u32 pad;
+};
+
+/* Key of `flows`: a known connection (a valid cookie ACK, or a socket the stack has). */
 struct sg_flow_key {
 	__u32 client[4];       /* IPv4 as ::ffff:a.b.c.d */
 	__u32 server[4];
@@ -136,7 +171,8 @@ struct sg_flow_key {
 };
 
 struct sg_flow {
-	__u64 created_ns;      /* bpf_ktime_get_coarse_ns() when the cookie checked out */
+	__u64 seen_ns;         /* bpf_ktime_get_coarse_ns() of a recent segment (refreshed at most
+				* once per SG_FLOW_REFRESH_NS) */
 };
 
 #endif /* FASTPATH_SYN_GUARD_H */

@@ -13,7 +13,7 @@
           drop_ports: [23]
           syn_rate: 200/s
           syn_burst: 400
-          cookies: true
+          cookies: adaptive
           allow: [192.0.2.0/24]
           deny: [203.0.113.0/24]
         balancer:                # the options of `fastpath lb attach`, `health`, and an

@@ -59,6 +59,7 @@ class Option:
     flag: str         # the option on the command line
     kind: str         # "value", "list" (given once per item), "switch" or "negated"
     help: str
+    negated: str | None = None  # a value option that also has `--no-X`: `X: false` gives that
 
 
 def settings(parser: argparse.ArgumentParser) -> dict[str, Option]:
@@ -73,13 +74,20 @@ def settings(parser: argparse.ArgumentParser) -> dict[str, Option]:
         if isinstance(action, argparse._StoreConstAction) and action.nargs == 0:
             # store_true / store_false: `--no-X` reads `X: false`, `--X` reads `X: true`.
             if name.startswith("no_"):
-                out[name[3:]] = Option(name[3:], flag, "negated", action.help or "")
+                key = name[3:]
+                have = out.get(key)
+                if have is not None and have.kind == "value":  # --cookies MODE and --no-cookies
+                    out[key] = Option(key, have.flag, "value", have.help, negated=flag)
+                else:
+                    out[key] = Option(key, flag, "negated", action.help or "")
             else:
                 out[name] = Option(name, flag, "switch", action.help or "")
         elif isinstance(action, argparse._AppendAction):
             out[name] = Option(name, flag, "list", action.help or "")
         else:
-            out[name] = Option(name, flag, "value", action.help or "")
+            have = out.get(name)
+            negated = have.flag if have is not None and have.kind == "negated" else None
+            out[name] = Option(name, flag, "value", action.help or "", negated=negated)
     return out
 
 
@@ -103,6 +111,10 @@ def to_argv(parser: argparse.ArgumentParser, section: Mapping[str, Any], where: 
         if opt is None:
             raise FastpathError(f"{what}: unknown key",
                                 fix=f"use one of {', '.join(sorted([*known, *ignore]))}")
+        if opt.negated is not None and isinstance(value, bool):
+            if not value:   # `X: false` is --no-X; `X: true` is the option's default
+                argv.append(opt.negated)
+            continue
         if opt.kind in ("switch", "negated"):
             if not isinstance(value, bool):
                 raise FastpathError(f"{what}: {value!r} is not true or false")

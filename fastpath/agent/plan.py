@@ -136,7 +136,7 @@ def check_host(node: NodeConfig) -> None:
                 raise FastpathError(f"{e.where}.interface: no interface {e.ifname!r} "
                                     f"{'in ' + e.netns if e.netns else 'in the root namespace'}",
                                     fix="see 'ip link'") from None
-        if e.guard is not None and e.guard.config.cookies and e.guard.config.cookie_ports:
+        if e.guard is not None and e.guard.config.uses_cookies:
             try:
                 nft.require()
             except FastpathError as exc:

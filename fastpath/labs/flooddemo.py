@@ -169,7 +169,7 @@ def run(seconds: float, as_json: bool) -> int:
                 _watch(lab, phases[0], tally, None if as_json else live, rows, t0, seconds)
                 _alive(flood, "before the guard was attached")
                 info("attaching the XDP SYN guard (the compile takes a few seconds; the flood goes on)")
-                cfg = GuardConfig(cookie_ports=(floodlab.SERVICE_PORT,))
+                cfg = GuardConfig(cookie_ports=(floodlab.SERVICE_PORT,), cookies="always")
                 res = synguard.attach("eth0", ns, "auto", cfg)
                 # A connect that began before the attach ends within one timeout: it belongs to
                 # neither phase.

@@ -10,6 +10,7 @@ import ctypes
 import ipaddress
 import os
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -41,7 +42,9 @@ COOKIE, COOKIE2, DROP_PORT, OPEN = 80, 443, 23, 8080
 CLIENT4, SERVER4 = "10.0.0.1", "10.0.0.2"
 CLIENT6, SERVER6 = "fd00::1", "fd00::2"
 VIP4, VIP6 = "10.0.0.100", "fd00::100"  # not the host's own: a balancer's VIP
-CONFIG = GuardConfig(cookie_ports=(COOKIE, COOKIE2), drop_ports=(DROP_PORT,))
+# the cookie path for every SYN (adaptive mode has its own tests below)
+ALWAYS = GuardConfig(cookie_ports=(80,), cookies="always")
+CONFIG = GuardConfig(cookie_ports=(COOKIE, COOKIE2), drop_ports=(DROP_PORT,), cookies="always")
 ALLOW = [ipaddress.ip_network("192.0.2.0/24"), ipaddress.ip_network("2001:db8:a::/48"),
          ipaddress.ip_network("198.51.100.7/32")]
 DENY = [ipaddress.ip_network("198.51.100.0/24"), ipaddress.ip_network("2001:db8:d::/48")]
@@ -83,7 +86,7 @@ class Guard:
                 m.set(ctypes.c_uint32(port), ctypes.c_uint32(abi.PORT_OPEN))
             for port, mode in sg._port_modes(config).items():
                 m.set(ctypes.c_uint32(port), ctypes.c_uint32(mode))
-        for name in ("acl_v4", "acl_v6", "sources", "bans", "flows"):
+        for name in ("acl_v4", "acl_v6", "sources", "bans", "flows", "port_state", "port_syns"):
             with self.map(name) as m:
                 m.clear()
         for nets, action in ((allow, abi.ACL_ALLOW), (deny, abi.ACL_DENY)):
@@ -92,6 +95,8 @@ class Guard:
                     m.set(abi.lpm_key(net), ctypes.c_uint32(action))
         acl4 = any(n.version == 4 for n in (*allow, *deny))
         acl6 = any(n.version == 6 for n in (*allow, *deny))
+        with self.map("adaptive") as m:
+            m.set(ctypes.c_uint32(0), config.adaptive_ctype(int(self.defines["SG_RATE_WINDOW_NS"])))
         with self.map("config") as m:
             m.set(ctypes.c_uint32(0), config.to_ctype(acl4, acl6))
 
@@ -162,16 +167,19 @@ def test_header_mirror_matches_bcc_decoded_types(guard):
 def test_header_enums_match_python_constants():
     c = _header_constants()
     for i, name in enumerate(abi.STAT_NAMES):
-        key = {"bans": "SG_EVENT_BAN", "probes": "SG_EVENT_PROBE"}.get(name, "SG_" + name.upper())
+        events = {"bans": "BAN", "probes": "PROBE", "flow_socket": "SOCKET", "flow_ends": "FLOW_END",
+                  "flow_idle": "FLOW_IDLE", "to_cookie": "TO_COOKIE", "to_pass": "TO_PASS"}
+        key = f"SG_EVENT_{events[name]}" if name in events else f"SG_{name.upper()}"
         assert c[key] == i, name
         assert (name in abi.EVENT_NAMES) == key.startswith("SG_EVENT_"), name
     assert (c["SG_OUTCOMES"], c["SG_STAT_MAX"]) == (abi.SG_OUTCOMES, abi.SG_STAT_MAX)
     assert (c["SG_PORT_OPEN"], c["SG_PORT_COOKIE"], c["SG_PORT_DROP"]) == (
         abi.PORT_OPEN, abi.PORT_COOKIE, abi.PORT_DROP)
     assert (c["SG_ACL_ALLOW"], c["SG_ACL_DENY"]) == (abi.ACL_ALLOW, abi.ACL_DENY)
-    flags = ("SG_CFG_COOKIES", "SG_CFG_FRAG_PASS", "SG_CFG_ACL4", "SG_CFG_ACL6", "SG_CFG_DESTS")
+    flags = ("SG_CFG_COOKIES", "SG_CFG_FRAG_PASS", "SG_CFG_ACL4", "SG_CFG_ACL6", "SG_CFG_DESTS",
+             "SG_CFG_ADAPTIVE")
     assert tuple(c[f] for f in flags) == (
-        abi.CFG_COOKIES, abi.CFG_FRAG_PASS, abi.CFG_ACL4, abi.CFG_ACL6, abi.CFG_DESTS)
+        abi.CFG_COOKIES, abi.CFG_FRAG_PASS, abi.CFG_ACL4, abi.CFG_ACL6, abi.CFG_DESTS, abi.CFG_ADAPTIVE)
     text = (loader.bpf_source_dir() / "syn_guard.h").read_text()
     bits = {m.group(1): 1 << int(m.group(2)) for m in
             re.finditer(r"#define\s+(SG_PROTECT_[A-Z]+)\s+\(1U << (\d+)\)", text)}
@@ -605,10 +613,188 @@ def test_every_truncation_point_is_dropped(g, name):
     assert "drop_malformed" not in delta
 
 
+# -- the flow cache and the stack's sockets ------------------------------------------------------
+
+@contextlib.contextmanager
+def loopback_connection(family: int) -> Iterator[tuple[str, int, int]]:
+    """A real TCP connection over loopback in this namespace: (address, client port, server port)."""
+    addr = "127.0.0.1" if family == socket.AF_INET else "::1"
+    with socket.socket(family, socket.SOCK_STREAM) as lsock, socket.socket(family) as client:
+        lsock.bind((addr, 0))
+        lsock.listen()
+        client.connect((addr, lsock.getsockname()[1]))
+        server, _ = lsock.accept()
+        with server:
+            yield addr, client.getsockname()[1], lsock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def cookie_port(g: Guard, port: int) -> Iterator[None]:
+    with g.map("ports") as m:
+        m.set(ctypes.c_uint32(port), ctypes.c_uint32(abi.PORT_COOKIE))
+    try:
+        yield
+    finally:
+        with g.map("ports") as m:
+            m.set(ctypes.c_uint32(port), ctypes.c_uint32(abi.PORT_OPEN))
+
+
+def segment(addr: str, sport: int, dport: int, flags: str = "A", payload: bytes = b"") -> Packet:
+    l3 = IP(src=addr, dst=addr) if ":" not in addr else IPv6(src=addr, dst=addr)
+    return E / l3 / TCP(sport=sport, dport=dport, flags=flags, seq=5000, ack=6000) / payload
+
+
+def flow_keys(g: Guard) -> list[tuple[str, int, str, int]]:
+    with g.map("flows") as m:
+        return [(str(abi.address_of(k.client)), socket.ntohs(k.client_port), str(abi.address_of(k.server)),
+                 socket.ntohs(k.server_port)) for k in m.keys()]
+
+
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6], ids=["v4", "v6"])
+def test_a_segment_the_stack_knows_passes_without_a_flow_entry(g, family):
+    """A segment of an open connection that is not in `flows` (evicted, idle, or opened
+    while SYNs went to the stack) passes because the stack has a socket for its tuple, and
+    is cached again; the same tuple's segments then hit the cache."""
+    with loopback_connection(family) as (addr, cport, sport), cookie_port(g, sport):
+        res, delta = g.run(segment(addr, cport, sport, "PA", b"ping"))
+        assert (res.verdict, delta.keys()) == (PASS, {"pass_flow", "flow_socket"})
+        assert flow_keys(g) == [(addr, cport, addr, sport)]
+        res, delta = g.run(segment(addr, cport, sport))
+        assert (res.verdict, delta.keys()) == (PASS, {"pass_flow"}), "cached: no second lookup"
+        # the listener alone is no proof: another client port must still carry a cookie
+        res, delta = g.run(segment(addr, cport ^ 1, sport))
+        assert (res.verdict, delta.keys()) == (DROP, {"drop_cookie"})
+
+
+def test_a_time_wait_tuple_passes_and_its_reuse_needs_a_cookie(g):
+    """A segment of a connection in time-wait passes to the stack (which answers it), but a
+    new connection reusing the tuple is a handshake like any other: its ACK is checked and
+    cached."""
+    with socket.socket() as lsock:
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen()
+        client = socket.create_connection(lsock.getsockname())
+        server, _ = lsock.accept()
+        server.close()  # the server closes first: its socket ends in time-wait
+        cport, sport = client.getsockname()[1], lsock.getsockname()[1]
+        client.close()
+    with cookie_port(g, sport):
+        res, delta = g.run(segment("127.0.0.1", cport, sport))
+        assert (res.verdict, delta.keys()) == (PASS, {"pass_flow", "flow_socket"})
+        assert flow_keys(g) == [], "not cached: no live connection"
+        syn = E / IP(src="127.0.0.1", dst="127.0.0.1") / TCP(sport=cport, dport=sport, flags="S", seq=1000,
+                                                           options=LINUX_OPTS)
+        res, _ = g.run(syn)
+        assert res.verdict == TX
+        res, delta = g.run(client_ack(Ether(res.output)))
+        assert (res.verdict, delta.keys()) == (PASS, {"pass_cookie"})
+        assert flow_keys(g) == [("127.0.0.1", cport, "127.0.0.1", sport)]
+
+
+def test_an_ack_flood_of_random_tuples_still_ends_in_xdp(g):
+    """With a listener on the port (the socket lookup finds it) and without one, ACKs of
+    tuples the stack does not know fail the cookie check and are dropped, and leave no
+    flow entry behind."""
+    rnd = __import__("random").Random(7)
+    with socket.socket() as lsock:
+        lsock.bind(("0.0.0.0", 0))
+        lsock.listen()
+        port = lsock.getsockname()[1]
+        with cookie_port(g, port):
+            for _ in range(200):
+                src = str(ipaddress.IPv4Address(rnd.getrandbits(32) | 0x0A000000 & 0xFFFFFFFF))
+                frame = E / IP(src=src, dst=SERVER4) / TCP(sport=rnd.randrange(1024, 65536), dport=port,
+                                                           flags="A", seq=rnd.getrandbits(32),
+                                                           ack=rnd.getrandbits(32))
+                res, delta = g.run(frame)
+                assert (res.verdict, delta.keys()) == (DROP, {"drop_cookie"})
+    assert flow_keys(g) == []
+
+
+@pytest.mark.parametrize("flags,counter", [("FA", "pass_flow"), ("R", "pass_tcp"), ("RA", "pass_tcp")])
+def test_fin_and_rst_end_a_cached_flow(g, flags, counter):
+    res, _ = g.run(syn4())
+    ack = client_ack(Ether(res.output))
+    assert set(g.run(ack)[1]) == {"pass_cookie"}
+    assert len(flow_keys(g)) == 1
+    closing = ack.copy()
+    closing[TCP].flags = flags
+    res, delta = g.run(closing)
+    assert (res.verdict, delta.keys()) == (PASS, {counter, "flow_ends"})
+    assert flow_keys(g) == []
+
+
+def test_an_idle_flow_is_checked_against_the_stack_again():
+    """A cached flow idle past SG_FLOW_IDLE_NS (100 ms here) is looked up in the stack again:
+    gone there, it is forgotten and its segments need a cookie; open there, it passes and
+    is cached afresh."""
+    _need_root()
+    idle = Guard({"SG_FLOW_IDLE_NS": 100_000_000})
+    try:
+        idle.configure(CONFIG)
+        key = abi.SgFlowKey()
+        key.client[:] = abi.mapped_words(ipaddress.ip_address(CLIENT4))
+        key.server[:] = abi.mapped_words(ipaddress.ip_address(SERVER4))
+        key.client_port, key.server_port = socket.htons(40000), socket.htons(COOKIE)
+        with idle.map("flows") as m:
+            m.set(key, abi.SgFlow(time.clock_gettime_ns(getattr(time, "CLOCK_MONOTONIC_COARSE", 6))))
+        time.sleep(0.3)  # more than the idle time (a lower bound, not a timing assertion)
+        res, delta = idle.run(tcp4("PA", payload=b"late"))
+        assert (res.verdict, delta.keys()) == (DROP, {"drop_cookie", "flow_idle"})
+        assert flow_keys(idle) == []
+        with loopback_connection(socket.AF_INET) as (addr, cport, sport), cookie_port(idle, sport):
+            assert set(idle.run(segment(addr, cport, sport))[1]) == {"pass_flow", "flow_socket"}
+            time.sleep(0.3)
+            res, delta = idle.run(segment(addr, cport, sport))
+            assert (res.verdict, delta.keys()) == (PASS, {"pass_flow", "flow_idle", "flow_socket"})
+            assert flow_keys(idle) == [(addr, cport, addr, sport)]
+    finally:
+        idle.close()
+
+
+# -- adaptive cookies ----------------------------------------------------------------------------
+
+def port_state(g: Guard, port: int = COOKIE) -> abi.SgPortState | None:
+    with g.map("port_state") as m:
+        return m.get(ctypes.c_uint32(port))
+
+
+def test_adaptive_passes_syns_until_the_threshold_then_cookies_then_back(g):
+    # 1000 SYN/s per CPU: 100 SYNs in one 100 ms window; back after 50 ms without one
+    g.configure(GuardConfig(cookie_ports=(COOKIE, COOKIE2), cookies="adaptive", syn_threshold=1000,
+                            quiet_seconds=0.05))
+    res, delta = g.run(syn4())
+    assert (res.verdict, delta.keys()) == (PASS, {"pass_syn"}), "no flood: the SYN goes to the stack"
+    assert res.output == syn4().build(), "untouched"
+    st = port_state(g)
+    assert st is not None and (st.cookies, st.to_cookie, st.to_pass) == (0, 0, 0)
+    # ACKs are checked as always: the adaptive mode only decides who answers SYNs
+    assert set(g.run(tcp4("A"))[1]) == {"drop_cookie"}
+    # a burst far over the threshold within one window (the program runs it back to back)
+    testrun.run_xdp(g.prog.prog_fd, syn4().build(), repeat=2000)
+    st = port_state(g)
+    assert st is not None and (st.cookies, st.to_cookie) == (1, 1)
+    assert g.counters()[abi.STAT["to_cookie"]][0] == 1
+    assert set(g.run(syn4())[1]) == {"tx_cookie"}
+    assert set(g.run(syn4(dport=COOKIE2))[1]) == {"pass_syn"}, "per port"
+    time.sleep(0.3)  # more than a window and the quiet period (a lower bound)
+    res, delta = g.run(syn4())
+    assert (res.verdict, delta.keys()) == (PASS, {"pass_syn", "to_pass"})
+    st = port_state(g)
+    assert st is not None and (st.cookies, st.to_cookie, st.to_pass) == (0, 1, 1)
+
+
+def test_always_and_off_ignore_the_threshold(g):
+    for mode, want in (("always", "tx_cookie"), ("off", "pass_syn")):
+        g.configure(GuardConfig(cookie_ports=(COOKIE,), cookies=mode, syn_threshold=1))
+        assert [set(g.run(syn4())[1]) for _ in range(3)] == [{want}] * 3
+        assert port_state(g) is None, "no adaptive state outside adaptive mode"
+
+
 # -- layer 3: rate limit and ban --------------------------------------------------------------------
 
 def test_rate_limit_then_ban(g):
-    g.configure(GuardConfig(cookie_ports=(COOKIE,), syn_rate=1, syn_burst=3, ban_after=2,
+    g.configure(GuardConfig(cookie_ports=(COOKIE,), cookies="always", syn_rate=1, syn_burst=3, ban_after=2,
                                ban_seconds=60))
     seen = [set(g.run(syn4(src="10.9.9.9"))[1]) for _ in range(7)]
     assert seen == [{"tx_cookie"}] * 3 + [{"drop_limited"}, {"drop_limited", "bans"}] + [{"drop_banned"}] * 2
@@ -621,17 +807,17 @@ def test_rate_limit_then_ban(g):
 
 
 def test_rate_limit_without_ban_and_ipv6_per_64(g):
-    g.configure(GuardConfig(cookie_ports=(COOKIE,), syn_rate=1, syn_burst=2, ban_seconds=0))
+    g.configure(GuardConfig(cookie_ports=(COOKIE,), cookies="always", syn_rate=1, syn_burst=2, ban_seconds=0))
     outcomes = [set(g.run(syn6(src=f"2001:db8:1:2::{i}"))[1]) for i in range(1, 6)]
     assert outcomes == [{"tx_cookie"}] * 2 + [{"drop_limited"}] * 3, "one bucket per /64, no ban"
     assert set(g.run(syn6(src="2001:db8:1:3::1"))[1]) == {"tx_cookie"}
 
 
 def test_rate_change_is_live(g):
-    g.configure(GuardConfig(cookie_ports=(COOKIE,), syn_rate=1, syn_burst=1, ban_seconds=0))
+    g.configure(GuardConfig(cookie_ports=(COOKIE,), cookies="always", syn_rate=1, syn_burst=1, ban_seconds=0))
     assert [set(g.run(syn4())[1]) for _ in range(2)] == [{"tx_cookie"}, {"drop_limited"}]
     with g.map("config") as m:
-        m.set(ctypes.c_uint32(0), GuardConfig(cookie_ports=(COOKIE,)).to_ctype(False, False))
+        m.set(ctypes.c_uint32(0), ALWAYS.to_ctype(False, False))
     assert [set(g.run(syn4())[1]) for _ in range(3)] == [{"tx_cookie"}] * 3
 
 
@@ -785,7 +971,7 @@ def test_a_source_spread_over_cpus_gets_its_burst_and_no_more(g):
 # -- configuration flags -------------------------------------------------------------------------------
 
 def test_cookies_off_passes_syns_and_acks(g):
-    g.configure(GuardConfig(cookie_ports=(COOKIE,), drop_ports=(DROP_PORT,), cookies=False))
+    g.configure(GuardConfig(cookie_ports=(COOKIE,), drop_ports=(DROP_PORT,), cookies="off"))
     assert g.run(syn4())[0].verdict == PASS
     assert set(g.run(syn4())[1]) == {"pass_syn"}
     assert set(g.run(tcp4("A"))[1]) == {"pass_tcp"}
@@ -793,16 +979,16 @@ def test_cookies_off_passes_syns_and_acks(g):
 
 
 def test_fragment_verdict_pass(g):
-    g.configure(GuardConfig(cookie_ports=(COOKIE,), fragments="pass"))
+    g.configure(GuardConfig(cookie_ports=(COOKIE,), cookies="always", fragments="pass"))
     frag = E / IP(src=CLIENT4, dst=SERVER4, flags="MF") / TCP(dport=COOKIE, flags="S")
     res, delta = g.run(frag)
     assert (res.verdict, set(delta)) == (PASS, {"fragment"})
 
 
 def test_empty_acl_skips_lookup_and_port_change_is_live(g):
-    g.configure(GuardConfig(cookie_ports=(COOKIE,)), ALLOW, DENY)
+    g.configure(GuardConfig(cookie_ports=(COOKIE,), cookies="always"), ALLOW, DENY)
     with g.map("config") as m:
-        m.set(ctypes.c_uint32(0), GuardConfig(cookie_ports=(COOKIE,)).to_ctype(False, False))
+        m.set(ctypes.c_uint32(0), ALWAYS.to_ctype(False, False))
     assert set(g.run(syn4(src="198.51.100.9"))[1]) == {"tx_cookie"}, "ACL4 flag clear: no lookup"
     with g.map("ports") as m:
         m.set(ctypes.c_uint32(COOKIE), ctypes.c_uint32(abi.PORT_OPEN))

@@ -37,7 +37,7 @@ VIP = "10.100.0.1:80/tcp"
 HOST = "10.100.0.9"  # the balancer host's own address, with a local service on :80
 # The guard protects :80 (the VIP's port), :443 and :23 of the host's own address; the VIP
 # is not one, so its traffic goes on to the balancer.
-CONFIG = GuardConfig(cookie_ports=(80, 443), drop_ports=(23,))
+CONFIG = GuardConfig(cookie_ports=(80, 443), drop_ports=(23,), cookies="always")
 
 
 @pytest.fixture(scope="module")

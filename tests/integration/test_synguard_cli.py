@@ -5,6 +5,7 @@ keeping the maps, detach; and bad input: one line, non-zero exit, nothing applie
 from __future__ import annotations
 
 import ctypes
+import ipaddress
 import json
 import os
 import subprocess
@@ -13,7 +14,7 @@ import time
 
 import pytest
 
-from fastpath.apps.guard import abi, nft, synguard
+from fastpath.apps.guard import abi, existing, nft, synguard
 from fastpath.bpf import xdp
 from fastpath.labs import floodlab
 
@@ -58,7 +59,7 @@ def test_attach_live_changes_reattach_detach(lab):
     # Generic mode here (the flood test runs native): XDP_TX then leaves through the stack's
     # transmit path, so the bridge-side veth needs no program of its own.
     res = fastpath("xdp", "attach", "eth0", "--netns", ns, "--mode", "generic", "--ports", f"{PORT},443",
-                   "--drop-ports", "23", "--syn-rate", "500/s", "--syn-burst", "50")
+                   "--drop-ports", "23", "--syn-rate", "500/s", "--syn-burst", "50", "--cookies", "always")
     line = res.stderr.strip()
     assert len(line.splitlines()) == 1
     for word in ("syn_guard attached to eth0", "generic mode", f"SYN cookies on 443,{PORT}",
@@ -127,10 +128,14 @@ def test_attach_live_changes_reattach_detach(lab):
 
     # re-attach with new options: same link, new program, maps (lists, flows, counters) kept
     fastpath("xdp", "deny", "add", "203.0.113.0/24", "--iface", "eth0", "--netns", ns)
+    # the probes' flows ended with their connections (FIN/RST); an open one, as the guard
+    # carries over at attach, stands for what a re-attach must keep
+    synguard.add_flows(att, [existing.Connection(ipaddress.ip_address(floodlab.CLIENT4), 40000,
+                                                 ipaddress.ip_address(floodlab.SERVER4), PORT, 1)])
     flows_before = _flows(att)
     cookies_before = counters(ns)["tx_cookie"]
     new = json.loads(fastpath("xdp", "attach", "eth0", "--netns", ns, "--ports", str(PORT),
-                              "--fragments", "pass", "--json").stdout)
+                              "--fragments", "pass", "--cookies", "always", "--json").stdout)
     assert new["replaced"] is True and new["generation"] == 2
     assert new["prog_id"] != status[0]["prog_id"]
     assert xdp.read_state("eth0", ns).link_id == att.link_id  # type: ignore[union-attr]

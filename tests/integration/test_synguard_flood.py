@@ -97,7 +97,7 @@ def test_guard_keeps_service_reachable_under_spoofed_flood(lab, target, engine):
     # With the guard.
     xdp_before = floodlab.xdp_rx_packets(lab)
     att = json.loads(fastpath("xdp", "attach", "eth0", "--netns", ns, "--mode", "native", "--ports",
-                              str(floodlab.SERVICE_PORT), "--json").stdout)
+                              str(floodlab.SERVICE_PORT), "--cookies", "always", "--json").stdout)
     assert att["mode"] == "native" and att["replaced"] is False
     table = att["nft_table"]
     assert nft.exists(ns, table) and nft.ports(ns, table) == [floodlab.SERVICE_PORT]
@@ -178,7 +178,8 @@ def test_guard_on_a_bare_veth_pair(make_lab):
     server = lab.spawn("server", floodlab.serve_argv(port=80))
     server.wait_output("ready")
     try:
-        res = fastpath("xdp", "attach", "eth0", "--netns", ns, "--ports", "80", "--json")
+        res = fastpath("xdp", "attach", "eth0", "--netns", ns, "--ports", "80", "--cookies", "always",
+                       "--json")
         att = json.loads(res.stdout)
         assert att["mode"] == "native"
         assert att["peer"] == {"ifname": "eth0", "netns": peer_ns, "helper": True}

@@ -118,7 +118,7 @@ def test_open_connections_survive_attach_reattach_and_port_changes_under_flood(l
     flood.wait_output("ready")
     try:
         att = json.loads(fastpath("xdp", "attach", "eth0", "--netns", ns, "--mode", "native", "--ports",
-                                  f"{PORT},{LONG_PORT}", "--json").stdout)
+                                  f"{PORT},{LONG_PORT}", "--cookies", "always", "--json").stdout)
         assert att["kept"] == 2, ("both connections found in the socket table and carried over",
                                   _socket_states(lab))
         _still_exchanging(clients)
@@ -135,7 +135,8 @@ def test_open_connections_survive_attach_reattach_and_port_changes_under_flood(l
 
         # Atomic re-attach with other options: the flows map is kept and the connections seeded again.
         again = json.loads(fastpath("xdp", "attach", "eth0", "--netns", ns, "--mode", "native", "--ports",
-                                    f"{PORT},{LONG_PORT}", "--fragments", "pass", "--json").stdout)
+                                    f"{PORT},{LONG_PORT}", "--fragments", "pass", "--cookies", "always",
+                                    "--json").stdout)
         assert again["replaced"] is True and again["kept"] == 2, _socket_states(lab)
         _still_exchanging(clients)
 
@@ -187,7 +188,7 @@ quota until 100 bytes counter drop
 def test_lost_handshake_ack_completes_on_the_zero_window_probe(lab):
     ns = lab.netns("server")
     lab.spawn("server", floodlab.serve_argv()).wait_output("ready")
-    res = sg.attach("eth0", ns, "generic", GuardConfig(cookie_ports=(PORT,)))
+    res = sg.attach("eth0", ns, "generic", GuardConfig(cookie_ports=(PORT,), cookies="always"))
     assert res.nft_table
     lab.run("client", ["nft", "-f", "-"], input=lose_first_ack(floodlab.SERVER4))
     probe = floodlab.probe_result(lab.run("client", floodlab.probe_argv(count=1, timeout=10.0),
@@ -211,7 +212,7 @@ def test_lost_handshake_ack_in_a_lower_mss_class_stalls(lab):
     number low, and the client's data is never echoed."""
     ns = lab.netns("server")
     lab.spawn("server", floodlab.serve_argv()).wait_output("ready")
-    res = sg.attach("eth0", ns, "generic", GuardConfig(cookie_ports=(PORT,)))
+    res = sg.attach("eth0", ns, "generic", GuardConfig(cookie_ports=(PORT,), cookies="always"))
     lab.run("client", ["nft", "-f", "-"], input=lose_first_ack(floodlab.SERVER6))
     probe = floodlab.probe_result(lab.run("client", floodlab.probe_argv(target=floodlab.SERVER6, count=1,
                                                                         timeout=4.0), timeout=60).stdout)

@@ -119,7 +119,15 @@ def test_an_option_added_to_a_command_is_accepted_without_a_change_here():
                    nodeconfig.decap_parser()):
         longs = {o for a in parser._actions for o in a.option_strings if o.startswith("--")
                  and a.dest not in options.NOT_SETTINGS and a.help != argparse.SUPPRESS}
-        assert longs and longs == {o.flag for o in options.settings(parser).values()}
+        reached = {o.flag for o in options.settings(parser).values()}
+        reached |= {o.negated for o in options.settings(parser).values() if o.negated}
+        assert longs and longs == reached
+    # A value option with a --no- twin (the guard's --cookies MODE and --no-cookies): a mode
+    # is the value, false the negation, true the default.
+    guard = nodeconfig.guard_parser()
+    assert options.to_argv(guard, {"cookies": "always"}, "x: guard") == ["--cookies=always"]
+    assert options.to_argv(guard, {"cookies": False}, "x: guard") == ["--no-cookies"]
+    assert options.to_argv(guard, {"cookies": True}, "x: guard") == []
 
 
 BAD = [
@@ -132,7 +140,7 @@ BAD = [
     ("interfaces: [{interface: eth0, guard: {ports: [99999]}}]",
      "node.yaml: interfaces[0] (eth0): guard.ports: port 99999 out of range"),
     ("interfaces: [{interface: eth0, guard: {cookies: 3}}]",
-     "node.yaml: interfaces[0] (eth0): guard.cookies: 3 is not true or false"),
+     "node.yaml: interfaces[0] (eth0): guard.cookies: invalid choice: '3'"),
     ("interfaces: [{interface: eth0, guard: {allow: [10.0.0.0/8], deny: [10.0.0.0/8]}}]",
      "node.yaml: interfaces[0] (eth0): guard.deny: 10.0.0.0/8 is also in the allow list"),
     ("interfaces: [{interface: eth0, balancer: {seed: x}}]",

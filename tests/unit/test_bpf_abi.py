@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from fastpath import doctor
-from fastpath.bpf import syscall
+from fastpath.apps.guard import abi as guard_abi
+from fastpath.bpf import loader, syscall
 
 HEADERS = ("linux/bpf.h", "linux/if_link.h")
 
@@ -148,3 +149,68 @@ def test_a_failed_command_raises_bpf_error_with_errno_and_command() -> None:
     assert isinstance(info.value, OSError)
     assert info.value.errno in (errno.EBADF, errno.EBADFD, errno.EPERM)
     assert info.value.what == "object info" and str(info.value).startswith(f"[Errno {info.value.errno}]")
+
+
+# -- program headers: bpf/syn_guard.h against fastpath/apps/guard/abi.py -----------------------
+
+GUARD_STRUCTS: dict[type[ctypes.Structure], str] = {
+    guard_abi.SgConfig: "struct sg_config",
+    guard_abi.SgCounter: "struct sg_counter",
+    guard_abi.SgLpmV4: "struct sg_lpm_v4",
+    guard_abi.SgLpmV6: "struct sg_lpm_v6",
+    guard_abi.SgSourceKey: "struct sg_source_key",
+    guard_abi.SgSource: "struct sg_source",
+    guard_abi.SgFlowKey: "struct sg_flow_key",
+    guard_abi.SgFlow: "struct sg_flow",
+    guard_abi.SgAdaptive: "struct sg_adaptive",
+    guard_abi.SgPortRate: "struct sg_port_rate",
+    guard_abi.SgPortState: "struct sg_port_state",
+    guard_abi.SgAddr: "struct sg_addr",
+    guard_abi.SgProtectedList: "struct sg_protected_list",
+    guard_abi.SgBan: "struct sg_ban",
+}
+
+
+def test_every_guard_map_structure_is_checked() -> None:
+    used = {t for pair in guard_abi.MAP_TYPES.values() for t in pair if issubclass(t, ctypes.Structure)}
+    assert used <= set(GUARD_STRUCTS)
+
+
+def test_guard_structures_match_syn_guard_h(tmp_path: Path) -> None:
+    """Every mirror in fastpath/apps/guard/abi.py has the size and field offsets the C compiler
+    gives the structs of bpf/syn_guard.h, and the stat ids and flags are the header's."""
+    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if cc is None or not Path("/usr/include/linux/types.h").exists():
+        pytest.skip("needs a C compiler and linux-libc-dev")
+    lines = ["#include <stdio.h>", "#include <stddef.h>", "#include <linux/types.h>",
+             f'#include "{loader.bpf_source_dir() / "syn_guard.h"}"', "int main(void)\n{"]
+    for struct, ctype in GUARD_STRUCTS.items():
+        lines.append(f'    printf("{ctype} %zu\\n", sizeof({ctype}));')
+        for member, _, _ in fields(struct):
+            lines.append(f'    printf("{ctype}/{member} %zu %zu\\n", offsetof({ctype}, {member}), '
+                         f"sizeof((({ctype} *)0)->{member}));")
+    consts = {"SG_OUTCOMES": guard_abi.SG_OUTCOMES, "SG_STAT_MAX": guard_abi.SG_STAT_MAX,
+              "SG_CFG_COOKIES": guard_abi.CFG_COOKIES, "SG_CFG_ADAPTIVE": guard_abi.CFG_ADAPTIVE,
+              "SG_EVENT_SOCKET": guard_abi.STAT["flow_socket"],
+              "SG_EVENT_FLOW_END": guard_abi.STAT["flow_ends"],
+              "SG_EVENT_FLOW_IDLE": guard_abi.STAT["flow_idle"],
+              "SG_EVENT_TO_COOKIE": guard_abi.STAT["to_cookie"],
+              "SG_EVENT_TO_PASS": guard_abi.STAT["to_pass"]}
+    for name in consts:
+        lines.append(f'    printf("{name} %lld\\n", (long long){name});')
+    lines.append("    return 0;\n}\n")
+    (tmp_path / "sg.c").write_text("\n".join(lines))
+    built = subprocess.run([cc, "-o", str(tmp_path / "sg"), str(tmp_path / "sg.c")], capture_output=True,
+                           text=True, check=False)
+    assert built.returncode == 0, built.stderr
+    out = subprocess.run([str(tmp_path / "sg")], capture_output=True, text=True, check=True).stdout
+    values = {}
+    for line in out.splitlines():
+        key, *numbers = line.rsplit(" ", 2) if "/" in line else line.rsplit(" ", 1)
+        values[key] = tuple(int(n) for n in numbers)
+    ours: dict[str, tuple[int, ...]] = {}
+    for struct, ctype in GUARD_STRUCTS.items():
+        ours[ctype] = (ctypes.sizeof(struct),)
+        ours.update({f"{ctype}/{m}": (off, size) for m, off, size in fields(struct)})
+    ours.update({name: (value,) for name, value in consts.items()})
+    assert {k: values[k] for k in ours} == ours

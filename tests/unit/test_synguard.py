@@ -68,14 +68,21 @@ def test_config_validation():
         GuardConfig(cookie_ports=(70000,)).validate()
     with pytest.raises(FastpathError, match="fragment verdict"):
         GuardConfig(fragments="maybe").validate()
+    with pytest.raises(FastpathError, match="bad cookie mode 'sometimes'"):
+        GuardConfig(cookies="sometimes").validate()
+    with pytest.raises(FastpathError, match="SYN threshold 0/s out of range"):
+        GuardConfig(syn_threshold=0).validate()
+    with pytest.raises(FastpathError, match="quiet period -1 s out of range"):
+        GuardConfig(quiet_seconds=-1).validate()
 
 
 def test_config_to_map_value():
     off = GuardConfig().to_ctype(False, False)
     assert (off.syn_interval_ns, off.syn_burst_ns, off.ban_ns, off.ban_after) == (0, 0, 0, 0)
-    assert off.flags == abi.CFG_COOKIES | abi.CFG_DESTS, "only the protected addresses by default"
-    assert GuardConfig(protect=("any",)).to_ctype(False, False).flags == abi.CFG_COOKIES
-    cfg = GuardConfig(syn_rate=200, syn_burst=400, ban_seconds=30, cookies=False, fragments="pass")
+    assert off.flags == abi.CFG_COOKIES | abi.CFG_ADAPTIVE | abi.CFG_DESTS, \
+        "adaptive cookies, only the protected addresses by default"
+    assert GuardConfig(cookies="always", protect=("any",)).to_ctype(False, False).flags == abi.CFG_COOKIES
+    cfg = GuardConfig(syn_rate=200, syn_burst=400, ban_seconds=30, cookies="off", fragments="pass")
     v = cfg.to_ctype(True, True)
     assert v.syn_interval_ns == 5_000_000
     assert v.syn_burst_ns == 399 * 5_000_000
@@ -153,7 +160,51 @@ def test_config_json_round_trip_and_description():
     text = cfg.describe()
     assert "SYN cookies on 80,443" in text and "SYNs dropped on 23" in text
     assert "200 SYN/s per source (burst 400, ban 60s after 400 excess)" in text
-    assert "cookies off" in GuardConfig(cookies=False).describe()
+    assert "cookies off" in GuardConfig(cookies="off").describe()
+    assert "adaptive SYN cookies on 80,443 (over 20000 SYN/s per CPU, back after 30s quiet)" in (
+        GuardConfig().describe())
+    # a state written before adaptive mode existed: True was cookies for every SYN
+    assert GuardConfig.from_json({"cookie_ports": [80], "cookies": True}).cookies == "always"
+    assert GuardConfig.from_json({"cookie_ports": [80], "cookies": False}).cookies == "off"
+
+
+def test_adaptive_threshold_per_window():
+    """The threshold (SYN/s per CPU) becomes SYNs per CPU per SG_RATE_WINDOW_NS window."""
+    window = abi.TUNABLES["SG_RATE_WINDOW_NS"]
+    a = GuardConfig().adaptive_ctype(window)
+    assert (a.window_syns, a.quiet_ns) == (2000, 30_000_000_000)
+    assert GuardConfig(syn_threshold=5, quiet_seconds=0.5).adaptive_ctype(window).window_syns == 1
+    assert GuardConfig(syn_threshold=12345).adaptive_ctype(window).window_syns == 1235
+    assert GuardConfig(quiet_seconds=0).adaptive_ctype(window).quiet_ns == 2 * window, "two windows at least"
+
+
+ADAPTIVE_ONLY = "--syn-threshold and --quiet-period apply to --cookies adaptive"
+
+
+@pytest.mark.parametrize(("argv", "msg"), [
+    (["--cookies", "always", "--no-cookies"], "--no-cookies contradicts --cookies always"),
+    (["--cookies", "always", "--syn-threshold", "100/s"], f"{ADAPTIVE_ONLY}, not always"),
+    (["--no-cookies", "--quiet-period", "3"], f"{ADAPTIVE_ONLY}, not off"),
+    (["--syn-threshold", "off"], "--syn-threshold cannot be off"),
+    (["--syn-threshold", "lots"], "bad SYN rate 'lots'"),
+    (["--quiet-period", "-2"], "--quiet-period -2 out of range"),
+    (["--quiet-period", "soon"], "--quiet-period 'soon' is not a number"),
+])
+def test_cookie_options_bad_input_is_one_clear_error(argv: list[str], msg: str) -> None:
+    args = build_parser().parse_args(["xdp", "attach", "eth0", *argv])
+    with pytest.raises(FastpathError) as exc:
+        cli._cookie_settings(args)
+    assert exc.value.message == msg
+
+
+def test_cookie_options_are_taken() -> None:
+    parse = build_parser().parse_args
+    assert cli._cookie_settings(parse(["xdp", "attach", "eth0"])) == {
+        "cookies": "adaptive", "quiet_seconds": 30.0}
+    assert cli._cookie_settings(parse(["xdp", "attach", "eth0", "--no-cookies"]))["cookies"] == "off"
+    got = cli._cookie_settings(parse(["xdp", "attach", "eth0", "--syn-threshold", "600/min",
+                                      "--quiet-period", "2.5"]))
+    assert got == {"cookies": "adaptive", "syn_threshold": 10.0, "quiet_seconds": 2.5}
 
 
 @pytest.mark.parametrize("rmem,core,want", [(6291456, 212992, 7), (33554432, 4194304, 10), (4096, 0, 0),

@@ -26,7 +26,11 @@ TUNABLES: dict[str, int] = {
     "SG_PROTECTED_MAX": 4096,     # destination addresses the guard protects
     "SG_BANS_MAX": 16384,         # bans in force (LRU, its own map: a flood of sources cannot flush it)
     "SG_RATE_TRIES": 4,           # compare-and-swap attempts on a token bucket before a SYN is over
-    "SG_FLOWS_MAX": 65536,        # flows admitted by a cookie (LRU)
+    "SG_FLOWS_MAX": 65536,        # known connections cached (LRU; a miss costs a socket lookup)
+    "SG_FLOW_IDLE_NS": 300_000_000_000,  # a cached flow idle this long is checked against the stack
+    "SG_FLOW_REFRESH_NS": 1_000_000_000,  # a cached flow's last-seen time is refreshed at most this often
+    "SG_RATE_WINDOW_NS": 100_000_000,  # adaptive cookies: window of each CPU's per-port SYN count
+    "SG_ADAPTIVE_PORTS": 1024,    # ports with adaptive state (beyond: cookies always)
     "SG_MSS4": 1460,              # MSS advertised in IPv4 SYN-ACKs
     "SG_MSS6": 1440,              # MSS advertised in IPv6 SYN-ACKs
     "SG_WSCALE": 7,               # window scale advertised (15: window scaling off)
@@ -42,7 +46,7 @@ SPEC = ProgramSpec(
     name=PROGRAM,
     entry="syn_guard",
     maps=("stats", "config", "ports", "acl_v4", "acl_v6", "sources", "bans", "flows", "protected_addrs",
-          "protected_list"),
+          "protected_list", "adaptive", "port_syns", "port_state"),
     defaults=TUNABLES,
     command="fastpath xdp",
     chain_slot=0,
@@ -53,19 +57,21 @@ SPEC = ProgramSpec(
 STAT_NAMES = (
     "pass_other", "pass_allow", "drop_deny", "drop_port", "drop_limited", "drop_banned",
     "tx_cookie", "pass_syn", "pass_cookie", "drop_cookie", "pass_flow", "pass_tcp",
-    "fragment", "drop_malformed", "drop_error", "bans", "probes", "pass_dest",
+    "fragment", "drop_malformed", "drop_error", "bans", "probes", "pass_dest", "flow_socket",
+    "flow_ends", "flow_idle", "to_cookie", "to_pass",
 )
 SG_OUTCOMES = 15
-SG_STAT_MAX = 18
+SG_STAT_MAX = 23
 STAT = {name: i for i, name in enumerate(STAT_NAMES)}
-EVENT_NAMES = ("bans", "probes")  # SG_EVENT_*
+# SG_EVENT_*: events that accompany an outcome
+EVENT_NAMES = ("bans", "probes", "flow_socket", "flow_ends", "flow_idle", "to_cookie", "to_pass")
 OUTCOME_NAMES = tuple(n for n in STAT_NAMES if n not in EVENT_NAMES)
 
 # enum sg_port_mode, enum sg_acl_action, SG_CFG_* flags.
 PORT_OPEN, PORT_COOKIE, PORT_DROP = 0, 1, 2
 ACL_ALLOW, ACL_DENY = 1, 2
 ACL_ACTIONS = {"allow": ACL_ALLOW, "deny": ACL_DENY}
-CFG_COOKIES, CFG_FRAG_PASS, CFG_ACL4, CFG_ACL6, CFG_DESTS = 1, 2, 4, 8, 16
+CFG_COOKIES, CFG_FRAG_PASS, CFG_ACL4, CFG_ACL6, CFG_DESTS, CFG_ADAPTIVE = 1, 2, 4, 8, 16, 32
 PROTECT_LOCAL, PROTECT_LISTED = 1, 2  # SG_PROTECT_*: values of protected_addrs
 
 
@@ -131,7 +137,26 @@ class SgFlowKey(ctypes.Structure):
 
 
 class SgFlow(ctypes.Structure):
-    _fields_ = [("created_ns", ctypes.c_uint64)]
+    _fields_ = [("seen_ns", ctypes.c_uint64)]
+
+
+class SgAdaptive(ctypes.Structure):
+    _fields_ = [("quiet_ns", ctypes.c_uint64), ("window_syns", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
+
+
+class SgPortRate(ctypes.Structure):
+    _fields_ = [("window_start_ns", ctypes.c_uint64), ("syns", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
+
+
+class SgPortState(ctypes.Structure):
+    _fields_ = [
+        ("since_ns", ctypes.c_uint64),
+        ("over_ns", ctypes.c_uint64),
+        ("cookies", ctypes.c_uint32),
+        ("to_cookie", ctypes.c_uint32),
+        ("to_pass", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+    ]
 
 
 # Key and value type of every map, for the header test and for opening pins.
@@ -147,6 +172,9 @@ MAP_TYPES: dict[str, tuple[type[ctypes._SimpleCData] | type[ctypes.Structure], t
     "flows": (SgFlowKey, SgFlow),
     "protected_addrs": (SgAddr, ctypes.c_uint32),
     "protected_list": (ctypes.c_uint32, SgProtectedList),
+    "adaptive": (ctypes.c_uint32, SgAdaptive),
+    "port_syns": (ctypes.c_uint32, SgPortRate),
+    "port_state": (ctypes.c_uint32, SgPortState),
 }
 
 

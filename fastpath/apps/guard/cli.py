@@ -13,7 +13,11 @@ from rich.table import Table
 
 from fastpath.apps.guard import abi, nft, synguard
 from fastpath.apps.guard.config import (
+    COOKIE_MODES,
+    DEFAULT_QUIET_SECONDS,
+    DEFAULT_SYN_THRESHOLD,
     GuardConfig,
+    cookie_mode,
     parse_ports,
     parse_protect,
     parse_rate,
@@ -31,6 +35,8 @@ _N = TypeVar("_N", int, float)
 EPILOG = """\
 examples:
   fastpath xdp attach eth0 --ports 80,443 --drop-ports 23 --syn-rate 200/s --syn-burst 400
+  fastpath xdp attach eth0 --ports 443 --cookies always
+  fastpath xdp attach eth0 --ports 443 --syn-threshold 5000/s --quiet-period 60
   fastpath xdp stats eth0 --watch
   fastpath xdp deny add 203.0.113.0/24 2001:db8:bad::/48
   fastpath xdp ports eth0 --add 8443
@@ -50,10 +56,10 @@ STAT_HELP = {
     "drop_limited": "SYN over its source's rate",
     "drop_banned": "SYN from a banned source",
     "tx_cookie": "SYN answered with a cookie SYN-ACK",
-    "pass_syn": "SYN passed to the stack (cookies off)",
+    "pass_syn": "SYN passed to the stack (cookies off, or adaptive below threshold)",
     "pass_cookie": "ACK with a valid cookie: new flow",
     "drop_cookie": "ACK with no flow and a bad cookie",
-    "pass_flow": "segment of an admitted flow",
+    "pass_flow": "segment of a known connection (cached or in the stack)",
     "pass_tcp": "other TCP to a protected port (RST, ...)",
     "fragment": "first fragment to a protected port",
     "drop_malformed": "truncated or unparsable headers",
@@ -61,6 +67,11 @@ STAT_HELP = {
     "bans": "bans started (event)",
     "probes": "zero-window probes taken for a lost handshake ACK (event)",
     "pass_dest": "TCP to a protected port of an address not protected (a VIP)",
+    "flow_socket": "flow-cache misses the stack knew: passed (event)",
+    "flow_ends": "cached flows ended by FIN or RST (event)",
+    "flow_idle": "cached flows idle too long, checked again (event)",
+    "to_cookie": "adaptive ports switched to cookies (event)",
+    "to_pass": "adaptive ports back to passing SYNs (event)",
 }
 
 
@@ -90,8 +101,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     att.add_argument("--drop-ports", default="", metavar="LIST",
                      help="closed TCP ports whose SYNs are dropped")
     _rate_args(att)
-    att.add_argument("--no-cookies", action="store_true",
-                     help="pass SYNs to the stack (lists and rate limits only; no SYNPROXY rules)")
+    att.add_argument("--cookies", choices=COOKIE_MODES, default=None,
+                     help="adaptive (default): SYNs to a port pass to the stack until its SYN rate "
+                          "crosses --syn-threshold, then cookies until --quiet-period passes; always: "
+                          "cookies for every SYN; off: lists and rate limits only (no SYNPROXY rules)")
+    att.add_argument("--no-cookies", action="store_true", help="the same as --cookies off")
+    att.add_argument("--syn-threshold", metavar="N/s",
+                     help=f"adaptive: SYNs per second to one port on one CPU that switch it to cookies "
+                          f"(default {DEFAULT_SYN_THRESHOLD:g}/s)")
+    att.add_argument("--quiet-period", metavar="S",
+                     help=f"adaptive: seconds under the threshold before a port passes SYNs again "
+                          f"(default {DEFAULT_QUIET_SECONDS:g})")
     att.add_argument("--fragments", choices=("drop", "pass"), default="drop",
                      help="verdict for first fragments to protected ports (default drop); pass: the "
                           "stack reassembles them and SYNs among them get SYNPROXY (IPv4) or a drop (IPv6)")
@@ -197,14 +217,33 @@ def _ns_flag(netns: str | None) -> str:
 
 # -- commands ------------------------------------------------------------------------------------
 
+def _cookie_settings(args: argparse.Namespace) -> dict[str, object]:
+    if args.no_cookies and args.cookies not in (None, "off"):
+        raise FastpathError(f"--no-cookies contradicts --cookies {args.cookies}", fix="give one of them")
+    mode = "off" if args.no_cookies else (args.cookies or "adaptive")
+    if mode != "adaptive" and (args.syn_threshold is not None or args.quiet_period is not None):
+        raise FastpathError(f"--syn-threshold and --quiet-period apply to --cookies adaptive, not {mode}",
+                            fix="drop them, or use --cookies adaptive")
+    out: dict[str, object] = {"cookies": mode}
+    if args.syn_threshold is not None:
+        threshold = parse_rate(args.syn_threshold)
+        if threshold == 0:
+            raise FastpathError("--syn-threshold cannot be off",
+                                fix="give a rate such as 20000/s, or use --cookies always")
+        out["syn_threshold"] = threshold
+    out["quiet_seconds"] = _number(args.quiet_period, "--quiet-period", DEFAULT_QUIET_SECONDS, float,
+                                   86400, "86400")
+    return out
+
+
 def attach_config(args: argparse.Namespace) -> GuardConfig:
     """The GuardConfig the options of `xdp attach` ask for, validated. The node config
     (fastpath.agent) parses its guard sections with the same parser and this function, so
     an option added to the attach parser and read here is accepted there too."""
-    base = GuardConfig(cookie_ports=parse_ports(args.ports),
-                       drop_ports=parse_ports(args.drop_ports),
-                       cookies=not args.no_cookies, fragments=args.fragments,
-                       protect=parse_protect(args.protect))
+    base = with_changes(GuardConfig(cookie_ports=parse_ports(args.ports),
+                                    drop_ports=parse_ports(args.drop_ports), fragments=args.fragments,
+                                    protect=parse_protect(args.protect)),
+                        **_cookie_settings(args))
     return _rate_changes(args, base).validate()
 
 
@@ -226,8 +265,9 @@ def cmd_attach(args: argparse.Namespace) -> int:
     layers = ["allow/deny lists", "port modes"]
     if cfg.syn_rate:
         layers.append("per-source SYN rate")
-    if cfg.cookies and cfg.cookie_ports:
-        layers.append(f"SYN cookies + SYNPROXY (nft table {res.nft_table})")
+    if cfg.uses_cookies:
+        how = "adaptive SYN cookies" if cfg.cookies == "adaptive" else "SYN cookies"
+        layers.append(f"{how} + SYNPROXY (nft table {res.nft_table})")
     kept = f"; {res.kept} open connection(s) kept" if res.kept else ""
     scaled = f"; {scale.note}" if scale else ""
     info(f"syn_guard {verb} {args.iface}{where} ({att.mode} mode, prog id {att.prog_id}): "
@@ -262,7 +302,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         rate = f"{cfg.get('syn_rate', 0):g}/s" if cfg.get("syn_rate") else "off"
         ports = []
         if cfg.get("cookie_ports"):
-            how = "cookie" if cfg.get("cookies") else "pass"
+            how = {"always": "cookie", "adaptive": "adaptive", "off": "pass"}.get(
+                cookie_mode(cfg.get("cookies")), "?")
             ports.append(f"{how} {','.join(map(str, cfg['cookie_ports']))}")
         if cfg.get("drop_ports"):
             ports.append(f"drop {','.join(map(str, cfg['drop_ports']))}")
@@ -286,6 +327,17 @@ def _stats_rows(cur: dict[str, tuple[int, int]], prev: dict[str, tuple[int, int]
     return out
 
 
+def _port_modes(att: xdp.Attachment) -> list[synguard.PortMode]:
+    try:
+        return synguard.port_modes(att, synguard.guard_config(att))
+    except FastpathError:
+        return []
+
+
+def _ports_line(modes: list[synguard.PortMode]) -> str:
+    return ", ".join(f"{m.port} {m.mode}" for m in modes)
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     att = synguard.attachment(args.iface, args.netns)
     title = f"syn_guard on {att.ifname}" + (f" in {att.netns}" if att.netns else "")
@@ -304,16 +356,24 @@ def cmd_stats(args: argparse.Namespace) -> int:
         rows = _stats_rows(cur, prev, time.monotonic() - t0)
         frames = sum(cur[n][0] for n in abi.OUTCOME_NAMES)
         bans = synguard.read_bans(att)
+        modes = _port_modes(att)
         if args.json:
             print_json({"ifname": att.ifname, "netns": att.netns, "frames": frames,
                         "counters": {r["counter"]: {k: v for k, v in r.items() if k != "counter"}
                                      for r in rows}, "warnings": warnings,
-                        "banned": [_ban_json(b) for b in bans]})
+                        "banned": [_ban_json(b) for b in bans],
+                        "ports": [m.to_json() for m in modes]})
             return 0
         print_table(["counter", "packets", "pps", "bytes", "meaning"],
                     [[r["counter"], f"{r['packets']:,}", f"{r['pps']:,.0f}" if "pps" in r else "-",
                       f"{r['bytes']:,}", STAT_HELP[str(r["counter"])]] for r in rows],
                     title=f"{title}: {frames:,} frames")
+        if modes:
+            print_table(["port", "SYNs get", "setting", "since", "to cookies", "to pass"],
+                        [[m.port, "cookies" if m.mode == "cookies" else "the stack", m.setting,
+                          "-" if m.since_s is None else f"{m.since_s:g}s", f"{m.to_cookie:,}",
+                          f"{m.to_pass:,}"] for m in modes],
+                        title=f"cookie ports on {att.ifname}")
         if bans:
             shown = ", ".join(b.source for b in bans[:5]) + (", ..." if len(bans) > 5 else "")
             info(f"{len(bans)} source(s) banned now: {shown} (fastpath xdp bans {att.ifname}"
@@ -326,7 +386,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
             ["counter", "packets", "pps", "bytes", "meaning"],
             [[r["counter"], f"{r['packets']:,}", f"{r.get('pps', 0):,.0f}", f"{r['bytes']:,}",
               STAT_HELP[str(r["counter"])]] for r in _stats_rows(cur, prev, dt)],
-            title=f"{title} (Ctrl-C to stop)")
+            title=f"{title}; ports: {_ports_line(_port_modes(att)) or '-'} (Ctrl-C to stop)")
 
     def as_json(cur: Counters, prev: Counters, dt: float) -> dict[object, object]:
         rows = _stats_rows(cur, prev, dt)

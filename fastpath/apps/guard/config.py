@@ -22,10 +22,12 @@ from typing import Any
 from fastpath.apps.guard.abi import (
     CFG_ACL4,
     CFG_ACL6,
+    CFG_ADAPTIVE,
     CFG_COOKIES,
     CFG_DESTS,
     CFG_FRAG_PASS,
     TUNABLES,
+    SgAdaptive,
     SgConfig,
 )
 from fastpath.bpf import xdp
@@ -93,6 +95,21 @@ def parse_protect(text: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+COOKIE_MODES = ("adaptive", "always", "off")
+DEFAULT_SYN_THRESHOLD = 20000.0  # SYNs per second to one port on one CPU
+DEFAULT_QUIET_SECONDS = 30.0
+
+
+def cookie_mode(value: object) -> str:
+    """A stored `cookies` setting as a mode: states written before adaptive mode existed hold
+    True (cookies for every SYN) or False."""
+    if value is True:
+        return "always"
+    if value is False:
+        return "off"
+    return str(value)
+
+
 @dataclass(frozen=True)
 class GuardConfig:
     """What the guard protects and how; everything here can change without a reload."""
@@ -103,7 +120,9 @@ class GuardConfig:
     syn_burst: int = 0             # SYNs a source may send back to back; 0: same as the rate
     ban_after: int = 0             # SYNs over the rate within a second that start a ban; 0: burst
     ban_seconds: float = 60.0      # ban length; 0: never ban
-    cookies: bool = True           # answer SYNs from XDP (else: pass them to the stack)
+    cookies: str = "adaptive"      # adaptive: cookies per port under a SYN flood; always; off
+    syn_threshold: float = DEFAULT_SYN_THRESHOLD  # adaptive: SYN/s to a port on one CPU that start cookies
+    quiet_seconds: float = DEFAULT_QUIET_SECONDS  # adaptive: back to passing SYNs after this long quiet
     fragments: str = "drop"        # verdict for first fragments to protected ports
     protect: tuple[str, ...] = (PROTECT_LOCAL,)  # destinations guarded: see parse_protect
 
@@ -123,6 +142,13 @@ class GuardConfig:
         if self.syn_burst and not self.syn_rate:
             raise FastpathError("--syn-burst needs --syn-rate",
                                 fix="give both, e.g. --syn-rate 200/s --syn-burst 400")
+        if self.cookies not in COOKIE_MODES:
+            raise FastpathError(f"bad cookie mode {self.cookies!r}", fix="use adaptive, always or off")
+        if not 0 < self.syn_threshold <= 1e9:
+            raise FastpathError(f"SYN threshold {self.syn_threshold:g}/s out of range",
+                                fix="use a rate above 0 and up to 1e9/s, e.g. --syn-threshold 20000/s")
+        if not 0 <= self.quiet_seconds <= 86400:
+            raise FastpathError(f"quiet period {self.quiet_seconds:g} s out of range", fix="use 0 to 86400")
         if self.fragments not in ("drop", "pass"):
             raise FastpathError(f"bad fragment verdict {self.fragments!r}", fix="use drop or pass")
         if parse_protect(",".join(self.protect)) != self.protect:
@@ -160,8 +186,10 @@ class GuardConfig:
             cfg.ban_ns = round(self.ban_seconds * 1e9)
             cfg.ban_after = self.ban_threshold if self.ban_seconds else 0
         flags = 0
-        if self.cookies:
+        if self.cookies != "off":
             flags |= CFG_COOKIES
+        if self.cookies == "adaptive":
+            flags |= CFG_ADAPTIVE
         if self.fragments == "pass":
             flags |= CFG_FRAG_PASS
         if acl4:
@@ -172,6 +200,18 @@ class GuardConfig:
             flags |= CFG_DESTS
         cfg.flags = flags
         return cfg
+
+    @property
+    def uses_cookies(self) -> bool:
+        """SYNs to cookie ports may be answered from XDP (so SYNPROXY rules are needed)."""
+        return self.cookies != "off" and bool(self.cookie_ports)
+
+    def adaptive_ctype(self, window_ns: int) -> SgAdaptive:
+        """The `adaptive` record: the threshold as SYNs per CPU per window of `window_ns`; the
+        quiet period at least two windows (a flood seen by one CPU stamps the port once per
+        window, so a shorter one would let the other CPUs switch back in between)."""
+        return SgAdaptive(quiet_ns=max(round(self.quiet_seconds * 1e9), 2 * window_ns),
+                          window_syns=max(1, math.ceil(self.syn_threshold * window_ns / 1e9)))
 
     def to_json(self) -> dict[str, object]:
         data = asdict(self)
@@ -189,13 +229,18 @@ class GuardConfig:
                 kw[key] = tuple(int(p) for p in kw[key])
         if "protect" in kw:
             kw["protect"] = tuple(str(p) for p in kw["protect"])
+        if "cookies" in kw:
+            kw["cookies"] = cookie_mode(kw["cookies"])
         return cls(**kw)
 
     def describe(self) -> str:
         parts = []
         if self.cookie_ports:
-            how = "SYN cookies" if self.cookies else "rate limit only (cookies off)"
-            parts.append(f"{how} on {','.join(map(str, self.cookie_ports))}")
+            how = {"always": "SYN cookies", "adaptive": "adaptive SYN cookies",
+                   "off": "rate limit only (cookies off)"}[self.cookies]
+            when = (f" (over {self.syn_threshold:g} SYN/s per CPU, back after {self.quiet_seconds:g}s quiet)"
+                    if self.cookies == "adaptive" else "")
+            parts.append(f"{how} on {','.join(map(str, self.cookie_ports))}{when}")
         if self.drop_ports:
             parts.append(f"SYNs dropped on {','.join(map(str, self.drop_ports))}")
         if self.syn_rate:

@@ -121,6 +121,10 @@ def _acl_nonempty(att: xdp.Attachment) -> tuple[bool, bool]:
 
 def write_config(att: xdp.Attachment, config: GuardConfig) -> None:
     acl4, acl6 = _acl_nonempty(att)
+    # the threshold first: the flag that makes the program read it comes with `config`
+    window = int(att.defines.get("SG_RATE_WINDOW_NS", TUNABLES["SG_RATE_WINDOW_NS"]))
+    with open_map(att, "adaptive") as m:
+        m.set(ctypes.c_uint32(0), config.adaptive_ctype(window))
     with open_map(att, "config") as m:
         m.set(ctypes.c_uint32(0), config.to_ctype(acl4, acl6))
 
@@ -257,6 +261,50 @@ def write_ports(att: xdp.Attachment, config: GuardConfig, previous: GuardConfig 
             m.set(ctypes.c_uint32(port), ctypes.c_uint32(mode))
 
 
+def forget_port_state(att: xdp.Attachment, keep: Iterable[int]) -> None:
+    """Drop the adaptive state (mode, switch counts, SYN windows) of every port not in `keep`."""
+    keep = set(keep)
+    for name in ("port_state", "port_syns"):
+        with open_map(att, name) as m:
+            for key in [k for k in m.keys() if int(k.value) not in keep]:
+                m.delete(key)
+
+
+@dataclass
+class PortMode:
+    """How SYNs to one cookie port are answered right now (`fastpath xdp stats`)."""
+
+    port: int
+    mode: str             # "cookies" or "pass" (SYNs to the stack)
+    setting: str          # the cookie setting: adaptive, always or off
+    since_s: float | None  # seconds since the last switch (adaptive ports that saw SYNs)
+    to_cookie: int = 0
+    to_pass: int = 0
+
+    def to_json(self) -> dict[str, object]:
+        return {"port": self.port, "mode": self.mode, "setting": self.setting, "since_s": self.since_s,
+                "to_cookie": self.to_cookie, "to_pass": self.to_pass}
+
+
+def port_modes(att: xdp.Attachment, config: GuardConfig) -> list[PortMode]:
+    """Every cookie port's current mode; for adaptive ports as the program switched them."""
+    if config.cookies != "adaptive":
+        mode = "pass" if config.cookies == "off" else "cookies"
+        return [PortMode(p, mode, config.cookies, None) for p in config.cookie_ports]
+    with open_map(att, "port_state") as m:
+        states = {int(k.value): v for k, v in m.items()}
+    now = time.clock_gettime_ns(getattr(time, "CLOCK_MONOTONIC_COARSE", 6))
+    out = []
+    for port in config.cookie_ports:
+        st = states.get(port)
+        if st is None:
+            out.append(PortMode(port, "pass", "adaptive", None))
+            continue
+        out.append(PortMode(port, "cookies" if st.cookies else "pass", "adaptive",
+                            round(max(0, now - st.since_ns) / 1e9, 1), st.to_cookie, st.to_pass))
+    return out
+
+
 def read_ports(att: xdp.Attachment) -> dict[int, int]:
     """Protected ports as the program sees them (a full walk of the array)."""
     with open_map(att, "ports") as m:
@@ -381,7 +429,7 @@ def add_flows(att: xdp.Attachment, conns: Sequence[existing.Connection]) -> None
             key.server[:] = mapped_words(conn.server)
             key.client_port = socket.htons(conn.client_port)  # as read from the header
             key.server_port = socket.htons(conn.server_port)
-            m.set(key, SgFlow(created_ns=now))
+            m.set(key, SgFlow(seen_ns=now))
 
 
 @dataclass
@@ -405,7 +453,7 @@ def attach_defines(ifname: str, netns: str | None,
     listeners on the cookie ports really use (SYNPROXY does not translate windows), the
     sysctls' when none is there; listeners that disagree are refused (FastpathError)."""
     defines = plan_defines(ifname, netns)
-    if not (cfg.cookies and cfg.cookie_ports):
+    if not cfg.uses_cookies:
         return defines, None
     scale = listeners.window_scale(netns, cfg.cookie_ports, defines["SG_WSCALE"])
     defines["SG_WSCALE"] = scale.value
@@ -423,7 +471,7 @@ def attach(
     the maps and SYNPROXY rules match `config`. On a first attach that fails half-way,
     everything is removed again."""
     cfg = (config or GuardConfig()).validate()
-    use_nft = cfg.cookies and bool(cfg.cookie_ports)
+    use_nft = cfg.uses_cookies
     if use_nft:
         nft.require()
     defines, scale = attach_defines(ifname, netns, cfg)
@@ -465,6 +513,7 @@ def _switch(att: xdp.Attachment, cfg: GuardConfig, previous: GuardConfig | None,
     the config that turns their lookup on; cookies on, so a flood never reaches conntrack),
     nft table, flows and conntrack seeded, tcp_loose=0."""
     write_protected(att, protected)
+    forget_port_state(att, cfg.cookie_ports)
     if table is None:
         write_ports(att, cfg, previous)
         write_config(att, cfg)
@@ -517,13 +566,13 @@ def set_config(att: xdp.Attachment, config: GuardConfig) -> xdp.Attachment:
     whose `local` part is read from the namespace again), no reload."""
     cfg = config.validate()
     previous = guard_config(att)
-    if cfg.cookies and cfg.cookie_ports:
+    if cfg.uses_cookies:
         nft.require()
         _check_window_scale(att, cfg, sorted(set(cfg.cookie_ports) - set(previous.cookie_ports)))
     protected = protected_addresses(att.netns, cfg)
     chain.check_claims(att.ifname, att.netns, {PROGRAM: guard_claims(cfg, protected)})
     table = None
-    if cfg.cookies and cfg.cookie_ports:
+    if cfg.uses_cookies:
         table = str(att.options.get("nft_table") or nft.table_name(att.ifname, att.ifindex))
     _switch(att, cfg, previous, {k: int(v) for k, v in att.defines.items()}, table, protected)
     att.options["config"] = cfg.to_json()
@@ -549,7 +598,7 @@ def window_scale_warnings(att: xdp.Attachment, ports: Sequence[int] | None = Non
         cfg = guard_config(att)
     except FastpathError:
         return []
-    if not cfg.cookies or not _netns_alive(att.netns) or "SG_WSCALE" not in att.defines:
+    if cfg.cookies == "off" or not _netns_alive(att.netns) or "SG_WSCALE" not in att.defines:
         return []
     return listeners.mismatches(att.netns, cfg.cookie_ports if ports is None else ports,
                                 int(att.defines["SG_WSCALE"]))

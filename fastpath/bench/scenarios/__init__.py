@@ -53,4 +53,5 @@ SCENARIOS: dict[str, str] = {
     "lb-packet": "fastpath.bench.scenarios.lb",
     "synflood": "fastpath.bench.scenarios.synflood",
     "synflood-packet": "fastpath.bench.scenarios.synflood",
+    "synguard-churn": "fastpath.bench.scenarios.synguard_churn",
 }

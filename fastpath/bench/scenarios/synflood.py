@@ -19,10 +19,15 @@ drop).
 new source, with the rate limit on: the path of a spoofed flood's SYN (a new entry in
 `sources`, a miss in `bans`, a cookie).
 `pass-dest` is a SYN to a guarded port of an address the guard does not protect (a VIP).
+Paths that consult the stack's socket table do it in the benchmark's own namespace: `drop-ack`
+(an ACK flood's frame: no cached flow, the port's listener found, bad cookie) and
+`pass-socket` (no cached flow, a real loopback connection found: its FIN, never cached, so
+every run looks it up); `pass-syn-adaptive` is a SYN to an adaptive port below its threshold.
 
 `synflood`: the same spoofed flood (fastpath/labs/flood.py, the fastest this machine makes)
 against one server (fastpath/labs/floodlab.py) defended in turn by
-- `fastpath`: the guard, SYN cookies from XDP + SYNPROXY for the ACKs;
+- `fastpath`: the guard, SYN cookies from XDP for every SYN (`--cookies always`; adaptive
+  mode switches to the same within a window of a flood) + SYNPROXY for the ACKs;
 - `syncookies`: the kernel's own SYN cookies (net.ipv4.tcp_syncookies=2), the baseline;
 - `synproxy`: nftables SYNPROXY without XDP (SYN notracked, cookies from netfilter);
 - `fastpath-drop`: the guard with the port in drop mode (SYNs dropped in XDP);
@@ -50,6 +55,7 @@ import ctypes
 import ipaddress
 import math
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -78,6 +84,9 @@ PATHS: dict[str, tuple[str, str, str]] = {
     "drop-port": ("closed_syn", "XDP_DROP", "drop_port"),
     "drop-limited": ("syn4", "XDP_DROP", "drop_limited"),
     "drop-cookie": ("bad_ack", "XDP_DROP", "drop_cookie"),
+    "drop-ack": ("listener_ack", "XDP_DROP", "drop_cookie"),
+    "pass-socket": ("socket_fin", "XDP_PASS", "pass_flow"),
+    "pass-syn-adaptive": ("syn4", "XDP_PASS", "pass_syn"),
     "cookie-v4": ("syn4", "XDP_TX", "tx_cookie"),
     "cookie-v6": ("syn6", "XDP_TX", "tx_cookie"),
     # a spoofed flood's SYN: a new source every run (bpf/syn_guard_bench.c), rate limit on
@@ -87,7 +96,7 @@ _SPOOF_MARK = "100.64.0.0"  # SG_SPOOF_MARK of bpf/syn_guard_bench.c
 _PORT, _CLOSED = 80, 23
 
 
-def _frames() -> dict[str, bytes]:
+def _frames(listen_port: int, conn: tuple[int, int]) -> dict[str, bytes]:
     from scapy.layers.inet import IP, TCP, UDP
     from scapy.layers.inet6 import IPv6
     from scapy.layers.l2 import Ether
@@ -109,6 +118,9 @@ def _frames() -> dict[str, bytes]:
                                                                      options=opts),
         "bad_ack": v4 / TCP(sport=40001, dport=_PORT, flags="A", seq=1001, ack=4242),
         "flow_ack": v4 / TCP(sport=40002, dport=_PORT, flags="PA", seq=1001, ack=4242) / b"GET /",
+        "listener_ack": v4 / TCP(sport=40003, dport=listen_port, flags="A", seq=1001, ack=4242),
+        "socket_fin": eth / IP(src="127.0.0.1", dst="127.0.0.1") / TCP(sport=conn[0], dport=conn[1],
+                                                                       flags="FA", seq=1001, ack=4242),
     }
     out = {}
     for name, pkt in frames.items():
@@ -143,13 +155,24 @@ class SynfloodPacket(Scenario):
         self._progs.append(testrun.load_restoring(
             [abi.SPEC.source_path, abi.SPEC.source_dir / "syn_guard_bench.c"], "sg_bench_spoofed", FRAME_LEN,
             abi.TUNABLES, moves="tail"))
-        self._frames = _frames()
+        # what the socket lookups find: a listener, and an open loopback connection
+        self._socks = [socket.socket() for _ in range(3)]
+        listener, client, server = self._socks
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        client.connect(listener.getsockname())
+        self._socks.append(listener.accept()[0])
+        server.bind(("0.0.0.0", 0))
+        server.listen()
+        listen_port, conn_port = server.getsockname()[1], listener.getsockname()[1]
+        self._frames = _frames(listen_port, (client.getsockname()[1], conn_port))
         for prog in (0, 2):
             with self._map("ports", prog) as ports:
-                ports.set(ctypes.c_uint32(_PORT), ctypes.c_uint32(abi.PORT_COOKIE))
+                for port in (_PORT, listen_port, conn_port):
+                    ports.set(ctypes.c_uint32(port), ctypes.c_uint32(abi.PORT_COOKIE))
                 ports.set(ctypes.c_uint32(_CLOSED), ctypes.c_uint32(abi.PORT_DROP))
             # the host's own addresses, as attach finds them (10.0.0.100 stays a VIP's)
-            own = [ipaddress.ip_address(a) for a in ("10.0.0.2", "fd00::2")]
+            own = [ipaddress.ip_address(a) for a in ("10.0.0.2", "fd00::2", "127.0.0.1")]
             with self._map("protected_addrs", prog) as protected:
                 for addr in own:
                     akey = abi.SgAddr()
@@ -165,8 +188,8 @@ class SynfloodPacket(Scenario):
         key.server[:] = abi.mapped_words(parse_cidr("10.0.0.2/32").network_address)
         key.client_port = int.from_bytes((40002).to_bytes(2, "big"), "little")
         key.server_port = int.from_bytes(_PORT.to_bytes(2, "big"), "little")
-        with self._map("flows") as flows:
-            flows.set(key, abi.SgFlow(1))
+        with self._map("flows") as flows:  # stamped now: a flow hit refreshes it (not idle)
+            flows.set(key, abi.SgFlow(time.clock_gettime_ns(getattr(time, "CLOCK_MONOTONIC_COARSE", 6))))
         try:
             self._kernel: kernel_peers.SynproxyBench | None = kernel_peers.SynproxyBench(
                 self._frames, _PORT, FRAME_LEN)
@@ -189,13 +212,18 @@ class SynfloodPacket(Scenario):
 
     def _configure(self, contender: str) -> None:
         if contender == "cookie-flood":  # every source new: within its rate, tracked, answered
-            cfg = GuardConfig(cookie_ports=(_PORT,), drop_ports=(_CLOSED,), syn_rate=200, ban_seconds=60)
+            cfg = GuardConfig(cookie_ports=(_PORT,), drop_ports=(_CLOSED,), syn_rate=200, ban_seconds=60,
+                              cookies="always")
             with self._map("config", 2) as m:
                 m.set(ctypes.c_uint32(0), cfg.to_ctype(True, False))
             return
         limited = contender == "drop-limited"
+        adaptive = contender == "pass-syn-adaptive"  # a threshold no benchmark run reaches
         cfg = GuardConfig(cookie_ports=(_PORT,), drop_ports=(_CLOSED,), syn_rate=1 if limited else 0,
-                             syn_burst=1 if limited else 0, ban_seconds=0)
+                          syn_burst=1 if limited else 0, ban_seconds=0,
+                          cookies="adaptive" if adaptive else "always", syn_threshold=1e9)
+        with self._map("adaptive") as m:
+            m.set(ctypes.c_uint32(0), cfg.adaptive_ctype(abi.TUNABLES["SG_RATE_WINDOW_NS"]))
         with self._map("config") as m:
             m.set(ctypes.c_uint32(0), cfg.to_ctype(True, False))
 
@@ -221,6 +249,8 @@ class SynfloodPacket(Scenario):
         kernel = getattr(self, "_kernel", None)
         if kernel is not None:
             kernel.close()
+        for s in getattr(self, "_socks", []):
+            s.close()
 
 
 # ---------------------------------------------------------------------------------------
@@ -310,7 +340,8 @@ class Synflood(Scenario):
         if contender in ("drop_all", "reflect"):
             xdp.attach(FLOORS[contender], "eth0", ns, "native")
         elif contender == "fastpath":
-            sg.attach("eth0", ns, "native", GuardConfig(cookie_ports=(floodlab.SERVICE_PORT,)))
+            cfg = GuardConfig(cookie_ports=(floodlab.SERVICE_PORT,), cookies="always")
+            sg.attach("eth0", ns, "native", cfg)
         elif contender == "fastpath-drop":
             cfg = GuardConfig(cookie_ports=(), drop_ports=(floodlab.SERVICE_PORT,))
             sg.attach("eth0", ns, "native", cfg)
