@@ -11,12 +11,13 @@ leaves a record as well as the agent's own:
   attached, replaced, detached   an XDP program appeared, was swapped, went away
   backend_down, backend_up       health verdicts (with the probe's reason)
   backend_drained, backend_undrained
-  source_banned, source_unbanned the guard's per-source SYN ban (its `sources` map)
+  source_banned, source_unbanned the guard's per-source SYN ban (its `bans` map)
+  cookie_mode_switched           an adaptive port switched to SYN cookies or back
   config_applied, config_unchanged, config_refused, apply_failed, error, agent_started,
   agent_stopping, metrics_listening      (emitted by fastpath.agent.service)
 
-A new guard event (e.g. a cookie mode switched by the guard itself) is one function added to
-GUARD_WATCHES: it gets the watcher and one guard attachment each poll and calls `emit`.
+A new guard event is one function added to GUARD_WATCHES: it gets the watcher and one guard
+attachment each poll and calls `emit`.
 """
 
 from __future__ import annotations
@@ -24,14 +25,12 @@ from __future__ import annotations
 import json
 import sys
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import IO, Any
 
 from fastpath.apps.guard import synguard
-from fastpath.apps.guard.abi import address_of
 from fastpath.apps.lb import store as lb_store
 from fastpath.bpf import xdp
 from fastpath.errors import FastpathError
@@ -72,6 +71,7 @@ class Watcher:
     reasons: dict[BackendKey, str] = field(default_factory=dict)   # why a probe failed
     bans: dict[tuple[str | None, str, str], int] = field(default_factory=dict)
     ban_counts: dict[tuple[str | None, str], int] = field(default_factory=dict)
+    modes: dict[tuple[str | None, str, int], tuple[str, int, int]] = field(default_factory=dict)
 
     def poll(self) -> None:
         atts = [a for a in xdp.attachments() if a.program != xdp.PEER_PROGRAM]
@@ -128,56 +128,43 @@ class Watcher:
 
 # -- the guard's events -------------------------------------------------------------------------
 
-def _coarse_now() -> int:
-    """The clock the guard stamps bans with: bpf_ktime_get_coarse_ns, CLOCK_MONOTONIC_COARSE."""
-    return time.clock_gettime_ns(getattr(time, "CLOCK_MONOTONIC_COARSE", 6))
-
-
 def watch_bans(w: Watcher, att: xdp.Attachment) -> None:
-    """source_banned when the guard's `bans` counter moved and a source's ban lies ahead;
-    source_unbanned when a ban it reported has run out. The sources map (an LRU of up to
-    SG_SOURCES_MAX entries) is walked only when a ban started since the last poll."""
+    """source_banned when a ban appears in the guard's `bans` map, source_unbanned when one it
+    reported is over. The map holds bans only (a flood of spoofed sources never enters it), and
+    is read only when the `bans` counter moved or a reported ban may have ended."""
     iface = (att.netns, att.ifname)
     count = synguard.read_counters(att)["bans"][0]
-    now = _coarse_now()
     started = count != w.ban_counts.get(iface)
     first = iface not in w.ban_counts
     w.ban_counts[iface] = count
-    mine = {k: until for k, until in w.bans.items() if k[:2] == iface}
-    current: dict[str, int] = {}
-    if started or mine:
-        with synguard.open_map(att, "sources") as m:
-            if started:
-                for key, value in m.items():
-                    if value.banned_until_ns > now:
-                        current[str(address_of(key.addr))] = int(value.banned_until_ns)
-            else:
-                for (_, _, source), _until in mine.items():
-                    got = m.get(_source_key(source))
-                    if got is not None and got.banned_until_ns > now:
-                        current[source] = int(got.banned_until_ns)
+    mine = [k for k in w.bans if k[:2] == iface]
+    if not started and not mine:
+        return
+    current = {b.source: b.seconds_left for b in synguard.read_bans(att)}
     where = {"netns": att.netns, "interface": att.ifname}
-    for source, until in sorted(current.items()):
+    for source, left in sorted(current.items()):
         if (*iface, source) not in w.bans and not first:
-            w.events.emit("source_banned", **where, source=source,
-                          seconds=round((until - now) / 1e9, 1))
-        w.bans[(*iface, source)] = until
+            w.events.emit("source_banned", **where, source=source, seconds=round(left, 1))
+        w.bans[(*iface, source)] = 1
     for key in mine:
         if key[2] not in current:
             w.events.emit("source_unbanned", **where, source=key[2])
             w.bans.pop(key)
 
 
-def _source_key(text: str) -> Any:
-    import ipaddress
+def watch_cookie_modes(w: Watcher, att: xdp.Attachment) -> None:
+    """cookie_mode_switched when an adaptive port went from passing SYNs to cookies or back
+    (the guard switches by itself, on the port's SYN rate), with the port's switch counts."""
+    where = {"netns": att.netns, "interface": att.ifname}
+    for m in synguard.port_modes(att, synguard.guard_config(att)):
+        key = (att.netns, att.ifname, m.port)
+        seen = (m.mode, m.to_cookie, m.to_pass)
+        before = w.modes.get(key)
+        w.modes[key] = seen
+        if before is not None and before != seen:
+            w.events.emit("cookie_mode_switched", **where, port=m.port, mode=m.mode, setting=m.setting,
+                          to_cookie=m.to_cookie, to_pass=m.to_pass)
 
-    from fastpath.apps.guard.abi import SgSourceKey, mapped_words
 
-    key = SgSourceKey()
-    key.addr[:] = mapped_words(ipaddress.ip_address(text))
-    return key
-
-
-# Every guard event source, polled with each guard attachment. A cookie mode the guard
-# switches by itself is one more function here reading where the guard keeps that mode.
-GUARD_WATCHES: list[Callable[[Watcher, xdp.Attachment], None]] = [watch_bans]
+# Every guard event source, polled with each guard attachment.
+GUARD_WATCHES: list[Callable[[Watcher, xdp.Attachment], None]] = [watch_bans, watch_cookie_modes]
