@@ -19,6 +19,7 @@ packages=(
   dpdk dpdk-dev libdpdk-dev meson ninja-build pkg-config
   iproute2 iputils-ping nftables iptables ethtool netsniff-ng hping3 iperf3 tcpdump
   haproxy python3-venv python3-pip gcc make
+  qemu-system-x86
 )
 missing=()
 for p in "${packages[@]}"; do
