@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -110,8 +111,15 @@ def run_vm(args: argparse.Namespace, series: str, guest_args: list[str]) -> dict
     return result
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # A stopped run (CI's timeout, a closed terminal) still stops its VM and cleans up.
+    signal.signal(signal.SIGTERM, _interrupted)
+    signal.signal(signal.SIGHUP, _interrupted)
     try:
         return _main(args)
     except FastpathError as exc:

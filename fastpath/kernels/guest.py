@@ -85,14 +85,14 @@ def inside(args: argparse.Namespace, rest: list[str]) -> int:
     try:
         start = time.monotonic()
         programs.check_variants()
-        for variant in programs.variants():
-            shared.sweep(variant, say)
-        result["sweep_s"] = round(time.monotonic() - start, 1)
         for name in sorted({v.program for v in programs.variants()} | _bpf_programs()):
             mk = programs.minimum_kernel(name)
             result["min_kernel"][name] = f"{mk[0]}.{mk[1]}" if mk else None
-        result["loads"] = [r.to_json() for r in shared.records]
-        save()
+        for variant in programs.variants():
+            shared.sweep(variant, say)
+            result["loads"] = [r.to_json() for r in shared.records]
+            result["sweep_s"] = round(time.monotonic() - start, 1)
+            save()  # a run stopped part-way still reports what it loaded
         if not args.no_tests:
             start = time.monotonic()
             recorder = Recorder(shared, say)
