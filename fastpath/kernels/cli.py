@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("kernels", nargs="*", default=list(DEFAULT_KERNELS),
                    help="Debian kernel series (6.1, 6.12) or 'host' (default: 6.1 6.12 host)")
     p.add_argument("--load-only", action="store_true", help="the load sweep only, no tests/bpf")
+    p.add_argument("--only", action="append", default=[], metavar="PROGRAM",
+                   help="sweep only this program of bpf/ (repeatable; tests/bpf runs unless --load-only)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--cache", type=Path, default=REPO / "build" / "kernels",
                    help="where kernels are unpacked and results kept (default build/kernels)")
@@ -137,6 +139,7 @@ def _main(args: argparse.Namespace) -> int:
         if k != "host":
             packages.select_check(k)
     guest_args = ["--no-tests"] if args.load_only else []
+    guest_args += [f"--only={name}" for name in args.only]
     extra = [a for a in args.pytest_args if a != "--"]
     guest_args += extra
     columns: list[tuple[str, dict[str, Any]]] = []

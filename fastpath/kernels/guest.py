@@ -8,7 +8,7 @@ change during a run) and runs the suite chrooted there (`--outer`), with /proc, 
 bpffs, a tmpfs /run, this kernel's modules and headers at /lib/modules/$(uname -r), and the
 output directory (a read-write share) mounted in. On the host, `--inside` runs directly.
 
-    python -m fastpath.kernels.guest --inside --out DIR [--no-tests] [pytest args...]
+    python -m fastpath.kernels.guest --inside --out DIR [--no-tests] [--only PROGRAM] [pytest args...]
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def outer(args: argparse.Namespace, rest: list[str]) -> int:
     env = {**os.environ, "TMPDIR": "/run/tmp", "HYPOTHESIS_STORAGE_DIRECTORY": "/run/tmp/hypothesis",
            "PYTHONDONTWRITEBYTECODE": "1", "HOME": "/run/tmp"}
     argv = [sys.executable, "-m", "fastpath.kernels.guest", "--inside", "--out", args.out,
-            *(["--no-tests"] if args.no_tests else []), *rest]
+            *(["--no-tests"] if args.no_tests else []), *[f"--only={p}" for p in args.only], *rest]
     return subprocess.run(["chroot", root, "sh", "-c", 'cd "$0" && exec "$@"', os.getcwd(), *argv],
                           env=env, check=False).returncode
 
@@ -89,6 +89,8 @@ def inside(args: argparse.Namespace, rest: list[str]) -> int:
             mk = programs.minimum_kernel(name)
             result["min_kernel"][name] = f"{mk[0]}.{mk[1]}" if mk else None
         for variant in programs.variants():
+            if args.only and variant.program not in args.only:
+                continue
             shared.sweep(variant, say)
             result["loads"] = [r.to_json() for r in shared.records]
             result["sweep_s"] = round(time.monotonic() - start, 1)
@@ -159,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="directory for results.json")
     parser.add_argument("--moddir", help="this kernel's modules directory (with --outer)")
     parser.add_argument("--no-tests", action="store_true", help="the load sweep only")
+    parser.add_argument("--only", action="append", default=[], metavar="PROGRAM",
+                        help="sweep only this program of bpf/ (repeatable)")
     args, rest = parser.parse_known_args(argv)
     if args.outer:
         if not args.moddir:
