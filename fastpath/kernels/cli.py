@@ -46,7 +46,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory", default="3G", help="guest memory (default 3G)")
     p.add_argument("--cpus", type=int, default=min(2, os.cpu_count() or 1), help="guest CPUs (default 2)")
     p.add_argument("--timeout", type=float, default=120, help="minutes per kernel before it is stopped (120)")
-    p.add_argument("pytest_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return p
 
 
@@ -140,8 +139,6 @@ def _main(args: argparse.Namespace) -> int:
             packages.select_check(k)
     guest_args = ["--no-tests"] if args.load_only else []
     guest_args += [f"--only={name}" for name in args.only]
-    extra = [a for a in args.pytest_args if a != "--"]
-    guest_args += extra
     columns: list[tuple[str, dict[str, Any]]] = []
     for kernel in args.kernels:
         start = time.monotonic()

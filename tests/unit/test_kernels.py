@@ -162,3 +162,11 @@ def test_a_known_failure_is_shown_but_does_not_fail_the_run():
     assert "known:" in v.details[0] and "unbounded min value" in v.details[1]
     assert not report.failed(r)
     assert report.program_verdict("decap", {**r, "release": "6.12.118+deb12-amd64"}).failed
+
+
+def test_options_may_follow_the_kernels():
+    from fastpath.kernels.cli import build_parser
+
+    args = build_parser().parse_args(["6.1", "6.12", "--load-only", "--only", "syn_guard"])
+    assert (args.kernels, args.load_only, args.only) == (["6.1", "6.12"], True, ["syn_guard"])
+    assert build_parser().parse_args([]).kernels == ["6.1", "6.12", "host"]
