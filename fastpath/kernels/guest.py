@@ -71,7 +71,7 @@ def inside(args: argparse.Namespace, rest: list[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "started").write_text(f"{time.time()}\n")
     result: dict[str, Any] = {"release": platform.release(), "loads": [], "tests": [], "modules": {},
-                              "min_kernel": {}, "sweep_s": 0.0, "tests_s": 0.0, "pytest_exit": None}
+                              "min_kernel": {}, "sweep_s": 0.0, "tests_s": None, "pytest_exit": None}
 
     def save() -> None:
         tmp = out / "results.json.tmp"

@@ -21,11 +21,22 @@ from fastpath.apps.decap import decap
 from fastpath.apps.guard import abi as guard_abi
 from fastpath.apps.lb import abi as lb_abi
 from fastpath.apps.lb import config as lb_config
-from fastpath.bpf import loader
+from fastpath.bpf import loader, testrun
 from fastpath.errors import FastpathError
 from fastpath.labs import flood
 
 Version = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Harness:
+    """A program compiled only inside the restoring harness (fastpath.bpf.testrun.load_restoring)."""
+
+    sources: tuple[str, ...]   # stems in bpf/, the data plane first
+    process: str
+    frame_len: int
+    moves: str = "head"
+    after: str | None = None
 
 
 @dataclass(frozen=True)
@@ -39,6 +50,7 @@ class Variant:
     entries: tuple[str, ...] = ()
     # Entries that need a newer kernel than the program as a whole.
     entry_needs: Mapping[str, Version] = field(default_factory=dict)
+    harness: Harness | None = None
 
     @property
     def all_entries(self) -> tuple[str, ...]:
@@ -100,7 +112,14 @@ def variants() -> list[Variant]:
             Variant("counter_peers", "default", _spec("counter_peers", "textbook"), {}, ("noop",)),
             Variant("lb_peers", "default", _spec("lb_peers", "textbook")),
             Variant("synflood_floors", "default", _spec("synflood_floors", "drop_all"), {}, ("reflect",)),
-            Variant("l2fwd_redirect", "default", _spec("l2fwd_redirect", "xdp_redirect"))]
+            Variant("l2fwd_redirect", "default", _spec("l2fwd_redirect", "xdp_redirect")),
+            # The benchmarks' builds: the guard's answer moves the tail; the balancer's miss
+            # path forgets its flow after each run (l4lb_bench.c).
+            Variant("restoring_harness", "syn_guard", _spec("restoring_harness", testrun.HARNESS_ENTRY),
+                    guard_abi.TUNABLES, harness=Harness(("syn_guard",), "sg_process", 94, "tail")),
+            Variant("l4lb_bench", "default", _spec("l4lb_bench", testrun.HARNESS_ENTRY),
+                    {**lb_abi.TUNABLES, "LB_RING_SIZE": 4099, "LB_MAX_VIPS": 4},
+                    harness=Harness(("l4lb", "l4lb_bench"), "lb_process", 74, after="lb_bench_forget"))]
     return out
 
 
@@ -181,7 +200,7 @@ class SharedLoads:
         cflags = loader.build_cflags(variant.spec, variant.defines, None)
         start = time.monotonic()
         try:
-            prog = self._load(variant.spec, variant.defines)
+            prog = self._compile(variant)
         except FastpathError as exc:
             self._record(variant.program, variant.label, variant.spec.entry, cflags, start, str(exc))
             say(f"load {variant.program} ({variant.label}): FAILED {exc}")
@@ -197,7 +216,18 @@ class SharedLoads:
         bad = [r for r in self.records[-len(variant.all_entries):] if not r.ok]
         verdict = f"{len(bad)} of {len(variant.all_entries)} entries FAILED" if bad else "ok"
         say(f"load {variant.program} ({variant.label}): {verdict} in {took:.0f} s")
-        self._kept[_key(variant.spec, cflags, "XDP")] = prog
+        if variant.harness:
+            prog.close()  # a harness build is the tests' own, in a directory of its own
+        else:
+            self._kept[_key(variant.spec, cflags, "XDP")] = prog
+
+    def _compile(self, variant: Variant) -> loader.LoadedProgram:
+        h = variant.harness
+        if h is None:
+            return self._load(variant.spec, variant.defines)
+        sources = [loader.bpf_source_dir() / f"{stem}.c" for stem in h.sources]
+        return testrun.load_restoring(sources, h.process, h.frame_len, variant.defines, moves=h.moves,
+                                      after=h.after)
 
     def _record(self, program: str, label: str, entry: str, cflags: list[str], start: float,
                 error: str) -> None:

@@ -99,7 +99,11 @@ def test_every_program_states_its_minimum_kernel():
 def test_sweep_extremes_are_accepted_by_the_control_plane():
     programs.check_variants()
     labels = {(v.program, v.label) for v in programs.variants()}
-    assert {("syn_guard", "default"), ("syn_guard", "low"), ("syn_guard", "high"), ("l4lb", "high")} <= labels
+    assert {("syn_guard", "default"), ("syn_guard", "low"), ("syn_guard", "high"), ("l4lb", "high"),
+            ("restoring_harness", "syn_guard"), ("l4lb_bench", "default")} <= labels
+    from fastpath.bpf.loader import bpf_source_dir
+
+    assert {v.program for v in programs.variants()} == {p.stem for p in bpf_source_dir().glob("*.c")}
 
 
 def _load(program, ok=True, label="default", entry=None, error="", needs=None, module=""):
