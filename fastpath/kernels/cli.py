@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--load-only", action="store_true", help="the load sweep only, no tests/bpf")
     p.add_argument("--only", action="append", default=[], metavar="PROGRAM",
                    help="sweep only this program of bpf/ (repeatable; tests/bpf runs unless --load-only)")
+    p.add_argument("--headers", choices=("own", "dist"), default="own",
+                   help="compile against each kernel's own headers (default) or the installed "
+                        "linux-headers-amd64, the stand-in scripts/setup-host.sh links for a kernel "
+                        "without any")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--cache", type=Path, default=REPO / "build" / "kernels",
                    help="where kernels are unpacked and results kept (default build/kernels)")
@@ -95,9 +99,11 @@ def run_vm(args: argparse.Namespace, series: str, guest_args: list[str]) -> dict
     out = args.cache / "results" / pkgs.release
     _fresh(out)
     kvm = vm.host_kvm_usable()
-    boot = vm.Boot(tree, tools, REPO, out, sys.executable, args.memory, args.cpus, kvm)
+    headers = packages.dist_headers() if args.headers == "dist" else None
+    boot = vm.Boot(tree, tools, REPO, out, sys.executable, args.memory, args.cpus, kvm, headers)
     accel = "KVM" if kvm else "TCG, no usable KVM"
-    say(f"booting {pkgs.release} ({accel}, {args.cpus} CPUs, {args.memory}); "
+    which = f"headers {headers[0].name}" if headers else "its own headers"
+    say(f"booting {pkgs.release} ({accel}, {args.cpus} CPUs, {args.memory}, {which}); "
         f"console in {out / 'console.log'}")
     res = vm.run(boot, vng, guest_args, args.timeout * 60, out / "console.log",
                  lambda line: print(f"  | {line}", flush=True))
@@ -108,7 +114,8 @@ def run_vm(args: argparse.Namespace, series: str, guest_args: list[str]) -> dict
         last = " | ".join(ln for ln in res.tail[-3:] if ln)
         result = {**(result or {"release": pkgs.release}), "error": f"{why}: {last}"}
     result.update(machine="vm", kvm=kvm, boot_s=None if res.boot_s is None else round(res.boot_s, 1),
-                  total_s=round(res.total_s, 1), package=pkgs.image)
+                  total_s=round(res.total_s, 1), package=pkgs.image,
+                  headers=str(headers[0]) if headers else "own")
     return result
 
 

@@ -50,7 +50,14 @@ def outer(args: argparse.Namespace, rest: list[str]) -> int:
     _run("mount", "-t", "tmpfs", "-o", "mode=755", "tmpfs", f"{root}/run")
     modules = f"{root}/usr/lib/modules"
     _run("mount", "-t", "tmpfs", "-o", "mode=755", "tmpfs", modules)
-    os.symlink(args.moddir, f"{modules}/{platform.release()}")
+    if args.headers:
+        # bcc finds headers through build and source: the ones given instead of the kernel's own
+        build, source = args.headers.split(":")
+        os.mkdir(f"{modules}/{platform.release()}")
+        os.symlink(build, f"{modules}/{platform.release()}/build")
+        os.symlink(source, f"{modules}/{platform.release()}/source")
+    else:
+        os.symlink(args.moddir, f"{modules}/{platform.release()}")
     _run("mount", "--bind", args.out, f"{root}{args.out}")
     os.makedirs(f"{root}/run/tmp", mode=0o1777)
     env = {**os.environ, "TMPDIR": "/run/tmp", "HYPOTHESIS_STORAGE_DIRECTORY": "/run/tmp/hypothesis",
@@ -160,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--inside", action="store_true", help="run the sweep and the tests here")
     parser.add_argument("--out", required=True, help="directory for results.json")
     parser.add_argument("--moddir", help="this kernel's modules directory (with --outer)")
+    parser.add_argument("--headers", metavar="BUILD:SOURCE",
+                        help="compile against these headers (with --outer)")
     parser.add_argument("--no-tests", action="store_true", help="the load sweep only")
     parser.add_argument("--only", action="append", default=[], metavar="PROGRAM",
                         help="sweep only this program of bpf/ (repeatable)")

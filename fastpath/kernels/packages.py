@@ -99,6 +99,20 @@ def select(series: str, depends: Callable[[str], list[str]]) -> KernelPackages:
                         fix="add bookworm-security or bookworm-backports and run apt-get update")
 
 
+def dist_headers(src: Path = Path("/usr/src")) -> tuple[Path, Path]:
+    """The installed linux-headers-amd64 (build, source): what scripts/setup-host.sh links for a
+    kernel that has no headers of its own."""
+    def natural(p: Path) -> list[str | int]:
+        return [int(x) if x.isdigit() else x for x in re.split(r"(\d+)", p.name)]
+
+    found = sorted(src.glob(f"linux-headers-*-{FLAVOUR}"), key=natural)
+    if not found:
+        raise CapabilityError("no linux-headers-*-amd64 under /usr/src",
+                              fix="apt-get install linux-headers-amd64")
+    build = found[-1]
+    return build, build.with_name(build.name.removesuffix(f"-{FLAVOUR}") + "-common")
+
+
 def apt_depends(package: str) -> list[str]:
     res = subprocess.run(["apt-cache", "depends", package], capture_output=True, text=True, check=False)
     return parse_depends(res.stdout) if res.returncode == 0 else []

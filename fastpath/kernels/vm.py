@@ -75,11 +75,14 @@ class Boot:
     memory: str = "3G"
     cpus: int = 2
     kvm: bool = False
+    headers: tuple[Path, Path] | None = None  # (build, source) instead of the kernel's own
 
     def guest_command(self, guest_args: list[str]) -> str:
         env = f"PYTHONPATH={shlex.quote(str(self.repo))} PYTHONUNBUFFERED=1"
         argv = [self.python, "-m", "fastpath.kernels.guest", "--outer", "--moddir", str(self.tree.moddir),
                 "--out", str(self.out), *guest_args]
+        if self.headers:
+            argv.append(f"--headers={self.headers[0]}:{self.headers[1]}")
         return f"env {env} " + " ".join(shlex.quote(a) for a in argv)
 
     def command(self, vng: str, guest_args: list[str]) -> list[str]:

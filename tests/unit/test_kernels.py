@@ -174,3 +174,22 @@ def test_options_may_follow_the_kernels():
     args = build_parser().parse_args(["6.1", "6.12", "--load-only", "--only", "syn_guard"])
     assert (args.kernels, args.load_only, args.only) == (["6.1", "6.12"], True, ["syn_guard"])
     assert build_parser().parse_args([]).kernels == ["6.1", "6.12", "host"]
+
+
+def test_stand_in_headers_are_the_newest_installed_amd64_pair(tmp_path):
+    for name in ("linux-headers-6.1.0-9-amd64", "linux-headers-6.1.0-57-amd64",
+                 "linux-headers-6.1.0-57-common"):
+        (tmp_path / name).mkdir()
+    build, source = packages.dist_headers(tmp_path)
+    assert (build.name, source.name) == ("linux-headers-6.1.0-57-amd64", "linux-headers-6.1.0-57-common")
+    with pytest.raises(FastpathError, match="no linux-headers"):
+        packages.dist_headers(tmp_path / "none")
+
+
+def test_guest_is_told_which_headers_to_compile_against(tmp_path):
+    boot = _boot(tmp_path, kvm=False)
+    assert "--headers" not in boot.guest_command([])
+    pair = (Path("/usr/src/linux-headers-6.1.0-57-amd64"), Path("/usr/src/linux-headers-6.1.0-57-common"))
+    with_dist = vm.Boot(**{**boot.__dict__, "headers": pair})
+    assert with_dist.guest_command([]).endswith(
+        "--headers=/usr/src/linux-headers-6.1.0-57-amd64:/usr/src/linux-headers-6.1.0-57-common")
