@@ -1,5 +1,5 @@
 # Thin wrapper: every target delegates to scripts/.
-.PHONY: setup demo test bench lint clean
+.PHONY: setup demo test bench lint kernels clean
 
 setup:
 	bash scripts/setup-host.sh
@@ -12,6 +12,10 @@ test: setup
 
 bench: setup
 	bash scripts/bench.sh $(SCENARIOS)
+
+# make kernels KERNELS="6.1" for one kernel; "host" is the running kernel.
+kernels: setup
+	bash scripts/kernels.sh $(KERNELS)
 
 lint: setup
 	.venv/bin/ruff check .

@@ -509,7 +509,13 @@ static __always_inline int send_cookie(struct xdp_md *ctx, struct sg_pkt *p, u64
 	thlen = (((struct tcphdr *)(data + l4off))->doff & 0xf) * 4;
 	if (thlen < 20)
 		return sg_done(SG_DROP_ERROR, p->len, XDP_DROP);
-	/* A stack copy of the SYN's TCP header: the helper and the option walk read it there. */
+	/* A stack copy of the SYN's TCP header: the helper and the option walk read it there.
+	 * The length is checked again right at the call, behind an empty asm so clang keeps
+	 * the check: clang spills thlen, and Linux 6.1's verifier does not carry the first
+	 * check over to the reloaded copy ("invalid zero-sized read"). */
+	asm volatile("" : "+r"(thlen));
+	if (thlen < 20 || thlen > 60)
+		return sg_done(SG_DROP_ERROR, p->len, XDP_DROP);
 	if (bpf_xdp_load_bytes(ctx, l4off, syn, thlen) < 0)
 		return sg_done(SG_DROP_ERROR, p->len, XDP_DROP);
 	if (p->v6)

@@ -22,6 +22,7 @@ packages=(
   haproxy python3-venv python3-pip gcc make bird2
   linux-source-6.12 bpftool libbpf-dev
   systemd   # systemd-analyze: the agent's unit file is checked with `systemd-analyze verify`
+  qemu-system-x86
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -70,7 +70,7 @@ class Guard:
         return TypedMap(os.dup(self.prog.map_fd(name)), key, value)
 
     def configure(self, config: GuardConfig, allow: list = (), deny: list = (),  # type: ignore[assignment]
-                  protected: tuple[str, ...] = (SERVER4, SERVER6)) -> None:
+                  protected: tuple[str, ...] = (SERVER4, SERVER6, "127.0.0.1", "::1")) -> None:
         """Ports, lists and config as given; the servers' addresses are the host's own
         (`protected_addrs`), as attach makes them."""
         with self.map("protected_addrs") as m:
@@ -871,8 +871,8 @@ def test_a_ban_outlives_a_spoofed_flood_of_a_million_sources(spoofer):
     g = spoofer
     abuser = syn4(src="10.9.9.9")
     with _one_cpu():
-        g.configure(GuardConfig(cookie_ports=(COOKIE,), syn_rate=10, syn_burst=3, ban_after=2,
-                                ban_seconds=600))
+        g.configure(GuardConfig(cookie_ports=(COOKIE,), cookies="always", syn_rate=10, syn_burst=3,
+                                ban_after=2, ban_seconds=600))
         seen = [set(g.run(abuser)[1]) for _ in range(6)]
         assert seen == [{"tx_cookie"}] * 3 + [{"drop_limited"}, {"drop_limited", "bans"}, {"drop_banned"}]
 
@@ -905,7 +905,8 @@ def test_a_ban_ends_when_it_should(g):
     """A ban lasts --ban-seconds from the SYN that started it, then the source's SYNs are
     answered again and its entry leaves the ban map, whether the source table still knows
     the source or forgot it meanwhile."""
-    g.configure(GuardConfig(cookie_ports=(COOKIE,), syn_rate=10, syn_burst=3, ban_after=2, ban_seconds=0.3))
+    g.configure(GuardConfig(cookie_ports=(COOKIE,), cookies="always", syn_rate=10, syn_burst=3, ban_after=2,
+                            ban_seconds=0.3))
     kept, forgotten = "10.9.9.11", "10.9.9.12"
     for src in (kept, forgotten):
         seen = [set(g.run(syn4(src=src))[1]) for _ in range(6)]
@@ -937,7 +938,7 @@ def test_a_source_spread_over_cpus_gets_its_burst_and_no_more(g):
         pytest.skip("needs two CPUs")
     burst, per_cpu = 1_000_000, 1_000_000
     g.configure(GuardConfig(cookie_ports=(COOKIE,), syn_rate=1, syn_burst=burst, ban_seconds=0,
-                            cookies=False))
+                            cookies="off"))
     frame = syn4(src="10.7.7.7").build()
     start = threading.Barrier(2)
     errors: list[BaseException] = []
@@ -1022,7 +1023,8 @@ def test_only_protected_destinations_are_guarded_and_the_set_is_live(g):
     assert set(g.run(vip_syn)[1]) == {"tx_cookie"}
     g.configure(CONFIG, ALLOW, DENY, protected=())
     assert set(g.run(syn4())[1]) == {"pass_dest"}, "nothing protected: nothing guarded"
-    g.configure(GuardConfig(cookie_ports=CONFIG.cookie_ports, drop_ports=CONFIG.drop_ports, protect=("any",)),
+    g.configure(GuardConfig(cookie_ports=CONFIG.cookie_ports, drop_ports=CONFIG.drop_ports, protect=("any",),
+                            cookies="always"),
                 protected=())
     assert set(g.run(vip_syn)[1]) == {"tx_cookie"}
     assert set(g.run(syn6())[1]) == {"tx_cookie"}

@@ -46,6 +46,7 @@ def _sibling(name: str) -> ModuleType:
 
 L = _sibling("test_lb")  # its lab, servers and traffic generators
 GUARDED = 23
+LB_OWN = "10.20.1.1"  # the balancer node's own address: the guard protects it, not the VIP
 METRICS_PORT = 9433
 VIP_TEXT = f"{L.VIP}:{L.VIP_PORT}/tcp"
 KNOCK = _sibling("test_xdp_chain").KNOCK
@@ -192,7 +193,7 @@ def snapshot(t) -> dict[str, dict]:
 
 
 def knock(t) -> str:
-    return t.lab.run("client", [sys.executable, "-c", KNOCK, L.VIP, str(GUARDED)], timeout=30).stdout.strip()
+    return t.lab.run("client", [sys.executable, "-c", KNOCK, LB_OWN, str(GUARDED)], timeout=30).stdout.strip()
 
 
 def one_error_line(res: subprocess.CompletedProcess[str]) -> str:
@@ -394,7 +395,7 @@ def test_apply_is_all_or_nothing_and_detach_on_exit(agent_lab):
     agent.wait_event("config_unchanged")
 
     # A client over the SYN rate is banned, then let go: both leave an event.
-    t.lab.run("client", [sys.executable, "-c", SYNS, L.VIP, "81", "12"], timeout=60)
+    t.lab.run("client", [sys.executable, "-c", SYNS, LB_OWN, "81", "12"], timeout=60)
     banned = agent.wait_event("source_banned", source=L.CLIENT)
     assert banned["interface"] == "eth0" and banned["netns"] == t.ns and 0 < banned["seconds"] <= 2
     agent.wait_event("source_unbanned", source=L.CLIENT)
