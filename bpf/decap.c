@@ -205,13 +205,15 @@ static __always_inline int decap_v4(struct xdp_md *ctx, void *data, void *data_e
 	struct iphdr *ip = data + sizeof(struct ethhdr);
 	struct iphdr *in;
 	__u32 hlen;
-	__u16 tot, in_tot;
+	__u64 tot;
+	__u16 in_tot;
 	int ecn;
 
 	if ((void *)(ip + 1) > data_end || ip->version != 4 || ip->ihl < 5)
 		return count(DECAP_STAT_PASS_MALFORMED, len, XDP_PASS);
 	hlen = ip->ihl * 4;
 	tot = bpf_ntohs(ip->tot_len);
+	FP_BOUND(tot, 0xffff);
 	if (tot < hlen || (void *)ip + tot > data_end)
 		return count(DECAP_STAT_PASS_MALFORMED, len, XDP_PASS);
 	if (ip->protocol != IPPROTO_IPIP)
@@ -248,12 +250,13 @@ static __always_inline int decap_v6(struct xdp_md *ctx, void *data, void *data_e
 	struct ipv6hdr *in;
 	struct frag6 *fh;
 	__u32 outer_w, inner_w;
-	__u16 plen;
+	__u64 plen;
 	int ecn;
 
 	if ((void *)(ip6 + 1) > data_end || ip6->version != 6)
 		return count(DECAP_STAT_PASS_MALFORMED, len, XDP_PASS);
 	plen = bpf_ntohs(ip6->payload_len);
+	FP_BOUND(plen, 0xffff);
 	if ((void *)(ip6 + 1) + plen > data_end)
 		return count(DECAP_STAT_PASS_MALFORMED, len, XDP_PASS);
 	if (ip6->nexthdr == IPPROTO_FRAGMENT_HDR) {

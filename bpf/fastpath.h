@@ -39,4 +39,13 @@
 #define FP_CHAIN_MAP() BPF_TABLE("prog", u32, u32, chain, FP_CHAIN_SLOTS)
 #endif
 
+/*
+ * FP_BOUND(x, mask): make the verifier see `x` (a 64-bit variable) within `mask`. Linux 6.1
+ * and 6.12 keep no bounds for the result of a byte swap (bpf_ntohs), so a packet pointer
+ * moved by a length read from a header is refused ("math between pkt pointer and register
+ * with unbounded min value"); clang drops a plain `& 0xffff` on a 16-bit value as a no-op,
+ * the asm keeps it.
+ */
+#define FP_BOUND(x, mask) asm volatile("%0 &= " #mask : "+r"(x))
+
 #endif /* FASTPATH_COMMON_H */

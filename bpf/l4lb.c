@@ -387,12 +387,13 @@ static __always_inline int parse_v4(void *data, void *data_end, struct pkt *p)
 {
 	struct iphdr *ip = data + sizeof(struct ethhdr);
 	__u32 hlen;
-	__u16 tot;
+	__u64 tot;
 
 	if ((void *)(ip + 1) > data_end || ip->version != 4 || ip->ihl < 5)
 		return NEXT_MALFORMED;
 	hlen = ip->ihl * 4;
 	tot = bpf_ntohs(ip->tot_len);
+	FP_BOUND(tot, 0xffff);
 	if (tot < hlen || (void *)ip + tot > data_end)
 		return NEXT_MALFORMED;
 	p->flow.family = 4;
@@ -443,11 +444,12 @@ static __always_inline int parse_icmp6(void *l4, void *data_end, struct pkt *p)
 static __always_inline int parse_v6(void *data, void *data_end, struct pkt *p)
 {
 	struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
-	__u16 plen;
+	__u64 plen;
 
 	if ((void *)(ip6 + 1) > data_end || ip6->version != 6)
 		return NEXT_MALFORMED;
 	plen = bpf_ntohs(ip6->payload_len);
+	FP_BOUND(plen, 0xffff);
 	if ((void *)(ip6 + 1) + plen > data_end)
 		return NEXT_MALFORMED;
 	p->flow.family = 6;

@@ -674,14 +674,18 @@ static __always_inline int dest_protected(struct sg_pkt *p)
 	n = l->n;
 	if (n == SG_PROTECTED_HASH)
 		return protected_addrs.lookup((struct sg_addr *)p->daddr) != NULL;
-#pragma unroll
-	for (u32 i = 0; i < SG_PROTECTED_INLINE; i++) {
-		if (i >= n)
-			break;
-		if (l->addr[i].addr[3] == p->daddr[3] && l->addr[i].addr[2] == p->daddr[2] &&
-		    l->addr[i].addr[1] == p->daddr[1] && l->addr[i].addr[0] == p->daddr[0])
-			return 1;
-	}
+	/* Written out, not a loop: with a loop clang emits a pointer walk whose end Linux 6.1's
+	 * verifier cannot bound ("invalid access to map value"). */
+#define SG_INLINE_HIT(i)                                                                      \
+	if ((i) < n && l->addr[i].addr[3] == p->daddr[3] && l->addr[i].addr[2] == p->daddr[2] && \
+	    l->addr[i].addr[1] == p->daddr[1] && l->addr[i].addr[0] == p->daddr[0])             \
+		return 1;
+	SG_INLINE_HIT(0) SG_INLINE_HIT(1) SG_INLINE_HIT(2) SG_INLINE_HIT(3)
+	SG_INLINE_HIT(4) SG_INLINE_HIT(5) SG_INLINE_HIT(6) SG_INLINE_HIT(7)
+	SG_INLINE_HIT(8) SG_INLINE_HIT(9) SG_INLINE_HIT(10) SG_INLINE_HIT(11)
+	SG_INLINE_HIT(12) SG_INLINE_HIT(13) SG_INLINE_HIT(14) SG_INLINE_HIT(15)
+#undef SG_INLINE_HIT
+	_Static_assert(SG_PROTECTED_INLINE == 16, "one SG_INLINE_HIT per inline slot");
 	return 0;
 }
 
@@ -897,9 +901,6 @@ static __always_inline int sg_process(struct xdp_md *ctx)
 		long bad;
 		int state, timewait;
 
-		asm volatile("" : "+r"(l3off));  /* one register for check and pointer, as l4off */
-		l3 = data + l3off;
-
 		__builtin_memcpy(fk.client, p.saddr, 16);
 		__builtin_memcpy(fk.server, p.daddr, 16);
 		fk.client_port = th->source;
@@ -952,7 +953,16 @@ static __always_inline int sg_process(struct xdp_md *ctx)
 		}
 		if (f)
 			flows.delete(&fk);
-		if (l3off > 22 || l3 + 40 > data_end)
+		/* One register for check and pointer (as l4off), bounded before the pointer moves and
+		 * read again after the socket lookup: Linux 6.1 loses the range of a packet pointer
+		 * kept across that helper call. */
+		asm volatile("" : "+r"(l3off));
+		if (l3off > 22)
+			return bad_cookie(timewait, p.len);
+		data = (void *)(long)ctx->data;
+		data_end = (void *)(long)ctx->data_end;
+		l3 = data + l3off;
+		if (l3 + 40 > data_end)
 			return bad_cookie(timewait, p.len);
 		if (p.v6)
 			bad = sg_cookie_check_v6(l3, th);
