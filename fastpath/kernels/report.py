@@ -41,12 +41,7 @@ def _needs(load: Mapping[str, Any], result: Mapping[str, Any]) -> Version | None
 
 # Failures known and stated in the README's "Kernel matrix" section, by (series, program):
 # the table still says FAIL, marked "(known)", but they do not fail the run.
-_BSWAP = ("this verifier knows nothing of a value after a byte swap, so the IPv4 total length "
-          "(bpf_ntohs) added to a packet pointer is unbounded; 6.18 bounds it")
-KNOWN: dict[tuple[str, str], str] = {
-    (series, program): _BSWAP if program != "l4lb_bench" else f"it builds l4lb.c: {_BSWAP}"
-    for series in ("6.1", "6.12") for program in ("l4lb", "decap", "l4lb_bench")
-}
+KNOWN: dict[tuple[str, str], str] = {}
 
 
 def program_verdict(program: str, result: Mapping[str, Any]) -> Verdict:
