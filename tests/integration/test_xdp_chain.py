@@ -165,14 +165,15 @@ def test_guard_and_balancer_share_an_interface(chain_lab, order):
 
 @pytest.mark.parametrize("order", ["guard_first", "lb_first"])
 def test_a_guard_on_the_vips_port_leaves_the_vip_to_the_balancer(chain_lab, order):
-    """Guard with SYN cookies on :80 (its defaults) and a VIP on :80 on one interface: real
+    """Guard with SYN cookies on :80 (a default port) and a VIP on :80 on one interface: real
     connections to the VIP succeed and spread over the backends exactly as Maglev says, none
     answered by the guard; the node's own service on :80 is still guarded (a cookie SYN-ACK,
     SYNPROXY opens it); a VIP on the node's own address, or a guard that would protect every
     address, is refused with one line and changes nothing."""
     t = chain_lab
     t.lab.spawn("lb", [sys.executable, "-c", L.SERVER, "lb", "80"]).wait_output("ready")
-    guard_cmd = ["xdp", "attach", "eth0", "--netns", t.ns, "--mode", "native"]  # cookies on 80,443
+    # its default ports (80, 443), with a cookie for every SYN to the node itself
+    guard_cmd = ["xdp", "attach", "eth0", "--netns", t.ns, "--mode", "native", "--cookies", "always"]
     if order == "guard_first":
         L.fastpath(*guard_cmd)
         attach_lb(t)
