@@ -367,6 +367,7 @@ def prune() -> list[tuple[Attachment, str]]:
     """Remove every dead entry, and every veth peer pass program nothing relies on any more;
     returns each removed attachment with the reason."""
     out: list[tuple[Attachment, str]] = []
+    before = {(a.ifname, a.netns, a.program): (a, dead_reason(a)) for a in attachments()}
     for att in attachments():
         reason = dead_reason(att)
         if reason is None or read_state(att.ifname, att.netns, att.program) is None:
@@ -378,6 +379,13 @@ def prune() -> list[tuple[Attachment, str]]:
         if att.program == PEER_PROGRAM and not _peer_dependents(att.ifname, att.netns):
             detach(att.ifname, att.netns)
             out.append((att, "no fastpath program relies on this pass program"))
+    # A dead entry's pass program on its veth peer goes with it (release_peer_program), in
+    # whichever order the namespaces were listed: report it too.
+    reported = {(a.ifname, a.netns, a.program) for a, _ in out}
+    now = {(a.ifname, a.netns, a.program) for a in attachments()}
+    for key, (att, reason) in before.items():
+        if key not in now and key not in reported:
+            out.append((att, reason or "no fastpath program relies on this pass program"))
     return out
 
 

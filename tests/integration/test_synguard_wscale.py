@@ -113,8 +113,9 @@ def test_small_receive_buffer_gets_its_own_window_scale_through_the_guard(lab):
     server_scale = transfer(lab)["server"]["rcv_wscale"]
     assert server_scale < sysctl_scale
 
+    # a cookie for every SYN: the path where the guard, not the listener, states the scale
     att = json.loads(fastpath("xdp", "attach", "eth0", "--netns", ns, "--mode", "generic", "--ports",
-                              str(PORT), "--json").stdout)
+                              str(PORT), "--cookies", "always", "--json").stdout)
     before = _counters(ns)
     for target in (floodlab.SERVER4, floodlab.SERVER6):
         result = transfer(lab, target)
