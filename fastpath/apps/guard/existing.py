@@ -44,7 +44,7 @@ import ipaddress
 import os
 import socket
 import struct
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,17 +155,14 @@ def _parse_diag(family: int, body: bytes) -> tuple[int, int, int, bytes, bytes]:
     return state, sport, dport, body[8:8 + size], body[24:24 + size]
 
 
-def connections(netns: str | None, ports: Iterable[int]) -> list[Connection]:
-    """Connections in `netns` whose local port is in `ports`, from sock_diag."""
-    wanted = set(ports)
-    out: list[Connection] = []
-    if not wanted:
-        return out
+def diag_dump(netns: str | None, request: Callable[[int], bytes]) -> Iterator[tuple[int, bytes]]:
+    """Every inet_diag_msg sock_diag returns in `netns` for `request(family)`, IPv4 then IPv6,
+    as (family, message)."""
     with xdp.in_netns(netns):
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG)
     with sock:
         for seq, family in enumerate((socket.AF_INET, socket.AF_INET6), start=1):
-            sock.send(_nlmsg(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, _diag_request(family)))
+            sock.send(_nlmsg(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, request(family)))
             done = False
             while not done:
                 for msg_type, body in _messages(sock.recv(1 << 16)):
@@ -175,13 +172,22 @@ def connections(netns: str | None, ports: Iterable[int]) -> list[Connection]:
                     if msg_type == NLMSG_ERROR:
                         code = -struct.unpack_from("=i", body)[0]
                         raise FastpathError(f"listing sockets (sock_diag) failed: {os.strerror(code)}")
-                    if msg_type != SOCK_DIAG_BY_FAMILY or len(body) < 72:
-                        continue
-                    state, sport, dport, src, dst = _parse_diag(family, body)
-                    if sport not in wanted or state not in CT_STATE:
-                        continue
-                    out.append(Connection(_unmap(ipaddress.ip_address(dst)), dport,
-                                          _unmap(ipaddress.ip_address(src)), sport, state))
+                    if msg_type == SOCK_DIAG_BY_FAMILY and len(body) >= 72:
+                        yield family, body
+
+
+def connections(netns: str | None, ports: Iterable[int]) -> list[Connection]:
+    """Connections in `netns` whose local port is in `ports`, from sock_diag."""
+    wanted = set(ports)
+    out: list[Connection] = []
+    if not wanted:
+        return out
+    for family, body in diag_dump(netns, _diag_request):
+        state, sport, dport, src, dst = _parse_diag(family, body)
+        if sport not in wanted or state not in CT_STATE:
+            continue
+        out.append(Connection(_unmap(ipaddress.ip_address(dst)), dport,
+                              _unmap(ipaddress.ip_address(src)), sport, state))
     return out
 
 

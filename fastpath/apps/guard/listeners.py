@@ -26,7 +26,6 @@ full, a firewall on loopback) is left out and said so.
 from __future__ import annotations
 
 import ipaddress
-import os
 import random
 import select
 import socket
@@ -35,18 +34,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from fastpath.apps.guard.existing import (
-    NETLINK_SOCK_DIAG,
-    NLM_F_DUMP,
-    NLM_F_REQUEST,
-    NLMSG_DONE,
-    NLMSG_ERROR,
-    SOCK_DIAG_BY_FAMILY,
-    Address,
-    _messages,
-    _nlmsg,
-    _unmap,
-)
+from fastpath.apps.guard.existing import Address, _unmap, diag_dump
 from fastpath.bpf import xdp
 from fastpath.errors import FastpathError
 
@@ -123,27 +111,14 @@ def listeners(netns: str | None, ports: Iterable[int]) -> list[Listener]:
     out: list[Listener] = []
     if not wanted:
         return out
-    with xdp.in_netns(netns):
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG)
-    with sock:
-        for seq, family in enumerate((socket.AF_INET, socket.AF_INET6), start=1):
-            sock.send(_nlmsg(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, _listen_request(family)))
-            done = False
-            while not done:
-                for msg_type, body in _messages(sock.recv(1 << 16)):
-                    if msg_type == NLMSG_DONE:
-                        done = True
-                        break
-                    if msg_type == NLMSG_ERROR:
-                        code = -struct.unpack_from("=i", body)[0]
-                        raise FastpathError(f"listing sockets (sock_diag) failed: {os.strerror(code)}")
-                    if msg_type != SOCK_DIAG_BY_FAMILY or len(body) < 72 or body[1] != TCP_LISTEN:
-                        continue
-                    port = struct.unpack_from("!H", body, 4)[0]
-                    if port not in wanted:
-                        continue
-                    raw = body[8:12] if family == socket.AF_INET else body[8:24]
-                    out.append(Listener(family, _unmap(ipaddress.ip_address(raw)), port, _rcvbuf(body)))
+    for family, body in diag_dump(netns, _listen_request):
+        if body[1] != TCP_LISTEN:
+            continue
+        port = struct.unpack_from("!H", body, 4)[0]
+        if port not in wanted:
+            continue
+        raw = body[8:12] if family == socket.AF_INET else body[8:24]
+        out.append(Listener(family, _unmap(ipaddress.ip_address(raw)), port, _rcvbuf(body)))
     return sorted(set(out), key=lambda x: (x.port, x.family, int(x.address)))
 
 
