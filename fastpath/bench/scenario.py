@@ -107,6 +107,10 @@ class Scenario(ABC):
     repeat: ClassVar[int] = 10
     quick_repeat: ClassVar[int] = 3
     warmup: ClassVar[int] = 1
+    # A scaling curve instead of a race: `sweep` names the x axis (e.g. "VIPs"), each
+    # contender is one point on it, named by its x value ("1", "100", "10000"), and the
+    # report draws the medians as a line and says where the cost stops being flat.
+    sweep: ClassVar[str | None] = None
 
     @abstractmethod
     def contenders(self) -> list[str]:
@@ -121,6 +125,11 @@ class Scenario(ABC):
     @abstractmethod
     def measure(self, contender: str, ctx: BenchContext) -> dict[str, float]:
         """One repeat for one contender: a value for every declared metric."""
+
+    def explain(self, medians: dict[str, dict[str, float]]) -> list[str]:
+        """For a sweep: sentences on why the curve bends where it does, given each point's
+        median per metric ({contender: {metric: value}}); the report prints them."""
+        return []
 
     def metric(self, name: str) -> Metric:
         for m in self.metrics:
@@ -147,5 +156,7 @@ def check_scenario_class(cls: type[Scenario]) -> None:
     for t in cls.targets:
         if t.metric not in names:
             raise ValueError(f"{where}: target on unknown metric {t.metric!r}")
+    if cls.sweep is not None and not cls.sweep.strip():
+        raise ValueError(f"{where}: empty sweep axis name")
     if cls.repeat < 1 or cls.quick_repeat < 1 or cls.warmup < 0:
         raise ValueError(f"{where}: repeat and quick_repeat must be >= 1, warmup >= 0")
