@@ -6,6 +6,9 @@ The agent is a real process in the root namespace, signalled for real; its metri
 sits inside the balancer's namespace and is scraped over HTTP from there while long-lived
 connections keep traffic flowing. Every scraped value must lie between `stats --json` read
 just before and just after the scrape.
+
+The guard's adaptive cookies switch by themselves; the agent reports each switch. That test
+runs in the SYN-flood lab (fastpath/labs/floodlab) with a spoofed flood from its attacker.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from fastpath.apps.decap import decap
 from fastpath.apps.guard import synguard
 from fastpath.apps.lb import store
 from fastpath.bpf import xdp
+from fastpath.labs import floodlab
 
 pytestmark = pytest.mark.integration
 
@@ -407,3 +411,76 @@ def test_apply_is_all_or_nothing_and_detach_on_exit(agent_lab):
     assert xdp.read_state("eth0", t.ns) is None and not xdp.pin_dir("eth0", t.ns).exists()
     assert not store.state_path("eth0", t.ns).exists()
     assert decap.SPEC.name not in {a.program for a in xdp.attachments() if a.netns == b3}
+
+
+# -- cookie_mode_switched: the SYN-flood lab ------------------------------------------------------
+
+COOKIE_PORT = floodlab.SERVICE_PORT
+SYN_THRESHOLD = 500  # SYN/s per CPU: a spoofed flood is far over it, the probes (<= 100/s) far under
+QUIET_PERIOD = 1.0
+
+
+@pytest.fixture
+def flood_agent_lab(make_lab, tmp_path):
+    lab = make_lab(floodlab.TOPOLOGY)
+    lab.agents = []
+    lab.tmp = tmp_path
+    try:
+        yield lab
+    finally:
+        for a in lab.agents:
+            a.stop()
+        floodlab.cleanup(lab)
+        with contextlib.suppress(FileNotFoundError):
+            plan.managed_path().unlink()
+        with contextlib.suppress(OSError):
+            plan.managed_path().parent.rmdir()
+
+
+def test_agent_reports_cookie_mode_switches(flood_agent_lab):
+    lab = flood_agent_lab
+    ns = lab.netns("server")
+    lab.spawn("server", floodlab.serve_argv()).wait_output("ready")
+    guard = {"ports": [COOKIE_PORT], "cookies": "adaptive", "syn_threshold": f"{SYN_THRESHOLD}/s",
+             "quiet_period": QUIET_PERIOD}
+    config = write(lab.tmp / "node.yaml", {"metrics": {"listen": "off"}, "interfaces": [
+        {"interface": "eth0", "netns": ns, "mode": "native", "guard": guard}]})
+    agent = AgentProc(config, lab.tmp / "agent.log")
+    lab.agents.append(agent)
+    agent.wait_event("config_applied")
+
+    # Legitimate connects at a rate far under the threshold: SYNs go to the stack, no switch.
+    quiet = floodlab.probe_result(lab.run("client", floodlab.probe_argv(count=20, timeout=2.0)).stdout)
+    assert quiet["ok"] == 20, quiet
+    time.sleep(0.5)  # two polls
+    assert not [e for e in agent.events() if e["event"] == "cookie_mode_switched"], agent.events()
+
+    # A spoofed flood (no handshake ever completes) far over the threshold: the port switches
+    # to cookies, and the agent says so at its next poll.
+    mark = len(agent.events())
+    gen = lab.spawn("attacker", floodlab.flood_argv(lab, 20_000_000, 30.0))
+    try:
+        gen.wait_output("ready")
+        on = agent.wait_event("cookie_mode_switched", after=mark, timeout=30, mode="cookies")
+    finally:
+        gen.stop()
+    flood = floodlab.flood_result(gen.output())
+    print(f"\nflood: {flood.sent} SYNs in {flood.seconds:.2f} s ({flood.rate:,.0f}/s, {flood.engine}); {on}")
+    assert flood.rate > 10 * SYN_THRESHOLD * len(os.sched_getaffinity(0)), flood
+    assert (on["netns"], on["interface"], on["port"], on["setting"], on["level"]) == \
+        (ns, "eth0", COOKIE_PORT, "adaptive", "info"), on
+    assert on["to_cookie"] >= 1 and on["to_pass"] == 0, on
+
+    # Quiet for longer than the quiet period: the next SYN goes to the stack again, a switch
+    # back the agent reports with the port's switch counts.
+    mark = len(agent.events())
+    time.sleep(QUIET_PERIOD + 0.5)
+    after = floodlab.probe_result(lab.run("client", floodlab.probe_argv(count=5, timeout=5.0)).stdout)
+    assert after["ok"] == 5, after
+    back = agent.wait_event("cookie_mode_switched", after=mark, timeout=30, mode="pass")
+    assert (back["netns"], back["interface"], back["port"]) == (ns, "eth0", COOKIE_PORT), back
+    assert back["to_pass"] >= 1 and back["to_cookie"] >= on["to_cookie"], back
+    port = synguard.port_modes(synguard.attachment("eth0", ns),
+                               synguard.guard_config(synguard.attachment("eth0", ns)))
+    assert [(m.port, m.mode, m.to_cookie, m.to_pass) for m in port] == \
+        [(COOKIE_PORT, "pass", back["to_cookie"], back["to_pass"])], port
