@@ -22,6 +22,7 @@ packages=(
   haproxy python3-venv python3-pip gcc make bird2
   linux-source-6.12 bpftool libbpf-dev
   systemd   # systemd-analyze: the agent's unit file is checked with `systemd-analyze verify`
+  systemd-container   # systemd-nspawn: the agent's unit is run by systemd in a container (tests)
   qemu-system-x86
 )
 missing=()
