@@ -418,6 +418,7 @@ def test_apply_is_all_or_nothing_and_detach_on_exit(agent_lab):
 COOKIE_PORT = floodlab.SERVICE_PORT
 SYN_THRESHOLD = 500  # SYN/s per CPU: a spoofed flood is far over it, the probes (<= 100/s) far under
 QUIET_PERIOD = 1.0
+FLOOD_FRAMES = 100_000
 
 
 @pytest.fixture
@@ -456,12 +457,14 @@ def test_agent_reports_cookie_mode_switches(flood_agent_lab):
     assert not [e for e in agent.events() if e["event"] == "cookie_mode_switched"], agent.events()
 
     # A spoofed flood (no handshake ever completes) far over the threshold: the port switches
-    # to cookies, and the agent says so at its next poll.
+    # to cookies, and the agent says so at its next poll. The flood runs to its end (its rate
+    # is measured over all of it); the port stays in cookie mode until a SYN finds it quiet.
     mark = len(agent.events())
-    gen = lab.spawn("attacker", floodlab.flood_argv(lab, 20_000_000, 30.0))
+    gen = lab.spawn("attacker", floodlab.flood_argv(lab, FLOOD_FRAMES, 30.0))
     try:
         gen.wait_output("ready")
         on = agent.wait_event("cookie_mode_switched", after=mark, timeout=30, mode="cookies")
+        gen.wait(60)
     finally:
         gen.stop()
     flood = floodlab.flood_result(gen.output())
