@@ -2,13 +2,14 @@
 
 The host need not boot with systemd: the test boots one in a throwaway systemd-nspawn
 container made of this host's own /usr (`--volatile=yes`: / and /etc are a fresh tmpfs, /usr
-the host's, read-only), with a private network, all capabilities and the bpf(2) and
-perf_event_open(2) calls allowed. The virtualenv is bound in at its own path (the unit's
-ExecStart names it) and the source tree at /opt/fastpath-src (PrivateTmp would hide a tree
-under /tmp). Inside, the test mounts a bpffs of the container's own at /sys/fs/bpf (systemd
-mounts none in a container), makes a veth pair, writes a node config, installs the unit with
-`fastpath agent --install-unit` and drives it with systemctl: Type=notify start, reload,
-kill -9 and Restart=on-failure, stop leaving the data plane attached.
+the host's, read-only), with a private network, all capabilities but loading modules and
+setting the clock, and the bpf(2) and perf_event_open(2) calls allowed. The virtualenv is
+bound in at its own path (the unit's ExecStart names it) and the source tree at
+/opt/fastpath-src (PrivateTmp would hide a tree under /tmp). Inside, the test mounts a bpffs
+of the container's own at /sys/fs/bpf (systemd mounts none in a container), makes a veth
+pair, writes a node config, installs the unit with `fastpath agent --install-unit` and
+drives it with systemctl: Type=notify start, reload, kill -9 and Restart=on-failure, stop
+leaving the data plane attached.
 
 Everything lives in the container's namespaces; when it powers off, its bpffs, veth and
 programs go with it, and the test checks that the program it loaded is gone from the kernel.
@@ -70,6 +71,8 @@ class Container:
         tree = Path(fastpath.__file__).resolve().parents[1]
         argv = ["systemd-nspawn", "--quiet", "--directory=/", "--volatile=yes", f"--machine={name}",
                 "--register=no", "--keep-unit", "--private-network", "--capability=all",
+                # no module loads (systemd's modprobe@ units) or clock changes reach the host
+                "--drop-capability=CAP_SYS_MODULE,CAP_SYS_TIME",
                 "--system-call-filter=bpf perf_event_open", "--console=read-only",
                 f"--bind-ro={venv}", f"--bind-ro={tree}:{SRC}",
                 "--boot", *BOOT_ARGS]
