@@ -11,7 +11,6 @@ import copy
 import json
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import pytest
 from fastpath.apps.guard import abi
 from fastpath.apps.guard.config import DEFAULT_SYN_THRESHOLD
 from fastpath.labs import floodlab
+from fastpath.netns.pytest_plugin import run_fastpath as fastpath
 
 pytestmark = pytest.mark.integration
 
@@ -57,11 +57,6 @@ signal.sigwait({signal.SIGTERM})
 """
 
 
-def fastpath(*args: str) -> subprocess.CompletedProcess[str]:
-    res = subprocess.run([sys.executable, "-m", "fastpath.cli", *args], capture_output=True, text=True,
-                         timeout=120)
-    assert res.returncode == 0, f"fastpath {' '.join(args)} failed: {res.stderr}"
-    return res
 
 
 def stats(ns: str) -> dict:
