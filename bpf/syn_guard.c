@@ -382,13 +382,17 @@ static __always_inline u32 rate_check(struct sg_config *cfg, struct sg_pkt *p, u
 
 /*
  * Layer 4, adaptive mode: 1 when the SYN to `port` is to get a cookie, 0 when it goes to
- * the stack. Each CPU counts the port's SYNs in its own SG_RATE_WINDOW_NS windows (no
- * shared cache line per SYN); the SYN that takes a window over the threshold puts the port
- * in cookie mode and stamps `over_ns` (one shared write per CPU and window), and a SYN that
- * finds no such stamp within the quiet period puts it back. So a port switches once any one
- * CPU sees more than the threshold rate: at the latest when the port's total rate exceeds
- * (threshold x CPUs receiving it), already at the threshold when one CPU receives it all.
- * Races between CPUs at a switch cost at most a double-counted switch.
+ * the stack. Each CPU counts the port's SYNs, and the handshakes completed (handshake_done),
+ * in its own SG_RATE_WINDOW_NS windows (no shared cache line per SYN). The signal is the
+ * SYNs that find no completion: a spoofed flood completes none, while a busy service with
+ * no attack completes nearly every handshake, so its rate alone never switches it (the
+ * kernel, likewise, sends cookies only when half-open requests fill its queue). The SYN that
+ * takes a window more than the threshold over its completions puts the port in cookie mode
+ * and stamps `over_ns` (one shared write per CPU and window), and a SYN that finds no such
+ * stamp within the quiet period puts it back. So a port switches once any one CPU sees more
+ * than the threshold rate of SYNs that do not complete. A handshake completes on the CPU of
+ * its SYN (same tuple, same receive queue). Races between CPUs at a switch cost at most a
+ * double-counted switch.
  */
 static __always_inline u32 adaptive_cookies(u32 port, u64 now)
 {
@@ -413,9 +417,12 @@ static __always_inline u32 adaptive_cookies(u32 port, u64 now)
 	if (now - r->window_start_ns >= SG_RATE_WINDOW_NS) {
 		r->window_start_ns = now;
 		r->syns = 0;
+		r->done = 0;
+		r->over = 0;
 	}
 	r->syns++;
-	if (r->syns == a->window_syns + 1) {
+	if (!r->over && r->syns > r->done + a->window_syns) {
+		r->over = 1;
 		st->over_ns = now;
 		if (!st->cookies) {
 			st->cookies = 1;
@@ -426,13 +433,23 @@ static __always_inline u32 adaptive_cookies(u32 port, u64 now)
 		return 1;
 	}
 	/* signed: another CPU's clock may have stamped over_ns a hair after our `now` */
-	if (st->cookies && r->syns <= a->window_syns && (s64)(now - st->over_ns) > (s64)a->quiet_ns) {
+	if (st->cookies && !r->over && (s64)(now - st->over_ns) > (s64)a->quiet_ns) {
 		st->cookies = 0;
 		st->since_ns = now;
 		__sync_fetch_and_add(&st->to_pass, 1);
 		sg_done(SG_EVENT_TO_PASS, 0, 0);
 	}
 	return st->cookies;
+}
+
+/* A handshake to adaptive port `port` completed (the client's ACK found the stack's request
+ * socket, or carried a valid cookie): counted in this CPU's current window. */
+static __always_inline void handshake_done(u32 port, u64 now)
+{
+	struct sg_port_rate *r = port_syns.lookup(&port);
+
+	if (r && now - r->window_start_ns < SG_RATE_WINDOW_NS)
+		r->done++;
 }
 
 /*
@@ -942,6 +959,8 @@ static __always_inline int sg_process(struct xdp_md *ctx)
 		state = stack_socket_state(ctx, &p, th->source, th->dest);
 		timewait = state == BPF_TCP_TIME_WAIT;
 		if (state >= 0 && state != BPF_TCP_LISTEN && !timewait) {
+			if (state == BPF_TCP_NEW_SYN_RECV && (cfg->flags & SG_CFG_ADAPTIVE))
+				handshake_done(dport, now);
 			if (state == BPF_TCP_ESTABLISHED && !th->fin) {
 				flow.seen_ns = now;
 				flows.update(&fk, &flow);
@@ -995,6 +1014,8 @@ static __always_inline int sg_process(struct xdp_md *ctx)
 			th->check = sg_csum_fold(bpf_csum_diff(&seq, 4, &next, 4, (u16)~th->check));
 			sg_done(SG_EVENT_PROBE, 0, 0);
 		}
+		if (cfg->flags & SG_CFG_ADAPTIVE)
+			handshake_done(dport, now);
 		flow.seen_ns = now;
 		flows.update(&fk, &flow);
 		return sg_done(SG_PASS_COOKIE, p.len, XDP_PASS);

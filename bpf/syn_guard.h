@@ -141,14 +141,19 @@ struct sg_ban {
 /* The one element of the `adaptive` array: when an adaptive port switches (SG_CFG_ADAPTIVE). */
 struct sg_adaptive {
 	__u64 quiet_ns;        /* back to passing SYNs after this long without a window over the threshold */
-	__u32 window_syns;     /* SYNs one CPU may see for a port in one SG_RATE_WINDOW_NS window */
+	__u32 window_syns;     /* SYNs without a completed handshake one CPU may see for a port in one
+				  SG_RATE_WINDOW_NS window */
 	__u32 pad;
 };
 
-/* Value of the per-CPU `port_syns` hash (key: TCP port, host byte order): this CPU's window. */
+/* Value of the per-CPU `port_syns` hash (key: TCP port, host byte order): this CPU's window.
+ * A window is over the threshold when its SYNs outnumber its completed handshakes by more
+ * than window_syns: a spoofed flood never completes, a busy service completes nearly all. */
 struct sg_port_rate {
 	__u64 window_start_ns;
 	__u32 syns;            /* SYNs to the port in the window that started at window_start_ns */
+	__u32 done;            /* handshakes completed in it (stack's or cookie's ACK) */
+	__u32 over;            /* 1 once the window went over the threshold */
 	__u32 pad;
 };
 

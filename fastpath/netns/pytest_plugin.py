@@ -16,6 +16,11 @@ anything with the token that is still there and fails the run if it finds some (
 it). Other developers' sessions on the same machine have other tokens and are never touched.
 Tests that make namespaces without a lab should name them with `session_netns_name()`.
 
+Helpers
+  run_fastpath(*args, check=True) runs the `fastpath` command line as a user would (this
+                              interpreter, wide columns) and fails the test with the
+                              command's stderr when it exits non-zero (check=False: returns)
+
 With FASTPATH_REQUIRE_ALL=1 every skip (xfail excepted) is reported as a failure carrying
 the skip reason, so CI cannot pass by skipping.
 """
@@ -28,6 +33,8 @@ import os
 import re
 import secrets
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +64,15 @@ RUN_ROOT = str(paths.RUN_ROOT)
 # enough that `t<token><n>` stays a 12-character lab name.
 _TOKEN = secrets.token_hex(3)
 _counter = itertools.count(1)
+
+
+def run_fastpath(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`fastpath ARGS...` in a child process; with `check`, a non-zero exit fails the test."""
+    res = subprocess.run([sys.executable, "-m", "fastpath.cli", *args], capture_output=True, text=True,
+                         timeout=timeout, env={**os.environ, "COLUMNS": "200"}, check=False)
+    if check and res.returncode != 0:
+        raise AssertionError(f"fastpath {' '.join(args)} failed (exit {res.returncode}): {res.stderr}")
+    return res
 
 
 def session_token() -> str:

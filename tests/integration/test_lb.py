@@ -22,6 +22,7 @@ import pytest
 
 from fastpath.apps.lb import balancer, config, store
 from fastpath.bpf import xdp
+from fastpath.netns.pytest_plugin import run_fastpath as fastpath
 
 pytestmark = pytest.mark.integration
 
@@ -164,12 +165,6 @@ print(json.dumps({"ok": ok, "fails": fails}), flush=True)
 """
 
 
-def fastpath(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    res = subprocess.run([sys.executable, "-m", "fastpath.cli", *args], capture_output=True, text=True,
-                         timeout=120)
-    if check and res.returncode != 0:
-        raise AssertionError(f"fastpath {' '.join(args)} failed: {res.stderr}")
-    return res
 
 
 class Bench:

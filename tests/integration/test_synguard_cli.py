@@ -7,9 +7,6 @@ from __future__ import annotations
 import ctypes
 import ipaddress
 import json
-import os
-import subprocess
-import sys
 import time
 
 import pytest
@@ -17,18 +14,13 @@ import pytest
 from fastpath.apps.guard import abi, existing, nft, synguard
 from fastpath.bpf import xdp
 from fastpath.labs import floodlab
+from fastpath.netns.pytest_plugin import run_fastpath as fastpath
 
 pytestmark = pytest.mark.integration
 
 PORT = floodlab.SERVICE_PORT
 
 
-def fastpath(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    res = subprocess.run([sys.executable, "-m", "fastpath.cli", *args], capture_output=True, text=True,
-                         timeout=120, env={**os.environ, "COLUMNS": "200"})
-    if check and res.returncode != 0:
-        raise AssertionError(f"fastpath {' '.join(args)} failed: {res.stderr}")
-    return res
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 from fastpath.apps.guard import abi, nft
 from fastpath.bpf import testrun, xdp
 from fastpath.labs import floodlab
+from fastpath.netns.pytest_plugin import run_fastpath as fastpath
 
 pytestmark = pytest.mark.integration
 
@@ -25,12 +25,6 @@ FLOOD_SECONDS = 40.0
 ATTEMPTS = 250
 
 
-def fastpath(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    res = subprocess.run([sys.executable, "-m", "fastpath.cli", *args], capture_output=True, text=True,
-                         timeout=120)
-    if check and res.returncode != 0:
-        raise AssertionError(f"fastpath {' '.join(args)} failed: {res.stderr}")
-    return res
 
 
 def _sysctl(lab, node: str, name: str) -> str:

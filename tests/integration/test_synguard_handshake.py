@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-import subprocess
 import sys
 import time
 
@@ -19,6 +18,7 @@ import pytest
 from fastpath.apps.guard import synguard as sg
 from fastpath.apps.guard.config import GuardConfig
 from fastpath.labs import floodlab
+from fastpath.netns.pytest_plugin import run_fastpath as fastpath
 
 pytestmark = pytest.mark.integration
 
@@ -75,11 +75,6 @@ print(json.dumps({"ok": n - (error is not None), "error": error, "worst_s": roun
 """
 
 
-def fastpath(*args: str) -> subprocess.CompletedProcess[str]:
-    res = subprocess.run([sys.executable, "-m", "fastpath.cli", *args], capture_output=True, text=True,
-                         timeout=120)
-    assert res.returncode == 0, f"fastpath {' '.join(args)} failed: {res.stderr}"
-    return res
 
 
 def _exchanges(proc) -> int:

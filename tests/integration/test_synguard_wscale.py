@@ -9,8 +9,6 @@ attach with another scale is named by `fastpath xdp stats`."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 
 import pytest
@@ -18,6 +16,7 @@ import pytest
 from fastpath.apps.guard import nft
 from fastpath.bpf import xdp
 from fastpath.labs import floodlab
+from fastpath.netns.pytest_plugin import run_fastpath as fastpath
 
 pytestmark = pytest.mark.integration
 
@@ -79,12 +78,6 @@ print(json.dumps({"server": json.loads(reply) if reply else None,
 """
 
 
-def fastpath(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    res = subprocess.run([sys.executable, "-m", "fastpath.cli", *args], capture_output=True, text=True,
-                         timeout=120, env={**os.environ, "COLUMNS": "200"})
-    if check and res.returncode != 0:
-        raise AssertionError(f"fastpath {' '.join(args)} failed: {res.stderr}")
-    return res
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ packets flow, detach leaving nothing behind."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from fastpath.bpf import xdp
+from fastpath.netns.pytest_plugin import run_fastpath as fastpath
 
 pytestmark = pytest.mark.integration
 
@@ -67,12 +67,6 @@ print("received", got, flush=True)
 """
 
 
-def fastpath(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    res = subprocess.run([sys.executable, "-m", "fastpath.cli", *args], capture_output=True,
-                         text=True, timeout=120)
-    if check and res.returncode != 0:
-        raise AssertionError(f"fastpath {' '.join(args)} failed: {res.stderr}")
-    return res
 
 
 def stats(iface: str, netns: str) -> dict:

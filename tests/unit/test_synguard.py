@@ -161,7 +161,7 @@ def test_config_json_round_trip_and_description():
     assert "SYN cookies on 80,443" in text and "SYNs dropped on 23" in text
     assert "200 SYN/s per source (burst 400, ban 60s after 400 excess)" in text
     assert "cookies off" in GuardConfig(cookies="off").describe()
-    assert "adaptive SYN cookies on 80,443 (over 20000 SYN/s per CPU, back after 30s quiet)" in (
+    assert "adaptive SYN cookies on 80,443 (over 5000 unanswered SYN/s per CPU, back after 30s quiet)" in (
         GuardConfig().describe())
     # a state written before adaptive mode existed: True was cookies for every SYN
     assert GuardConfig.from_json({"cookie_ports": [80], "cookies": True}).cookies == "always"
@@ -172,7 +172,7 @@ def test_adaptive_threshold_per_window():
     """The threshold (SYN/s per CPU) becomes SYNs per CPU per SG_RATE_WINDOW_NS window."""
     window = abi.TUNABLES["SG_RATE_WINDOW_NS"]
     a = GuardConfig().adaptive_ctype(window)
-    assert (a.window_syns, a.quiet_ns) == (2000, 30_000_000_000)
+    assert (a.window_syns, a.quiet_ns) == (500, 30_000_000_000)
     assert GuardConfig(syn_threshold=5, quiet_seconds=0.5).adaptive_ctype(window).window_syns == 1
     assert GuardConfig(syn_threshold=12345).adaptive_ctype(window).window_syns == 1235
     assert GuardConfig(quiet_seconds=0).adaptive_ctype(window).quiet_ns == 2 * window, "two windows at least"

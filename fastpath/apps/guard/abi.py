@@ -145,7 +145,8 @@ class SgAdaptive(ctypes.Structure):
 
 
 class SgPortRate(ctypes.Structure):
-    _fields_ = [("window_start_ns", ctypes.c_uint64), ("syns", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
+    _fields_ = [("window_start_ns", ctypes.c_uint64), ("syns", ctypes.c_uint32), ("done", ctypes.c_uint32),
+                ("over", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
 
 
 class SgPortState(ctypes.Structure):

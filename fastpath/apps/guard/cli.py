@@ -102,12 +102,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                      help="closed TCP ports whose SYNs are dropped")
     _rate_args(att)
     att.add_argument("--cookies", choices=COOKIE_MODES, default=None,
-                     help="adaptive (default): SYNs to a port pass to the stack until its SYN rate "
-                          "crosses --syn-threshold, then cookies until --quiet-period passes; always: "
+                     help="adaptive (default): SYNs to a port pass to the stack until its rate of SYNs "
+                          "that complete no handshake crosses --syn-threshold, then cookies until "
+                          "--quiet-period passes; always: "
                           "cookies for every SYN; off: lists and rate limits only (no SYNPROXY rules)")
     att.add_argument("--no-cookies", action="store_true", help="the same as --cookies off")
     att.add_argument("--syn-threshold", metavar="N/s",
-                     help=f"adaptive: SYNs per second to one port on one CPU that switch it to cookies "
+                     help=f"adaptive: SYNs per second to one port on one CPU that complete no handshake "
+                          f"and switch it to cookies "
                           f"(default {DEFAULT_SYN_THRESHOLD:g}/s)")
     att.add_argument("--quiet-period", metavar="S",
                      help=f"adaptive: seconds under the threshold before a port passes SYNs again "
@@ -229,7 +231,7 @@ def _cookie_settings(args: argparse.Namespace) -> dict[str, object]:
         threshold = parse_rate(args.syn_threshold)
         if threshold == 0:
             raise FastpathError("--syn-threshold cannot be off",
-                                fix="give a rate such as 20000/s, or use --cookies always")
+                                fix="give a rate such as 5000/s, or use --cookies always")
         out["syn_threshold"] = threshold
     out["quiet_seconds"] = _number(args.quiet_period, "--quiet-period", DEFAULT_QUIET_SECONDS, float,
                                    86400, "86400")

@@ -96,7 +96,7 @@ def parse_protect(text: str) -> tuple[str, ...]:
 
 
 COOKIE_MODES = ("adaptive", "always", "off")
-DEFAULT_SYN_THRESHOLD = 20000.0  # SYNs per second to one port on one CPU
+DEFAULT_SYN_THRESHOLD = 5000.0  # SYNs per second to one port on one CPU that complete no handshake
 DEFAULT_QUIET_SECONDS = 30.0
 
 
@@ -121,7 +121,7 @@ class GuardConfig:
     ban_after: int = 0             # SYNs over the rate within a second that start a ban; 0: burst
     ban_seconds: float = 60.0      # ban length; 0: never ban
     cookies: str = "adaptive"      # adaptive: cookies per port under a SYN flood; always; off
-    syn_threshold: float = DEFAULT_SYN_THRESHOLD  # adaptive: SYN/s to a port on one CPU that start cookies
+    syn_threshold: float = DEFAULT_SYN_THRESHOLD  # adaptive: unanswered SYN/s to a port on one CPU: cookies
     quiet_seconds: float = DEFAULT_QUIET_SECONDS  # adaptive: back to passing SYNs after this long quiet
     fragments: str = "drop"        # verdict for first fragments to protected ports
     protect: tuple[str, ...] = (PROTECT_LOCAL,)  # destinations guarded: see parse_protect
@@ -146,7 +146,7 @@ class GuardConfig:
             raise FastpathError(f"bad cookie mode {self.cookies!r}", fix="use adaptive, always or off")
         if not 0 < self.syn_threshold <= 1e9:
             raise FastpathError(f"SYN threshold {self.syn_threshold:g}/s out of range",
-                                fix="use a rate above 0 and up to 1e9/s, e.g. --syn-threshold 20000/s")
+                                fix="use a rate above 0 and up to 1e9/s, e.g. --syn-threshold 5000/s")
         if not 0 <= self.quiet_seconds <= 86400:
             raise FastpathError(f"quiet period {self.quiet_seconds:g} s out of range", fix="use 0 to 86400")
         if self.fragments not in ("drop", "pass"):
@@ -238,7 +238,8 @@ class GuardConfig:
         if self.cookie_ports:
             how = {"always": "SYN cookies", "adaptive": "adaptive SYN cookies",
                    "off": "rate limit only (cookies off)"}[self.cookies]
-            when = (f" (over {self.syn_threshold:g} SYN/s per CPU, back after {self.quiet_seconds:g}s quiet)"
+            when = (f" (over {self.syn_threshold:g} unanswered SYN/s per CPU, "
+                    f"back after {self.quiet_seconds:g}s quiet)"
                     if self.cookies == "adaptive" else "")
             parts.append(f"{how} on {','.join(map(str, self.cookie_ports))}{when}")
         if self.drop_ports:
