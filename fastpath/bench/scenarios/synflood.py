@@ -44,10 +44,13 @@ clients and the service are pinned to the other CPUs. On a shared machine, other
 that CPU inflates every contender alike, so compare within one run. Right before each run the
 same flood is measured against a floor: an XDP program that drops every frame (for the drop
 defences) or sends every frame straight back as a SYN-ACK would go (for the answering ones:
-fastpath, syncookies, synproxy, kernel-xdp-synproxy). `defence_cpu` is the difference, what the defence itself
-costs per million SYNs with the lab's fixed costs (generator, veth, bridge, the answer's
-way back) taken out. The attacker drops what comes back in XDP. Target: fastpath's defence
-CPU <= 1/3 of each kernel cookie defence's.
+fastpath, syncookies, synproxy, kernel-xdp-synproxy). `defence_cpu` is the difference, what
+the defence itself costs per million SYNs with the lab's fixed costs (generator, veth,
+bridge, the answer's way back) taken out. The attacker drops what comes back in XDP.
+Targets: fastpath's defence CPU <= 1/3 of each kernel cookie defence's, and
+(`fastpath-linux-syns`) at or below the kernel XDP SYN proxy's on the flood of SYNs with
+Linux's options that both get (the proxy cannot answer most of the default flood's MSS-only
+SYNs on veth: see KERNEL_PROXY below).
 On two cores the generator and the whole receive path share one core, the probe the other.
 """
 
