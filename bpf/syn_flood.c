@@ -21,9 +21,12 @@
 #include <uapi/linux/bpf.h>
 
 /* Frame layout is fixed (built by fastpath/labs/flood.py:syn_frame): Ethernet, IPv4 without
- * options or IPv6 without extension headers (FLOOD_V6), TCP with one MSS option. */
+ * options or IPv6 without extension headers (FLOOD_V6), TCP with one MSS option (TCP_LEN 24)
+ * or with the options Linux sends (TCP_LEN 40). */
 #define ETH_LEN 14
+#ifndef TCP_LEN
 #define TCP_LEN 24
+#endif
 #ifdef FLOOD_V6
 #define IP_LEN 40
 #else

@@ -53,20 +53,30 @@ from fastpath.errors import FastpathError
 SPEC = loader.ProgramSpec(name="syn_flood", entry="syn_flood", maps=())
 
 
-def program_defines(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> dict[str, int | str]:
-    """bpf/syn_flood.c's -D flags drawing sources from `net` (IPv6: its low 64 bits)."""
+# TCP options of the flood's SYNs: MSS 1460 alone (a 24-byte TCP header, the default), or
+# what Linux sends (MSS, SACK permitted, timestamps, NOP, window scale 7: 40 bytes).
+MSS_ONLY = struct.pack("!BBH", 2, 4, 1460)
+LINUX_OPTIONS = MSS_ONLY + struct.pack("!BBBBIIBBBB", 4, 2, 8, 10, 0x12345678, 0, 1, 3, 3, 7)
+
+
+def program_defines(net: ipaddress.IPv4Network | ipaddress.IPv6Network,
+                    tcp_len: int = 20 + len(MSS_ONLY)) -> dict[str, int | str]:
+    """bpf/syn_flood.c's -D flags drawing sources from `net` (IPv6: its low 64 bits), for a
+    template whose TCP header is `tcp_len` bytes."""
     base, mask = int(net.network_address), int(net.hostmask)
+    length: dict[str, int | str] = {} if tcp_len == 20 + len(MSS_ONLY) else {"TCP_LEN": tcp_len}
     if net.version == 4:
-        return {"SRC_BASE": f"{base:#x}U", "SRC_MASK": f"{mask:#x}U"}
+        return {"SRC_BASE": f"{base:#x}U", "SRC_MASK": f"{mask:#x}U", **length}
     word = 0xFFFFFFFF
     return {"FLOOD_V6": 1,
             "SRC_BASE2": f"{base >> 32 & word:#x}U", "SRC_MASK2": f"{mask >> 32 & word:#x}U",
-            "SRC_BASE3": f"{base & word:#x}U", "SRC_MASK3": f"{mask & word:#x}U"}
+            "SRC_BASE3": f"{base & word:#x}U", "SRC_MASK3": f"{mask & word:#x}U", **length}
 
 
-def load_program(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> loader.LoadedProgram:
+def load_program(net: ipaddress.IPv4Network | ipaddress.IPv6Network,
+                 tcp_len: int = 20 + len(MSS_ONLY)) -> loader.LoadedProgram:
     """The live engine's program (bpf/syn_flood.c), spoofing sources inside `net`."""
-    return loader.load(SPEC, program_defines(net))
+    return loader.load(SPEC, program_defines(net, tcp_len))
 
 
 def checksum(data: bytes) -> int:
@@ -79,11 +89,14 @@ def checksum(data: bytes) -> int:
     return ~s & 0xFFFF
 
 
-def syn_frame(src_mac: bytes, dst_mac: bytes, src: str, dst: str, dport: int) -> bytes:
-    """An Ethernet/IPv4/TCP or Ethernet/IPv6/TCP SYN with MSS 1460 (the program rewrites the
-    source and the checksums)."""
-    tcp = struct.pack("!HHIIBBHHH", 40000, dport, 1, 0, 6 << 4, 0x02, 64240, 0, 0) + struct.pack(
-        "!BBH", 2, 4, 1460)
+def syn_frame(src_mac: bytes, dst_mac: bytes, src: str, dst: str, dport: int,
+              options: bytes = MSS_ONLY) -> bytes:
+    """An Ethernet/IPv4/TCP or Ethernet/IPv6/TCP SYN with TCP `options` (MSS 1460 alone by
+    default; the program rewrites the source and the checksums)."""
+    if len(options) % 4 or len(options) > 40:
+        raise ValueError("TCP options come in 4-byte words, at most 40 bytes")
+    offset = (20 + len(options)) // 4
+    tcp = struct.pack("!HHIIBBHHH", 40000, dport, 1, 0, offset << 4, 0x02, 64240, 0, 0) + options
     if ipaddress.ip_address(dst).version == 6:
         ip6 = struct.pack("!IHBB16s16s", 6 << 28, len(tcp), 6, 64,
                           ipaddress.IPv6Address(src).packed, ipaddress.IPv6Address(dst).packed)
@@ -223,7 +236,7 @@ class Flood:
     """A loaded flood engine; run() may be called repeatedly."""
 
     def __init__(self, iface: str, dst_mac: str, dst: str, dport: int, src_net: str,
-                 engine: str | None = None) -> None:
+                 engine: str | None = None, options: bytes = MSS_ONLY) -> None:
         try:
             net = ipaddress.ip_network(src_net, strict=True)
             version = ipaddress.ip_address(dst).version
@@ -240,7 +253,8 @@ class Flood:
         self.iface = iface
         choice = choose_engine(engine, self.ifindex)
         self.engine, self.note = choice.engine, choice.note
-        self.frame = syn_frame(_iface_mac(iface), _mac(dst_mac), str(net.network_address), dst, dport)
+        self.frame = syn_frame(_iface_mac(iface), _mac(dst_mac), str(net.network_address), dst, dport,
+                               options)
         self.prog: loader.LoadedProgram | None = None
         self._sender: _PacketSender | None = None
         if self.engine == "packet":
@@ -251,7 +265,7 @@ class Flood:
                 raise FastpathError(f"cannot open a packet socket on {iface}: {exc.strerror or exc}",
                                     fix="run as root (CAP_NET_RAW)") from None
             return
-        self.prog = load_program(net)
+        self.prog = load_program(net, 20 + len(options))
 
     def run(self, frames: int, seconds: float = 120.0, chunk: int = 100_000,
             stop: Callable[[], bool] = lambda: False) -> int:

@@ -28,6 +28,20 @@ def test_synproxy_values_pack_like_its_user_space_part():
     assert kp.synproxy_tcpipopts(1460, 1440, 7, 64) == (1440 << 32) | (64 << 24) | (7 << 16) | 1460
 
 
+def test_the_live_proxys_netfilter_half_matches_its_xdp_half():
+    """SYNPROXY completes the handshakes of the XDP program's cookies: the rules must give
+    it the MSS and window scale the program's values map encodes, for the proxied port only,
+    with SYNs notracked (as the selftest's iptables rules do)."""
+    from fastpath.bench import synproxy_live
+
+    text = synproxy_live.rules("eth0", 8080)
+    opts = kp.synproxy_tcpipopts()
+    mss4, wscale = opts & 0xFFFF, (opts >> 16) & 0xFF
+    assert f"synproxy mss {mss4} wscale {wscale} timestamp sack-perm" in text
+    assert 'iifname "eth0" tcp dport 8080 tcp flags & (fin | syn | rst | ack) == syn notrack' in text
+    assert "ct state invalid,untracked" in text and f"table inet {synproxy_live.TABLE}" in text
+
+
 def test_the_harness_build_turns_the_entry_into_an_inline_function(tmp_path):
     args, cfile = kp._compile_args(kp.SYNPROXY, "harness", tmp_path, 94)
     assert cfile.name == "peer_harness.c"

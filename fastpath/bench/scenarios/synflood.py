@@ -30,6 +30,9 @@ against one server (fastpath/labs/floodlab.py) defended in turn by
   mode switches to the same within a window of a flood) + SYNPROXY for the ACKs;
 - `syncookies`: the kernel's own SYN cookies (net.ipv4.tcp_syncookies=2), the baseline;
 - `synproxy`: nftables SYNPROXY without XDP (SYN notracked, cookies from netfilter);
+- `kernel-xdp-synproxy`: the kernel's own XDP SYN proxy (the selftests' xdp_synproxy_kern.c,
+  fastpath.bench.synproxy_live): cookies from XDP, a conntrack lookup through kfuncs per
+  packet, netfilter's SYNPROXY for the ACKs, set up as its selftest does;
 - `fastpath-drop`: the guard with the port in drop mode (SYNs dropped in XDP);
 - `rawdrop`: iptables raw-table drop of SYNs to the port (drop mode's kernel peer).
 Per run: legitimate connect+exchange success and the p99 time per attempt (a failed one
@@ -41,10 +44,13 @@ clients and the service are pinned to the other CPUs. On a shared machine, other
 that CPU inflates every contender alike, so compare within one run. Right before each run the
 same flood is measured against a floor: an XDP program that drops every frame (for the drop
 defences) or sends every frame straight back as a SYN-ACK would go (for the answering ones:
-fastpath, syncookies, synproxy). `defence_cpu` is the difference, what the defence itself
-costs per million SYNs with the lab's fixed costs (generator, veth, bridge, the answer's
-way back) taken out. The attacker drops what comes back in XDP. Target: fastpath's defence
-CPU <= 1/3 of each kernel cookie defence's.
+fastpath, syncookies, synproxy, kernel-xdp-synproxy). `defence_cpu` is the difference, what
+the defence itself costs per million SYNs with the lab's fixed costs (generator, veth,
+bridge, the answer's way back) taken out. The attacker drops what comes back in XDP.
+Targets: fastpath's defence CPU <= 1/3 of each kernel cookie defence's, and
+(`fastpath-linux-syns`) at or below the kernel XDP SYN proxy's on the flood of SYNs with
+Linux's options that both get (the proxy cannot answer most of the default flood's MSS-only
+SYNs on veth: see KERNEL_PROXY below).
 On two cores the generator and the whole receive path share one core, the probe the other.
 """
 
@@ -58,17 +64,21 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastpath.apps.guard import abi, nft
 from fastpath.apps.guard import synguard as sg
 from fastpath.apps.guard.config import GuardConfig, plan_defines
 from fastpath.bench import BenchContext, Metric, Scenario, Target, kernel_peers, register_scenario
 from fastpath.bench.environment import cpu_busy_ns
+from fastpath.bench.synproxy_live import KernelXdpSynproxy
 from fastpath.bpf import loader, testrun, xdp
 from fastpath.core.args import parse_cidr
 from fastpath.errors import CapabilityError, FastpathError
 from fastpath.labs import floodlab
+
+if TYPE_CHECKING:
+    from fastpath.labs.flood import Flood
 
 # ---------------------------------------------------------------------------------------
 # synflood-packet
@@ -259,7 +269,15 @@ class SynfloodPacket(Scenario):
 # The floors (bpf/synflood_floors.c): the least any defence can do with a flood frame.
 FLOORS = {entry: loader.ProgramSpec(name="synflood_floors", entry=entry, maps=())
           for entry in ("drop_all", "reflect")}
-_ANSWERING = {"fastpath", "syncookies", "synproxy"}
+KERNEL_PROXY = "kernel-xdp-synproxy"
+# The kernel XDP SYN proxy grows every SYN's tail to a 60-byte TCP header before it answers
+# (bpf_xdp_adjust_tail); veth's copy of a 58-byte frame (the default flood's SYN: MSS only)
+# leaves about 6 bytes of tailroom, so most such SYNs end in XDP_ABORTED. SYNs with Linux's
+# options (a 40-byte TCP header, 74-byte frame) leave enough: the proxy and fastpath beside
+# it (FASTPATH_LINUX_SYNS) are flooded with those, each against its own floor.
+FASTPATH_LINUX_SYNS = "fastpath-linux-syns"
+_LINUX_SYNS = {KERNEL_PROXY, FASTPATH_LINUX_SYNS}
+_ANSWERING = {"fastpath", "syncookies", "synproxy", KERNEL_PROXY, FASTPATH_LINUX_SYNS}
 
 _SYNPROXY = """\
 add table inet fastpath_bench_synproxy
@@ -290,7 +308,7 @@ def _p99(values: list[float]) -> float:
 class Synflood(Scenario):
     name = "synflood"
     description = ("legit connects and CPU per flood SYN under one spoofed SYN flood: XDP guard vs "
-                   "kernel syncookies, nft SYNPROXY, iptables raw drop")
+                   "kernel syncookies, nft SYNPROXY, the kernel's XDP SYN proxy, iptables raw drop")
     metrics = [Metric("success", "% legit connects ok", "higher"),
                Metric("p99_attempt", "ms (p99 per attempt)", "lower"),
                Metric("cpu_per_mflood", "CPU ms per 1M flood SYNs", "lower"),
@@ -298,11 +316,13 @@ class Synflood(Scenario):
     baseline = "syncookies"
     targets = [Target("success", "fastpath", ">=", 99),
                Target("defence_cpu", "fastpath", ">=", 3.0, versus="syncookies"),
-               Target("defence_cpu", "fastpath", ">=", 3.0, versus="synproxy")]
+               Target("defence_cpu", "fastpath", ">=", 3.0, versus="synproxy"),
+               Target("defence_cpu", FASTPATH_LINUX_SYNS, ">=", 1.0, versus=KERNEL_PROXY)]
     repeat, quick_repeat, warmup = 3, 1, 1
 
     def contenders(self) -> list[str]:
-        return ["fastpath", "syncookies", "synproxy", "fastpath-drop", "rawdrop"]
+        return ["fastpath", "syncookies", "synproxy", FASTPATH_LINUX_SYNS, KERNEL_PROXY, "fastpath-drop",
+                "rawdrop"]
 
     def setup(self, ctx: BenchContext) -> None:
         from fastpath.netns import Lab, netns_unavailable_reason
@@ -324,14 +344,21 @@ class Synflood(Scenario):
         self._server = lab.spawn("server", ["taskset", "-c", self._others, *floodlab.serve_argv()])
         self._server.wait_output("ready")
         with lab.enter("attacker"):
-            from fastpath.labs.flood import Flood
+            from fastpath.labs.flood import LINUX_OPTIONS, Flood
 
             self._flood = Flood("eth0", lab.mac("server", "eth0"), floodlab.SERVER4, floodlab.SERVICE_PORT,
                                 floodlab.SPOOFED_NET)
+            self._linux_flood = Flood("eth0", lab.mac("server", "eth0"), floodlab.SERVER4,
+                                      floodlab.SERVICE_PORT, floodlab.SPOOFED_NET, options=LINUX_OPTIONS)
         # The attacker never needs what comes back (SYN-ACKs to spoofed addresses): drop it
         # on arrival, so the return path costs every answering defence as little as it can.
         xdp.attach(FLOORS["drop_all"], "eth0", lab.netns("attacker"), "native")
         self._defines = plan_defines("eth0", lab.netns("server"))
+        self._kernel: KernelXdpSynproxy | None = None
+        try:
+            self._kernel = KernelXdpSynproxy(floodlab.SERVICE_PORT)
+        except CapabilityError as exc:
+            kernel_peers.skip_or_fail(ctx.skip_contender, [KERNEL_PROXY], exc)
 
     # -- defences ----------------------------------------------------------------------------
 
@@ -339,7 +366,7 @@ class Synflood(Scenario):
         lab, ns = self._lab, self._lab.netns("server")
         if contender in ("drop_all", "reflect"):
             xdp.attach(FLOORS[contender], "eth0", ns, "native")
-        elif contender == "fastpath":
+        elif contender in ("fastpath", FASTPATH_LINUX_SYNS):
             cfg = GuardConfig(cookie_ports=(floodlab.SERVICE_PORT,), cookies="always")
             sg.attach("eth0", ns, "native", cfg)
         elif contender == "fastpath-drop":
@@ -352,28 +379,57 @@ class Synflood(Scenario):
                                       wscale=self._defines["SG_WSCALE"])
             lab.run("server", ["nft", "-f", "-"], input=script)
             self._loose = nft.set_tcp_loose(ns, 0)
+        elif contender == KERNEL_PROXY:
+            self._kernel_on()
         elif contender == "rawdrop":
             lab.run("server", ["iptables", "-t", "raw", "-I", "PREROUTING", "-i", "eth0", "-p", "tcp",
                                "--dport", str(floodlab.SERVICE_PORT), "--syn", "-j", "DROP"])
+
+    def _kernel_on(self) -> None:
+        """The kernel XDP SYN proxy on the server, and its premise without a flood: legit
+        connects go through (the program's cookie, netfilter's SYNPROXY, the service) and
+        the program answers SYNs."""
+        kernel, lab = self._kernel, self._lab
+        if kernel is None:
+            raise FastpathError(f"{KERNEL_PROXY} was not set up")
+        kernel.on("eth0", lab.netns("server"))
+        try:
+            before = kernel.synacks()
+            out = lab.run("client", floodlab.probe_argv(count=5, timeout=2.0, interval=0.05, seconds=10.0),
+                          timeout=30).stdout
+            data = floodlab.probe_result(out)
+            answered = kernel.synacks() - before
+            # A SYN whose 4-tuple conntrack still holds (a client port reused within
+            # TIME_WAIT of an earlier run's flow) is passed on by the program, as designed,
+            # and netfilter's SYNPROXY answers it: not every legit SYN is answered from XDP.
+            if data["ok"] < data["attempts"] or answered < 1:
+                raise FastpathError(
+                    f"through the kernel XDP SYN proxy (no flood) {data['ok']} of {data['attempts']} legit "
+                    f"connects succeeded, with {answered} SYN-ACKs from XDP: failures {data['failures']}")
+        except BaseException:
+            kernel.off()
+            raise
 
     def _off(self, contender: str) -> None:
         lab, ns = self._lab, self._lab.netns("server")
         if contender in ("drop_all", "reflect"):
             xdp.detach("eth0", ns)
-        elif contender in ("fastpath", "fastpath-drop"):
+        elif contender in ("fastpath", FASTPATH_LINUX_SYNS, "fastpath-drop"):
             sg.detach("eth0", ns)
         elif contender == "syncookies":
             lab.run("server", ["sysctl", "-qw", "net.ipv4.tcp_syncookies=0"])
         elif contender == "synproxy":
             lab.run("server", ["nft", "delete", "table", "inet", "fastpath_bench_synproxy"])
             nft.set_tcp_loose(ns, getattr(self, "_loose", 0))
+        elif contender == KERNEL_PROXY and self._kernel is not None:
+            self._kernel.off()
         elif contender == "rawdrop":
             lab.run("server", ["iptables", "-t", "raw", "-D", "PREROUTING", "-i", "eth0", "-p", "tcp",
                                "--dport", str(floodlab.SERVICE_PORT), "--syn", "-j", "DROP"])
 
     # -- one flood --------------------------------------------------------------------------
 
-    def _run(self, contender: str, ctx: BenchContext, probe: bool) -> dict[str, float]:
+    def _run(self, contender: str, ctx: BenchContext, probe: bool, flood: Flood) -> dict[str, float]:
         lab = self._lab
         seconds = ctx.pick(5.0, 2.0)
         self._on(contender)
@@ -385,6 +441,7 @@ class Synflood(Scenario):
                                                                    seconds=seconds)])
                 time.sleep(0.3)  # the probe's interpreter start-up, off the measured window
             rx0 = floodlab.xdp_rx_packets(lab)
+            synacks0 = self._kernel.synacks() if contender == KERNEL_PROXY and self._kernel else 0
             saved = os.sched_getaffinity(0)
             # Generator and everything it sets off (veth, bridge, the server's receive path,
             # the answers) run on one CPU, in the generator's softirq context; count that CPU.
@@ -392,7 +449,7 @@ class Synflood(Scenario):
             try:
                 busy0 = cpu_busy_ns(self._cpu)
                 with lab.enter("attacker"):
-                    sent = self._flood.run(10**10, seconds, chunk=50_000)
+                    sent = flood.run(10**10, seconds, chunk=50_000)
                 busy = cpu_busy_ns(self._cpu) - busy0
             finally:
                 os.sched_setaffinity(0, saved)
@@ -406,9 +463,15 @@ class Synflood(Scenario):
                 result["p99_attempt"] = _p99(data["attempt_ms"])
             if frames < 0.5 * sent:
                 raise FastpathError(f"only {frames:,} of {sent:,} flood frames reached the server's XDP "
-                                    f"hook ({self._flood.engine} engine)")
+                                    f"hook ({flood.engine} engine)")
+            if contender == KERNEL_PROXY and self._kernel:
+                synacks = self._kernel.synacks() - synacks0
+                if synacks < 0.5 * frames:
+                    raise FastpathError(f"the kernel XDP SYN proxy answered {synacks:,} of {frames:,} flood "
+                                        "SYNs with a SYN-ACK (its values[1] counter)")
+                ctx.log(f"synflood {contender}: {synacks:,} SYN-ACKs from XDP")
             ctx.log(f"synflood {contender}: {frames:,} flood frames in {seconds:g}s "
-                    f"({self._flood.engine} engine, {sent / seconds:,.0f} sent/s), "
+                    f"({flood.engine} engine, {sent / seconds:,.0f} sent/s), "
                     f"{result['cpu_per_mflood']:,.0f} CPU ms per 1M")
             return result
         finally:
@@ -416,17 +479,24 @@ class Synflood(Scenario):
 
     def measure(self, contender: str, ctx: BenchContext) -> dict[str, float]:
         floor_kind = "reflect" if contender in _ANSWERING else "drop_all"
-        floor = self._run(floor_kind, ctx, probe=False)["cpu_per_mflood"]
-        out = self._run(contender, ctx, probe=True)
+        flood = self._linux_flood if contender in _LINUX_SYNS else self._flood
+        floor = self._run(floor_kind, ctx, probe=False, flood=flood)["cpu_per_mflood"]
+        out = self._run(contender, ctx, probe=True, flood=flood)
         out["defence_cpu"] = out["cpu_per_mflood"] - floor
         return out
 
     def teardown(self, ctx: BenchContext) -> None:
-        flood = getattr(self, "_flood", None)
-        if flood is not None:
-            flood.close()
-        lab = getattr(self, "_lab", None)
-        if lab is not None:
-            with contextlib.suppress(Exception):
-                floodlab.cleanup(lab)
-            lab.down()
+        kernel = getattr(self, "_kernel", None)
+        try:
+            if kernel is not None:  # its links and rules first, while the lab is there
+                kernel.close()
+        finally:
+            for name in ("_flood", "_linux_flood"):
+                flood = getattr(self, name, None)
+                if flood is not None:
+                    flood.close()
+            lab = getattr(self, "_lab", None)
+            if lab is not None:
+                with contextlib.suppress(Exception):
+                    floodlab.cleanup(lab)
+                lab.down()
