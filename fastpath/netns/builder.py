@@ -275,17 +275,39 @@ def new_record(topo: Topology) -> dict[str, Any]:
     }
 
 
+# What each step type counts towards in `build(..., timings=...)`.
+PHASES: dict[str, str] = {
+    "CreateNetns": "namespaces",
+    "PrepareNetns": "namespaces",
+    "CreateBridge": "links",
+    "CreateVeth": "links",
+    "SetOffloads": "links",
+    "SetSysctls": "config",
+    "AddAddress": "config",
+    "AddRoute": "config",
+    "AddNeighbor": "config",
+}
+
+
 class _Builder:
     """Executes steps, keeping the statefile a faithful journal of what exists."""
 
-    def __init__(self, topo: Topology, record: dict[str, Any]) -> None:
+    def __init__(self, topo: Topology, record: dict[str, Any],
+                 timings: dict[str, float] | None = None) -> None:  # fmt: skip
         self.topo = topo
         self.record = record
+        self.timings = timings
         self._root: IPRoute | None = None
         self._ns: dict[str, IPRoute] = {}
 
+    def _spent(self, phase: str, seconds: float) -> None:
+        if self.timings is not None:
+            self.timings[phase] = self.timings.get(phase, 0.0) + seconds
+
     def save(self) -> None:
+        t0 = time.perf_counter()
         state.save(self.topo.name, self.record)
+        self._spent("journal", time.perf_counter() - t0)
 
     def root(self) -> IPRoute:
         if self._root is None:
@@ -315,8 +337,19 @@ class _Builder:
         return int(found[0])
 
     def run_step(self, step: Step) -> None:
-        handler = getattr(self, "_" + type(step).__name__)
-        handler(step)
+        kind = type(step).__name__
+        handler = getattr(self, "_" + kind)
+        if self.timings is None:
+            handler(step)
+            return
+        journal0 = self.timings.get("journal", 0.0)
+        t0 = time.perf_counter()
+        try:
+            handler(step)
+        finally:
+            # The step's own statefile writes are already counted under "journal".
+            own = time.perf_counter() - t0 - (self.timings.get("journal", 0.0) - journal0)
+            self._spent(PHASES[kind], own)
 
     # One method per step type.
 
@@ -517,11 +550,14 @@ def _explain(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def build(topo: Topology) -> dict[str, Any]:
+def build(topo: Topology, *, timings: dict[str, float] | None = None) -> dict[str, Any]:
     """Make every namespace, link and address of `topo`; return the lab's record.
 
     All or nothing: if any step fails, everything made so far is removed before the error
-    (one line, naming the step and the kernel's reason) is raised.
+    (one line, naming the step and the kernel's reason) is raised. `timings`, when given,
+    is filled with the seconds spent per phase: "namespaces", "links", "config" (see
+    PHASES), "journal" (statefile writes) and "facts" (reading back what the kernel
+    assigned), for benchmarks and for finding what a large lab waits on.
     """
     topo.validate()
     reason = netns_unavailable_reason()
@@ -540,13 +576,15 @@ def build(topo: Topology) -> dict[str, Any]:
             f"remove them with `fastpath topo down {topo.name}`"
         )
 
-    builder = _Builder(topo, record)
+    builder = _Builder(topo, record, timings)
     current: Step | None = None
     try:
         for current in plan(topo):
             builder.run_step(current)
         current = None
+        t0 = time.perf_counter()
         builder.collect_facts()
+        builder._spent("facts", time.perf_counter() - t0)
         record["status"] = "up"
         builder.save()
     except BaseException as exc:
