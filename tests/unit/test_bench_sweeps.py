@@ -49,7 +49,17 @@ def test_topo_scale_says_linear_when_per_node_cost_is_flat():
     cls = load_scenario("topo-scale")
     medians = {n: _topo_point(10, 1, 3, 6, 0.5, 0.5) for n in ("10", "100", "200")}
     text = " ".join(cls().explain(medians))
-    assert "grows linearly up to 200 nodes" in text and "links take 60 %" in text
+    assert "per-node cost stays within 30 % of its lowest: up grows linearly" in text
+    assert "links take 60 %" in text and "Small labs" not in text
+
+
+def test_topo_scale_says_small_labs_pay_fixed_costs():
+    cls = load_scenario("topo-scale")
+    medians = {"10": _topo_point(30, 1, 10, 15, 3, 2), "100": _topo_point(15, 1, 5, 8, 1, 1),
+               "200": _topo_point(15.5, 1, 5, 8.5, 1, 1)}  # fmt: skip
+    text = " ".join(cls().explain(medians))
+    assert "lowest 15.0 at 100" in text and "Small labs pay more per node" in text
+    assert "stops being flat" not in text
 
 
 def test_echo_conns_names_the_wakeup_cost_and_the_rise():

@@ -287,7 +287,8 @@ def explain_conns(medians: dict[str, dict[str, float]]) -> list[str]:
     for server in SERVERS:
         cpu = [(c, m[f"cpu_{server}"]) for c, m in points]
         batch = [(c, m[f"batch_{server}"]) for c, m in points]
-        lo_c, lo = min(cpu, key=lambda p: p[1])
+        lo_i = min(range(len(cpu)), key=lambda i: cpu[i][1])
+        lo_c, lo = cpu[lo_i]
         first_c, first = cpu[0]
         last_c, last = cpu[-1]
         unit = "completions per enter" if server == "native" else "events per epoll_wait"
@@ -302,7 +303,7 @@ def explain_conns(medians: dict[str, dict[str, float]]) -> list[str]:
                 "connections make each wake-up find more work."
             )
         if last > 1.3 * lo:
-            knee = next(c for c, v in cpu if c > lo_c and v > 1.3 * lo)
+            knee = next(c for c, v in cpu[lo_i + 1:] if v > 1.3 * lo)
             text += (
                 f" From {knee} connections it rises again: per-connection state (socket, "
                 f"buffers, queue entries) no longer fits in the caches, so each request "
