@@ -21,8 +21,8 @@ back exactly the bytes it received.
 one each) and 10 000 ephemeral ports: setup raises RLIMIT_NOFILE for the run when it is
 too low, checks the port range, and teardown restores the limit.
 
-Time: 5 points x 2 servers x (1 warm-up + 5 repeats) x ~2.5 s, about 2.5 minutes;
---quick runs each point once with 0.4 s windows (~20 s).
+Time: 5 points x 2 servers x (1 warm-up + 5 repeats) x 2-6 s, about 3 minutes;
+--quick runs each point once with 0.4 s windows (~30 s).
 """
 
 from __future__ import annotations
@@ -50,9 +50,14 @@ SIZE = 64  # bytes per message: small, so the cost measured is per request, not 
 LOAD_S = (0.3, 1.2)
 QUICK_LOAD_S = (0.2, 0.4)
 CPU_MARGIN = 0.1  # the CPU window starts and ends this fraction inside the measured run
-# The load generator runs this much longer than our window needs: we start our clock when
-# the server has accepted every connection, a little after the generator started its own.
-TAIL_S = 0.5
+# The load generator runs this much longer than our window needs (seconds, plus per
+# connection): we start our clock when the server has accepted every connection, which on
+# a busy machine can be seconds after the generator, connected, started its own.
+TAIL_S, TAIL_PER_CONN_S = 0.5, 4e-4
+
+
+def tail_s(connections: int) -> float:
+    return TAIL_S + TAIL_PER_CONN_S * connections
 CONNECT_TIMEOUT_S = 30.0  # for every connection to be accepted
 STOP_TIMEOUT_S = 10.0
 FD_HEADROOM = 256  # descriptors beyond one per connection (listeners, rings, pipes)
@@ -194,7 +199,7 @@ class EchoConns(Scenario):
         argv = [
             str(self._bench), "--addr", "127.0.0.1", "--port", str(srv.port),
             "--connections", str(connections), "--size", str(SIZE), "--depth", "1",
-            "--threads", "1", "--warmup", str(warm_s), "--duration", str(run_s + TAIL_S),
+            "--threads", "1", "--warmup", str(warm_s), "--duration", str(run_s + tail_s(connections)),
         ]  # fmt: skip
         pid = int(srv.ready["pid"])
         proc = subprocess.Popen(
@@ -209,7 +214,7 @@ class EchoConns(Scenario):
             _sleep_until(t0 + warm_s + (1 - CPU_MARGIN) * run_s)
             s1, cpu1, m1 = srv.stats(), cpu_seconds(pid), time.monotonic()
             try:
-                out, err = proc.communicate(timeout=warm_s + run_s + TAIL_S + 60)
+                out, err = proc.communicate(timeout=warm_s + run_s + tail_s(connections) + 60)
             except subprocess.TimeoutExpired:
                 raise FastpathError(f"{where}: fastpath-echo-bench did not finish in time") from None
         except FileNotFoundError:
@@ -248,8 +253,12 @@ class EchoConns(Scenario):
                 return time.monotonic()
             if proc.poll() is not None:
                 err = (proc.stderr.read() if proc.stderr else "").strip().splitlines()
-                detail = err[-1] if err else f"exit status {proc.returncode}"
-                raise FastpathError(f"{where}: load generator exited early: {detail}")
+                detail = f": {err[-1]}" if err else f" (exit status {proc.returncode})"
+                raise FastpathError(
+                    f"{where}: the load generator ended before the server had accepted every "
+                    f"connection ({st.get('connections_open')} open){detail}; is the machine "
+                    "overloaded?"
+                )
             if time.monotonic() > deadline:
                 raise FastpathError(
                     f"{where}: only {st.get('connections_open')} connections open after "

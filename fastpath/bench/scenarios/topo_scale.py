@@ -14,7 +14,7 @@ Premise, checked every run: after `up` every node's interface is recorded and th
 node pings the last across the bridge; after `down` no namespace, root-namespace link,
 statefile or pin directory of the lab is left.
 
-Time: a full run is 3 repeats + 1 warm-up of 385 nodes in all, about a minute;
+Time: a full run is 5 repeats + 1 warm-up of 385 nodes in all, about a minute;
 --quick measures every point once.
 """
 
@@ -83,7 +83,7 @@ class TopoScale(Scenario):
         *(Metric(f"{p}_ms_per_node", "ms/node", "lower") for p in PHASES),
     ]
     baseline = "10"
-    repeat, quick_repeat, warmup = 3, 1, 1
+    repeat, quick_repeat, warmup = 5, 1, 1
 
     def contenders(self) -> list[str]:
         return [str(n) for n in NODES]
