@@ -73,6 +73,7 @@ def test_echo_conns_names_the_wakeup_cost_and_the_rise():
     native, epoll = cls().explain(medians)
     assert native.startswith("native: 20.00 µs/request at 1 connection(s), lowest 3.00 at 100")
     assert "full sleep/wake-up" in native and "From 10000 connections it rises again" in native
+    assert "finds as much work (30.0 -> 80.0)" in native and "CPU caches" in native
     assert "1.0 to 80.0" in native
     assert "rises again" not in epoll and "within 30 % of its lowest up to 10000" in epoll
 

@@ -313,11 +313,20 @@ def explain_conns(medians: dict[str, dict[str, float]]) -> list[str]:
             )
         if last > 1.3 * lo:
             knee = next(c for c, v in cpu[lo_i + 1:] if v > 1.3 * lo)
-            text += (
-                f" From {knee} connections it rises again: per-connection state (socket, "
-                f"buffers, queue entries) no longer fits in the caches, so each request "
-                f"misses more."
-            )
+            b_lo, b_last = batch[lo_i][1], batch[-1][1]
+            if b_last >= 0.9 * b_lo:
+                text += (
+                    f" From {knee} connections it rises again although each wake-up finds as "
+                    f"much work ({b_lo:.1f} -> {b_last:.1f}), so the extra is in each request, "
+                    f"most likely cache misses: the kernel state of that many sockets (a few "
+                    f"KiB each) no longer stays in the CPU caches."
+                )
+            else:
+                text += (
+                    f" From {knee} connections it rises again, and each wake-up finds less work "
+                    f"({b_lo:.1f} -> {b_last:.1f}): the load generator, not the server, limits "
+                    f"how many requests are ready at once."
+                )
         elif last_c > lo_c:
             text += f" It stays within 30 % of its lowest up to {last_c} connections."
         out.append(text)

@@ -162,9 +162,10 @@ def explain_scale(medians: dict[str, dict[str, float]]) -> list[str]:
     total = last["up_ms_per_node"]
     shares = {p: last[f"{p}_ms_per_node"] / total for p in PHASES} if total > 0 else {}
     top = max(shares, key=lambda p: shares[p]) if shares else "links"
+    lowest = f"lowest {lo:.1f} at {lo_n}, " if lo_n not in (n0, n1) else ""
     text = (
-        f"topo up costs {first['up_ms_per_node']:.1f} ms/node at {n0} nodes, lowest "
-        f"{lo:.1f} at {lo_n}, {total:.1f} at {n1}; at {n1} nodes {top} take "
+        f"topo up costs {first['up_ms_per_node']:.1f} ms/node at {n0} nodes, {lowest}"
+        f"{total:.1f} at {n1}; at {n1} nodes {top} take "
         f"{shares.get(top, 0) * 100:.0f} % of it ("
         + ", ".join(f"{p} {last[f'{p}_ms_per_node']:.1f}" for p in PHASES)
         + " ms/node)."
@@ -174,18 +175,21 @@ def explain_scale(medians: dict[str, dict[str, float]]) -> list[str]:
             " Small labs pay more per node: a lab's fixed costs (the switch namespace and "
             "its bridge, the statefile, reading back the facts) are shared by fewer nodes."
         )
-    if knee is None:
+    if knee is None and lo_n == n1:
+        text += " Per-node cost only falls as labs grow: up is linear in the node count plus a fixed cost."
+    elif knee is None:
         text += f" From {lo_n} nodes on, per-node cost stays within 30 % of its lowest: up grows linearly."
     else:
         growth = {p: last[f"{p}_ms_per_node"] - points[lo_i][1][f"{p}_ms_per_node"] for p in PHASES}
         grew = max(growth, key=lambda p: growth[p])
         why = {
-            "journal": "the statefile is rewritten whole after each resource and grows with the lab",
-            "namespaces": "each new namespace registers with every per-namespace subsystem and "
-                          "the kernel's namespace list grows",
-            "links": "every new port makes the bridge recompute its features and MTU over all "
-                     "its ports, and link changes serialise on the rtnl lock",
-            "config": "address and route changes notify every listener of the namespace",
+            "journal": "the statefile is rewritten whole at each write and grows with the lab",
+            "namespaces": "each is one unshare and one bind mount; what grows is the kernel's "
+                          "work per new namespace",
+            "links": "one netlink message per veth pair plus bringing its ends up and one "
+                     "bridge port each: what grows is the kernel's work per new link, e.g. "
+                     "in a switch namespace that already holds a port per node",
+            "config": "one netlink message per address: what grows is the kernel's work per address",
         }[grew]
         text += (
             f" Per-node cost stops being flat at {knee} nodes (> 1.3x its lowest); most of the "
