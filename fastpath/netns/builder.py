@@ -33,6 +33,7 @@ from typing import Any
 
 from pyroute2 import IPRoute, NetlinkError
 from pyroute2 import netns as pr_netns
+from pyroute2.netlink.exceptions import NetlinkDumpInterrupted
 
 from fastpath.core.namespaces import (
     create_netns,
@@ -617,16 +618,31 @@ def owned_netns(lab: str) -> list[str]:
     return [n for n in list_netns() if lab_of_netns(n) == lab and n != lab]
 
 
+DUMP_TRIES = 5
+
+
 def root_links_of(lab: str | None = None) -> list[tuple[int, str, str]]:
     """(index, name, lab) of root-namespace veths still carrying a fastpath alias."""
-    out = []
     with IPRoute(ext_ack=True) as ipr:
-        for msg in ipr.get_links():
-            alias = msg.get_attr("IFLA_IFALIAS") or ""
-            if alias.startswith(ALIAS_PREFIX):
-                owner = alias[len(ALIAS_PREFIX) :]
-                if lab is None or owner == lab:
-                    out.append((msg["index"], msg.get_attr("IFLA_IFNAME"), owner))
+        # The kernel interrupts a dump when links change meanwhile (anyone's, anywhere in
+        # the root namespace); what it returned is then incomplete, so dump again.
+        for attempt in range(DUMP_TRIES):
+            try:
+                links = ipr.get_links()
+                break
+            except NetlinkDumpInterrupted:
+                if attempt == DUMP_TRIES - 1:
+                    raise FastpathError(
+                        f"the root namespace's links kept changing during {DUMP_TRIES} dumps in a row"
+                    ) from None
+                time.sleep(0.05)
+    out = []
+    for msg in links:
+        alias = msg.get_attr("IFLA_IFALIAS") or ""
+        if alias.startswith(ALIAS_PREFIX):
+            owner = alias[len(ALIAS_PREFIX) :]
+            if lab is None or owner == lab:
+                out.append((msg["index"], msg.get_attr("IFLA_IFNAME"), owner))
     return out
 
 
