@@ -9,10 +9,11 @@ from fastpath.bench.registry import load_scenario
 
 
 def _topo_point(up: float, down: float, ns: float, links: float, config: float,
-                journal: float) -> dict[str, float]:  # fmt: skip
+                journal: float, facts: float = 0.0) -> dict[str, float]:  # fmt: skip
     return {"up_s": up, "down_s": down, "up_ms_per_node": up, "down_ms_per_node": down,
             "namespaces_ms_per_node": ns, "links_ms_per_node": links,
-            "config_ms_per_node": config, "journal_ms_per_node": journal}  # fmt: skip
+            "config_ms_per_node": config, "journal_ms_per_node": journal,
+            "facts_ms_per_node": facts}  # fmt: skip
 
 
 def _echo_point(cpu_n: float, cpu_e: float, batch_n: float = 1.0, batch_e: float = 1.0) -> dict[str, float]:
@@ -51,6 +52,7 @@ def test_topo_scale_says_linear_when_per_node_cost_is_flat():
     text = " ".join(cls().explain(medians))
     assert "per-node cost stays within 30 % of its lowest: up grows linearly" in text
     assert "links take 60 %" in text and "Small labs" not in text
+    assert "the rest 0.0 ms/node" in text
 
 
 def test_topo_scale_says_small_labs_pay_fixed_costs():
