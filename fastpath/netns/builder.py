@@ -7,14 +7,14 @@ lab usable the moment `build` returns:
   2. per namespace: `lo` up, IPv6 DAD off (before any interface arrives, so addresses
      are usable at once instead of "tentative" for a second); the switch namespace gets no
      IPv6 at all, it only forwards frames
-  3. bridges, then one veth pair per link: made in the root namespace under random names
-     (`fp` + 8 hex, so concurrent builds never clash), then moved and renamed into place in
-     one netlink message
+  3. bridges, then one veth pair per link, both ends made by one netlink message straight
+     in their namespaces under their final names (never in the root namespace, never moved)
   4. offloads (ethtool), node sysctls (after interfaces exist, so per-interface keys work)
   5. addresses, then routes (gateways must be reachable), then permanent neighbours
 
-Every resource is written to the lab's statefile before it is made; on any failure the
-build removes everything recorded so far and raises one line naming the failed step.
+Every resource is written to the lab's statefile before it is made (all namespaces in one
+write, before the first is created; links live inside them); on any failure the build
+removes everything recorded so far and raises one line naming the failed step.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
-import secrets
 import shutil
 import socket
 import subprocess
@@ -34,8 +33,10 @@ from typing import Any
 
 from pyroute2 import IPRoute, NetlinkError
 from pyroute2 import netns as pr_netns
+from pyroute2.netlink.exceptions import NetlinkDumpInterrupted
 
 from fastpath.core.namespaces import (
+    create_netns,
     list_netns,
     netns_context,
     netns_exists,
@@ -60,8 +61,9 @@ from fastpath.netns.model import (
 )
 from fastpath.netns.procs import kill_processes_in
 
-# Root-namespace veths carry this alias while in flight, so a leak check (and `topo down`)
-# can tell which lab a stray `fpXXXXXXXX` link belongs to.
+# Builds before veths were made in place passed them through the root namespace under
+# temporary names carrying this alias: a leak check and `topo down` still find such strays
+# (and the temporary names a statefile of that time recorded, "temp_links").
 ALIAS_PREFIX = "fastpath-topo:"
 BPF_PIN_ROOT = str(PIN_ROOT)
 NUD_PERMANENT = 0x80
@@ -275,17 +277,39 @@ def new_record(topo: Topology) -> dict[str, Any]:
     }
 
 
+# What each step type counts towards in `build(..., timings=...)`.
+PHASES: dict[str, str] = {
+    "CreateNetns": "namespaces",
+    "PrepareNetns": "namespaces",
+    "CreateBridge": "links",
+    "CreateVeth": "links",
+    "SetOffloads": "links",
+    "SetSysctls": "config",
+    "AddAddress": "config",
+    "AddRoute": "config",
+    "AddNeighbor": "config",
+}
+
+
 class _Builder:
     """Executes steps, keeping the statefile a faithful journal of what exists."""
 
-    def __init__(self, topo: Topology, record: dict[str, Any]) -> None:
+    def __init__(self, topo: Topology, record: dict[str, Any],
+                 timings: dict[str, float] | None = None) -> None:  # fmt: skip
         self.topo = topo
         self.record = record
+        self.timings = timings
         self._root: IPRoute | None = None
         self._ns: dict[str, IPRoute] = {}
 
+    def _spent(self, phase: str, seconds: float) -> None:
+        if self.timings is not None:
+            self.timings[phase] = self.timings.get(phase, 0.0) + seconds
+
     def save(self) -> None:
+        t0 = time.perf_counter()
         state.save(self.topo.name, self.record)
+        self._spent("journal", time.perf_counter() - t0)
 
     def root(self) -> IPRoute:
         if self._root is None:
@@ -315,15 +339,35 @@ class _Builder:
         return int(found[0])
 
     def run_step(self, step: Step) -> None:
-        handler = getattr(self, "_" + type(step).__name__)
-        handler(step)
+        kind = type(step).__name__
+        handler = getattr(self, "_" + kind)
+        if self.timings is None:
+            handler(step)
+            return
+        journal0 = self.timings.get("journal", 0.0)
+        t0 = time.perf_counter()
+        try:
+            handler(step)
+        finally:
+            # The step's own statefile writes are already counted under "journal".
+            own = time.perf_counter() - t0 - (self.timings.get("journal", 0.0) - journal0)
+            self._spent(PHASES[kind], own)
+
+    def journal_namespaces(self, steps: list[Step]) -> None:
+        """Record every namespace the plan creates in one statefile write. Rewriting the
+        whole file per namespace made a lab's build quadratic in its size; recording one
+        that does not exist yet is harmless: tear-down skips what is not there."""
+        names = [s.netns for s in steps if isinstance(s, CreateNetns)]
+        self.record["namespaces"].extend(n for n in names if n not in self.record["namespaces"])
+        self.save()
 
     # One method per step type.
 
     def _CreateNetns(self, step: CreateNetns) -> None:  # noqa: N802 - named after the step
-        self.record["namespaces"].append(step.netns)
-        self.save()
-        pr_netns.create(step.netns)
+        if step.netns not in self.record["namespaces"]:
+            self.record["namespaces"].append(step.netns)
+            self.save()
+        create_netns(step.netns)
 
     def _PrepareNetns(self, step: PrepareNetns) -> None:  # noqa: N802
         if step.switch:
@@ -350,33 +394,29 @@ class _Builder:
         ipr.link("set", index=self.ifindex(step.netns, step.bridge.name), state="up")
 
     def _CreateVeth(self, step: CreateVeth) -> None:  # noqa: N802
-        root = self.root()
-        temps = [f"fp{secrets.token_hex(4)}" for _ in step.ends]
-        self.record["temp_links"].extend(temps)
-        self.save()
-        root.link("add", ifname=temps[0], kind="veth", peer={"ifname": temps[1]})
-        alias = ALIAS_PREFIX + self.topo.name
-        for tmp in temps:
-            root.link("set", index=_lookup(root, tmp), ifalias=alias)
-        for tmp, end in zip(temps, step.ends, strict=True):
-            # Move and rename in one message: the interface is never visible in the target
-            # namespace under its temporary name, and never under its final name in root.
-            root.link("set", index=_lookup(root, tmp), net_ns_fd=end.netns, ifname=end.ifname)
-            self.record["temp_links"].remove(tmp)
-            self.save()
+        # One message makes both ends, each straight in its own namespace under its final
+        # name (with its MTU and MAC): nothing of the lab ever appears in the root
+        # namespace, and no end is moved between namespaces, which costs an RCU grace
+        # period per move (tens of milliseconds, the bulk of a large lab's build time).
+        fds = [open_netns(end.netns) for end in step.ends]
+        try:
+            ends = []
+            for end, fd in zip(step.ends, fds, strict=True):
+                attrs: dict[str, Any] = {"ifname": end.ifname, "net_ns_fd": fd}
+                if step.mtu is not None:
+                    attrs["mtu"] = step.mtu
+                if end.mac is not None:
+                    attrs["address"] = end.mac
+                ends.append(attrs)
+            self.root().link("add", kind="veth", **ends[0], peer=ends[1])
+        finally:
+            for fd in fds:
+                os.close(fd)
         for end in step.ends:
-            ipr = self.ipr(end.netns)
-            idx = self.ifindex(end.netns, end.ifname)
-            kwargs: dict[str, Any] = {}
-            if step.mtu is not None:
-                kwargs["mtu"] = step.mtu
-            if end.mac is not None:
-                kwargs["address"] = end.mac
+            kwargs: dict[str, Any] = {"state": "up"}
             if end.master is not None:
                 kwargs["master"] = self.ifindex(end.netns, end.master)
-            if kwargs:
-                ipr.link("set", index=idx, **kwargs)
-            ipr.link("set", index=idx, state="up")
+            self.ipr(end.netns).link("set", index=self.ifindex(end.netns, end.ifname), **kwargs)
 
     def _SetOffloads(self, step: SetOffloads) -> None:  # noqa: N802
         ethtool = shutil.which("ethtool")
@@ -480,13 +520,6 @@ class _Builder:
         }
 
 
-def _lookup(ipr: IPRoute, ifname: str) -> int:
-    found = ipr.link_lookup(ifname=ifname)
-    if not found:
-        raise FastpathError(f"interface {ifname} vanished from the root namespace")
-    return int(found[0])
-
-
 def _mac(ipr: IPRoute, index: int) -> str:
     return str(ipr.get_links(index)[0].get_attr("IFLA_ADDRESS"))
 
@@ -517,11 +550,14 @@ def _explain(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def build(topo: Topology) -> dict[str, Any]:
+def build(topo: Topology, *, timings: dict[str, float] | None = None) -> dict[str, Any]:
     """Make every namespace, link and address of `topo`; return the lab's record.
 
     All or nothing: if any step fails, everything made so far is removed before the error
-    (one line, naming the step and the kernel's reason) is raised.
+    (one line, naming the step and the kernel's reason) is raised. `timings`, when given,
+    is filled with the seconds spent per phase: "namespaces", "links", "config" (see
+    PHASES), "journal" (statefile writes) and "facts" (reading back what the kernel
+    assigned), for benchmarks and for finding what a large lab waits on.
     """
     topo.validate()
     reason = netns_unavailable_reason()
@@ -540,13 +576,17 @@ def build(topo: Topology) -> dict[str, Any]:
             f"remove them with `fastpath topo down {topo.name}`"
         )
 
-    builder = _Builder(topo, record)
+    builder = _Builder(topo, record, timings)
     current: Step | None = None
     try:
-        for current in plan(topo):
+        steps = plan(topo)
+        builder.journal_namespaces(steps)
+        for current in steps:
             builder.run_step(current)
         current = None
+        t0 = time.perf_counter()
         builder.collect_facts()
+        builder._spent("facts", time.perf_counter() - t0)
         record["status"] = "up"
         builder.save()
     except BaseException as exc:
@@ -578,16 +618,31 @@ def owned_netns(lab: str) -> list[str]:
     return [n for n in list_netns() if lab_of_netns(n) == lab and n != lab]
 
 
+DUMP_TRIES = 5
+
+
 def root_links_of(lab: str | None = None) -> list[tuple[int, str, str]]:
     """(index, name, lab) of root-namespace veths still carrying a fastpath alias."""
-    out = []
     with IPRoute(ext_ack=True) as ipr:
-        for msg in ipr.get_links():
-            alias = msg.get_attr("IFLA_IFALIAS") or ""
-            if alias.startswith(ALIAS_PREFIX):
-                owner = alias[len(ALIAS_PREFIX) :]
-                if lab is None or owner == lab:
-                    out.append((msg["index"], msg.get_attr("IFLA_IFNAME"), owner))
+        # The kernel interrupts a dump when links change meanwhile (anyone's, anywhere in
+        # the root namespace); what it returned is then incomplete, so dump again.
+        for attempt in range(DUMP_TRIES):
+            try:
+                links = ipr.get_links()
+                break
+            except NetlinkDumpInterrupted:
+                if attempt == DUMP_TRIES - 1:
+                    raise FastpathError(
+                        f"the root namespace's links kept changing during {DUMP_TRIES} dumps in a row"
+                    ) from None
+                time.sleep(0.05)
+    out = []
+    for msg in links:
+        alias = msg.get_attr("IFLA_IFALIAS") or ""
+        if alias.startswith(ALIAS_PREFIX):
+            owner = alias[len(ALIAS_PREFIX) :]
+            if lab is None or owner == lab:
+                out.append((msg["index"], msg.get_attr("IFLA_IFNAME"), owner))
     return out
 
 

@@ -12,7 +12,7 @@ import pytest
 from pyroute2 import IPRoute
 from pyroute2 import netns as pr_netns
 
-from fastpath.core.namespaces import list_netns, netns_context
+from fastpath.core.namespaces import create_netns, list_netns, netns_context, netns_inode
 from fastpath.errors import FastpathError
 from fastpath.netns import (
     CommandFailed,
@@ -25,7 +25,7 @@ from fastpath.netns import (
     state,
 )
 from fastpath.netns import builder as builder_mod
-from fastpath.netns.pytest_plugin import require_netns, session_lab_name
+from fastpath.netns.pytest_plugin import require_netns, session_lab_name, session_netns_name
 
 pytestmark = pytest.mark.integration
 
@@ -247,32 +247,24 @@ def test_injected_failure_at_any_step_leaves_nothing(monkeypatch, fail_at):
     assert_nothing_left(name)
 
 
-def test_failure_with_a_veth_half_moved_removes_the_root_side(monkeypatch):
-    # Break the move of the second end: the first end is in its namespace, the second is
-    # still in the root namespace under its temporary name. Rollback must delete it.
-    real_lookup = builder_mod._lookup
-    calls = []
-    temps: set[str] = set()
-    real_save = state.save
+def test_failure_after_a_veth_pair_exists_removes_it(monkeypatch):
+    # Break the step after its pair was made (bringing the ends up): the pair lives in the
+    # lab's namespaces from the start, so rollback must leave no trace of it anywhere.
+    real_ifindex = builder_mod._Builder.ifindex
+    made: list[tuple[str, str]] = []
 
-    def lookup(ipr, ifname):
-        calls.append(ifname)
-        if len(calls) == 4:  # 2 lookups to set aliases, then 1 per moved end
-            raise FastpathError("injected: cannot move the second end")
-        return real_lookup(ipr, ifname)
+    def ifindex(self, netns, ifname):
+        if ifname.startswith("eth") and not made:
+            made.append((netns, ifname))
+            assert real_ifindex(self, netns, ifname) > 0  # the end exists, in its namespace
+            raise FastpathError("injected: cannot bring the end up")
+        return real_ifindex(self, netns, ifname)
 
-    def save(name, data):
-        temps.update(data["temp_links"])
-        real_save(name, data)
-
-    monkeypatch.setattr(builder_mod, "_lookup", lookup)
-    monkeypatch.setattr(state, "save", save)
+    monkeypatch.setattr(builder_mod._Builder, "ifindex", ifindex)
     name = session_lab_name()
-    with pytest.raises(FastpathError, match="injected: cannot move the second end"):
+    with pytest.raises(FastpathError, match="create link .* failed: injected: cannot bring the end up"):
         Lab.up(ISSUE, name=name)
-    assert len(temps) == 2
-    with IPRoute() as ipr:
-        assert [t for t in temps if ipr.link_lookup(ifname=t)] == []
+    assert made and made[0][0].startswith(f"{name}-")
     assert_nothing_left(name)
 
 
@@ -339,3 +331,23 @@ def test_iproute_inside_a_node(issue_lab):
     with issue_lab.iproute("server") as ipr:
         names = {link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
     assert names == {"lo", "eth0", "eth1"}
+
+
+def test_create_netns_makes_a_fresh_namespace_and_refuses_a_taken_name():
+    require_netns()
+    name = session_netns_name("mk")
+    here = os.stat("/proc/thread-self/ns/net")
+    create_netns(name)
+    try:
+        assert name in list_netns()
+        assert netns_inode(name) != (here.st_dev, here.st_ino)
+        with netns_context(name), IPRoute() as ipr:
+            assert [link.get_attr("IFLA_IFNAME") for link in ipr.get_links()] == ["lo"]
+        with pytest.raises(FileExistsError):
+            create_netns(name)
+        assert name in list_netns()  # the failed second create left the first alone
+        now = os.stat("/proc/thread-self/ns/net")
+        assert (now.st_dev, now.st_ino) == (here.st_dev, here.st_ino), "the caller moved"
+    finally:
+        pr_netns.remove(name)
+    assert name not in list_netns()

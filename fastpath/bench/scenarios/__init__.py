@@ -48,10 +48,12 @@ from __future__ import annotations
 SCENARIOS: dict[str, str] = {
     "counter": "fastpath.bench.scenarios.counter",
     "echo": "fastpath.bench.scenarios.echo",
+    "echo-conns": "fastpath.bench.scenarios.echo_conns",
     "l2fwd": "fastpath.bench.scenarios.l2fwd",
     "lb": "fastpath.bench.scenarios.lb",
     "lb-packet": "fastpath.bench.scenarios.lb",
     "synflood": "fastpath.bench.scenarios.synflood",
     "synflood-packet": "fastpath.bench.scenarios.synflood",
     "synguard-churn": "fastpath.bench.scenarios.synguard_churn",
+    "topo-scale": "fastpath.bench.scenarios.topo_scale",
 }
