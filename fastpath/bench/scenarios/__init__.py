@@ -55,5 +55,6 @@ SCENARIOS: dict[str, str] = {
     "lb-backends": "fastpath.bench.scenarios.lb_scaling",
     "synflood": "fastpath.bench.scenarios.synflood",
     "synflood-packet": "fastpath.bench.scenarios.synflood",
+    "synflood-rate": "fastpath.bench.scenarios.synflood_rate",
     "synguard-churn": "fastpath.bench.scenarios.synguard_churn",
 }
