@@ -51,6 +51,7 @@ SCENARIOS: dict[str, str] = {
     "l2fwd": "fastpath.bench.scenarios.l2fwd",
     "lb": "fastpath.bench.scenarios.lb",
     "lb-packet": "fastpath.bench.scenarios.lb",
+    "lb-apply": "fastpath.bench.scenarios.lb_apply",
     "lb-vips": "fastpath.bench.scenarios.lb_scaling",
     "lb-backends": "fastpath.bench.scenarios.lb_scaling",
     "synflood": "fastpath.bench.scenarios.synflood",
