@@ -8,6 +8,7 @@ direction (more ns/packet, fewer successful connections). Pure functions, no plo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -47,8 +48,8 @@ class Knee:
 
     def statement(self, axis: str, unit: str) -> str:
         if self.point is not None:
-            return (f"{self.metric} stops being flat at {self.point} {axis}: "
-                    f"{self.worse:.2f}× worse than at {self.first} {axis} "
+            how = "down to 0 from its value" if self.worse == math.inf else f"{self.worse:.2f}× worse than"
+            return (f"{self.metric} stops being flat at {self.point} {axis}: {how} at {self.first} {axis} "
                     f"(the first point more than {self.factor:g}× worse)")
         if self.worse is None:
             return (f"{self.metric}: no ratio to the first point ({self.first} {axis}, median 0 {unit}); "
@@ -58,16 +59,19 @@ class Knee:
                 f"(worst {self.worse:.2f}×)")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"point": self.point, "worse": self.worse, "factor": self.factor}
+        """JSON has no infinity: a fall to 0 is `worse` null with `to_zero` true."""
+        finite = self.worse is not None and math.isfinite(self.worse)
+        return {"point": self.point, "worse": self.worse if finite else None, "factor": self.factor,
+                "to_zero": self.worse == math.inf}
 
 
 def worse_by(value: float, first: float, better: Better) -> float | None:
     """How many times worse than `first` `value` is (> 1 worse, < 1 better), oriented by
     the metric's direction; None when undefined."""
     adv = advantage(value, first, better)
-    if adv is None or adv == 0:
+    if adv is None:
         return None
-    return 1 / adv
+    return math.inf if adv == 0 else 1 / adv
 
 
 def find_knee(metric: Metric, points: Sequence[str], medians: Mapping[str, float],

@@ -44,3 +44,16 @@ def test_lb_backends_quick_run():
     s = result.summaries["table_ms"]
     assert s["1000"].median > s["3"].median
     assert any("Maglev" in line for line in result.explanation)
+
+
+def test_lb_churn_quick_run():
+    _root()
+    result = run_scenario(load_scenario("lb-churn"), quick=True, log=lambda _msg: None)
+    assert result.contenders == ["512", "1024", "2048", "10240"]
+    occ = {p: result.values("occupancy", p)[0] for p in result.contenders}
+    # 256 long-lived + 512 churned flows fit; 10× the table fills it
+    assert occ["512"] == pytest.approx(75.0) and occ["10240"] >= 85.0
+    # active flows keep their entries; idle ones outlive half a table of churn, not ten tables
+    assert all(result.values("hit", p)[0] >= 95.0 for p in result.contenders)
+    assert result.values("idle_hit", "512")[0] == 100.0 and result.values("idle_hit", "10240")[0] == 0.0
+    assert result.knees["idle_hit"].point is not None

@@ -39,6 +39,13 @@ def test_knee_follows_the_metric_direction():
     assert got.point == "10000" and got.worse == pytest.approx(100 / 70)
     # and going up is better, never a knee
     assert find_knee(NS, ["1", "2"], {"1": 10, "2": 5}).point is None
+    # a fall to 0 is the knee, stated and kept out of JSON as a number
+    gone = find_knee(OK, ["512", "1024"], {"512": 100, "1024": 0})
+    assert gone.point == "1024"
+    assert gone.statement("new flows", "%") == (
+        "ok stops being flat at 1024 new flows: down to 0 from its value at 512 new flows "
+        "(the first point more than 1.25× worse)")
+    assert gone.to_dict() == {"point": "1024", "worse": None, "factor": 1.25, "to_zero": True}
 
 
 def test_knee_statements_name_the_point_and_the_range():
@@ -104,7 +111,7 @@ def test_json_carries_the_curve(result, tmp_path):
     curve = sweep["curves"]["ns"]
     assert curve["medians"] == {"1": 20, "10": 21, "100": 22, "1000": 50}
     assert curve["ratios"]["1000"] == pytest.approx(2.5)
-    assert curve["knee"] == {"point": "1000", "worse": pytest.approx(2.5), "factor": 1.25}
+    assert curve["knee"] == {"point": "1000", "worse": pytest.approx(2.5), "factor": 1.25, "to_zero": False}
     assert curve["statement"].startswith("ns stops being flat at 1000 VIPs: 2.50× worse")
     assert sweep["explanation"] == result.explanation
 

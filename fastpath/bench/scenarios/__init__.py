@@ -52,6 +52,7 @@ SCENARIOS: dict[str, str] = {
     "lb": "fastpath.bench.scenarios.lb",
     "lb-packet": "fastpath.bench.scenarios.lb",
     "lb-apply": "fastpath.bench.scenarios.lb_apply",
+    "lb-churn": "fastpath.bench.scenarios.lb_churn",
     "lb-vips": "fastpath.bench.scenarios.lb_scaling",
     "lb-backends": "fastpath.bench.scenarios.lb_scaling",
     "synflood": "fastpath.bench.scenarios.synflood",
