@@ -37,6 +37,6 @@ def test_paced_flood_sends_the_rate_spread_over_the_time(rate):
 
 
 def test_paced_flood_reports_what_a_slow_generator_managed():
-    flood = CountingFlood(cap=10)  # at most 10 frames a call, one call per 5 ms slice
+    flood = CountingFlood(cap=10)  # at most 10 frames a call, one call per 2 ms slice
     sent = paced_flood(flood, 1_000_000, 0.2)
     assert sent == sum(n for _, n in flood.calls) and sent < 0.1 * 1_000_000 * 0.2
