@@ -52,8 +52,8 @@ class Knee:
             return (f"{self.metric} stops being flat at {self.point} {axis}: {how} at {self.first} {axis} "
                     f"(the first point more than {self.factor:g}× worse)")
         if self.worse is None:
-            return (f"{self.metric}: no ratio to the first point ({self.first} {axis}, median 0 {unit}); "
-                    "flatness not judged")
+            return (f"{self.metric}: no ratio to the first point ({self.first} {axis}: its median is 0, or "
+                    "the medians change sign); flatness not judged")
         return (f"{self.metric} is flat over the whole range ({self.first} → {self.last} {axis}): "
                 f"never more than {self.factor:g}× worse than at {self.first} {axis} "
                 f"(worst {self.worse:.2f}×)")

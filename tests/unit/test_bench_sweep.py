@@ -57,6 +57,8 @@ def test_knee_statements_name_the_point_and_the_range():
     zero = find_knee(OK, ["0", "10"], {"0": 0, "10": 0})
     assert zero.point is None and zero.worse is None
     assert "not judged" in zero.statement("flows", "%")
+    crossing = find_knee(NS, ["1", "2"], {"1": -5, "2": 10})  # a difference that changes sign
+    assert crossing.point is None and "change sign" in crossing.statement("x", "ns")
 
 
 def test_log_axis_only_when_x_spans_a_hundredfold():

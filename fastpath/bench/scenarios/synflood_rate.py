@@ -109,6 +109,13 @@ class SynfloodRate(Synflood):
             f"way (measured {medians[first]['success']:.1f} % at {first}, "
             f"{medians[last]['success']:.1f} % at {last} SYN/s).",
         ]
+        unresolved = [p for p in points if medians[p]["guard_ns"] <= 0]
+        if unresolved:
+            lines.append(f"At {', '.join(unresolved)} SYN/s guard_ns is not above 0: it is the "
+                         "difference of two runs' CPU time per SYN, and there the sender's per-slice "
+                         "overhead varies between runs by more than the guard costs per SYN, so the "
+                         "guard's cost is below what this method resolves at that rate; read guard_ns "
+                         "at the rates where it is positive.")
         top = getattr(self, "_top", None)
         if top:
             lines.append(f"This machine's generator tops out near {top:,.0f} SYN/s (one CPU builds and "
