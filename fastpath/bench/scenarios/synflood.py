@@ -432,6 +432,7 @@ class Synflood(Scenario):
             result = {"cpu_per_mflood": busy / max(frames, 1)}  # ns per SYN == ms per million SYNs
             if rate is not None:  # the sending thread's own CPU time, softirqs it ran included
                 result["thread_ns"] = own / max(frames, 1)
+                result["sent_rate"] = sent / seconds
             if client is not None:
                 client.wait(seconds + 30)
                 data = floodlab.probe_result(client.output())
