@@ -95,6 +95,7 @@ def _describe(cls: type[Scenario]) -> dict[str, Any]:
     metrics = {m.name: m for m in cls.metrics}
     return {
         "baseline": cls.baseline,
+        "sweep": cls.sweep,
         "contenders": contenders,
         "metrics": [{"name": m.name, "unit": m.unit, "better": m.better} for m in cls.metrics],
         "targets": [describe_target(t, metrics[t.metric]) for t in cls.targets],
@@ -127,9 +128,11 @@ def list_command(args: argparse.Namespace) -> int:
         if not r["available"]:
             table_rows.append((r["name"], f"unavailable: {r['reason']}"))
             continue
+        points = ", ".join(r["contenders"] or ["?"])
         details = [
             r["description"],
-            f"contenders: {', '.join(r['contenders'] or ['?'])} (baseline: {r['baseline']})",
+            f"a curve over {r['sweep']}: {points}" if r.get("sweep")
+            else f"contenders: {points} (baseline: {r['baseline']})",
             "metrics: "
             + ", ".join(f"{m['name']} ({m['unit']}, {m['better']} is better)" for m in r["metrics"]),
         ]

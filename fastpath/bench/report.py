@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -14,6 +15,7 @@ from rich.table import Table
 from fastpath.bench.runner import ScenarioResult
 from fastpath.bench.scenario import Metric
 from fastpath.bench.stats import describe_advantage, format_measured, format_value
+from fastpath.bench.sweep import KNEE_FACTOR, axis_label, log_axis, ratio_text, x_value
 from fastpath.errors import FastpathError
 
 RESULT_COLUMNS = ("median", "p25", "p75", "min", "max", "mean", "stdev")
@@ -75,11 +77,60 @@ def render_markdown(result: ScenarioResult, plots: dict[str, str] | None = None)
     `plots` maps metric name -> image path relative to the Markdown file.
     """
     plots = plots or {}
-    b = result.baseline
     lines = [f"# fastpath bench: {result.name}", "", _cell(result.description), ""]
     lines += ["| | |", "| --- | --- |"]
     lines += [f"| {k} | {_cell(v)} |" for k, v in _environment_rows(result)]
+    if result.sweep is not None:
+        lines += _sweep_markdown(result, plots)
+    else:
+        lines += _race_markdown(result, plots)
+    if result.skipped:
+        lines += ["## Skipped contenders" if result.sweep is None else "## Skipped points", ""]
+        lines += [f"- {c}: {_cell(why)}" for c, why in result.skipped.items()]
+        lines.append("")
     lines += [
+        f"Raw samples and environment: `{result.name}.json`. Run took {result.duration_s:.1f} s.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _sweep_markdown(result: ScenarioResult, plots: dict[str, str]) -> list[str]:
+    """A scaling curve: one row per point in x order, the ratio to the first point, where
+    the cost stops being flat, and the scenario's explanation."""
+    axis, first = result.sweep or "", result.contenders[0]
+    lines = [
+        "",
+        f"A scaling curve over **{_cell(axis)}**: one point per x value, in x order. "
+        f"`÷ {first}` is median(point) / median(at {first} {_cell(axis)}). The cost stops being "
+        f"flat at the first point more than {KNEE_FACTOR:g}× worse than the first point, "
+        "in the metric's direction. p25/p75 are the interquartile range over the repeats.",
+        "",
+    ]
+    for m in result.metrics:
+        s = result.summaries[m.name]
+        lines += [f"## {_heading(m)}", ""]
+        header = [_cell(axis), *RESULT_COLUMNS, "n", f"÷ {first}", f"vs {first}"]
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("| ---: |" + " ---: |" * (len(header) - 1))
+        for p in result.contenders:
+            stats = [format_value(getattr(s[p], col)) for col in RESULT_COLUMNS]
+            verdict = "—" if p == first else describe_advantage(result.advantage(m, p))
+            rel = ratio_text(s[p].median, s[first].median)
+            lines.append("| " + " | ".join([axis_label(p), *stats, str(s[p].n), rel, verdict]) + " |")
+        lines += ["", f"**{_cell(result.knees[m.name].statement(axis, m.unit))}**", ""]
+        if m.name in plots:
+            lines += [f"![{m.name}]({plots[m.name]})", ""]
+    if result.explanation:
+        lines += ["## Why the curve bends", ""]
+        lines += [f"- {_cell(line)}" for line in result.explanation]
+        lines.append("")
+    return lines
+
+
+def _race_markdown(result: ScenarioResult, plots: dict[str, str]) -> list[str]:
+    b = result.baseline
+    lines = [
         "",
         f"Baseline: **{b}**. `÷ {b}` is median(contender) / median({b}); the verdict "
         "turns it into how many times better or worse, following each metric's "
@@ -122,19 +173,10 @@ def render_markdown(result: ScenarioResult, plots: dict[str, str] | None = None)
             measured = format_measured(t, result.metric(t.target.metric))
             lines.append(f"| {_cell(t.description)} | {_cell(measured)} | {verdict} |")
         lines.append("")
-    if result.skipped:
-        lines += ["## Skipped contenders", ""]
-        lines += [f"- {c}: {_cell(why)}" for c, why in result.skipped.items()]
-        lines.append("")
-    lines += [
-        f"Raw samples and environment: `{result.name}.json`. Run took {result.duration_s:.1f} s.",
-        "",
-    ]
-    return "\n".join(lines)
+    return lines
 
 
-def plot_metric(result: ScenarioResult, metric: Metric, path: Path) -> None:
-    """Bar per contender at the median, whiskers p25–p75, every sample as a dot."""
+def _figure(width: float) -> Any:
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -142,11 +184,53 @@ def plot_metric(result: ScenarioResult, metric: Metric, path: Path) -> None:
         raise FastpathError(
             "matplotlib is needed for benchmark plots", fix="pip install -e '.[bench]'"
         ) from exc
+    fig = Figure(figsize=(width, 4.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def plot_curve(result: ScenarioResult, metric: Metric, path: Path) -> None:
+    """A sweep: the median per point as a line, the p25–p75 band shaded, every repeat as a
+    dot, the point where the cost stops being flat marked; log x when x spans >= 100×."""
+    points = result.contenders
+    xs = [x_value(p) for p in points]
+    summaries = [result.summaries[metric.name][p] for p in points]
+    fig = _figure(6.4)
+    ax = fig.add_subplot()
+    ax.fill_between(xs, [s.p25 for s in summaries], [s.p75 for s in summaries], color="C0", alpha=0.25,
+                    label="p25–p75")
+    ax.plot(xs, [s.median for s in summaries], marker="o", color="C0", label="median")
+    for x, p in zip(xs, points, strict=True):
+        vals = result.values(metric.name, p)
+        ax.scatter([x] * len(vals), vals, s=8, color="black", alpha=0.6, zorder=3)
+    knee = result.knees.get(metric.name)
+    if knee is not None and knee.point is not None:
+        ax.axvline(x_value(knee.point), color="C3", linestyle="--",
+                   label=f"> {knee.factor:g}× the first point")
+    if log_axis(xs):
+        ax.set_xscale("log")
+    ax.set_xticks(xs, [axis_label(p) for p in points])
+    ax.minorticks_off()
+    ax.set_xlabel(result.sweep or "")
+    ax.set_ylabel(metric.unit)
+    ax.set_title(f"{result.name}: {metric.name} ({metric.better} is better)")
+    all_vals = [v for p in points for v in result.values(metric.name, p)]
+    if all_vals and min(all_vals) >= 0:
+        ax.set_ylim(bottom=0, top=max(all_vals) * 1.2 or 1)
+    ax.legend(fontsize=8, loc="best")
+    fig.savefig(path, dpi=100, format="png")
+
+
+def plot_metric(result: ScenarioResult, metric: Metric, path: Path) -> None:
+    """Bar per contender at the median, whiskers p25–p75, every sample as a dot (a sweep:
+    its curve, see plot_curve)."""
+    if result.sweep is not None:
+        plot_curve(result, metric, path)
+        return
 
     names = result.contenders
     summaries = [result.summaries[metric.name][c] for c in names]
-    fig = Figure(figsize=(max(4.0, 1.4 * len(names) + 2), 4.2), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = _figure(max(4.0, 1.4 * len(names) + 2))
     ax = fig.add_subplot()
     xs = list(range(len(names)))
     medians = [s.median for s in summaries]
@@ -209,10 +293,29 @@ def write_reports(result: ScenarioResult, run_dir: Path) -> dict[str, Path]:
     return files
 
 
+def _print_sweep(result: ScenarioResult, console: Console) -> None:
+    axis, first = result.sweep or "", result.contenders[0]
+    for m in result.metrics:
+        s = result.summaries[m.name]
+        table = Table(title=escape(_heading(m)), title_justify="left")
+        for col in (axis, "median", "p25–p75", "n", f"÷ {first}"):
+            table.add_column(escape(col), justify="right", no_wrap=True)
+        for p in result.contenders:
+            table.add_row(axis_label(p), format_value(s[p].median),
+                          f"{format_value(s[p].p25)}–{format_value(s[p].p75)}", str(s[p].n),
+                          ratio_text(s[p].median, s[first].median))
+        console.print(table)
+        console.print(escape(f"  {result.knees[m.name].statement(axis, m.unit)}"), highlight=False)
+    for line in result.explanation:
+        console.print(escape(f"  why: {line}"), highlight=False)
+
+
 def print_human(result: ScenarioResult, console: Console) -> None:
     b = result.baseline
     console.print(escape(f"{result.name}: {result.description}"), style="bold", highlight=False)
-    for m in result.metrics:
+    if result.sweep is not None:
+        _print_sweep(result, console)
+    for m in result.metrics if result.sweep is None else ():
         table = Table(title=escape(_heading(m)), title_justify="left")
         table.add_column("contender")
         for col in ("median", "p25–p75", "min–max", "n", f"vs {b}"):
@@ -235,7 +338,8 @@ def print_human(result: ScenarioResult, console: Console) -> None:
         text = escape(f"  target {t.description}: {format_measured(t, metric)}")
         console.print(f"{text} — {mark}", highlight=False)
     for c, why in result.skipped.items():
-        console.print(escape(f"  skipped {c}: {why}"), highlight=False)
+        what = f"{c} {result.sweep}" if result.sweep else c
+        console.print(escape(f"  skipped {what}: {why}"), highlight=False)
     if result.quick:
         console.print("  [yellow]quick run: too few repeats to compare numbers[/yellow]")
     if "markdown" in result.files:

@@ -7,6 +7,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from fastpath.bench.stats import (
     ratio,
     summarize,
 )
+from fastpath.bench.sweep import KNEE_FACTOR, Knee, knees, x_value
 from fastpath.errors import CapabilityError, FastpathError
 
 SCHEMA = "fastpath.bench/1"
@@ -79,6 +81,12 @@ class ScenarioResult:
     targets: list[TargetResult]
     duration_s: float
     files: dict[str, str] = field(default_factory=dict)  # filled in by the report writer
+    # A scaling curve (Scenario.sweep): the x axis name; contenders are its points in x
+    # order, the first is the baseline. `knees` says per metric where the cost stops being
+    # flat, `explanation` is the scenario's explain() on the medians.
+    sweep: str | None = None
+    knees: dict[str, Knee] = field(default_factory=dict)
+    explanation: list[str] = field(default_factory=list)
 
     def metric(self, name: str) -> Metric:
         return next(m for m in self.metrics if m.name == name)
@@ -100,6 +108,25 @@ class ScenarioResult:
     @property
     def missed(self) -> list[TargetResult]:
         return [t for t in self.targets if not t.met]
+
+    def sweep_dict(self) -> dict[str, Any] | None:
+        """The curve for JSON: axis, points in x order, each metric's medians, ratios to the
+        first point and knee, the scenario's explanation."""
+        if self.sweep is None:
+            return None
+        first = self.contenders[0]
+        curves: dict[str, Any] = {}
+        for m in self.metrics:
+            s = self.summaries[m.name]
+            knee = self.knees[m.name]
+            curves[m.name] = {
+                "medians": {p: s[p].median for p in self.contenders},
+                "ratios": {p: ratio(s[p].median, s[first].median) for p in self.contenders},
+                "knee": knee.to_dict(),
+                "statement": knee.statement(self.sweep, m.unit),
+            }
+        return {"axis": self.sweep, "points": self.contenders, "x": [x_value(p) for p in self.contenders],
+                "knee_factor": KNEE_FACTOR, "curves": curves, "explanation": self.explanation}
 
     def to_dict(self) -> dict[str, Any]:
         comparisons: dict[str, dict[str, Any]] = {}
@@ -134,6 +161,7 @@ class ScenarioResult:
             "comparisons": comparisons,
             "targets": [t.to_dict() for t in self.targets],
             "files": self.files,
+            **({"sweep": self.sweep_dict()} if self.sweep is not None else {}),
         }
 
 
@@ -176,6 +204,15 @@ def _check_contenders(scenario: Scenario) -> list[str]:
         for who in (t.contender, t.versus):
             if who is not None and who not in declared:
                 raise FastpathError(f"scenario {name!r}: target names unknown contender {who!r}")
+    if scenario.sweep is not None:
+        try:
+            xs = [x_value(c) for c in declared]
+        except ValueError:
+            raise FastpathError(f"scenario {name!r} is a sweep over {scenario.sweep}: its points "
+                                f"must be named by their x values, got {declared}") from None
+        if any(b <= a for a, b in pairwise(xs)) or scenario.baseline != declared[0]:
+            raise FastpathError(f"scenario {name!r}: a sweep's points go in increasing x order and "
+                                f"the first is the baseline, got {declared} (baseline {scenario.baseline!r})")
     return declared
 
 
@@ -232,6 +269,15 @@ def run_scenario(
             _tear_down(scenario, ctx, failure, log)
 
     summaries, targets = _summarise(scenario, active, samples, ctx.skipped)
+    curve: dict[str, Knee] = {}
+    explanation: list[str] = []
+    if scenario.sweep is not None:
+        curve = knees(scenario.metrics, active, summaries)
+        medians = {c: {m: summaries[m][c].median for m in summaries} for c in active}
+        try:
+            explanation = [str(line) for line in scenario.explain(medians)]
+        except Exception as exc:
+            raise FastpathError(f"scenario {name!r} explain() failed: {type(exc).__name__}: {exc}") from exc
     return ScenarioResult(
         name=name,
         description=scenario.description,
@@ -247,6 +293,9 @@ def run_scenario(
         summaries=summaries,
         targets=targets,
         duration_s=time.perf_counter() - started,
+        sweep=scenario.sweep,
+        knees=curve,
+        explanation=explanation,
     )
 
 

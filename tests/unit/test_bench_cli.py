@@ -134,3 +134,36 @@ def test_repeat_must_be_positive(main, capsys):
         main("alpha", "--repeat", "0")
     assert info.value.code == 2
     assert "must be at least 1" in capsys.readouterr().err
+
+
+class Curve(Alpha):
+    name = "curve"
+    description = "a scripted scaling curve"
+    baseline = "1"
+    sweep = "VIPs"
+    targets: ClassVar = []
+
+    def contenders(self) -> list[str]:
+        return ["1", "10", "100"]
+
+    def measure(self, contender: str, ctx: BenchContext) -> dict[str, float]:
+        return {"drop": 10.0 if contender != "100" else 30.0}
+
+    def explain(self, medians: dict[str, dict[str, float]]) -> list[str]:
+        return ["the hash table outgrows the cache"]
+
+
+def test_sweep_is_listed_as_a_curve_and_reported_with_its_knee(main, capsys):
+    register_scenario(Curve)
+    assert main("--list", "curve") == 0
+    assert "a curve over VIPs: 1, 10, 100" in capsys.readouterr().out
+    assert main("curve", "--repeat", "2") == 0
+    out = capsys.readouterr().out
+    assert "drop stops being flat at 100 VIPs: 3.00× worse than at 1 VIPs" in " ".join(out.split())
+    assert "why: the hash table outgrows the cache" in out
+    assert main("curve", "--repeat", "2", "--json") == 0
+    doc = json.loads(capsys.readouterr().out)["scenarios"][0]
+    assert doc["sweep"]["curves"]["drop"]["knee"]["point"] == "100"
+    assert doc["sweep"]["explanation"] == ["the hash table outgrows the cache"]
+    md = (main.out / "latest" / "curve.md").read_text()
+    assert "| VIPs | median |" in md and "## Why the curve bends" in md

@@ -82,6 +82,9 @@ class Balancer:
         self.vip_check: Callable[[list[VipId]], None] | None = None
         # The program's flow timeouts (seconds), for `explain`.
         self.timeouts = {k: int({**TUNABLES, **(defines or {})}[k]) for k in TIMEOUTS}
+        # apply() adds and removes many VIPs, then writes the address table once: re-writing
+        # it after each VIP made applying N VIPs cost N^2 map writes.
+        self._batch = False
         if maps.ring_size != state.table_size:
             raise FastpathError(f"the program's rings hold {maps.ring_size} slots, the state says "
                                 f"{state.table_size}", fix="detach and attach again")
@@ -183,8 +186,14 @@ class Balancer:
         self._check_new_vip(vip, mode, hash_)
         if self.vip_check is not None:
             self.vip_check([*(v.id for v in self.state.vips.values()), vip])
-        used = {v.index for v in self.state.vips.values()}
+        return self._place_vip(vip, mode, hash_)
+
+    def _place_vip(self, vip: VipId, mode: str, hash_: str, used: set[int] | None = None) -> VipState:
+        """Give the VIP a free index and write it; `used`: the indices taken (kept up to date)."""
+        if used is None:
+            used = {v.index for v in self.state.vips.values()}
         index = self._alloc(used, self.state.max_vips, self.state.next_vip, "VIP")
+        used.add(index)
         return self._insert_vip(vip, mode, hash_, index)
 
     def _insert_vip(self, vip: VipId, mode: str, hash_: str, index: int) -> VipState:
@@ -192,7 +201,8 @@ class Balancer:
         self.state.next_vip = (index + 1) % self.state.max_vips
         self._zero_stats("vip_stats", index, VipStats)
         self.state.vips[str(vip)] = vs
-        self._sync_addresses()
+        if not self._batch:
+            self._sync_addresses()
         self.maps["vips"].set(vip.key(), self._vip_value(vs))
         return vs
 
@@ -200,7 +210,8 @@ class Balancer:
         vs = self.vip(vip)
         self.maps["vips"].delete(vip.key())
         del self.state.vips[str(vip)]
-        self._sync_addresses()
+        if not self._batch:
+            self._sync_addresses()
         for b in vs.backends.values():
             self.maps["backends"].set(ctypes.c_uint32(b.id), Backend())
         return vs
@@ -326,46 +337,53 @@ class Balancer:
         except BaseException:
             self.state.next_backend = saved_next
             raise
-        # Execute.
-        for name in drop_vips:
-            self.del_vip(self.state.vips[name].id)
-            changes.append(f"removed VIP {name}" if name not in want else f"re-created VIP {name}")
-        for name, spec in want.items():
-            vs = self.state.vips.get(name)
-            if vs is None:
-                vs = self.add_vip(spec.vip, spec.mode, spec.hash)
-                if name not in drop_vips:
-                    changes.append(f"added VIP {name} ({spec.mode})")
-            wanted = {backend_name(spec.vip, spec.mode, b.address, b.port): b for b in spec.backends}
-            removed = [vs.backends.pop(n) for n in list(vs.backends) if n not in wanted]
-            changes.extend(f"removed backend {b.name} from {name}" for b in removed)
-            dirty = bool(removed)
-            for b in plan_new.get(name, []):
-                self._zero_stats("backend_stats", b.id, BackendStats)
-                self._write_backend(vs, b)
-                vs.backends[b.name] = b
-                changes.append(f"added backend {b.name} to {name} (weight {b.weight}"
-                               + (", drained)" if b.drained else ")"))
-                dirty = True
-            for bname, bs in wanted.items():
-                b = vs.backends[bname]
-                if b.weight != bs.weight:
-                    changes.append(f"weight of {bname} in {name}: {b.weight} -> {bs.weight}")
-                    b.weight = bs.weight
-                    dirty = True
-                if b.drained != bs.drained:
-                    changes.append(f"{'drained' if bs.drained else 'undrained'} {bname} in {name}")
-                    b.drained = bs.drained
-                    dirty = True
-                if bs.mac is not None and bs.mac != b.mac:
-                    changes.append(f"MAC of {bname} in {name}: {b.mac} -> {bs.mac}")
-                    b.mac = bs.mac
+        # Execute: the VIPs' address table is written once, after every VIP is in place.
+        self._batch = True
+        try:
+            for name in drop_vips:
+                self.del_vip(self.state.vips[name].id)
+                changes.append(f"removed VIP {name}" if name not in want else f"re-created VIP {name}")
+            used = {v.index for v in self.state.vips.values()}
+            for name, spec in want.items():
+                vs = self.state.vips.get(name)
+                if vs is None:
+                    self._check_new_vip(spec.vip, spec.mode, spec.hash)
+                    vs = self._place_vip(spec.vip, spec.mode, spec.hash, used)
+                    if name not in drop_vips:
+                        changes.append(f"added VIP {name} ({spec.mode})")
+                wanted = {backend_name(spec.vip, spec.mode, b.address, b.port): b for b in spec.backends}
+                removed = [vs.backends.pop(n) for n in list(vs.backends) if n not in wanted]
+                changes.extend(f"removed backend {b.name} from {name}" for b in removed)
+                dirty = bool(removed)
+                for b in plan_new.get(name, []):
+                    self._zero_stats("backend_stats", b.id, BackendStats)
                     self._write_backend(vs, b)
-            if dirty:
-                self._publish(vs)
-            # Out of the ring first, then gone: flows pinned to them pick a new backend.
-            for b in removed:
-                self.maps["backends"].set(ctypes.c_uint32(b.id), Backend())
+                    vs.backends[b.name] = b
+                    changes.append(f"added backend {b.name} to {name} (weight {b.weight}"
+                                   + (", drained)" if b.drained else ")"))
+                    dirty = True
+                for bname, bs in wanted.items():
+                    b = vs.backends[bname]
+                    if b.weight != bs.weight:
+                        changes.append(f"weight of {bname} in {name}: {b.weight} -> {bs.weight}")
+                        b.weight = bs.weight
+                        dirty = True
+                    if b.drained != bs.drained:
+                        changes.append(f"{'drained' if bs.drained else 'undrained'} {bname} in {name}")
+                        b.drained = bs.drained
+                        dirty = True
+                    if bs.mac is not None and bs.mac != b.mac:
+                        changes.append(f"MAC of {bname} in {name}: {b.mac} -> {bs.mac}")
+                        b.mac = bs.mac
+                        self._write_backend(vs, b)
+                if dirty:
+                    self._publish(vs)
+                # Out of the ring first, then gone: flows pinned to them pick a new backend.
+                for b in removed:
+                    self.maps["backends"].set(ctypes.c_uint32(b.id), Backend())
+        finally:
+            self._batch = False
+            self._sync_addresses()
         return changes
 
     # -- reading ---------------------------------------------------------------------------

@@ -52,8 +52,13 @@ SCENARIOS: dict[str, str] = {
     "l2fwd": "fastpath.bench.scenarios.l2fwd",
     "lb": "fastpath.bench.scenarios.lb",
     "lb-packet": "fastpath.bench.scenarios.lb",
+    "lb-apply": "fastpath.bench.scenarios.lb_apply",
+    "lb-churn": "fastpath.bench.scenarios.lb_churn",
+    "lb-vips": "fastpath.bench.scenarios.lb_scaling",
+    "lb-backends": "fastpath.bench.scenarios.lb_scaling",
     "synflood": "fastpath.bench.scenarios.synflood",
     "synflood-packet": "fastpath.bench.scenarios.synflood",
+    "synflood-rate": "fastpath.bench.scenarios.synflood_rate",
     "synguard-churn": "fastpath.bench.scenarios.synguard_churn",
     "topo-scale": "fastpath.bench.scenarios.topo_scale",
 }

@@ -103,16 +103,17 @@ def _fill_textbook(prog: loader.LoadedProgram, vip: str, port: int, backends: in
         macs[ctypes.c_int(i)] = ctypes.c_uint64(0x0200000000AA + i)
 
 
-def _frame(dst: str) -> bytes:
-    """Ethernet + IPv4 + TCP ACK (no options) + 20 bytes, checksums valid."""
+def _frame(dst: str, client: str = "198.51.100.7", sport: int = 40000) -> bytes:
+    """Ethernet + IPv4 + TCP ACK (no options) + 20 bytes from client:sport to dst:80,
+    checksums valid."""
     import struct
 
     from fastpath.labs.flood import checksum
 
-    src = ipaddress.IPv4Address("198.51.100.7").packed
+    src = ipaddress.IPv4Address(client).packed
     dsta = ipaddress.IPv4Address(dst).packed
     payload = b"x" * 20
-    tcp = struct.pack("!HHIIBBHHH", 40000, 80, 1000, 1, 5 << 4, 0x10, 512, 0, 0) + payload
+    tcp = struct.pack("!HHIIBBHHH", sport, 80, 1000, 1, 5 << 4, 0x10, 512, 0, 0) + payload
     ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 1, 0, 64, 6, 0, src, dsta))
 
     ip[10:12] = struct.pack("!H", checksum(bytes(ip)))
