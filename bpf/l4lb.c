@@ -162,6 +162,7 @@
 
 FP_MAP_F("hash", struct lb_vip_key, struct lb_vip, vips, LB_MAX_VIPS, BPF_F_NO_PREALLOC);
 FP_MAP("hash", struct lb_addr_key, __u32, vip_addrs, LB_MAX_VIPS);
+FP_MAP("array", u32, struct lb_vip_ref, vip_refs, LB_MAX_VIPS);
 FP_MAP("array", u32, u32, rings, LB_MAX_VIPS * 2 * LB_RING_SIZE);
 FP_MAP("array", u32, struct lb_backend, backends, LB_MAX_BACKENDS);
 FP_MAP("lru_hash", struct lb_flow_key, struct lb_flow, conntrack, LB_CONNTRACK_SIZE);
@@ -787,6 +788,34 @@ static __always_inline void flow_seen(struct lb_flow *f, const struct pkt *p, __
 	}
 }
 
+/* The backend of a conntrack entry found before the packet's VIP was looked up, when the
+ * entry is live and its backend serves the packet's VIP: the backend's VIP index names the
+ * VIP in `vip_refs`, which must be the packet's destination. Fills `vip` with what a hit
+ * needs of the VIP (index, mode) and *now with the time read. NULL otherwise: the packet
+ * then takes the long way (`vips`, then balance() judges the entry, counting an expiry). */
+static __always_inline struct lb_backend *conntrack_hit(const struct lb_flow *f, const struct pkt *p,
+							struct lb_vip *vip, __u64 *now)
+{
+	__u32 bid = f->backend;
+	struct lb_backend *be = backends.lookup(&bid);
+	struct lb_vip_ref *ref;
+	__u32 vidx;
+
+	if (!be || !(be->flags & LB_BACKEND_F_EXISTS))
+		return NULL;
+	vidx = be->vip;
+	ref = vip_refs.lookup(&vidx);
+	if (!ref || !same6(ref->vip.addr, p->flow.dst) || ref->vip.port != p->flow.dport ||
+	    ref->vip.proto != p->flow.proto || ref->vip.family != p->flow.family)
+		return NULL;
+	*now = bpf_ktime_get_coarse_ns();
+	if (*now - f->atime > flow_timeout(f, p->flow.proto))
+		return NULL;
+	vip->index = vidx;
+	vip->mode = ref->mode;
+	return be;
+}
+
 /* The nat_reverse key of a flow's replies: backend -> client. */
 static __always_inline void reply_key(struct lb_flow_key *rk, const struct pkt *p,
 				      const struct lb_backend *be)
@@ -845,18 +874,18 @@ static __always_inline void confirm_flow(const struct pkt *p, const struct lb_vi
 	count(LB_STAT_FLOW_CONFIRMED, len, 0);
 }
 
+/* Balance a packet to `vip`. `f` is the flow's conntrack entry (NULL: none), which the caller
+ * looked up; `be` its backend when the caller found the entry live (now: the time it read),
+ * NULL when this function is to judge the entry. */
 static __always_inline int balance(struct xdp_md *ctx, struct pkt *p, const struct lb_vip *vip,
-				   __u64 len)
+				   struct lb_flow *f, struct lb_backend *be, __u64 now, __u64 len)
 {
 	__u32 vidx = vip->index;
 	struct lb_vip_stats *vs = vip_stats.lookup(&vidx);
 	struct lb_backend_stats *bs;
-	struct lb_backend *be = NULL;
-	struct lb_flow *f;
 	__u32 bid = 0;
 	__u32 key;
 	__u32 *slot;
-	__u64 now = 0;
 	int new_flow = 0;
 	int half = 0;
 
@@ -864,11 +893,7 @@ static __always_inline int balance(struct xdp_md *ctx, struct pkt *p, const stru
 		vs->packets++;
 		vs->bytes += len;
 	}
-	/* Every packet looks its flow up, SYNs too: a SYN that repeats a live flow's tuple (a
-	 * retransmit, a reused port, or a forged one) keeps the flow's backend, so nobody can
-	 * move a live connection by sending a SYN with its tuple. Only a gone backend re-picks. */
-	f = conntrack.lookup(&p->flow);
-	if (f) {
+	if (f && !be) {
 		now = bpf_ktime_get_coarse_ns();
 		be = flow_backend(f, vidx, p, now, len);
 		/* An entry that no longer serves is dead: the flow starts again half-open. */
@@ -1050,9 +1075,12 @@ static __always_inline int lb_process(struct xdp_md *ctx)
 	struct ethhdr *eth = data;
 	struct lb_vip_key vk;
 	struct lb_vip *vp;
-	struct lb_vip vip;
+	struct lb_vip vip = {};
 	struct lb_config *cfg;
+	struct lb_backend *be;
+	struct lb_flow *ct = NULL;
 	struct pkt p;
+	__u64 now = 0;
 	__u32 zero = 0;
 	int next;
 
@@ -1087,13 +1115,25 @@ static __always_inline int lb_process(struct xdp_md *ctx)
 		break;
 	}
 
+	p.icmp = next == NEXT_ICMP_ERR;
+	/* Every packet looks its flow up, SYNs too: a SYN that repeats a live flow's tuple (a
+	 * retransmit, a reused port, or a forged one) keeps the flow's backend, so nobody can
+	 * move a live connection by sending a SYN with its tuple. Only a gone backend re-picks.
+	 * The flow comes first: a live one names its VIP (see conntrack_hit). */
+	if (next == NEXT_L4 || next == NEXT_ICMP_ERR) {
+		ct = conntrack.lookup(&p.flow);
+		if (ct) {
+			be = conntrack_hit(ct, &p, &vip, &now);
+			if (be)
+				return balance(ctx, &p, &vip, ct, be, now, len);
+		}
+	}
 	__builtin_memset(&vk, 0, sizeof(vk));
 	__builtin_memcpy(vk.addr, p.flow.dst, 16);
 	vk.port = p.flow.dport;
 	vk.proto = p.flow.proto;
 	vk.family = p.flow.family;
 	vp = vips.lookup(&vk);
-	p.icmp = next == NEXT_ICMP_ERR;
 	if (!vp) {
 		cfg = config.lookup(&zero);
 		if ((next == NEXT_L4 || next == NEXT_ICMP_ERR) && cfg && cfg->nat_vips)
@@ -1103,7 +1143,7 @@ static __always_inline int lb_process(struct xdp_md *ctx)
 	vip = *vp;
 	if (next == NEXT_L4_SHORT)
 		return count(LB_STAT_DROP_MALFORMED, len, XDP_DROP);
-	return balance(ctx, &p, &vip, len);
+	return balance(ctx, &p, &vip, ct, NULL, 0, len);
 }
 
 #ifdef FP_CHAIN

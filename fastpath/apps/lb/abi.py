@@ -32,7 +32,7 @@ TUNABLES: dict[str, int] = {
     "LB_IPIP_V4_PREFIX": 0xAC10,       # outer IPv4 sources 172.16.x.y
     "LB_IPIP_V6_PREFIX": 0x01000000,   # outer IPv6 sources 100::x:y (discard prefix)
 }
-MAPS = ("vips", "vip_addrs", "rings", "backends", "conntrack", "nat_reverse", "half_open",
+MAPS = ("vips", "vip_refs", "vip_addrs", "rings", "backends", "conntrack", "nat_reverse", "half_open",
         "half_open_reverse", "vip_stats", "backend_stats", "stats", "config", "ipip_ids")
 SPEC = ProgramSpec(name="l4lb", entry="l4lb", maps=MAPS, defaults=TUNABLES, command="fastpath lb",
                    chain_slot=1)
@@ -76,6 +76,10 @@ class Vip(ctypes.Structure):
                 ("ring", ctypes.c_uint8), ("backends", ctypes.c_uint16)]
 
 
+class VipRef(ctypes.Structure):
+    _fields_ = [("vip", VipKey), ("mode", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 3)]
+
+
 class AddrKey(ctypes.Structure):
     _fields_ = [("addr", _Addr), ("family", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 3)]
 
@@ -116,6 +120,7 @@ class Config(ctypes.Structure):
 # map name -> (key type, value type): what the header declares for each map.
 MAP_TYPES: dict[str, tuple[type[Any], type[Any]]] = {
     "vips": (VipKey, Vip),
+    "vip_refs": (ctypes.c_uint32, VipRef),
     "vip_addrs": (AddrKey, ctypes.c_uint32),
     "rings": (ctypes.c_uint32, ctypes.c_uint32),
     "backends": (ctypes.c_uint32, Backend),

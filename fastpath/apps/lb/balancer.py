@@ -34,6 +34,7 @@ from fastpath.apps.lb.abi import (
     FlowKey,
     IPAddress,
     Vip,
+    VipRef,
     VipStats,
 )
 from fastpath.apps.lb.config import (
@@ -147,6 +148,18 @@ class Balancer:
         vs.ring = ring
         self.maps["vips"].set(vs.id.key(), self._vip_value(vs))
 
+    def sync_refs(self) -> None:
+        """Write `vip_refs` whole from the state: each VIP's entry at its index, every other
+        index empty (conntrack hits then take the long way through `vips`)."""
+        by_index = {vs.index: vs for vs in self.state.vips.values()}
+        for index in range(self.state.max_vips):
+            vs = by_index.get(index)
+            ref = VipRef()
+            if vs is not None:
+                ref.vip = vs.id.key()
+                ref.mode = MODES[vs.mode]
+            self.maps["vip_refs"].set(ctypes.c_uint32(index), ref)
+
     def _sync_addresses(self) -> None:
         counts: dict[tuple[bytes, int], int] = {}
         nat = 0
@@ -194,11 +207,13 @@ class Balancer:
         self.state.vips[str(vip)] = vs
         self._sync_addresses()
         self.maps["vips"].set(vip.key(), self._vip_value(vs))
+        self.maps["vip_refs"].set(ctypes.c_uint32(index), VipRef(vip=vip.key(), mode=MODES[mode]))
         return vs
 
     def del_vip(self, vip: VipId) -> VipState:
         vs = self.vip(vip)
         self.maps["vips"].delete(vip.key())
+        self.maps["vip_refs"].set(ctypes.c_uint32(vs.index), VipRef())
         del self.state.vips[str(vip)]
         self._sync_addresses()
         for b in vs.backends.values():
@@ -283,6 +298,7 @@ class Balancer:
             if bytes(key) not in wanted:
                 self.maps["vips"].delete(key)
         self._sync_addresses()
+        self.sync_refs()
         for vs in self.state.vips.values():
             for b in vs.backends.values():
                 self._write_backend(vs, b)

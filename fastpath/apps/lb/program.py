@@ -98,6 +98,11 @@ def attach(ifname: str, netns: str | None, mode: str = "auto",
                 bal = Balancer(maps, fresh, lambda a: resolve_mac(a, ifname, netns))
                 bal.sync()
             save_state(ifname, netns, fresh)
+        else:
+            # A program from before `vip_refs` leaves it empty: fill it, so conntrack hits
+            # take the short way again (until then they take the long one, through `vips`).
+            with LbMaps.from_attachment(att) as maps:
+                Balancer(maps, state, lambda a: resolve_mac(a, ifname, netns)).sync_refs()
     return att, replaced
 
 
