@@ -303,13 +303,17 @@ static __always_inline __u64 diff_addr(const __be32 *from, const __be32 *to, int
 	return d;
 }
 
-static __always_inline __u16 ipv4_csum(const __u16 *w)
+/* The checksum of an IPv4 header without options, from the values written into it rather
+ * than read back from the packet (a load of 16 bits that two byte stores just wrote waits for
+ * them). Each term is a 16-bit word as it lies in memory; a one's complement sum is the same
+ * in either byte order (RFC 1071 2(B)), so the result is stored as it is. `vtos` and
+ * `ttlproto` are the first and fifth words, in network order. */
+static __always_inline __u16 ipv4_csum(__be16 vtos, __be16 tot_len, __be16 id, __be16 frag_off,
+				       __be16 ttlproto, __be32 saddr, __be32 daddr)
 {
-	__u64 s = 0;
+	__u64 s = (__u64)vtos + tot_len + id + frag_off + ttlproto +
+		  (saddr >> 16) + (saddr & 0xffff) + (daddr >> 16) + (daddr & 0xffff);
 
-#pragma unroll
-	for (int i = 0; i < 10; i++)
-		s += w[i];
 	return (__u16)~lb_csum_fold(s);
 }
 
@@ -693,8 +697,9 @@ static __always_inline int encap(struct xdp_md *ctx, const struct pkt *p,
 	if (p->flow.family == 4) {
 		struct iphdr *o = push_outer(ctx, p, be, ours, sizeof(*o), ETH_P_IP, &stat);
 		struct iphdr *in;
+		__be16 vtos, tot_len, id, df;
+		__be32 saddr, daddr;
 		__u32 entropy;
-		__be16 df;
 
 		if (!o)
 			return count(stat, len, XDP_DROP);
@@ -705,17 +710,21 @@ static __always_inline int encap(struct xdp_md *ctx, const struct pkt *p,
 		/* The client's DF holds for the tunnel too (RFC 2003 3.1); an outer header that may
 		 * be fragmented gets a real ID, an atomic one ID 0 (RFC 6864). */
 		df = in->frag_off & bpf_htons(IP_DF);
-		*(__u8 *)o = 0x45;
-		o->tos = p->tos;
-		o->tot_len = bpf_htons(p->ip_len + sizeof(struct iphdr));
-		o->id = df ? 0 : bpf_htons(next_ipip_id());
+		vtos = bpf_htons(0x4500 | p->tos);
+		tot_len = bpf_htons(p->ip_len + sizeof(struct iphdr));
+		id = df ? 0 : bpf_htons(next_ipip_id());
+		saddr = bpf_htonl(((__u32)LB_IPIP_V4_PREFIX << 16) | entropy);
+		daddr = be->addr[0];
+		*(__be16 *)o = vtos;
+		o->tot_len = tot_len;
+		o->id = id;
 		o->frag_off = df;
 		o->ttl = 64;
 		o->protocol = IPPROTO_IPIP;
-		o->check = 0;
-		o->saddr = bpf_htonl(((__u32)LB_IPIP_V4_PREFIX << 16) | entropy);
-		o->daddr = be->addr[0];
-		o->check = ipv4_csum((__u16 *)o);
+		o->check = ipv4_csum(vtos, tot_len, id, df, bpf_htons((64 << 8) | IPPROTO_IPIP),
+				     saddr, daddr);
+		o->saddr = saddr;
+		o->daddr = daddr;
 	} else {
 		struct ipv6hdr *o = push_outer(ctx, p, be, ours, sizeof(*o), ETH_P_IPV6, &stat);
 		__be32 *src;
