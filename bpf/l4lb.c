@@ -626,6 +626,18 @@ static __always_inline int icmp_nat(struct xdp_md *ctx, const struct pkt *p, con
 	return 0;
 }
 
+/* A MAC address copied as three 16-bit words (MACs in frames and in lb_backend start at even
+ * offsets): __builtin_memcpy cannot assume an alignment of packet memory and copies bytes. */
+static __always_inline void copy_mac(void *dst, const void *src)
+{
+	__u16 *d = dst;
+	const __u16 *s = src;
+
+	d[0] = s[0];
+	d[1] = s[1];
+	d[2] = s[2];
+}
+
 static __always_inline int set_macs(struct xdp_md *ctx, const __u8 *dst)
 {
 	void *data = (void *)(long)ctx->data;
@@ -635,8 +647,8 @@ static __always_inline int set_macs(struct xdp_md *ctx, const __u8 *dst)
 	if ((void *)(eth + 1) > data_end)
 		return -1;
 	/* The frame was addressed to this interface: its destination is our own MAC. */
-	__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
-	__builtin_memcpy(eth->h_dest, dst, ETH_ALEN);
+	copy_mac(eth->h_source, eth->h_dest);
+	copy_mac(eth->h_dest, dst);
 	return 0;
 }
 
@@ -644,7 +656,7 @@ static __always_inline int set_macs(struct xdp_md *ctx, const __u8 *dst)
  * frame to the backend (`ours` is the interface's MAC, read before the head moved). Returns
  * where the outer header goes, or NULL with *stat saying why the packet is dropped. */
 static __always_inline void *push_outer(struct xdp_md *ctx, const struct pkt *p,
-					const struct lb_backend *be, const __u8 *ours,
+					const struct lb_backend *be, const __u16 *ours,
 					__u32 hlen, __u16 eth_proto, __u32 *stat)
 {
 	void *data, *data_end;
@@ -661,8 +673,8 @@ static __always_inline void *push_outer(struct xdp_md *ctx, const struct pkt *p,
 	eth = data;
 	if (data + sizeof(struct ethhdr) + hlen > data_end)
 		return NULL;
-	__builtin_memcpy(eth->h_dest, be->mac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, ours, ETH_ALEN);
+	copy_mac(eth->h_dest, be->mac);
+	copy_mac(eth->h_source, ours);
 	eth->h_proto = bpf_htons(eth_proto);
 	return data + sizeof(struct ethhdr);
 }
@@ -688,12 +700,12 @@ static __always_inline int encap(struct xdp_md *ctx, const struct pkt *p,
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
-	__u8 ours[ETH_ALEN];
+	__u16 ours[3];
 	__u32 stat;
 
 	if ((void *)(eth + 1) > data_end)
 		return count(LB_STAT_DROP_ERROR, len, XDP_DROP);
-	__builtin_memcpy(ours, eth->h_dest, ETH_ALEN);
+	copy_mac(ours, eth->h_dest);
 	if (p->flow.family == 4) {
 		struct iphdr *o = push_outer(ctx, p, be, ours, sizeof(*o), ETH_P_IP, &stat);
 		struct iphdr *in;
