@@ -22,6 +22,11 @@
  *   take no lock either way, and the whole table serves whichever CPUs run the program.
  *   nat replies of half-open flows (the SYN-ACK) are translated through half_open_reverse.
  *   A drained backend gets no new flows while established ones stay.
+ * - A packet's flow is looked up before its VIP: a live conntrack entry names its backend,
+ *   the backend its VIP's index, and `vip_refs` (an array) the VIP at that index, which must
+ *   be the packet's destination; a hit so costs one hash lookup, not two. A miss, or an entry
+ *   whose VIP is not the packet's (deleted, its index and backend id since reused), takes
+ *   the long way through `vips` with the same flow lookup.
  * - NAT rewrites address and port with incremental checksums (RFC 1624), v4 and v6;
  *   replies from backends are translated back through `nat_reverse` and handed to the
  *   kernel to route to the client.
