@@ -26,7 +26,8 @@
  *   the backend its VIP's index, and `vip_refs` (an array) the VIP at that index, which must
  *   be the packet's destination; a hit so costs one hash lookup, not two. A miss, or an entry
  *   whose VIP is not the packet's (deleted, its index and backend id since reused), takes
- *   the long way through `vips` with the same flow lookup.
+ *   the long way through `vips` with the same flow lookup. A 32-bit hint of the VIP
+ *   addresses in `config` lets most other traffic (nat replies) skip the flow lookup.
  * - NAT rewrites address and port with incremental checksums (RFC 1624), v4 and v6;
  *   replies from backends are translated back through `nat_reverse` and handed to the
  *   kernel to route to the client.
@@ -333,6 +334,17 @@ static __always_inline int count(__u32 stat, __u64 len, int verdict)
 		c->bytes += len;
 	}
 	return verdict;
+}
+
+/* Which bit of lb_config.vip_addr_bits an address stands for: its 32-bit words as they lie
+ * in memory, folded to 5 bits (fastpath/apps/lb/balancer.py computes the same). */
+static __always_inline __u32 lb_addr_bit(const __be32 *a)
+{
+	__u32 x = a[0] ^ a[1] ^ a[2] ^ a[3];
+
+	x ^= x >> 16;
+	x ^= x >> 8;
+	return 1u << (x & 31);
 }
 
 static __always_inline int is_vip_addr(const struct lb_flow_key *f)
@@ -1145,8 +1157,11 @@ static __always_inline int lb_process(struct xdp_md *ctx)
 	/* Every packet looks its flow up, SYNs too: a SYN that repeats a live flow's tuple (a
 	 * retransmit, a reused port, or a forged one) keeps the flow's backend, so nobody can
 	 * move a live connection by sending a SYN with its tuple. Only a gone backend re-picks.
-	 * The flow comes first: a live one names its VIP (see conntrack_hit). */
-	if (next == NEXT_L4 || next == NEXT_ICMP_ERR) {
+	 * The flow comes first: a live one names its VIP (see conntrack_hit); traffic to an
+	 * address no VIP may have (replies to nat clients, the node's own) skips it. */
+	cfg = config.lookup(&zero);
+	if ((next == NEXT_L4 || next == NEXT_ICMP_ERR) && cfg &&
+	    (cfg->vip_addr_bits & lb_addr_bit(p.flow.dst))) {
 		ct = conntrack.lookup(&p.flow);
 		if (ct) {
 			be = conntrack_hit(ct, &p, &vip, &now);
@@ -1161,7 +1176,6 @@ static __always_inline int lb_process(struct xdp_md *ctx)
 	vk.family = p.flow.family;
 	vp = vips.lookup(&vk);
 	if (!vp) {
-		cfg = config.lookup(&zero);
 		if ((next == NEXT_L4 || next == NEXT_ICMP_ERR) && cfg && cfg->nat_vips)
 			return reverse_nat(ctx, &p, len);
 		return count(p.icmp ? LB_STAT_PASS_ICMP : LB_STAT_PASS_NON_VIP, len, XDP_PASS);

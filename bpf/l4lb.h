@@ -157,7 +157,9 @@ enum lb_stat {
 /* The one element of `config`. */
 struct lb_config {
 	__u32 nat_vips;     /* how many VIPs use nat: replies are looked up only when > 0 */
-	__u32 pad;
+	__u32 vip_addr_bits; /* bit lb_addr_bit(addr) set for every VIP address: a packet to
+			      * an address whose bit is clear is no VIP's, and skips the flow
+			      * lookup that comes before the VIP's (a hint: never decides alone) */
 };
 
 #endif /* FASTPATH_L4LB_H */

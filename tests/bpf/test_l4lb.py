@@ -486,6 +486,29 @@ def test_conntrack_hit_without_its_vip_ref_goes_the_long_way(env):
     assert env.bal.maps["vip_refs"].get(ctypes.c_uint32(vs.index)).vip.port == socket.htons(80)
 
 
+@pytest.mark.parametrize("vip_text,make,client", [
+    ("10.100.0.3:80/tcp", lambda sp, flags: tcp4("10.100.0.3", 80, sp, flags=flags), CLIENT4),
+    ("[fd00:100::3]:80/tcp", lambda sp, flags: tcp6("fd00:100::3", 80, sp, flags=flags), CLIENT6),
+], ids=["v4", "v6"])
+def test_established_flow_is_served_before_its_vip_is_looked_up(env, vip_text, make, client):
+    """An established flow's packet goes to its backend through conntrack and `vip_refs`
+    alone: with the `vips` entry taken away (only here; deleting a VIP clears its backends
+    too) it is still forwarded. This holds only if config's address bits, computed in
+    Python, select the VIP's address as the data plane computes it."""
+    vip = config.parse_vip(vip_text)
+    sport = 50300
+    assert env.bal.maps["config"].get(ctypes.c_uint32(0)).vip_addr_bits & abi.addr_bit(vip.address.packed)
+    be = env.pick(vip_text, client, sport)
+    check(env, make(sport, "S"), "XDP_TX")
+    check(env, make(sport, "A"), "XDP_TX")   # confirmed
+    saved = env.bal.maps["vips"].get(vip.key())
+    env.bal.maps["vips"].delete(vip.key())
+    try:
+        check_ipip(env, make(sport, "A"), be, client, sport)
+        check(env, make(sport + 1, "S"), "XDP_PASS")   # no flow: the VIP lookup decides
+    finally:
+        env.bal.maps["vips"].set(vip.key(), saved)
+
 def test_deleted_vip_flows_pass_even_when_index_and_backend_are_reused(env):
     """Traffic to a deleted VIP is not balanced, even by a live conntrack entry whose
     backend id and VIP index both went to another VIP meanwhile (as the control plane would

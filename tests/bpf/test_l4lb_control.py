@@ -192,6 +192,7 @@ def test_del_vip_cleans_maps(bal):
     assert list(bal.maps["vips"].keys()) == []
     assert list(bal.maps["vip_addrs"].keys()) == []
     assert bal.maps["config"].get(ctypes.c_uint32(0)).nat_vips == 0
+    assert bal.maps["config"].get(ctypes.c_uint32(0)).vip_addr_bits == 0
     assert bal.maps["backends"].get(ctypes.c_uint32(bid)).flags == 0
 
 

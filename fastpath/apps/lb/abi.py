@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import ipaddress
 import socket
+import struct
 from typing import Any
 
 from fastpath.apps.lb import maglev
@@ -114,7 +115,17 @@ class Counter(ctypes.Structure):
 
 
 class Config(ctypes.Structure):
-    _fields_ = [("nat_vips", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
+    _fields_ = [("nat_vips", ctypes.c_uint32), ("vip_addr_bits", ctypes.c_uint32)]
+
+
+def addr_bit(packed: bytes) -> int:
+    """lb_addr_bit() of bpf/l4lb.c: the bit of Config.vip_addr_bits an address (4 or 16
+    bytes, network order) stands for; its words are read as the host lays them out."""
+    w = struct.unpack("=4I", packed.ljust(16, b"\0"))
+    x = w[0] ^ w[1] ^ w[2] ^ w[3]
+    x ^= x >> 16
+    x ^= x >> 8
+    return 1 << (x & 31)
 
 
 # map name -> (key type, value type): what the header declares for each map.

@@ -36,6 +36,7 @@ from fastpath.apps.lb.abi import (
     Vip,
     VipRef,
     VipStats,
+    addr_bit,
 )
 from fastpath.apps.lb.config import (
     VipId,
@@ -148,6 +149,12 @@ class Balancer:
         vs.ring = ring
         self.maps["vips"].set(vs.id.key(), self._vip_value(vs))
 
+    def sync_hints(self) -> None:
+        """Write what the data plane's conntrack-first hit reads besides the VIPs themselves
+        (`vip_refs`, `config`'s address bits), as an attach over older maps needs."""
+        self._sync_addresses()
+        self.sync_refs()
+
     def sync_refs(self) -> None:
         """Write `vip_refs` whole from the state: each VIP's entry at its index, every other
         index empty (conntrack hits then take the long way through `vips`)."""
@@ -177,7 +184,10 @@ class Balancer:
             akey.addr[:] = addr
             akey.family = fam
             m.set(akey, ctypes.c_uint32(n))
-        self.maps["config"].set(ctypes.c_uint32(0), Config(nat_vips=nat))
+        bits = 0
+        for addr, _fam in counts:
+            bits |= addr_bit(addr)
+        self.maps["config"].set(ctypes.c_uint32(0), Config(nat_vips=nat, vip_addr_bits=bits))
 
     def _zero_stats(self, name: str, index: int, cls: type[Any]) -> None:
         m = self.maps[name]
