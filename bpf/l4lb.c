@@ -22,6 +22,12 @@
  *   take no lock either way, and the whole table serves whichever CPUs run the program.
  *   nat replies of half-open flows (the SYN-ACK) are translated through half_open_reverse.
  *   A drained backend gets no new flows while established ones stay.
+ * - A packet's flow is looked up before its VIP: a live conntrack entry names its backend,
+ *   the backend its VIP's index, and `vip_refs` (an array) the VIP at that index, which must
+ *   be the packet's destination; a hit so costs one hash lookup, not two. A miss, or an entry
+ *   whose VIP is not the packet's (deleted, its index and backend id since reused), takes
+ *   the long way through `vips` with the same flow lookup. A 32-bit hint of the VIP
+ *   addresses in `config` lets most other traffic (nat replies) skip the flow lookup.
  * - NAT rewrites address and port with incremental checksums (RFC 1624), v4 and v6;
  *   replies from backends are translated back through `nat_reverse` and handed to the
  *   kernel to route to the client.
@@ -162,6 +168,7 @@
 
 FP_MAP_F("hash", struct lb_vip_key, struct lb_vip, vips, LB_MAX_VIPS, BPF_F_NO_PREALLOC);
 FP_MAP("hash", struct lb_addr_key, __u32, vip_addrs, LB_MAX_VIPS);
+FP_MAP("array", u32, struct lb_vip_ref, vip_refs, LB_MAX_VIPS);
 FP_MAP("array", u32, u32, rings, LB_MAX_VIPS * 2 * LB_RING_SIZE);
 FP_MAP("array", u32, struct lb_backend, backends, LB_MAX_BACKENDS);
 FP_MAP("lru_hash", struct lb_flow_key, struct lb_flow, conntrack, LB_CONNTRACK_SIZE);
@@ -302,13 +309,17 @@ static __always_inline __u64 diff_addr(const __be32 *from, const __be32 *to, int
 	return d;
 }
 
-static __always_inline __u16 ipv4_csum(const __u16 *w)
+/* The checksum of an IPv4 header without options, from the values written into it rather
+ * than read back from the packet (a load of 16 bits that two byte stores just wrote waits for
+ * them). Each term is a 16-bit word as it lies in memory; a one's complement sum is the same
+ * in either byte order (RFC 1071 2(B)), so the result is stored as it is. `vtos` and
+ * `ttlproto` are the first and fifth words, in network order. */
+static __always_inline __u16 ipv4_csum(__be16 vtos, __be16 tot_len, __be16 id, __be16 frag_off,
+				       __be16 ttlproto, __be32 saddr, __be32 daddr)
 {
-	__u64 s = 0;
+	__u64 s = (__u64)vtos + tot_len + id + frag_off + ttlproto +
+		  (saddr >> 16) + (saddr & 0xffff) + (daddr >> 16) + (daddr & 0xffff);
 
-#pragma unroll
-	for (int i = 0; i < 10; i++)
-		s += w[i];
 	return (__u16)~lb_csum_fold(s);
 }
 
@@ -323,6 +334,17 @@ static __always_inline int count(__u32 stat, __u64 len, int verdict)
 		c->bytes += len;
 	}
 	return verdict;
+}
+
+/* Which bit of lb_config.vip_addr_bits an address stands for: its 32-bit words as they lie
+ * in memory, folded to 5 bits (fastpath/apps/lb/balancer.py computes the same). */
+static __always_inline __u32 lb_addr_bit(const __be32 *a)
+{
+	__u32 x = a[0] ^ a[1] ^ a[2] ^ a[3];
+
+	x ^= x >> 16;
+	x ^= x >> 8;
+	return 1u << (x & 31);
 }
 
 static __always_inline int is_vip_addr(const struct lb_flow_key *f)
@@ -621,6 +643,18 @@ static __always_inline int icmp_nat(struct xdp_md *ctx, const struct pkt *p, con
 	return 0;
 }
 
+/* A MAC address copied as three 16-bit words (MACs in frames and in lb_backend start at even
+ * offsets): __builtin_memcpy cannot assume an alignment of packet memory and copies bytes. */
+static __always_inline void copy_mac(void *dst, const void *src)
+{
+	__u16 *d = dst;
+	const __u16 *s = src;
+
+	d[0] = s[0];
+	d[1] = s[1];
+	d[2] = s[2];
+}
+
 static __always_inline int set_macs(struct xdp_md *ctx, const __u8 *dst)
 {
 	void *data = (void *)(long)ctx->data;
@@ -630,8 +664,8 @@ static __always_inline int set_macs(struct xdp_md *ctx, const __u8 *dst)
 	if ((void *)(eth + 1) > data_end)
 		return -1;
 	/* The frame was addressed to this interface: its destination is our own MAC. */
-	__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
-	__builtin_memcpy(eth->h_dest, dst, ETH_ALEN);
+	copy_mac(eth->h_source, eth->h_dest);
+	copy_mac(eth->h_dest, dst);
 	return 0;
 }
 
@@ -639,7 +673,7 @@ static __always_inline int set_macs(struct xdp_md *ctx, const __u8 *dst)
  * frame to the backend (`ours` is the interface's MAC, read before the head moved). Returns
  * where the outer header goes, or NULL with *stat saying why the packet is dropped. */
 static __always_inline void *push_outer(struct xdp_md *ctx, const struct pkt *p,
-					const struct lb_backend *be, const __u8 *ours,
+					const struct lb_backend *be, const __u16 *ours,
 					__u32 hlen, __u16 eth_proto, __u32 *stat)
 {
 	void *data, *data_end;
@@ -656,8 +690,8 @@ static __always_inline void *push_outer(struct xdp_md *ctx, const struct pkt *p,
 	eth = data;
 	if (data + sizeof(struct ethhdr) + hlen > data_end)
 		return NULL;
-	__builtin_memcpy(eth->h_dest, be->mac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, ours, ETH_ALEN);
+	copy_mac(eth->h_dest, be->mac);
+	copy_mac(eth->h_source, ours);
 	eth->h_proto = bpf_htons(eth_proto);
 	return data + sizeof(struct ethhdr);
 }
@@ -683,17 +717,18 @@ static __always_inline int encap(struct xdp_md *ctx, const struct pkt *p,
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
-	__u8 ours[ETH_ALEN];
+	__u16 ours[3];
 	__u32 stat;
 
 	if ((void *)(eth + 1) > data_end)
 		return count(LB_STAT_DROP_ERROR, len, XDP_DROP);
-	__builtin_memcpy(ours, eth->h_dest, ETH_ALEN);
+	copy_mac(ours, eth->h_dest);
 	if (p->flow.family == 4) {
 		struct iphdr *o = push_outer(ctx, p, be, ours, sizeof(*o), ETH_P_IP, &stat);
 		struct iphdr *in;
+		__be16 vtos, tot_len, id, df;
+		__be32 saddr, daddr;
 		__u32 entropy;
-		__be16 df;
 
 		if (!o)
 			return count(stat, len, XDP_DROP);
@@ -704,17 +739,21 @@ static __always_inline int encap(struct xdp_md *ctx, const struct pkt *p,
 		/* The client's DF holds for the tunnel too (RFC 2003 3.1); an outer header that may
 		 * be fragmented gets a real ID, an atomic one ID 0 (RFC 6864). */
 		df = in->frag_off & bpf_htons(IP_DF);
-		*(__u8 *)o = 0x45;
-		o->tos = p->tos;
-		o->tot_len = bpf_htons(p->ip_len + sizeof(struct iphdr));
-		o->id = df ? 0 : bpf_htons(next_ipip_id());
+		vtos = bpf_htons(0x4500 | p->tos);
+		tot_len = bpf_htons(p->ip_len + sizeof(struct iphdr));
+		id = df ? 0 : bpf_htons(next_ipip_id());
+		saddr = bpf_htonl(((__u32)LB_IPIP_V4_PREFIX << 16) | entropy);
+		daddr = be->addr[0];
+		*(__be16 *)o = vtos;
+		o->tot_len = tot_len;
+		o->id = id;
 		o->frag_off = df;
 		o->ttl = 64;
 		o->protocol = IPPROTO_IPIP;
-		o->check = 0;
-		o->saddr = bpf_htonl(((__u32)LB_IPIP_V4_PREFIX << 16) | entropy);
-		o->daddr = be->addr[0];
-		o->check = ipv4_csum((__u16 *)o);
+		o->check = ipv4_csum(vtos, tot_len, id, df, bpf_htons((64 << 8) | IPPROTO_IPIP),
+				     saddr, daddr);
+		o->saddr = saddr;
+		o->daddr = daddr;
 	} else {
 		struct ipv6hdr *o = push_outer(ctx, p, be, ours, sizeof(*o), ETH_P_IPV6, &stat);
 		__be32 *src;
@@ -787,6 +826,34 @@ static __always_inline void flow_seen(struct lb_flow *f, const struct pkt *p, __
 	}
 }
 
+/* The backend of a conntrack entry found before the packet's VIP was looked up, when the
+ * entry is live and its backend serves the packet's VIP: the backend's VIP index names the
+ * VIP in `vip_refs`, which must be the packet's destination. Fills `vip` with what a hit
+ * needs of the VIP (index, mode) and *now with the time read. NULL otherwise: the packet
+ * then takes the long way (`vips`, then balance() judges the entry, counting an expiry). */
+static __always_inline struct lb_backend *conntrack_hit(const struct lb_flow *f, const struct pkt *p,
+							struct lb_vip *vip, __u64 *now)
+{
+	__u32 bid = f->backend;
+	struct lb_backend *be = backends.lookup(&bid);
+	struct lb_vip_ref *ref;
+	__u32 vidx;
+
+	if (!be || !(be->flags & LB_BACKEND_F_EXISTS))
+		return NULL;
+	vidx = be->vip;
+	ref = vip_refs.lookup(&vidx);
+	if (!ref || !same6(ref->vip.addr, p->flow.dst) || ref->vip.port != p->flow.dport ||
+	    ref->vip.proto != p->flow.proto || ref->vip.family != p->flow.family)
+		return NULL;
+	*now = bpf_ktime_get_coarse_ns();
+	if (*now - f->atime > flow_timeout(f, p->flow.proto))
+		return NULL;
+	vip->index = vidx;
+	vip->mode = ref->mode;
+	return be;
+}
+
 /* The nat_reverse key of a flow's replies: backend -> client. */
 static __always_inline void reply_key(struct lb_flow_key *rk, const struct pkt *p,
 				      const struct lb_backend *be)
@@ -845,18 +912,18 @@ static __always_inline void confirm_flow(const struct pkt *p, const struct lb_vi
 	count(LB_STAT_FLOW_CONFIRMED, len, 0);
 }
 
+/* Balance a packet to `vip`. `f` is the flow's conntrack entry (NULL: none), which the caller
+ * looked up; `be` its backend when the caller found the entry live (now: the time it read),
+ * NULL when this function is to judge the entry. */
 static __always_inline int balance(struct xdp_md *ctx, struct pkt *p, const struct lb_vip *vip,
-				   __u64 len)
+				   struct lb_flow *f, struct lb_backend *be, __u64 now, __u64 len)
 {
 	__u32 vidx = vip->index;
 	struct lb_vip_stats *vs = vip_stats.lookup(&vidx);
 	struct lb_backend_stats *bs;
-	struct lb_backend *be = NULL;
-	struct lb_flow *f;
 	__u32 bid = 0;
 	__u32 key;
 	__u32 *slot;
-	__u64 now = 0;
 	int new_flow = 0;
 	int half = 0;
 
@@ -864,11 +931,7 @@ static __always_inline int balance(struct xdp_md *ctx, struct pkt *p, const stru
 		vs->packets++;
 		vs->bytes += len;
 	}
-	/* Every packet looks its flow up, SYNs too: a SYN that repeats a live flow's tuple (a
-	 * retransmit, a reused port, or a forged one) keeps the flow's backend, so nobody can
-	 * move a live connection by sending a SYN with its tuple. Only a gone backend re-picks. */
-	f = conntrack.lookup(&p->flow);
-	if (f) {
+	if (f && !be) {
 		now = bpf_ktime_get_coarse_ns();
 		be = flow_backend(f, vidx, p, now, len);
 		/* An entry that no longer serves is dead: the flow starts again half-open. */
@@ -1050,9 +1113,12 @@ static __always_inline int lb_process(struct xdp_md *ctx)
 	struct ethhdr *eth = data;
 	struct lb_vip_key vk;
 	struct lb_vip *vp;
-	struct lb_vip vip;
+	struct lb_vip vip = {};
 	struct lb_config *cfg;
+	struct lb_backend *be;
+	struct lb_flow *ct = NULL;
 	struct pkt p;
+	__u64 now = 0;
 	__u32 zero = 0;
 	int next;
 
@@ -1087,15 +1153,29 @@ static __always_inline int lb_process(struct xdp_md *ctx)
 		break;
 	}
 
+	p.icmp = next == NEXT_ICMP_ERR;
+	/* Every packet looks its flow up, SYNs too: a SYN that repeats a live flow's tuple (a
+	 * retransmit, a reused port, or a forged one) keeps the flow's backend, so nobody can
+	 * move a live connection by sending a SYN with its tuple. Only a gone backend re-picks.
+	 * The flow comes first: a live one names its VIP (see conntrack_hit); traffic to an
+	 * address no VIP may have (replies to nat clients, the node's own) skips it. */
+	cfg = config.lookup(&zero);
+	if ((next == NEXT_L4 || next == NEXT_ICMP_ERR) && cfg &&
+	    (cfg->vip_addr_bits & lb_addr_bit(p.flow.dst))) {
+		ct = conntrack.lookup(&p.flow);
+		if (ct) {
+			be = conntrack_hit(ct, &p, &vip, &now);
+			if (be)
+				return balance(ctx, &p, &vip, ct, be, now, len);
+		}
+	}
 	__builtin_memset(&vk, 0, sizeof(vk));
 	__builtin_memcpy(vk.addr, p.flow.dst, 16);
 	vk.port = p.flow.dport;
 	vk.proto = p.flow.proto;
 	vk.family = p.flow.family;
 	vp = vips.lookup(&vk);
-	p.icmp = next == NEXT_ICMP_ERR;
 	if (!vp) {
-		cfg = config.lookup(&zero);
 		if ((next == NEXT_L4 || next == NEXT_ICMP_ERR) && cfg && cfg->nat_vips)
 			return reverse_nat(ctx, &p, len);
 		return count(p.icmp ? LB_STAT_PASS_ICMP : LB_STAT_PASS_NON_VIP, len, XDP_PASS);
@@ -1103,7 +1183,7 @@ static __always_inline int lb_process(struct xdp_md *ctx)
 	vip = *vp;
 	if (next == NEXT_L4_SHORT)
 		return count(LB_STAT_DROP_MALFORMED, len, XDP_DROP);
-	return balance(ctx, &p, &vip, len);
+	return balance(ctx, &p, &vip, ct, NULL, 0, len);
 }
 
 #ifdef FP_CHAIN

@@ -48,6 +48,16 @@ struct lb_vip {
 	__u16 backends;     /* backends in the live ring; 0 = drop, counted as no_backend */
 };
 
+/* Value of `vip_refs`, indexed by the VIP's index: which VIP holds that index, and its mode.
+ * A conntrack hit reaches its VIP through the flow's backend (lb_backend.vip) and this entry
+ * instead of a `vips` lookup; an entry whose `vip` is not the packet's VIP (deleted, or the
+ * index now held by another) sends the packet the long way, through `vips`. */
+struct lb_vip_ref {
+	struct lb_vip_key vip;
+	__u8 mode;          /* enum lb_mode */
+	__u8 pad[3];
+};
+
 /* Key of `vip_addrs`: every address some VIP uses (value: how many VIPs use it). */
 struct lb_addr_key {
 	__be32 addr[4];
@@ -147,7 +157,9 @@ enum lb_stat {
 /* The one element of `config`. */
 struct lb_config {
 	__u32 nat_vips;     /* how many VIPs use nat: replies are looked up only when > 0 */
-	__u32 pad;
+	__u32 vip_addr_bits; /* bit lb_addr_bit(addr) set for every VIP address: a packet to
+			      * an address whose bit is clear is no VIP's, and skips the flow
+			      * lookup that comes before the VIP's (a hint: never decides alone) */
 };
 
 #endif /* FASTPATH_L4LB_H */

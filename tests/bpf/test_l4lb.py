@@ -465,6 +465,81 @@ def test_deleted_backend_flows_pick_again(env):
         env.bal.add_backend(vip, ipaddress.ip_address("10.0.0.41"))
 
 
+
+def test_conntrack_hit_without_its_vip_ref_goes_the_long_way(env):
+    """A conntrack hit reaches its VIP through `vip_refs`; with the entry missing (a program
+    upgraded from one without the map, before attach fills it) the flow still goes to its
+    pinned backend, and a hit, through `vips`."""
+    vip_text, sport = "10.100.0.4:80/tcp", 50100
+    vs = env.bal.vip(config.parse_vip(vip_text))
+    be = env.pick(vip_text, CLIENT4, sport)
+    check(env, tcp4("10.100.0.4", 80, sport, flags="S"), "XDP_TX")
+    check(env, tcp4("10.100.0.4", 80, sport, flags="A"), "XDP_TX")   # confirmed
+    env.bal.maps["vip_refs"].set(ctypes.c_uint32(vs.index), abi.VipRef())
+    try:
+        hits = env.bal.vip_counters(vs)["lru_hits"]
+        res = check(env, tcp4("10.100.0.4", 80, sport, flags="A"), "XDP_TX")
+        assert Ether(res.output).dst == MACS[be.address]
+        assert env.bal.vip_counters(vs)["lru_hits"] == hits + 1
+    finally:
+        env.bal.sync_refs()
+    assert env.bal.maps["vip_refs"].get(ctypes.c_uint32(vs.index)).vip.port == socket.htons(80)
+
+
+@pytest.mark.parametrize("vip_text,make,client", [
+    ("10.100.0.3:80/tcp", lambda sp, flags: tcp4("10.100.0.3", 80, sp, flags=flags), CLIENT4),
+    ("[fd00:100::3]:80/tcp", lambda sp, flags: tcp6("fd00:100::3", 80, sp, flags=flags), CLIENT6),
+], ids=["v4", "v6"])
+def test_established_flow_is_served_before_its_vip_is_looked_up(env, vip_text, make, client):
+    """An established flow's packet goes to its backend through conntrack and `vip_refs`
+    alone: with the `vips` entry taken away (only here; deleting a VIP clears its backends
+    too) it is still forwarded. This holds only if config's address bits, computed in
+    Python, select the VIP's address as the data plane computes it."""
+    vip = config.parse_vip(vip_text)
+    sport = 50300
+    assert env.bal.maps["config"].get(ctypes.c_uint32(0)).vip_addr_bits & abi.addr_bit(vip.address.packed)
+    be = env.pick(vip_text, client, sport)
+    check(env, make(sport, "S"), "XDP_TX")
+    check(env, make(sport, "A"), "XDP_TX")   # confirmed
+    saved = env.bal.maps["vips"].get(vip.key())
+    env.bal.maps["vips"].delete(vip.key())
+    try:
+        check_ipip(env, make(sport, "A"), be, client, sport)
+        check(env, make(sport + 1, "S"), "XDP_PASS")   # no flow: the VIP lookup decides
+    finally:
+        env.bal.maps["vips"].set(vip.key(), saved)
+
+def test_deleted_vip_flows_pass_even_when_index_and_backend_are_reused(env):
+    """Traffic to a deleted VIP is not balanced, even by a live conntrack entry whose
+    backend id and VIP index both went to another VIP meanwhile (as the control plane would
+    write them after many additions): the entry's VIP must be the packet's."""
+    old, new = config.parse_vip("10.100.0.5:80/tcp"), config.parse_vip("10.100.0.6:80/tcp")
+    sport = 50200
+    env.bal.add_vip(old, "ipip")
+    b_old = env.bal.add_backend(old, ipaddress.ip_address("10.0.0.31"))
+    index = env.bal.vip(old).index
+    frame = tcp4("10.100.0.5", 80, sport, flags="A")
+    check(env, tcp4("10.100.0.5", 80, sport, flags="S"), "XDP_TX")
+    check(env, frame, "XDP_TX")   # confirmed: in conntrack
+    env.bal.del_vip(old)
+    env.bal.add_vip(new, "ipip")
+    b_new = env.bal.add_backend(new, ipaddress.ip_address("10.0.0.31"))
+    try:
+        # the reuse: the new VIP's backend under the old id, its ref under the old index
+        reused = env.bal.maps["backends"].get(ctypes.c_uint32(b_new.id))
+        reused.vip = index
+        env.bal.maps["backends"].set(ctypes.c_uint32(b_old.id), reused)
+        ref = abi.VipRef(vip=new.key(), mode=abi.MODES["ipip"])
+        env.bal.maps["vip_refs"].set(ctypes.c_uint32(index), ref)
+        before = env.counters()["pass_non_vip"]
+        check(env, frame, "XDP_PASS", frame)
+        assert env.counters()["pass_non_vip"] == before + 1
+        check(env, tcp4("10.100.0.6", 80, sport, flags="S"), "XDP_TX")
+    finally:
+        env.bal.del_vip(new)
+        env.bal.maps["backends"].set(ctypes.c_uint32(b_old.id), abi.Backend())
+        env.bal.sync_refs()
+
 def test_source_hash_ignores_ports(env):
     outs = {Ether(check(env, tcp4("10.100.0.4", 80, sp, src="198.51.100.50"), "XDP_TX").output).dst
             for sp in range(47000, 47030)}

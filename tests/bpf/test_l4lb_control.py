@@ -205,10 +205,14 @@ def test_del_vip_cleans_maps(bal):
     bal.apply(specs({"10.0.1.1": 1}, mode="nat"))
     vs = bal.vip(config.parse_vip("10.0.0.10:80/tcp"))
     bid = vs.backends["10.0.1.1:80"].id
+    ref = bal.maps["vip_refs"].get(ctypes.c_uint32(vs.index))
+    assert bytes(ref.vip) == bytes(vs.id.key()) and ref.mode == abi.MODES["nat"]
     bal.del_vip(vs.id)
+    assert bytes(bal.maps["vip_refs"].get(ctypes.c_uint32(vs.index))) == bytes(abi.VipRef())
     assert list(bal.maps["vips"].keys()) == []
     assert list(bal.maps["vip_addrs"].keys()) == []
     assert bal.maps["config"].get(ctypes.c_uint32(0)).nat_vips == 0
+    assert bal.maps["config"].get(ctypes.c_uint32(0)).vip_addr_bits == 0
     assert bal.maps["backends"].get(ctypes.c_uint32(bid)).flags == 0
 
 

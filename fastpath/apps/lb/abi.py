@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import ipaddress
 import socket
+import struct
 from typing import Any
 
 from fastpath.apps.lb import maglev
@@ -32,7 +33,7 @@ TUNABLES: dict[str, int] = {
     "LB_IPIP_V4_PREFIX": 0xAC10,       # outer IPv4 sources 172.16.x.y
     "LB_IPIP_V6_PREFIX": 0x01000000,   # outer IPv6 sources 100::x:y (discard prefix)
 }
-MAPS = ("vips", "vip_addrs", "rings", "backends", "conntrack", "nat_reverse", "half_open",
+MAPS = ("vips", "vip_refs", "vip_addrs", "rings", "backends", "conntrack", "nat_reverse", "half_open",
         "half_open_reverse", "vip_stats", "backend_stats", "stats", "config", "ipip_ids")
 SPEC = ProgramSpec(name="l4lb", entry="l4lb", maps=MAPS, defaults=TUNABLES, command="fastpath lb",
                    chain_slot=1)
@@ -76,6 +77,10 @@ class Vip(ctypes.Structure):
                 ("ring", ctypes.c_uint8), ("backends", ctypes.c_uint16)]
 
 
+class VipRef(ctypes.Structure):
+    _fields_ = [("vip", VipKey), ("mode", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 3)]
+
+
 class AddrKey(ctypes.Structure):
     _fields_ = [("addr", _Addr), ("family", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 3)]
 
@@ -110,12 +115,23 @@ class Counter(ctypes.Structure):
 
 
 class Config(ctypes.Structure):
-    _fields_ = [("nat_vips", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
+    _fields_ = [("nat_vips", ctypes.c_uint32), ("vip_addr_bits", ctypes.c_uint32)]
+
+
+def addr_bit(packed: bytes) -> int:
+    """lb_addr_bit() of bpf/l4lb.c: the bit of Config.vip_addr_bits an address (4 or 16
+    bytes, network order) stands for; its words are read as the host lays them out."""
+    w = struct.unpack("=4I", packed.ljust(16, b"\0"))
+    x = w[0] ^ w[1] ^ w[2] ^ w[3]
+    x ^= x >> 16
+    x ^= x >> 8
+    return 1 << (x & 31)
 
 
 # map name -> (key type, value type): what the header declares for each map.
 MAP_TYPES: dict[str, tuple[type[Any], type[Any]]] = {
     "vips": (VipKey, Vip),
+    "vip_refs": (ctypes.c_uint32, VipRef),
     "vip_addrs": (AddrKey, ctypes.c_uint32),
     "rings": (ctypes.c_uint32, ctypes.c_uint32),
     "backends": (ctypes.c_uint32, Backend),

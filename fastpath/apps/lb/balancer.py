@@ -34,7 +34,9 @@ from fastpath.apps.lb.abi import (
     FlowKey,
     IPAddress,
     Vip,
+    VipRef,
     VipStats,
+    addr_bit,
 )
 from fastpath.apps.lb.config import (
     VipId,
@@ -150,6 +152,24 @@ class Balancer:
         vs.ring = ring
         self.maps["vips"].set(vs.id.key(), self._vip_value(vs))
 
+    def sync_hints(self) -> None:
+        """Write what the data plane's conntrack-first hit reads besides the VIPs themselves
+        (`vip_refs`, `config`'s address bits), as an attach over older maps needs."""
+        self._sync_addresses()
+        self.sync_refs()
+
+    def sync_refs(self) -> None:
+        """Write `vip_refs` whole from the state: each VIP's entry at its index, every other
+        index empty (conntrack hits then take the long way through `vips`)."""
+        by_index = {vs.index: vs for vs in self.state.vips.values()}
+        for index in range(self.state.max_vips):
+            vs = by_index.get(index)
+            ref = VipRef()
+            if vs is not None:
+                ref.vip = vs.id.key()
+                ref.mode = MODES[vs.mode]
+            self.maps["vip_refs"].set(ctypes.c_uint32(index), ref)
+
     def _sync_addresses(self) -> None:
         counts: dict[tuple[bytes, int], int] = {}
         nat = 0
@@ -167,7 +187,10 @@ class Balancer:
             akey.addr[:] = addr
             akey.family = fam
             m.set(akey, ctypes.c_uint32(n))
-        self.maps["config"].set(ctypes.c_uint32(0), Config(nat_vips=nat))
+        bits = 0
+        for addr, _fam in counts:
+            bits |= addr_bit(addr)
+        self.maps["config"].set(ctypes.c_uint32(0), Config(nat_vips=nat, vip_addr_bits=bits))
 
     def _zero_stats(self, name: str, index: int, cls: type[Any]) -> None:
         m = self.maps[name]
@@ -204,11 +227,13 @@ class Balancer:
         if not self._batch:
             self._sync_addresses()
         self.maps["vips"].set(vip.key(), self._vip_value(vs))
+        self.maps["vip_refs"].set(ctypes.c_uint32(index), VipRef(vip=vip.key(), mode=MODES[mode]))
         return vs
 
     def del_vip(self, vip: VipId) -> VipState:
         vs = self.vip(vip)
         self.maps["vips"].delete(vip.key())
+        self.maps["vip_refs"].set(ctypes.c_uint32(vs.index), VipRef())
         del self.state.vips[str(vip)]
         if not self._batch:
             self._sync_addresses()
@@ -294,6 +319,7 @@ class Balancer:
             if bytes(key) not in wanted:
                 self.maps["vips"].delete(key)
         self._sync_addresses()
+        self.sync_refs()
         for vs in self.state.vips.values():
             for b in vs.backends.values():
                 self._write_backend(vs, b)

@@ -98,6 +98,12 @@ def attach(ifname: str, netns: str | None, mode: str = "auto",
                 bal = Balancer(maps, fresh, lambda a: resolve_mac(a, ifname, netns))
                 bal.sync()
             save_state(ifname, netns, fresh)
+        else:
+            # A program from before `vip_refs` (and config's address bits) leaves them empty:
+            # fill them, so conntrack hits take the short way again (until then they take the
+            # long one, through `vips`).
+            with LbMaps.from_attachment(att) as maps:
+                Balancer(maps, state, lambda a: resolve_mac(a, ifname, netns)).sync_hints()
     return att, replaced
 
 
