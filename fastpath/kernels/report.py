@@ -41,12 +41,7 @@ def _needs(load: Mapping[str, Any], result: Mapping[str, Any]) -> Version | None
 
 # Failures known and stated in the README's "Kernel matrix" section, by (series, program):
 # the table still says FAIL, marked "(known)", but they do not fail the run.
-KNOWN: dict[tuple[str, str], str] = {
-    ("6.1", "restoring_harness"): (
-        "the guard inside the benchmark's frame-restoring harness (synflood-packet): 6.1's verifier "
-        "loses a packet pointer's range there (invalid access to packet, size 20); the guard itself "
-        "loads, only the per-packet benchmark cannot run on 6.1"),
-}
+KNOWN: dict[tuple[str, str], str] = {}
 
 
 def program_verdict(program: str, result: Mapping[str, Any]) -> Verdict:
