@@ -161,10 +161,11 @@ class Recorder:
         self.shared = shared
         self.progress = progress
         self.say = say
-        self.tests: list[dict[str, str]] = []
+        self.tests: list[dict[str, Any]] = []
         self.deselected: list[dict[str, str]] = []
         self._deselect = deselect or {}
         self._module = ""
+        self._setup = 0.0
 
     def pytest_collection_modifyitems(self, config: Any, items: list[Any]) -> None:
         keep, drop = [], []
@@ -197,7 +198,11 @@ class Recorder:
             elif report.skipped and isinstance(report.longrepr, tuple):
                 message = str(report.longrepr[2])
             self.tests.append({"nodeid": report.nodeid, "module": report.nodeid.split("::")[0],
-                               "outcome": report.outcome, "message": message})
+                               "outcome": report.outcome, "message": message,
+                               "seconds": round(self._setup + report.duration, 2)})
+            self._setup = 0.0
+        elif report.when == "setup":
+            self._setup = report.duration  # a module fixture's compile counts for its first test
             self.progress()
 
 

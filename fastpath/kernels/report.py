@@ -117,11 +117,12 @@ def tests_summary(result: Mapping[str, Any]) -> str:
 
 
 def test_files(result: Mapping[str, Any]) -> dict[str, dict[str, int]]:
-    """Outcome counts per test file (tests/bpf/test_x.py -> {"passed": n, ...})."""
+    """Outcome counts per test file (tests/bpf/test_x.py -> {"passed": n, ..., "seconds": s})."""
     by_file: dict[str, list[Mapping[str, Any]]] = {}
     for t in _all_tests(result):
         by_file.setdefault(t["module"], []).append(t)
-    return {m: _counts(ts) for m, ts in sorted(by_file.items())}
+    return {m: {**_counts(ts), "seconds": round(sum(t.get("seconds", 0) for t in ts))}
+            for m, ts in sorted(by_file.items())}
 
 
 def _secs(value: object) -> str:

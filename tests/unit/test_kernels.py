@@ -200,14 +200,16 @@ def test_guest_is_told_which_headers_to_compile_against(tmp_path):
 
 def test_table_counts_the_tests_of_each_file_per_kernel():
     sg = "tests/bpf/test_syn_guard.py"
-    tests = [{"nodeid": f"{MOD}::test_a", "module": MOD, "outcome": "passed", "message": ""},
-             {"nodeid": f"{MOD}::test_b", "module": MOD, "outcome": "failed", "message": "assert 1"},
+    tests = [{"nodeid": f"{MOD}::test_a", "module": MOD, "outcome": "passed", "message": "", "seconds": 2.5},
+             {"nodeid": f"{MOD}::test_b", "module": MOD, "outcome": "failed", "message": "assert 1",
+              "seconds": 2.25},
              {"nodeid": f"{sg}::test_c", "module": sg, "outcome": "skipped", "message": "needs 6.3"}]
     bench = "tests/bpf/test_bench_counter.py"
     gone = [{"nodeid": f"{bench}::test_d", "module": bench, "reason": "a speed range"}]
     vm_run = _result("6.1.0-57-amd64", [_load("xdp_count")], tests, deselected=gone, pytest_exit=1)
     host = _result("6.18.44", [_load("xdp_count")], tests[:1])
-    assert report.test_files(vm_run)[MOD] == {"passed": 1, "failed": 1, "skipped": 0, "deselected": 0}
+    assert report.test_files(vm_run)[MOD] == {"passed": 1, "failed": 1, "skipped": 0, "deselected": 0,
+                                              "seconds": 5}
     assert report.test_files(vm_run)[bench]["deselected"] == 1
     lines = report.render([("6.1.0-57-amd64", vm_run), ("6.18.44 (host)", host)]).splitlines()
     row = next(ln for ln in lines if ln.strip().startswith("test_xdp_count.py"))
