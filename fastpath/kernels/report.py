@@ -116,6 +116,14 @@ def tests_summary(result: Mapping[str, Any]) -> str:
     return _summary(_counts(_all_tests(result)))
 
 
+def _tests_cell(result: Mapping[str, Any]) -> str:
+    """The tests/bpf row: a run stopped during the tests still counts those it finished."""
+    if not result.get("error"):
+        return tests_summary(result)
+    done = _all_tests(result)
+    return f"stopped after {_summary(_counts(done))}" if done else "did not run"
+
+
 def test_files(result: Mapping[str, Any]) -> dict[str, dict[str, int]]:
     """Outcome counts per test file (tests/bpf/test_x.py -> {"passed": n, ..., "seconds": s})."""
     by_file: dict[str, list[Mapping[str, Any]]] = {}
@@ -143,7 +151,7 @@ def render(columns: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
             row.append(v.text)
             details += [f"[{heading}] {d}" for d in v.details]
         rows.append(row)
-    rows.append(["tests/bpf", *[r.get("error") and "did not run" or tests_summary(r) for r in results]])
+    rows.append(["tests/bpf", *[_tests_cell(r) for r in results]])
     per_kernel = [test_files(r) for r in results]
     for module in sorted({m for files in per_kernel for m in files}):
         rows.append([f"  {module.rsplit('/', 1)[-1]}",

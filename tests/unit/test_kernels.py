@@ -236,3 +236,12 @@ def test_guest_deselects_only_what_it_was_given_and_records_why():
     host = [SimpleNamespace(nodeid="tests/bpf/test_kernel_peers.py::t")]
     Recorder(None, print, {}).pytest_collection_modifyitems(config, host)
     assert len(host) == 1
+
+
+def test_a_run_stopped_during_the_tests_counts_those_it_finished():
+    t = {"nodeid": f"{MOD}::test_a", "module": MOD, "outcome": "passed", "message": ""}
+    stopped = _result("6.1.0-57-amd64", [_load("xdp_count")], [t], pytest_exit=None,
+                      error="stopped after 60 min")
+    row = next(ln for ln in report.render([("6.1", stopped)]).splitlines() if ln.startswith("tests/bpf"))
+    assert row.split()[1:] == ["stopped", "after", "1", "passed"]
+    assert report.failed(stopped)
