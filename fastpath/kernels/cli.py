@@ -161,7 +161,8 @@ def _main(args: argparse.Namespace) -> int:
         say(f"{heading}: done in {time.monotonic() - start:.0f} s")
         columns.append((heading, result))
     if args.json:
-        print(json.dumps([{"kernel": h, **r} for h, r in columns], indent=1))
+        rows = [{"kernel": h, **r, "test_files": report.test_files(r)} for h, r in columns]
+        print(json.dumps(rows, indent=1))
     else:
         print()
         print(report.render(columns))

@@ -61,14 +61,16 @@ def _spec(name: str, entry: str) -> loader.ProgramSpec:
     return loader.ProgramSpec(name=name, entry=entry, maps=())
 
 
-def _guard_extremes() -> dict[str, dict[str, int | str]]:
-    # What attach derives from an interface and its namespace (fastpath.apps.guard.config):
-    # MSS from the smallest and largest MTU, window scaling off or at its largest,
-    # timestamps and SACK off or on.
-    return {
-        "low": {"SG_MSS4": 536, "SG_MSS6": 1220, "SG_WSCALE": 15, "SG_TIMESTAMPS": 0, "SG_SACK": 0},
-        "high": {"SG_MSS4": 65495, "SG_MSS6": 65475, "SG_WSCALE": 14, "SG_TIMESTAMPS": 1, "SG_SACK": 1},
-    }
+# What attach derives from an interface and its namespace (fastpath.apps.guard.config): MSS
+# from the smallest and largest MTU, window scaling off (15) or at its largest, timestamps
+# and SACK off or on; and the SYN-ACK's TTL, a tunable attach leaves at 64, at both ends.
+# tests/bpf/test_syn_guard.py checks the SYN-ACKs of exactly these builds, so in the matrix
+# the sweep's compiles serve that test too.
+GUARD_EXTREMES: dict[str, dict[str, int | str]] = {
+    "low": {"SG_MSS4": 536, "SG_MSS6": 1220, "SG_WSCALE": 15, "SG_TIMESTAMPS": 0, "SG_SACK": 0, "SG_TTL": 1},
+    "high": {"SG_MSS4": 65495, "SG_MSS6": 65475, "SG_WSCALE": 14, "SG_TIMESTAMPS": 1, "SG_SACK": 1,
+             "SG_TTL": 255},
+}
 
 
 # The balancer's extremes, within fastpath.apps.lb.config.check_tunables. Map sizes that
@@ -99,7 +101,7 @@ def variants() -> list[Variant]:
            Variant("xdp_count", "high", xdp_count.SPEC,
                    {"WATCH_PORT": 65535, "GENERATION": xdp_count.COUNT_GENERATIONS - 1}),
            Variant("syn_guard", "default", guard_abi.SPEC)]
-    out += [Variant("syn_guard", label, guard_abi.SPEC, d) for label, d in _guard_extremes().items()]
+    out += [Variant("syn_guard", label, guard_abi.SPEC, d) for label, d in GUARD_EXTREMES.items()]
     out += [Variant("l4lb", "default", lb_abi.SPEC),
             Variant("l4lb", "low", lb_abi.SPEC, LB_LOW),
             Variant("l4lb", "high", lb_abi.SPEC, LB_HIGH),

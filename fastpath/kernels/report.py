@@ -41,12 +41,7 @@ def _needs(load: Mapping[str, Any], result: Mapping[str, Any]) -> Version | None
 
 # Failures known and stated in the README's "Kernel matrix" section, by (series, program):
 # the table still says FAIL, marked "(known)", but they do not fail the run.
-KNOWN: dict[tuple[str, str], str] = {
-    ("6.1", "restoring_harness"): (
-        "the guard inside the benchmark's frame-restoring harness (synflood-packet): 6.1's verifier "
-        "loses a packet pointer's range there (invalid access to packet, size 20); the guard itself "
-        "loads, only the per-packet benchmark cannot run on 6.1"),
-}
+KNOWN: dict[tuple[str, str], str] = {}
 
 
 def program_verdict(program: str, result: Mapping[str, Any]) -> Verdict:
@@ -97,13 +92,45 @@ def programs_in(results: Sequence[Mapping[str, Any]]) -> list[str]:
     return sorted(names)
 
 
+OUTCOMES = ("passed", "failed", "skipped", "deselected")
+
+
+def _counts(tests: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    counts = dict.fromkeys(OUTCOMES, 0)
+    for t in tests:
+        counts[t["outcome"]] = counts.get(t["outcome"], 0) + 1
+    return counts
+
+
+def _summary(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{counts[k]} {k}" for k in OUTCOMES if counts.get(k)) or "none"
+
+
+def _all_tests(result: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return [*result.get("tests", []), *[{**d, "outcome": "deselected"} for d in result.get("deselected", [])]]
+
+
 def tests_summary(result: Mapping[str, Any]) -> str:
     if result.get("pytest_exit") is None:
         return "not run"
-    counts: dict[str, int] = {}
-    for t in result.get("tests", []):
-        counts[t["outcome"]] = counts.get(t["outcome"], 0) + 1
-    return ", ".join(f"{counts[k]} {k}" for k in ("passed", "failed", "skipped") if k in counts) or "none"
+    return _summary(_counts(_all_tests(result)))
+
+
+def _tests_cell(result: Mapping[str, Any]) -> str:
+    """The tests/bpf row: a run stopped during the tests still counts those it finished."""
+    if not result.get("error"):
+        return tests_summary(result)
+    done = _all_tests(result)
+    return f"stopped after {_summary(_counts(done))}" if done else "did not run"
+
+
+def test_files(result: Mapping[str, Any]) -> dict[str, dict[str, int]]:
+    """Outcome counts per test file (tests/bpf/test_x.py -> {"passed": n, ..., "seconds": s})."""
+    by_file: dict[str, list[Mapping[str, Any]]] = {}
+    for t in _all_tests(result):
+        by_file.setdefault(t["module"], []).append(t)
+    return {m: {**_counts(ts), "seconds": round(sum(t.get("seconds", 0) for t in ts))}
+            for m, ts in sorted(by_file.items())}
 
 
 def _secs(value: object) -> str:
@@ -124,7 +151,11 @@ def render(columns: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
             row.append(v.text)
             details += [f"[{heading}] {d}" for d in v.details]
         rows.append(row)
-    rows.append(["tests/bpf", *[r.get("error") and "did not run" or tests_summary(r) for r in results]])
+    rows.append(["tests/bpf", *[_tests_cell(r) for r in results]])
+    per_kernel = [test_files(r) for r in results]
+    for module in sorted({m for files in per_kernel for m in files}):
+        rows.append([f"  {module.rsplit('/', 1)[-1]}",
+                     *[_summary(files[module]) if module in files else "-" for files in per_kernel]])
     rows.append(["boot", *[_secs(r.get("boot_s")) for r in results]])
     rows.append(["load sweep", *[_secs(r.get("sweep_s")) for r in results]])
     rows.append(["tests", *[_secs(r.get("tests_s")) for r in results]])
@@ -134,6 +165,9 @@ def render(columns: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
              for row in [header, ["-" * w for w in widths], *rows]]
+    reasons = sorted({(d["module"], d["reason"]) for r in results for d in r.get("deselected", [])})
+    if reasons:
+        lines += ["", "deselected in the VMs:", *[f"  {m}: {why}" for m, why in reasons]]
     if details:
         lines += ["", "failures:", *[f"  {d}" for d in details]]
     return "\n".join(lines)

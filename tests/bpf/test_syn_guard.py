@@ -35,6 +35,7 @@ from fastpath.apps.guard import synguard as sg
 from fastpath.apps.guard.config import GuardConfig
 from fastpath.bpf import loader, testrun
 from fastpath.bpf.maps import TypedMap, layout
+from fastpath.kernels.programs import GUARD_EXTREMES
 
 pytestmark = pytest.mark.bpf
 
@@ -1032,10 +1033,9 @@ def test_only_protected_destinations_are_guarded_and_the_set_is_live(g):
 
 # -- compile-time SYN-ACK options ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("defines", [
-    {"SG_WSCALE": 15, "SG_SACK": 0, "SG_MSS4": 1400, "SG_TTL": 33},
-    {"SG_TIMESTAMPS": 0, "SG_MSS6": 1200},
-], ids=["no-wscale-no-sack", "no-timestamps"])
+# The kernel matrix's extremes of the guard (no window scaling, SACK or timestamps and the
+# smallest MSS; all options and the largest): the matrix hands its compiles to this test.
+@pytest.mark.parametrize("defines", list(GUARD_EXTREMES.values()), ids=list(GUARD_EXTREMES))
 def test_synack_options_follow_the_tunables(defines):
     _need_root()
     other = Guard(defines)

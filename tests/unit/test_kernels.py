@@ -196,3 +196,52 @@ def test_guest_is_told_which_headers_to_compile_against(tmp_path):
     with_dist = vm.Boot(**{**boot.__dict__, "headers": pair})
     assert with_dist.guest_command([]).endswith(
         "--headers=/usr/src/linux-headers-6.1.0-57-amd64:/usr/src/linux-headers-6.1.0-57-common")
+
+
+def test_table_counts_the_tests_of_each_file_per_kernel():
+    sg = "tests/bpf/test_syn_guard.py"
+    tests = [{"nodeid": f"{MOD}::test_a", "module": MOD, "outcome": "passed", "message": "", "seconds": 2.5},
+             {"nodeid": f"{MOD}::test_b", "module": MOD, "outcome": "failed", "message": "assert 1",
+              "seconds": 2.25},
+             {"nodeid": f"{sg}::test_c", "module": sg, "outcome": "skipped", "message": "needs 6.3"}]
+    bench = "tests/bpf/test_bench_counter.py"
+    gone = [{"nodeid": f"{bench}::test_d", "module": bench, "reason": "a speed range"}]
+    vm_run = _result("6.1.0-57-amd64", [_load("xdp_count")], tests, deselected=gone, pytest_exit=1)
+    host = _result("6.18.44", [_load("xdp_count")], tests[:1])
+    assert report.test_files(vm_run)[MOD] == {"passed": 1, "failed": 1, "skipped": 0, "deselected": 0,
+                                              "seconds": 5}
+    assert report.test_files(vm_run)[bench]["deselected"] == 1
+    lines = report.render([("6.1.0-57-amd64", vm_run), ("6.18.44 (host)", host)]).splitlines()
+    row = next(ln for ln in lines if ln.strip().startswith("test_xdp_count.py"))
+    assert row.split("  ")[-1].strip() == "1 passed" and "1 passed, 1 failed" in row
+    assert next(ln for ln in lines if "test_bench_counter.py" in ln).split()[1:] == ["1", "deselected", "-"]
+    assert next(ln for ln in lines if ln.startswith("tests/bpf")).split()[1:7] == \
+        ["1", "passed,", "1", "failed,", "1", "skipped,"]
+    assert f"  {bench}: a speed range" in lines
+
+
+def test_guest_deselects_only_what_it_was_given_and_records_why():
+    from types import SimpleNamespace
+
+    from fastpath.kernels.guest import VM_DESELECT, Recorder
+
+    dropped: list = []
+    config = SimpleNamespace(hook=SimpleNamespace(pytest_deselected=lambda items: dropped.extend(items)))
+    peers = "tests/bpf/test_kernel_peers.py::t"
+    items = [SimpleNamespace(nodeid=f"{MOD}::test_a"), SimpleNamespace(nodeid=peers)]
+    rec = Recorder(None, print, VM_DESELECT)
+    rec.pytest_collection_modifyitems(config, items)
+    assert [i.nodeid for i in items] == [f"{MOD}::test_a"] and len(dropped) == 1
+    assert rec.deselected[0]["module"] == "tests/bpf/test_kernel_peers.py" and rec.deselected[0]["reason"]
+    host = [SimpleNamespace(nodeid="tests/bpf/test_kernel_peers.py::t")]
+    Recorder(None, print, {}).pytest_collection_modifyitems(config, host)
+    assert len(host) == 1
+
+
+def test_a_run_stopped_during_the_tests_counts_those_it_finished():
+    t = {"nodeid": f"{MOD}::test_a", "module": MOD, "outcome": "passed", "message": ""}
+    stopped = _result("6.1.0-57-amd64", [_load("xdp_count")], [t], pytest_exit=None,
+                      error="stopped after 60 min")
+    row = next(ln for ln in report.render([("6.1", stopped)]).splitlines() if ln.startswith("tests/bpf"))
+    assert row.split()[1:] == ["stopped", "after", "1", "passed"]
+    assert report.failed(stopped)
