@@ -28,10 +28,29 @@ def command() -> list[str]:
     return [sys.executable, "-m", "fastpath.cli"]
 
 
+# The directories a unit's PrivateTmp= replaces with empty ones of its own.
+PRIVATE_TMP = (Path("/tmp"), Path("/var/tmp"))
+
+
+def _hidden_by_private_tmp(path: Path) -> bool:
+    return any(path == d or d in path.parents for d in PRIVATE_TMP)
+
+
 def render(config: Path, argv: list[str] | None = None) -> str:
-    exec_start = shlex.join([*(argv or command()), "agent", "--config", str(config)])
-    lines = [f"ExecStart={exec_start}" if line.startswith("ExecStart=") else line
-             for line in shipped().splitlines()]
+    """The shipped unit with ExecStart set; PrivateTmp is turned off (and the unit says why)
+    when the program or the config lives under /tmp or /var/tmp, which it would hide."""
+    argv = argv or command()
+    exec_start = shlex.join([*argv, "agent", "--config", str(config)])
+    hidden = [p for p in (Path(argv[0]), config) if _hidden_by_private_tmp(p)]
+    lines = []
+    for line in shipped().splitlines():
+        if line.startswith("ExecStart="):
+            line = f"ExecStart={exec_start}"
+        elif line.startswith("PrivateTmp=") and hidden:
+            lines.append(f"# {hidden[0]} is under {', '.join(map(str, PRIVATE_TMP))}, "
+                         "which a private /tmp would hide from the service")
+            line = "PrivateTmp=no"
+        lines.append(line)
     return "\n".join(lines) + "\n"
 
 

@@ -117,8 +117,10 @@ def test_no_flood_client_without_timestamps_keeps_window_scaling(lab):
 def test_a_busy_service_with_no_flood_keeps_passing_syns(lab):
     """What switches a port is SYNs that never complete a handshake, not the SYN rate: a
     churn client opening new connections at many times the threshold (every one completes)
-    leaves the port in pass mode, with no cookie sent."""
-    threshold = 200
+    leaves the port in pass mode, with no cookie sent. The threshold's share of one window
+    (threshold / 10) stays above the handshakes the client has in flight at once (32): a
+    burst of more new connections than that on one CPU counts before any completes."""
+    threshold = 1000
     ns = lab.netns("server")
     bindir = Path(sys.executable).parent
     lab.spawn("server", [str(bindir / "fastpath-epoll-echo"), "--addr", "0.0.0.0", "--port", str(HOLD_PORT),
@@ -132,7 +134,7 @@ def test_a_busy_service_with_no_flood_keeps_passing_syns(lab):
     out = json.loads(res.stdout)
     print(f"\nbusy service: {out['conn_per_s']:,.0f} conn/s, {out['connection_errors']} errors")
     # The premise: far over the threshold on any one CPU, which the SYN rate alone would switch.
-    assert out["conn_per_s"] > 5 * threshold * len(os.sched_getaffinity(0)), out
+    assert out["conn_per_s"] > 3 * threshold * len(os.sched_getaffinity(0)), out
     assert out["verify_failures"] == 0 and out["connection_errors"] == 0, out
     st = stats(ns)
     c = {k: v["packets"] for k, v in st["counters"].items()}

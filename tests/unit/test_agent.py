@@ -260,6 +260,20 @@ def test_the_unit_file_passes_systemd_analyze_verify(tmp_path):
     assert "notfy" in found and "/nonexistent/x" in found
 
 
+def test_the_unit_keeps_the_hosts_tmp_when_fastpath_lives_there():
+    """PrivateTmp= would hide a virtualenv or config under /tmp from the service (systemd
+    then fails with 203/EXEC); elsewhere the unit keeps its private /tmp."""
+    def private_tmp(text: str) -> str:
+        return next(line for line in text.splitlines() if line.startswith("PrivateTmp="))
+
+    etc, opt = Path("/etc/fastpath/node.yaml"), ["/opt/fp/bin/fastpath"]
+    assert private_tmp(unit.render(etc, opt)) == "PrivateTmp=yes"
+    text = unit.render(etc, ["/tmp/clone/.venv/bin/fastpath"])
+    assert private_tmp(text) == "PrivateTmp=no" and "# /tmp/clone/.venv/bin/fastpath is under /tmp" in text
+    assert private_tmp(unit.render(Path("/var/tmp/node.yaml"), opt)) == "PrivateTmp=no"
+    assert private_tmp(unit.render(Path("/tmpfoo/node.yaml"), opt)) == "PrivateTmp=yes"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
