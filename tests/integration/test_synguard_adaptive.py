@@ -119,7 +119,10 @@ def test_a_busy_service_with_no_flood_keeps_passing_syns(lab):
     churn client opening new connections at many times the threshold (every one completes)
     leaves the port in pass mode, with no cookie sent. The threshold's share of one window
     (threshold / 10) stays above the handshakes the client has in flight at once (32): a
-    burst of more new connections than that on one CPU counts before any completes."""
+    burst of more new connections than that on one CPU counts before any completes. The
+    client runs on one CPU, so each connection's SYN and handshake ACK reach the guard on
+    the same CPU, as a NIC's RSS keeps them; on veth a client thread that moves between
+    CPUs can complete a handshake on another CPU than its SYN, which counts as unanswered."""
     threshold = 1000
     ns = lab.netns("server")
     bindir = Path(sys.executable).parent
@@ -127,14 +130,15 @@ def test_a_busy_service_with_no_flood_keeps_passing_syns(lab):
                          "--threads", "1"])
     fastpath("xdp", "attach", "eth0", "--netns", ns, "--mode", "native", "--ports", str(HOLD_PORT),
              "--syn-threshold", f"{threshold}/s")
-    res = lab.run("client", [str(bindir / "fastpath-echo-bench"), "--addr", floodlab.SERVER4,
+    res = lab.run("client", ["taskset", "-c", "0", str(bindir / "fastpath-echo-bench"),
+                             "--addr", floodlab.SERVER4,
                              "--port", str(HOLD_PORT), "--threads", "2", "--size", "64", "--duration", "1.5",
                              "--warmup", "0", "--connections", "16", "--new-conn-per-request"],
                   timeout=60, check=False)
     out = json.loads(res.stdout)
     print(f"\nbusy service: {out['conn_per_s']:,.0f} conn/s, {out['connection_errors']} errors")
     # The premise: far over the threshold on any one CPU, which the SYN rate alone would switch.
-    assert out["conn_per_s"] > 3 * threshold * len(os.sched_getaffinity(0)), out
+    assert out["conn_per_s"] > 3 * threshold, out
     assert out["verify_failures"] == 0 and out["connection_errors"] == 0, out
     st = stats(ns)
     c = {k: v["packets"] for k, v in st["counters"].items()}
