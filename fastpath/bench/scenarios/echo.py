@@ -157,6 +157,17 @@ def _pin(cpu: int | None) -> Callable[[], None] | None:
     return pin
 
 
+def load_report(proc: subprocess.Popen[str], out: str, err: str, where: str) -> dict[str, Any]:
+    """fastpath-echo-bench's JSON report; its last stderr line as the error when it failed."""
+    report: dict[str, Any] = {}
+    with contextlib.suppress(json.JSONDecodeError):
+        report = json.loads(out) if out.strip() else {}
+    if proc.returncode != 0 or not report.get("ok"):
+        lines = err.strip().splitlines()
+        raise FastpathError(f"{where}: {lines[-1] if lines else f'exit status {proc.returncode}'}")
+    return report
+
+
 def _sleep_until(deadline: float) -> None:
     left = deadline - time.monotonic()
     if left > 0:
@@ -331,13 +342,7 @@ class Echo(Scenario):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.communicate()
-        report: dict[str, Any] = {}
-        with contextlib.suppress(json.JSONDecodeError):
-            report = json.loads(out) if out.strip() else {}
-        if proc.returncode != 0 or not report.get("ok"):
-            lines = err.strip().splitlines()
-            detail = lines[-1] if lines else f"exit status {proc.returncode}"
-            raise FastpathError(f"{where}: {detail}")
+        report = load_report(proc, out, err, where)
         rps = float(report["req_per_s"])
         cpu_rate = (cpu1 - cpu0) / (m1 - m0)  # CPU seconds per second
         return LoadResult(rps, float(report["latency_us"]["p99"]), cpu_rate / rps * 1e6)

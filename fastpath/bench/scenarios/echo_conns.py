@@ -28,7 +28,6 @@ Time: 5 points x 2 servers x (1 warm-up + 5 repeats) x 2-6 s, about 3 minutes;
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import resource
 import signal
@@ -39,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastpath.bench import BenchContext, Metric, Scenario, register_scenario
-from fastpath.bench.scenarios.echo import server_argv
+from fastpath.bench.scenarios.echo import load_report, server_argv
 from fastpath.errors import FastpathError
 from fastpath.uring.native import ServerProcess, find_binary
 
@@ -235,12 +234,7 @@ class EchoConns(Scenario):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.communicate()
-        report: dict[str, Any] = {}
-        with contextlib.suppress(json.JSONDecodeError):
-            report = json.loads(out) if out.strip() else {}
-        if proc.returncode != 0 or not report.get("ok"):
-            lines = err.strip().splitlines()
-            raise FastpathError(f"{where}: {lines[-1] if lines else f'exit status {proc.returncode}'}")
+        load_report(proc, out, err, where)  # raises when the load generator failed
         for st in (s0, s1):
             if st.get("connections_open") != connections or st.get("connections_accepted") != connections:
                 raise FastpathError(
