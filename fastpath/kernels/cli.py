@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--load-only", action="store_true", help="the load sweep only, no tests/bpf")
     p.add_argument("--only", action="append", default=[], metavar="PROGRAM",
                    help="sweep only this program of bpf/ (repeatable; tests/bpf runs unless --load-only)")
+    p.add_argument("--tests", metavar="EXPR",
+                   help="run only the tests of tests/bpf that match this pytest -k expression (to check "
+                        "a fix again without the whole suite)")
     # bcc 0.26 (Debian 12) cannot compile against 6.12's own headers (see the README), so by
     # default every kernel compiles as fastpath does on a host without headers of its own.
     p.add_argument("--headers", choices=("own", "dist"), default="dist",
@@ -148,6 +151,8 @@ def _main(args: argparse.Namespace) -> int:
             packages.select_check(k)
     guest_args = ["--no-tests"] if args.load_only else []
     guest_args += [f"--only={name}" for name in args.only]
+    if args.tests and not args.load_only:
+        guest_args += ["tests/bpf", f"-k{args.tests}"]
     columns: list[tuple[str, dict[str, Any]]] = []
     for kernel in args.kernels:
         start = time.monotonic()

@@ -25,8 +25,9 @@ def test_lb_vips_quick_run():
     assert result.contenders == ["1", "10", "100", "1000"] and "10000" in result.skipped
     for point in result.contenders:
         values = result.values("ns_hit", point)
-        # the balancer's own cost, harness taken off: positive, far below a microsecond
-        assert len(values) == 3 and all(0 < v < 5_000 for v in values), (point, values)
+        # the balancer's own cost, harness taken off: positive, of a packet's magnitude (~40 ns
+        # here, some µs under the kernel matrix's emulated CPU)
+        assert len(values) == 3 and all(0 < v < 100_000 for v in values), (point, values)
     assert result.knees["ns_hit"].first == "1"
     assert len(result.explanation) == 3 and "1000 VIPs" in result.explanation[-1]
 
@@ -37,7 +38,10 @@ def test_lb_backends_quick_run():
     assert result.contenders == ["3", "10", "100", "1000"] and not result.skipped
     for point in result.contenders:
         for metric in ("ns_miss", "ns_hit"):
-            assert all(0 < v < 5_000 for v in result.values(metric, point)), (metric, point)
+            # positive and of a packet's magnitude: a new flow takes ~200 ns on this machine,
+            # some 10 µs under the kernel matrix's emulated CPU (TCG)
+            values = result.values(metric, point)
+            assert all(0 < v < 100_000 for v in values), (metric, point, values)
         assert all(v > 0 for v in result.values("table_ms", point))
     # the Maglev rebuild walks more taken slots with more backends (counted: 1.9 -> 9.3 probes
     # per slot), far beyond timing noise

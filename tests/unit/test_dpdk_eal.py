@@ -236,11 +236,15 @@ def test_clean_leftovers_skips_locked_files(tmp_path: Path) -> None:
     assert sorted(p.name for p in huge.iterdir()) == ["fastpath-l2fwd-testmap_1", "othermap_0"]
 
 
+# The stand-in sets its own SIGINT disposition, as the real l2fwd does: a job started in the
+# background by a shell without job control (`cmd &` in a script) inherits SIGINT ignored.
 STAND_IN = """\
 import json, signal, sys, time
 mode = sys.argv[1]
 if mode != "obey":
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+else:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 if mode == "deaf":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 if mode == "fail":
