@@ -47,7 +47,10 @@
  *   RSTs against their window (RFC 5961). The entry is the one authority: a reply is
  *   translated only while its flow is live and pinned to the replying backend, and refreshes
  *   it. A SYN that repeats a live flow's tuple keeps the flow's backend (a forged SYN cannot
- *   move a connection); only a SYN of no live flow, or of a gone backend, picks anew.
+ *   move a connection); only a SYN of no live flow, or of a gone backend or one the health
+ *   checks marked down, picks anew (a client retransmitting its SYN, or reusing the port of
+ *   a connection the dead backend refused, reaches a live one; the down backend's other
+ *   packets stay with it).
  * - ICMP errors of nat flows (RFC 5508 section 4.2), both directions, v4 and v6: an error
  *   to the VIP quoting a reply VIP -> client goes to the flow's backend, outer destination
  *   and quoted source address:port rewritten to the backend's; an error from the backend
@@ -786,15 +789,23 @@ static __always_inline __u64 flow_timeout(const struct lb_flow *f, __u8 proto)
 	return LB_UDP_TIMEOUT * LB_NSEC_PER_SEC;
 }
 
+/* Whether a pinned flow's packet stays with its backend: a SYN leaves a backend the health
+ * checks marked down (see the file's head). */
+static __always_inline int pin_holds(const struct lb_backend *be, const struct pkt *p)
+{
+	return !(p->syn && (be->flags & LB_BACKEND_F_DOWN));
+}
+
 /* The backend of a flow entry that still serves a VIP's flow: its backend exists and serves
- * the VIP, and the flow has not been idle past its timeout. NULL otherwise. */
+ * the VIP, the packet stays pinned to it, and the flow has not been idle past its timeout.
+ * NULL otherwise. */
 static __always_inline struct lb_backend *flow_backend(const struct lb_flow *f, __u32 vidx,
 							const struct pkt *p, __u64 now, __u64 len)
 {
 	__u32 bid = f->backend;
 	struct lb_backend *be = backends.lookup(&bid);
 
-	if (!be || !(be->flags & LB_BACKEND_F_EXISTS) || be->vip != vidx)
+	if (!be || !(be->flags & LB_BACKEND_F_EXISTS) || be->vip != vidx || !pin_holds(be, p))
 		return NULL;
 	if (now - f->atime > flow_timeout(f, p->flow.proto)) {
 		count(LB_STAT_FLOW_EXPIRED, len, 0);
@@ -839,7 +850,7 @@ static __always_inline struct lb_backend *conntrack_hit(const struct lb_flow *f,
 	struct lb_vip_ref *ref;
 	__u32 vidx;
 
-	if (!be || !(be->flags & LB_BACKEND_F_EXISTS))
+	if (!be || !(be->flags & LB_BACKEND_F_EXISTS) || !pin_holds(be, p))
 		return NULL;
 	vidx = be->vip;
 	ref = vip_refs.lookup(&vidx);

@@ -22,6 +22,8 @@ enum lb_mode {
 
 /* struct lb_backend.flags */
 #define LB_BACKEND_F_EXISTS 0x1     /* cleared on delete: pinned flows pick a new backend */
+#define LB_BACKEND_F_DOWN 0x2       /* health checks fail: a SYN of a flow pinned to it picks
+				     * again (its other packets stay) */
 
 /* struct lb_flow.flags */
 #define LB_FLOW_F_CLOSING 0x1       /* a FIN was seen: LB_CLOSING_TIMEOUT idle ends it */

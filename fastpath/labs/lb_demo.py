@@ -62,11 +62,14 @@ while True:
     threading.Thread(target=serve, args=(c,), daemon=True).start()
 """
 
-# New connections for at most `seconds` (and 200000 of them), ~500/s; prints who answered.
+# New connections for at most `seconds` (and 200000 of them), ~500/s; prints who answered,
+# then how many distinct source ports the answered ones used. The kernel may give a port
+# again within seconds (a RST close leaves no TIME_WAIT): its SYN meets the balancer's flow
+# of the earlier connection, which is no new flow.
 CLIENT = """
 import collections, socket, struct, sys, time
 host, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-seen, end, n = collections.Counter(), time.monotonic() + min(seconds, 120), 0
+seen, end, n, ports = collections.Counter(), time.monotonic() + min(seconds, 120), 0, set()
 while time.monotonic() < end and n < 200000:
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -75,6 +78,7 @@ while time.monotonic() < end and n < 200000:
         s.connect((host, port))
         s.sendall(b"who\\n")
         seen[s.recv(64).decode().strip() or "closed"] += 1
+        ports.add(s.getsockname()[1])
     except OSError:
         seen["error"] += 1
     finally:
@@ -82,6 +86,7 @@ while time.monotonic() < end and n < 200000:
     n += 1
     time.sleep(0.002)
 print(" ".join(f"{k}={v}" for k, v in sorted(seen.items())))
+print(len(ports))
 """
 
 
@@ -109,15 +114,20 @@ def run(args: argparse.Namespace) -> int:
             time.sleep(0.3)
             client = lab.spawn("client", [sys.executable, "-c", CLIENT, VIP, str(PORT), str(args.seconds)])
             final = _watch(program, ns, vip, args, client)
-            client.wait(args.seconds + 30)
-            answered = dict(x.split("=") for x in client.output().split())
+            client.wait(30)
+            lines = client.output().splitlines()
+            if len(lines) < 2 or not lines[-1].isdigit():
+                raise FastpathError(f"the demo's client failed: {' '.join(lines[-3:]) or 'no output'}")
+            counts, ports = lines[-2:]
+            answered = dict(x.split("=") for x in counts.split())
         finally:
             with contextlib.suppress(FastpathError):
                 program.detach("eth0", ns)
         info("detached; tearing the lab down")
     answers = {k: int(v) for k, v in answered.items()}
     problems = verdict(answers)
-    result = {"lab": LAB, "vip": str(vip), "answers": answers, "backends": final, "ok": not problems,
+    result = {"lab": LAB, "vip": str(vip), "answers": answers, "client_ports": int(ports),
+              "backends": final, "ok": not problems,
               "problems": problems}
     if args.json:
         print_json(result)
@@ -153,8 +163,11 @@ def _watch(program: Any, ns: str, vip: Any, args: argparse.Namespace, client: An
     changed = False
     rows: list[dict[str, Any]] = []
     with Live(console=console, auto_refresh=False, transient=args.json) as live:
-        while time.monotonic() < t0 + args.seconds + 1:
+        # Until the client's run ended (it stops itself after `seconds`, counted from its own
+        # start-up, which a slow machine delays); the bound only stops a stuck one.
+        while time.monotonic() < t0 + args.seconds + 30:
             time.sleep(0.5)
+            done = not client.running  # before the read: the last rows hold all it did
             now = time.monotonic()
             if not changed and now - t0 > args.seconds / 2:
                 with program.session("eth0", ns) as bal:
@@ -174,6 +187,6 @@ def _watch(program: Any, ns: str, vip: Any, args: argparse.Namespace, client: An
                                         "new flows"], table,
                                        title=f"l4lb VIP {vip}: {note} (Ctrl-C stops and cleans up)"),
                             refresh=True)
-            if not client.running:
+            if done:
                 break
     return rows

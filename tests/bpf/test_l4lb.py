@@ -236,6 +236,7 @@ def test_header_constants_match_python():
     flag = re.search(r"#define LB_VIP_F_HASH_SRC_ONLY (0x\w+)", text).group(1)
     assert flag == hex(abi.LB_VIP_F_HASH_SRC_ONLY)
     assert re.search(r"#define LB_BACKEND_F_EXISTS (0x\w+)", text).group(1) == hex(abi.LB_BACKEND_F_EXISTS)
+    assert re.search(r"#define LB_BACKEND_F_DOWN (0x\w+)", text).group(1) == hex(abi.LB_BACKEND_F_DOWN)
     assert re.search(r"#define LB_FLOW_F_CLOSING (0x\w+)", text).group(1) == hex(abi.LB_FLOW_F_CLOSING)
     assert re.search(r"#define LB_FLOW_F_RESET (0x\w+)", text).group(1) == hex(abi.LB_FLOW_F_RESET)
     assert int(re.search(r"#define LB_NO_BACKEND (0x\w+)u", text).group(1), 16) == abi.LB_NO_BACKEND
@@ -446,6 +447,42 @@ def test_drained_backend_gets_no_new_flows_but_keeps_old_ones(env):
             assert Ether(res.output).dst == MACS["10.0.0.11"]
     finally:
         env.bal.set_drained(vip, ipaddress.ip_address("10.0.0.12"), None, False)
+
+
+def test_a_syn_leaves_a_backend_marked_down_its_other_packets_stay(env):
+    """A client retransmitting its SYN to a backend that died (or reusing the port of a
+    connection it refused) reaches a live one once the health checks mark it down; the
+    down backend's established flows keep their packets (it may still serve them)."""
+    vip = config.parse_vip("10.100.0.1:80/tcp")
+    on_12 = [sp for sp in range(45200, 45300) if env.pick(str(vip), CLIENT4, sp).address == "10.0.0.12"][:4]
+    assert len(on_12) == 4
+    for sp in on_12:
+        res = check(env, tcp4("10.100.0.1", 80, sp, flags="S"), "XDP_TX")
+        assert Ether(res.output).dst == MACS["10.0.0.12"]
+    established, pending = on_12[:2], on_12[2:]
+    for sp in established:  # the handshake's ACK confirms the flow (conntrack)
+        check(env, tcp4("10.100.0.1", 80, sp, flags="A"), "XDP_TX")
+    vs = env.bal.vip(vip)
+    name = env.bal.backend(vip, ipaddress.ip_address("10.0.0.12"), None).name
+    assert env.bal.set_health(str(vip), name, False)
+    try:
+        entry = env.bal.maps["backends"].get(ctypes.c_uint32(vs.backends[name].id))
+        assert entry.flags == abi.LB_BACKEND_F_EXISTS | abi.LB_BACKEND_F_DOWN
+        for sp in established:
+            res = check(env, tcp4("10.100.0.1", 80, sp, flags="PA"), "XDP_TX")
+            assert Ether(res.output).dst == MACS["10.0.0.12"], "an established flow keeps its backend"
+        for sp in pending + established[:1]:
+            res = check(env, tcp4("10.100.0.1", 80, sp, flags="S"), "XDP_TX")
+            assert Ether(res.output).dst == MACS["10.0.0.11"], "a SYN picks again, off the down backend"
+            res = check(env, tcp4("10.100.0.1", 80, sp, flags="A"), "XDP_TX")
+            assert Ether(res.output).dst == MACS["10.0.0.11"], "and the flow stays where it went"
+    finally:
+        env.bal.set_health(str(vip), name, True)
+    entry = env.bal.maps["backends"].get(ctypes.c_uint32(vs.backends[name].id))
+    assert entry.flags == abi.LB_BACKEND_F_EXISTS
+    # Up again: a repeated SYN keeps its (new) flow's backend, as for any live flow.
+    res = check(env, tcp4("10.100.0.1", 80, pending[0], flags="S"), "XDP_TX")
+    assert Ether(res.output).dst == MACS["10.0.0.11"]
 
 
 def test_deleted_backend_flows_pick_again(env):

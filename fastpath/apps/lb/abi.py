@@ -44,6 +44,7 @@ PROTOS: dict[str, int] = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 HASHES = ("5tuple", "src")
 LB_VIP_F_HASH_SRC_ONLY = 0x1
 LB_BACKEND_F_EXISTS = 0x1
+LB_BACKEND_F_DOWN = 0x2
 LB_FLOW_F_CLOSING = 0x1
 LB_FLOW_F_RESET = 0x2
 # Seconds of the flow timeouts: they change no map, so a hot reload may change them.

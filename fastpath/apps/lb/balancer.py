@@ -9,6 +9,7 @@ map entry in one step, so the data plane never sees a half-written table. The ca
 from __future__ import annotations
 
 import ctypes
+import functools
 import ipaddress
 import socket
 import time
@@ -18,6 +19,7 @@ from typing import Any
 
 from fastpath.apps.lb import maglev
 from fastpath.apps.lb.abi import (
+    LB_BACKEND_F_DOWN,
     LB_BACKEND_F_EXISTS,
     LB_FLOW_F_CLOSING,
     LB_FLOW_F_RESET,
@@ -56,6 +58,13 @@ from fastpath.apps.lb.store import BackendState, LbState, VipState
 from fastpath.errors import FastpathError
 
 
+@functools.lru_cache(maxsize=8)
+def _ring(weights: tuple[tuple[str, int], ...], size: int, seed: int) -> tuple[int, ...]:
+    """The Maglev table of `weights`, built once per config for callers that predict many
+    flows (a 65537-slot build takes tens of ms in Python)."""
+    return tuple(maglev.build_table(weights, size, seed))
+
+
 def predict(state: LbState, vip: VipId, client: IPAddress, sport: int) -> str | None:
     """The backend (name) the Maglev ring gives a new flow, computed from the config alone:
     what every node of a fleet with this config and seed would pick."""
@@ -63,7 +72,7 @@ def predict(state: LbState, vip: VipId, client: IPAddress, sport: int) -> str | 
     if vs is None:
         return None
     weights = vs.weights()
-    table = maglev.build_table(weights, state.table_size, state.seed)
+    table = _ring(tuple(sorted(weights.items())), state.table_size, state.seed)
     slot = flow_hash(client, sport, vip.port, src_only=vs.hash == "src", seed=state.seed) % state.table_size
     return None if table[slot] == maglev.NO_BACKEND else sorted(weights)[table[slot]]
 
@@ -129,7 +138,7 @@ class Balancer:
         v.addr[:] = b.ip.packed.ljust(16, b"\0")
         v.port = socket.htons(b.port) if vs.mode == "nat" else 0
         v.family = b.ip.version
-        v.flags = LB_BACKEND_F_EXISTS
+        v.flags = LB_BACKEND_F_EXISTS | (LB_BACKEND_F_DOWN if b.health == "down" else 0)
         v.mac[:] = bytes.fromhex(b.mac.replace(":", ""))
         v.vip = vs.index
         self.maps["backends"].set(ctypes.c_uint32(b.id), v)
@@ -297,7 +306,8 @@ class Balancer:
         return b
 
     def set_health(self, vip_name: str, backend_name_: str, up: bool) -> bool:
-        """Record a health verdict; True when it changed what the ring holds."""
+        """Record a health verdict; True when it changed what the ring holds. The backend's
+        entry says it too: a SYN of a flow pinned to a down backend picks again."""
         vs = self.state.vips.get(vip_name)
         b = vs.backends.get(backend_name_) if vs else None
         if vs is None or b is None:
@@ -307,10 +317,11 @@ class Balancer:
             return False
         before = b.effective_weight
         b.health = health
-        if before != b.effective_weight:
+        changed = before != b.effective_weight
+        if changed:  # the ring first: a SYN that leaves the backend finds it gone from it
             self._publish(vs)
-            return True
-        return False
+        self._write_backend(vs, b)
+        return changed
 
     def sync(self) -> None:
         """Write every VIP, backend and ring from the state (after re-creating the maps)."""
