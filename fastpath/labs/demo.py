@@ -112,7 +112,9 @@ def _watch(att: Attachment, args: argparse.Namespace, sender: NodeProcess) -> di
 
     prev = xdp_count.read_counters(att)
     t_prev = time.monotonic()
-    end = t_prev + args.seconds + 1.0
+    # Until the sender's run ended (it stops itself after `seconds`, counted from its own
+    # start-up, which a slow machine delays); the bound only stops a stuck one.
+    end = t_prev + args.seconds + 30
     with Live(console=console, auto_refresh=False, transient=args.json) as live:
         while time.monotonic() < end:
             time.sleep(0.5)
@@ -126,6 +128,6 @@ def _watch(att: Attachment, args: argparse.Namespace, sender: NodeProcess) -> di
                 live.update(make_table(["counter", "packets", "pps", "bytes"], rows,
                                        title="xdp_count on server eth0 (Ctrl-C stops and cleans up)"),
                             refresh=True)
-            if not sender.running and now > end - 1.0:
+            if not sender.running:
                 break
     return xdp_count.read_counters(att)

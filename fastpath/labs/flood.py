@@ -289,6 +289,9 @@ class Flood:
             self._sender.close()
 
 
+MAX_SECONDS = 600.0  # the generator's own bound on a run; callers stop it sooner with SIGTERM
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m fastpath.labs.flood", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -298,10 +301,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--dport", type=int, required=True, help="target TCP port")
     p.add_argument("--src-net", default="10.99.0.0/16", help="spoofed sources are drawn from here")
     p.add_argument("--count", type=int, default=10_000_000, help="stop after this many frames")
-    p.add_argument("--seconds", type=float, default=10.0, help="stop after this long (max 120)")
+    p.add_argument("--seconds", type=float, default=10.0,
+                   help=f"stop after this long (at most {MAX_SECONDS:.0f}; SIGTERM stops it earlier)")
     p.add_argument("--engine", choices=ENGINES, default=None,
                    help=f"live, packet or auto (default: ${ENGINE_ENV}, else auto)")
     args = p.parse_args(argv)
+    if not 0 < args.seconds <= MAX_SECONDS:
+        p.error(f"--seconds must be more than 0 and at most {MAX_SECONDS:.0f}")
     # SIGTERM would interrupt a live chunk half-way with EINTR, and the kernel does not say
     # how many frames went out; block it and look for it between chunks instead.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
@@ -318,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("ready", flush=True)
     t0 = time.monotonic()
     try:
-        sent = flood.run(args.count, min(args.seconds, 120.0), stop=stopped)
+        sent = flood.run(args.count, args.seconds, stop=stopped)
     except (FastpathError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1

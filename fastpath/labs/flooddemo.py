@@ -146,8 +146,10 @@ def run(seconds: float, as_json: bool) -> int:
         try:
             server = lab.spawn("server", floodlab.serve_argv())
             server.wait_output("ready")
-            total = 2 * seconds + 15  # the guard's compile and attach happen in between
-            flood = lab.spawn("attacker", floodlab.flood_argv(lab, count=2_000_000_000, seconds=total))
+            # The guard's compile and attach happen in between, under the flood: on a slow
+            # machine that takes tens of seconds. The demo stops both when it is done.
+            total = 2 * seconds + 120
+            flood = lab.spawn("attacker", floodlab.flood_argv(lab, floodlab.OUTLAST_FRAMES, total))
             try:
                 flood.wait_output("ready")
             except FastpathError:

@@ -65,7 +65,14 @@ TOPOLOGY: dict[str, Any] = {
 
 # -- commands to run in the lab's nodes ---------------------------------------------------------
 
-def serve_argv(port: int = SERVICE_PORT, backlog: int = 128) -> list[str]:
+# The service's listen backlog, and how long a spoofed SYN holds a slot in it on the server
+# (tcp_synack_retries=1: the SYN-ACK, one retransmit after 1 s, given up 2 s later). A flood
+# faster than SERVE_BACKLOG / HALF_OPEN_SECONDS SYNs a second keeps the unguarded queue full.
+SERVE_BACKLOG = 128
+HALF_OPEN_SECONDS = 3.0
+
+
+def serve_argv(port: int = SERVICE_PORT, backlog: int = SERVE_BACKLOG) -> list[str]:
     return [sys.executable, "-m", "fastpath.labs.floodlab", "serve", "--port", str(port),
             "--backlog", str(backlog)]
 
@@ -75,6 +82,18 @@ def probe_argv(target: str = SERVER4, port: int = SERVICE_PORT, count: int = 200
     return [sys.executable, "-m", "fastpath.labs.floodlab", "probe", "--target", target, "--port", str(port),
             "--count", str(count), "--timeout", str(timeout), "--interval", str(interval),
             "--seconds", str(seconds), *(["--progress"] if progress else [])]
+
+
+# A probe starts no attempt after its `seconds`, and one attempt lasts at most two timeouts
+# (the connect, then the echo): a flood that must outlast a probe runs for this long, bounded
+# in frames by a count it cannot reach first at any engine's rate.
+PROBE_SECONDS = 90.0
+OUTLAST_FRAMES = 1_000_000_000
+
+
+def outlast_seconds(probe_seconds: float = PROBE_SECONDS, timeout: float = 5.0) -> float:
+    """How long a flood must run to outlast a probe of `probe_seconds` with `timeout`."""
+    return probe_seconds + 2 * timeout + 10.0
 
 
 def flood_argv(lab: Lab, count: int, seconds: float, port: int = SERVICE_PORT,
@@ -253,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve", help="TCP echo service (IPv4 and IPv6) until SIGTERM")
     s.add_argument("--port", type=int, default=SERVICE_PORT)
-    s.add_argument("--backlog", type=int, default=128)
+    s.add_argument("--backlog", type=int, default=SERVE_BACKLOG)
     c = sub.add_parser("probe", help="legitimate connect+exchange attempts; prints JSON")
     c.add_argument("--target", default=SERVER4)
     c.add_argument("--port", type=int, default=SERVICE_PORT)

@@ -19,9 +19,6 @@ from fastpath.netns.pytest_plugin import run_fastpath as fastpath
 
 pytestmark = pytest.mark.integration
 
-# Bounds on the generator: whichever comes first.
-FLOOD_FRAMES = 60_000_000
-FLOOD_SECONDS = 40.0
 ATTEMPTS = 250
 
 
@@ -39,15 +36,16 @@ def engines() -> list[str]:
 
 def _flood_and_probe(lab, attempts: int, timeout: float, interval: float,
                      target: str, engine: str) -> tuple[dict, int, float]:
-    gen = lab.spawn("attacker", floodlab.flood_argv(lab, FLOOD_FRAMES, FLOOD_SECONDS, target=target,
-                                                    engine=engine))
+    gen = lab.spawn("attacker", floodlab.flood_argv(lab, floodlab.OUTLAST_FRAMES,
+                                                    floodlab.outlast_seconds(timeout=timeout),
+                                                    target=target, engine=engine))
     try:
         gen.wait_output("ready")
         assert floodlab.flood_engine(gen.output()) == engine
         lab.run("client", ["sleep", "0.5"])  # let the flood fill the SYN queue first
         probe = floodlab.probe_result(lab.run(
             "client", floodlab.probe_argv(target=target, count=attempts, timeout=timeout, interval=interval,
-                                          seconds=90),
+                                          seconds=floodlab.PROBE_SECONDS),
             timeout=150).stdout)
         assert gen.running, f"the flood must outlast the probe: {probe}"
         gen.signal(signal.SIGTERM)
@@ -119,11 +117,16 @@ def test_guard_keeps_service_reachable_under_spoofed_flood(lab, target, engine):
     # Every frame XDP saw is in exactly one outcome counter; the driver's count also holds the
     # few frames (neighbour discovery) that came between its first reading and the attach.
     assert xdp_seen - 50 <= stats["frames"] <= xdp_seen
+    # The premise: the flood reached the guard at many times the rate that keeps the unguarded
+    # server's SYN queue full, and XDP answered it with cookies. What share of the frames the
+    # generator's socket accepted reaches XDP is the machine's (the bridge and the veth ring in
+    # front of XDP drop the rest while the server's CPU is busy), so it is printed, not asserted.
+    fill_rate = floodlab.SERVE_BACKLOG / floodlab.HALF_OPEN_SECONDS
+    print(f"XDP saw {xdp_seen / sent:.0%} of the frames sent; {c['tx_cookie'] / seconds:,.0f} cookies/s, "
+          f"{c['tx_cookie'] / seconds / fill_rate:,.0f}x the rate that fills the unguarded SYN queue")
+    assert c["tx_cookie"] >= 100 * fill_rate * seconds, "the flood must reach the guard and be answered"
     # The flood is accounted for: answered with cookies, nothing dropped, nothing to the stack
     # but the good clients' validated ACKs, their flows and a little background traffic.
-    # (The packet engine counts what its socket accepted; the bridge may still drop some when
-    # the server's ring is full, so "most" is 70 %.)
-    assert c["tx_cookie"] >= 0.7 * sent, "most generated SYNs must reach XDP and be answered"
     # Every frame XDP saw landed in exactly one outcome counter (a client retransmitting an
     # ACK for a cookie it already used lands in drop_cookie).
     assert sum(c[name] for name in abi.OUTCOME_NAMES) == stats["frames"]
@@ -165,8 +168,10 @@ BARE = {
 
 def test_guard_on_a_bare_veth_pair(make_lab):
     """The README's `fastpath xdp attach` on a plain veth pair, no program on the peer and
-    no helper from the test: the runtime puts its pass program on the client's end, connects
-    keep working (>= 99 %) with and without a spoofed flood, and detach removes both."""
+    no helper from the test: by default the guard takes generic mode there (it says so) and
+    needs nothing on the peer; attached natively, the runtime puts its pass program on the
+    client's end, connects keep working (>= 99 %) with and without a spoofed flood, and
+    detach removes both."""
     lab = make_lab(BARE)
     ns, peer_ns = lab.netns("server"), lab.netns("client")
     server = lab.spawn("server", floodlab.serve_argv(port=80))
@@ -174,6 +179,13 @@ def test_guard_on_a_bare_veth_pair(make_lab):
     try:
         res = fastpath("xdp", "attach", "eth0", "--netns", ns, "--ports", "80", "--cookies", "always",
                        "--json")
+        att = json.loads(res.stdout)
+        assert (att["mode"], att["peer"]) == ("generic", {}), att
+        assert "eth0 is a veth: the guard attaches in generic mode" in res.stderr, res.stderr
+        assert xdp.read_state("eth0", peer_ns) is None
+        fastpath("xdp", "detach", "eth0", "--netns", ns)
+        res = fastpath("xdp", "attach", "eth0", "--netns", ns, "--ports", "80", "--cookies", "always",
+                       "--mode", "native", "--json")
         att = json.loads(res.stdout)
         assert att["mode"] == "native"
         assert att["peer"] == {"ifname": "eth0", "netns": peer_ns, "helper": True}
@@ -185,12 +197,13 @@ def test_guard_on_a_bare_veth_pair(make_lab):
         gen = lab.spawn("client", [sys.executable, "-m", "fastpath.labs.flood", "--iface", "eth0",
                                    "--dst-mac", lab.mac("server", "eth0"), "--dst", "10.67.0.2",
                                    "--dport", "80", "--src-net", floodlab.SPOOFED_NET,
-                                   "--count", str(FLOOD_FRAMES), "--seconds", str(FLOOD_SECONDS)])
+                                   "--count", str(floodlab.OUTLAST_FRAMES),
+                                   "--seconds", str(floodlab.outlast_seconds())])
         try:
             gen.wait_output("ready")
             flooded = floodlab.probe_result(lab.run("client", floodlab.probe_argv(
-                target="10.67.0.2", port=80, count=200, timeout=5.0, interval=0.01, seconds=90),
-                timeout=150).stdout)
+                target="10.67.0.2", port=80, count=200, timeout=5.0, interval=0.01,
+                seconds=floodlab.PROBE_SECONDS), timeout=150).stdout)
             assert gen.running, "the flood must outlast the probe"
         finally:
             gen.stop()

@@ -29,7 +29,7 @@ def test_paced_flood_sends_the_rate_spread_over_the_time(rate):
     t0 = time.monotonic()
     sent = paced_flood(flood, rate, 0.4)
     took = time.monotonic() - t0
-    assert 0.4 <= took < 0.6
+    assert 0.4 <= took < 1.5  # its bound, plus room for a scheduler stall on a busy machine
     assert 0.9 * rate * 0.4 <= sent <= rate * 0.4
     # spread out: the first 100 ms carry about a quarter of it, not all of it
     early = sum(n for t, n in flood.calls if t - t0 < 0.1)
