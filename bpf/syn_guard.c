@@ -392,8 +392,18 @@ static __always_inline u32 rate_check(struct sg_config *cfg, struct sg_pkt *p, u
  * stamp within the quiet period puts it back. So a port switches once any one CPU sees more
  * than the threshold rate of SYNs that do not complete. A handshake completes on the CPU of
  * its SYN (same tuple, same receive queue). Races between CPUs at a switch cost at most a
- * double-counted switch.
+ * double-counted switch. A port in cookie mode sends cookies only once the control plane has
+ * armed the SYNPROXY rules that finish their handshakes (`armed`, set when it sees a port
+ * switch); until then its SYNs go to the stack, whose own cookies cover the gap.
  */
+static __always_inline u32 cookies_if_armed(struct sg_adaptive *a)
+{
+	if (a->armed)
+		return 1;
+	sg_done(SG_EVENT_HELD, 0, 0);
+	return 0;
+}
+
 static __always_inline u32 adaptive_cookies(u32 port, u64 now)
 {
 	struct sg_port_state fresh_state = {.since_ns = now}, *st;
@@ -412,8 +422,10 @@ static __always_inline u32 adaptive_cookies(u32 port, u64 now)
 		port_syns.update(&port, &fresh_rate);
 		r = port_syns.lookup(&port);
 	}
-	if (!a || !st || !r)
-		return 1;  /* more adaptive ports than SG_ADAPTIVE_PORTS: the safe side */
+	if (!a)
+		return 1;
+	if (!st || !r)
+		return cookies_if_armed(a);  /* more adaptive ports than SG_ADAPTIVE_PORTS: the safe side */
 	if (now - r->window_start_ns >= SG_RATE_WINDOW_NS) {
 		r->window_start_ns = now;
 		r->syns = 0;
@@ -430,7 +442,7 @@ static __always_inline u32 adaptive_cookies(u32 port, u64 now)
 			__sync_fetch_and_add(&st->to_cookie, 1);
 			sg_done(SG_EVENT_TO_COOKIE, 0, 0);
 		}
-		return 1;
+		return cookies_if_armed(a);
 	}
 	/* signed: another CPU's clock may have stamped over_ns a hair after our `now` */
 	if (st->cookies && !r->over && (s64)(now - st->over_ns) > (s64)a->quiet_ns) {
@@ -439,7 +451,7 @@ static __always_inline u32 adaptive_cookies(u32 port, u64 now)
 		__sync_fetch_and_add(&st->to_pass, 1);
 		sg_done(SG_EVENT_TO_PASS, 0, 0);
 	}
-	return st->cookies;
+	return st->cookies ? cookies_if_armed(a) : 0;
 }
 
 /* A handshake to adaptive port `port` completed (the client's ACK found the stack's request

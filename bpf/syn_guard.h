@@ -44,7 +44,9 @@ enum sg_stat {
 	SG_EVENT_FLOW_IDLE = 20,/* a `flows` entry idle past SG_FLOW_IDLE_NS, checked against the stack again */
 	SG_EVENT_TO_COOKIE = 21,/* an adaptive port switched to SYN cookies (its SYN rate crossed the threshold) */
 	SG_EVENT_TO_PASS = 22, /* an adaptive port went back to passing SYNs after a quiet period */
-	SG_STAT_MAX = 23,
+	SG_EVENT_HELD = 23,    /* a SYN to an adaptive port in cookie mode passed to the stack (with
+				* SG_PASS_SYN) because the SYNPROXY rules are not armed yet */
+	SG_STAT_MAX = 24,
 };
 
 /* Values of the `ports` map, indexed by TCP destination port in host byte order. */
@@ -143,7 +145,10 @@ struct sg_adaptive {
 	__u64 quiet_ns;        /* back to passing SYNs after this long without a window over the threshold */
 	__u32 window_syns;     /* SYNs without a completed handshake one CPU may see for a port in one
 				  SG_RATE_WINDOW_NS window */
-	__u32 pad;
+	__u32 armed;           /* 1: the SYNPROXY rules that finish cookie handshakes are in, so a
+				  port in cookie mode sends cookies; 0: it passes SYNs to the stack
+				  (whose own SYN cookies take over when its queue fills) until the
+				  control plane has installed them */
 };
 
 /* Value of the per-CPU `port_syns` hash (key: TCP port, host byte order): this CPU's window.

@@ -72,6 +72,7 @@ class Watcher:
     bans: dict[tuple[str | None, str, str], int] = field(default_factory=dict)
     ban_counts: dict[tuple[str | None, str], int] = field(default_factory=dict)
     modes: dict[tuple[str | None, str, int], tuple[str, int, int]] = field(default_factory=dict)
+    armed: dict[tuple[str | None, str], bool] = field(default_factory=dict)
 
     def poll(self) -> None:
         atts = [a for a in xdp.attachments() if a.program != xdp.PEER_PROGRAM]
@@ -166,5 +167,22 @@ def watch_cookie_modes(w: Watcher, att: xdp.Attachment) -> None:
                           to_cookie=m.to_cookie, to_pass=m.to_pass)
 
 
+def watch_synproxy(w: Watcher, att: xdp.Attachment) -> None:
+    """synproxy_armed / synproxy_disarmed when the guard's on-demand watcher put its SYNPROXY
+    rules in (a port needs cookies) or took them out again."""
+    key = (att.netns, att.ifname)
+    proxy = synguard.synproxy_summary(att)
+    if proxy["setting"] != "on-demand":
+        w.armed.pop(key, None)
+        return
+    armed = bool(proxy["armed"])
+    before = w.armed.get(key)
+    w.armed[key] = armed
+    if before is not None and before != armed:
+        w.events.emit("synproxy_armed" if armed else "synproxy_disarmed", netns=att.netns,
+                      interface=att.ifname, table=proxy["table"])
+
+
 # Every guard event source, polled with each guard attachment.
-GUARD_WATCHES: list[Callable[[Watcher, xdp.Attachment], None]] = [watch_bans, watch_cookie_modes]
+GUARD_WATCHES: list[Callable[[Watcher, xdp.Attachment], None]] = [watch_bans, watch_cookie_modes,
+                                                                   watch_synproxy]

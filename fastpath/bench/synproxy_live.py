@@ -71,14 +71,7 @@ def _sysctl_path(name: str) -> Path:
 
 def _set_sysctl(netns: str, name: str, value: int) -> int:
     """Set `name` in `netns`; returns the previous value."""
-    with in_netns(netns):
-        path = _sysctl_path(name)
-        try:
-            old = int(path.read_text().split()[0])
-            path.write_text(f"{value}\n")
-        except OSError as exc:
-            raise FastpathError(f"cannot set {name} in {netns}: {exc.strerror}") from None
-    return old
+    return nft.swap_sysctl(netns, str(_sysctl_path(name)), lambda _old: value)
 
 
 class KernelXdpSynproxy:

@@ -88,6 +88,17 @@ def _namespace_of(nsid: int, netns: str | None, home_fd: int) -> str | None:
         f"the veth peer lives in a namespace that has no name (namespace id {nsid} seen from {where})")
 
 
+def is_veth(ifname: str, netns: str | None) -> bool:
+    """`ifname` in `netns` is one end of a veth pair (False also when it is not there)."""
+    from pyroute2 import IPRoute
+
+    with in_netns(netns), IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=ifname)
+        link = _link(ipr, found[0]) if found else None
+        info = link.get_attr("IFLA_LINKINFO") if link is not None else None
+        return info is not None and info.get_attr("IFLA_INFO_KIND") == "veth"
+
+
 def find(ifname: str, netns: str | None) -> VethPeer | None:
     """The veth peer of `ifname` in `netns`; None when the interface is not a veth."""
     from pyroute2 import IPRoute

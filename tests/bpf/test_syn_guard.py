@@ -71,9 +71,10 @@ class Guard:
         return TypedMap(os.dup(self.prog.map_fd(name)), key, value)
 
     def configure(self, config: GuardConfig, allow: list = (), deny: list = (),  # type: ignore[assignment]
-                  protected: tuple[str, ...] = (SERVER4, SERVER6, "127.0.0.1", "::1")) -> None:
+                  protected: tuple[str, ...] = (SERVER4, SERVER6, "127.0.0.1", "::1"),
+                  armed: bool = True) -> None:
         """Ports, lists and config as given; the servers' addresses are the host's own
-        (`protected_addrs`), as attach makes them."""
+        (`protected_addrs`), as attach makes them; `armed`: the SYNPROXY rules are in."""
         with self.map("protected_addrs") as m:
             m.clear()
             for addr in protected:
@@ -97,7 +98,9 @@ class Guard:
         acl4 = any(n.version == 4 for n in (*allow, *deny))
         acl6 = any(n.version == 6 for n in (*allow, *deny))
         with self.map("adaptive") as m:
-            m.set(ctypes.c_uint32(0), config.adaptive_ctype(int(self.defines["SG_RATE_WINDOW_NS"])))
+            record = config.adaptive_ctype(int(self.defines["SG_RATE_WINDOW_NS"]))
+            record.armed = int(armed)
+            m.set(ctypes.c_uint32(0), record)
         with self.map("config") as m:
             m.set(ctypes.c_uint32(0), config.to_ctype(acl4, acl6))
 
@@ -169,7 +172,8 @@ def test_header_enums_match_python_constants():
     c = _header_constants()
     for i, name in enumerate(abi.STAT_NAMES):
         events = {"bans": "BAN", "probes": "PROBE", "flow_socket": "SOCKET", "flow_ends": "FLOW_END",
-                  "flow_idle": "FLOW_IDLE", "to_cookie": "TO_COOKIE", "to_pass": "TO_PASS"}
+                  "flow_idle": "FLOW_IDLE", "to_cookie": "TO_COOKIE", "to_pass": "TO_PASS",
+                  "cookie_held": "HELD"}
         key = f"SG_EVENT_{events[name]}" if name in events else f"SG_{name.upper()}"
         assert c[key] == i, name
         assert (name in abi.EVENT_NAMES) == key.startswith("SG_EVENT_"), name
@@ -785,6 +789,26 @@ def test_adaptive_passes_syns_until_the_threshold_then_cookies_then_back(g):
     assert st is not None and (st.cookies, st.to_cookie, st.to_pass) == (0, 1, 1)
 
 
+def test_a_port_in_cookie_mode_passes_syns_until_the_rules_are_armed(g):
+    """On-demand SYNPROXY rules: a switched port sends no cookie that nothing could finish;
+    its SYNs go on to the stack (and its own cookies) until the control plane arms the rules."""
+    g.configure(GuardConfig(cookie_ports=(COOKIE,), cookies="adaptive", syn_threshold=1000), armed=False)
+    testrun.run_xdp(g.prog.prog_fd, syn4().build(), repeat=2000)
+    st = port_state(g)
+    assert st is not None and (st.cookies, st.to_cookie) == (1, 1), "the port switched"
+    res, delta = g.run(syn4())
+    assert (res.verdict, delta.keys()) == (PASS, {"pass_syn", "cookie_held"})
+    assert res.output == syn4().build(), "untouched"
+    with g.map("adaptive") as m:
+        record = m.get(ctypes.c_uint32(0))
+        record.armed = 1
+        m.set(ctypes.c_uint32(0), record)
+    assert set(g.run(syn4())[1]) == {"tx_cookie"}, "armed: cookies at once"
+    # cookies for every SYN never wait for the flag (their rules are in from attach on)
+    g.configure(GuardConfig(cookie_ports=(COOKIE,), cookies="always"), armed=False)
+    assert set(g.run(syn4())[1]) == {"tx_cookie"}
+
+
 def test_always_and_off_ignore_the_threshold(g):
     for mode, want in (("always", "tx_cookie"), ("off", "pass_syn")):
         g.configure(GuardConfig(cookie_ports=(COOKIE,), cookies=mode, syn_threshold=1))
@@ -905,8 +929,9 @@ def test_a_ban_outlives_a_spoofed_flood_of_a_million_sources(spoofer):
 def test_a_ban_ends_when_it_should(g):
     """A ban lasts --ban-seconds from the SYN that started it, then the source's SYNs are
     answered again and its entry leaves the ban map, whether the source table still knows
-    the source or forgot it meanwhile."""
-    g.configure(GuardConfig(cookie_ports=(COOKIE,), cookies="always", syn_rate=10, syn_burst=3, ban_after=2,
+    the source or forgot it meanwhile. One token a second: the six SYNs take far less than
+    that to run, even under emulation (a kernel matrix VM), so none of them finds a new one."""
+    g.configure(GuardConfig(cookie_ports=(COOKIE,), cookies="always", syn_rate=1, syn_burst=3, ban_after=2,
                             ban_seconds=0.3))
     kept, forgotten = "10.9.9.11", "10.9.9.12"
     for src in (kept, forgotten):
@@ -921,6 +946,7 @@ def test_a_ban_ends_when_it_should(g):
     while _coarse_ns() <= until:
         assert time.monotonic() < deadline, "the clock did not pass the ban's end"
         time.sleep(0.02)
+    time.sleep(1.2)  # and the kept source's bucket has a token again (one a second)
     with g.map("sources") as m:
         assert m.delete(_source_key(forgotten))
     for src in (kept, forgotten):

@@ -473,6 +473,9 @@ def test_agent_reports_cookie_mode_switches(flood_agent_lab):
     assert (on["netns"], on["interface"], on["port"], on["setting"], on["level"]) == \
         (ns, "eth0", COOKIE_PORT, "adaptive", "info"), on
     assert on["to_cookie"] >= 1 and on["to_pass"] == 0, on
+    # the on-demand SYNPROXY rules went in for it
+    armed = agent.wait_event("synproxy_armed", after=mark, timeout=30)
+    assert (armed["netns"], armed["interface"]) == (ns, "eth0") and armed["table"], armed
 
     # Quiet for longer than the quiet period: the next SYN goes to the stack again, a switch
     # back the agent reports with the port's switch counts.

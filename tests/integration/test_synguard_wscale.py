@@ -144,7 +144,8 @@ def test_listeners_with_different_scales_are_refused(lab):
     assert xdp.read_state("eth0", ns) is None and not xdp.pin_dir("eth0", ns).exists()
     assert "fastpath" not in lab.run("server", ["nft", "list", "ruleset"]).stdout
     # One of them alone is fine; adding the other live is refused the same way, nothing changed.
-    fastpath("xdp", "attach", "eth0", "--netns", ns, "--mode", "generic", "--ports", str(OTHER_PORT))
+    fastpath("xdp", "attach", "eth0", "--netns", ns, "--mode", "generic", "--synproxy", "always",
+             "--ports", str(OTHER_PORT))
     res = fastpath("xdp", "ports", "eth0", "--netns", ns, "--add", str(PORT), check=False)
     assert res.returncode != 0 and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert f"listener on [::]:{PORT} uses window scale 0" in res.stderr
@@ -155,7 +156,7 @@ def test_listeners_with_different_scales_are_refused(lab):
 def test_no_listener_at_attach_uses_sysctls_and_stats_warns_later(lab):
     ns = lab.netns("server")
     att = json.loads(fastpath("xdp", "attach", "eth0", "--netns", ns, "--mode", "generic", "--ports",
-                              str(PORT), "--json").stdout)
+                              str(PORT), "--synproxy", "always", "--json").stdout)
     scale = att["window_scale"]
     assert scale["source"] == "sysctl" and scale["listeners"] == []
     assert f"no listener on port {PORT} yet" in scale["note"]
@@ -169,7 +170,7 @@ def test_no_listener_at_attach_uses_sysctls_and_stats_warns_later(lab):
     assert "warning:" in res.stderr and "fastpath xdp attach eth0" in res.stderr
     # Re-attach takes the listener's scale.
     again = json.loads(fastpath("xdp", "attach", "eth0", "--netns", ns, "--mode", "generic", "--ports",
-                                str(PORT), "--json").stdout)
+                                str(PORT), "--synproxy", "always", "--json").stdout)
     assert again["window_scale"]["source"] == "listeners" and again["window_scale"]["value"] == 0
     assert json.loads(fastpath("xdp", "stats", "eth0", "--netns", ns, "--json", "--interval", "0")
                       .stdout)["warnings"] == []

@@ -161,7 +161,8 @@ def test_config_json_round_trip_and_description():
     assert "SYN cookies on 80,443" in text and "SYNs dropped on 23" in text
     assert "200 SYN/s per source (burst 400, ban 60s after 400 excess)" in text
     assert "cookies off" in GuardConfig(cookies="off").describe()
-    assert "adaptive SYN cookies on 80,443 (over 5000 unanswered SYN/s per CPU, back after 30s quiet)" in (
+    assert ("adaptive SYN cookies on 80,443 (over 5000 unanswered SYN/s per CPU, back after 30s quiet, "
+            "SYNPROXY rules on-demand)") in (
         GuardConfig().describe())
     # a state written before adaptive mode existed: True was cookies for every SYN
     assert GuardConfig.from_json({"cookie_ports": [80], "cookies": True}).cookies == "always"
@@ -178,13 +179,27 @@ def test_adaptive_threshold_per_window():
     assert GuardConfig(quiet_seconds=0).adaptive_ctype(window).quiet_ns == 2 * window, "two windows at least"
 
 
-ADAPTIVE_ONLY = "--syn-threshold and --quiet-period apply to --cookies adaptive"
+def test_synproxy_rules_on_demand_only_for_adaptive_cookies() -> None:
+    assert GuardConfig().on_demand, "the default: rules armed only while a port needs cookies"
+    assert not GuardConfig(synproxy="always").on_demand
+    assert not GuardConfig(cookies="always").on_demand
+    assert not GuardConfig(cookies="off").on_demand
+    assert not GuardConfig(cookie_ports=(), drop_ports=(23,)).on_demand
+    assert not GuardConfig(fragments="pass").on_demand, "reassembled SYNs need the rules' fragment chains"
+    with pytest.raises(FastpathError, match="bad SYNPROXY setting 'sometimes'"):
+        GuardConfig(synproxy="sometimes").validate()
+    args = build_parser().parse_args(["xdp", "attach", "eth0", "--synproxy", "always"])
+    assert cli.attach_config(args).synproxy == "always"
+
+
+ADAPTIVE_ONLY = "--syn-threshold, --quiet-period and --synproxy apply to --cookies adaptive"
 
 
 @pytest.mark.parametrize(("argv", "msg"), [
     (["--cookies", "always", "--no-cookies"], "--no-cookies contradicts --cookies always"),
     (["--cookies", "always", "--syn-threshold", "100/s"], f"{ADAPTIVE_ONLY}, not always"),
     (["--no-cookies", "--quiet-period", "3"], f"{ADAPTIVE_ONLY}, not off"),
+    (["--cookies", "always", "--synproxy", "always"], f"{ADAPTIVE_ONLY}, not always"),
     (["--syn-threshold", "off"], "--syn-threshold cannot be off"),
     (["--syn-threshold", "lots"], "bad SYN rate 'lots'"),
     (["--quiet-period", "-2"], "--quiet-period -2 out of range"),
@@ -362,3 +377,14 @@ def test_packet_engine_pool_frames_are_valid_distinct_syns(src: str, dst: str, n
         assert ipaddress.ip_address(pkt.payload.src) in network
         sources.add((pkt.payload.src, pkt[TCP].sport))
     assert len(sources) >= 195
+
+
+def test_status_says_where_the_synproxy_rules_stand() -> None:
+    cell = cli._synproxy_cell
+    assert cell({"setting": "on-demand", "armed": False, "table": None, "watcher_pid": 42}) == \
+        "out (on demand)"
+    assert cell({"setting": "on-demand", "armed": True, "table": "t", "watcher_pid": None}) == \
+        "in (on demand, NO watcher)"
+    assert cell({"setting": "always", "armed": True, "table": "t", "watcher_pid": None}) == "in (always)"
+    assert cell({"setting": "off", "armed": False, "table": None, "watcher_pid": None}) == "-"
+    assert cell(None) == "-"

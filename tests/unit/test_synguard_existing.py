@@ -88,3 +88,34 @@ def test_flood_frame_v6_is_a_valid_syn():
     assert pkt[IPv6].plen == 24 and pkt[IPv6].nh == 6 and pkt[IPv6].dst == "fd66::2"
     assert pkt["TCP"].flags == "S" and pkt["TCP"].options == [("MSS", 1460)]
     assert len(raw) == 14 + 40 + 24
+
+
+def _dumped(status: int, tsoff: int | None = None, dport: int = 8080, state: int = 3) -> bytes:
+    """A conntrack entry as a dump returns it (after its netlink header), encoded by pyroute2."""
+    msg = nfct_msg()
+    msg["nfgen_family"] = socket.AF_INET
+    proto = [("CTA_PROTO_NUM", socket.IPPROTO_TCP), ("CTA_PROTO_SRC_PORT", 40000),
+             ("CTA_PROTO_DST_PORT", dport)]
+    tcp = [("CTA_PROTOINFO_TCP_STATE", state)]
+    attrs = [("CTA_TUPLE_ORIG", {"attrs": [("CTA_TUPLE_PROTO", {"attrs": proto})]}),
+             ("CTA_STATUS", status),
+             ("CTA_PROTOINFO", {"attrs": [("CTA_PROTOINFO_TCP", {"attrs": tcp})]})]
+    if tsoff is not None:
+        attrs.append(("CTA_SYNPROXY", {"attrs": [("CTA_SYNPROXY_ISN", 1), ("CTA_SYNPROXY_ITS", 2),
+                                                 ("CTA_SYNPROXY_TSOFF", tsoff)]}))
+    msg["attrs"] = attrs
+    msg.encode()
+    return bytes(msg.data[16:msg["header"]["length"]])
+
+
+def test_a_connection_is_spliced_when_synproxy_translates_its_sequence_or_timestamps():
+    """What keeps on-demand rules armed: SYNPROXY translating a live connection's sequence
+    numbers (IPS_SEQ_ADJUST) or, with a sequence offset of 0 (a server that answered with a
+    cookie equal to the guard's), its timestamps (CTA_SYNPROXY's TSOFF)."""
+    ports = {8080}
+    assert existing._spliced_entry(_dumped(existing.IPS_SEQ_ADJUST), ports)
+    assert existing._spliced_entry(_dumped(0, tsoff=5), ports)
+    assert not existing._spliced_entry(_dumped(0, tsoff=0), ports), "nothing translated"
+    assert not existing._spliced_entry(_dumped(existing.IPS_CONFIRMED), ports), "not through SYNPROXY"
+    assert not existing._spliced_entry(_dumped(existing.IPS_SEQ_ADJUST, dport=80), ports), "another port"
+    assert not existing._spliced_entry(_dumped(existing.IPS_SEQ_ADJUST, state=existing.CT_TIME_WAIT), ports)

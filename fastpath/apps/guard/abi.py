@@ -58,13 +58,14 @@ STAT_NAMES = (
     "pass_other", "pass_allow", "drop_deny", "drop_port", "drop_limited", "drop_banned",
     "tx_cookie", "pass_syn", "pass_cookie", "drop_cookie", "pass_flow", "pass_tcp",
     "fragment", "drop_malformed", "drop_error", "bans", "probes", "pass_dest", "flow_socket",
-    "flow_ends", "flow_idle", "to_cookie", "to_pass",
+    "flow_ends", "flow_idle", "to_cookie", "to_pass", "cookie_held",
 )
 SG_OUTCOMES = 15
-SG_STAT_MAX = 23
+SG_STAT_MAX = 24
 STAT = {name: i for i, name in enumerate(STAT_NAMES)}
 # SG_EVENT_*: events that accompany an outcome
-EVENT_NAMES = ("bans", "probes", "flow_socket", "flow_ends", "flow_idle", "to_cookie", "to_pass")
+EVENT_NAMES = ("bans", "probes", "flow_socket", "flow_ends", "flow_idle", "to_cookie", "to_pass",
+               "cookie_held")
 OUTCOME_NAMES = tuple(n for n in STAT_NAMES if n not in EVENT_NAMES)
 
 # enum sg_port_mode, enum sg_acl_action, SG_CFG_* flags.
@@ -141,7 +142,7 @@ class SgFlow(ctypes.Structure):
 
 
 class SgAdaptive(ctypes.Structure):
-    _fields_ = [("quiet_ns", ctypes.c_uint64), ("window_syns", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
+    _fields_ = [("quiet_ns", ctypes.c_uint64), ("window_syns", ctypes.c_uint32), ("armed", ctypes.c_uint32)]
 
 
 class SgPortRate(ctypes.Structure):

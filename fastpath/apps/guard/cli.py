@@ -16,6 +16,7 @@ from fastpath.apps.guard.config import (
     COOKIE_MODES,
     DEFAULT_QUIET_SECONDS,
     DEFAULT_SYN_THRESHOLD,
+    SYNPROXY_MODES,
     GuardConfig,
     cookie_mode,
     parse_ports,
@@ -72,6 +73,7 @@ STAT_HELP = {
     "flow_idle": "cached flows idle too long, checked again (event)",
     "to_cookie": "adaptive ports switched to cookies (event)",
     "to_pass": "adaptive ports back to passing SYNs (event)",
+    "cookie_held": "SYNs passed while the SYNPROXY rules were being armed (event)",
 }
 
 
@@ -114,6 +116,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     att.add_argument("--quiet-period", metavar="S",
                      help=f"adaptive: seconds under the threshold before a port passes SYNs again "
                           f"(default {DEFAULT_QUIET_SECONDS:g})")
+    att.add_argument("--synproxy", choices=SYNPROXY_MODES, default=None,
+                     help="adaptive: on-demand (default): the SYNPROXY rules, and the conntrack they "
+                          "turn on, only while a port is in cookie mode (a watcher process arms them "
+                          "within ~0.1 s of a switch; the stack's own cookies cover that gap); always: "
+                          "from attach on (also what --fragments pass implies)")
     att.add_argument("--fragments", choices=("drop", "pass"), default="drop",
                      help="verdict for first fragments to protected ports (default drop); pass: the "
                           "stack reassembles them and SYNs among them get SYNPROXY (IPv4) or a drop (IPv6)")
@@ -223,10 +230,13 @@ def _cookie_settings(args: argparse.Namespace) -> dict[str, object]:
     if args.no_cookies and args.cookies not in (None, "off"):
         raise FastpathError(f"--no-cookies contradicts --cookies {args.cookies}", fix="give one of them")
     mode = "off" if args.no_cookies else (args.cookies or "adaptive")
-    if mode != "adaptive" and (args.syn_threshold is not None or args.quiet_period is not None):
-        raise FastpathError(f"--syn-threshold and --quiet-period apply to --cookies adaptive, not {mode}",
-                            fix="drop them, or use --cookies adaptive")
+    if mode != "adaptive" and (args.syn_threshold is not None or args.quiet_period is not None
+                               or getattr(args, "synproxy", None) is not None):
+        raise FastpathError(f"--syn-threshold, --quiet-period and --synproxy apply to --cookies adaptive, "
+                            f"not {mode}", fix="drop them, or use --cookies adaptive")
     out: dict[str, object] = {"cookies": mode}
+    if getattr(args, "synproxy", None) is not None:
+        out["synproxy"] = args.synproxy
     if args.syn_threshold is not None:
         threshold = parse_rate(args.syn_threshold)
         if threshold == 0:
@@ -257,6 +267,8 @@ def cmd_attach(args: argparse.Namespace) -> int:
         return 0
     res = synguard.attach(args.iface, args.netns, args.mode, cfg, peer_program=args.peer_program)
     att = res.attachment
+    for note in res.notes:
+        info(note)
     scale = res.window_scale
     if args.json:
         print_json({**synguard.status(att), "replaced": res.replaced, "defines": res.defines,
@@ -269,7 +281,11 @@ def cmd_attach(args: argparse.Namespace) -> int:
         layers.append("per-source SYN rate")
     if cfg.uses_cookies:
         how = "adaptive SYN cookies" if cfg.cookies == "adaptive" else "SYN cookies"
-        layers.append(f"{how} + SYNPROXY (nft table {res.nft_table})")
+        if res.nft_table:
+            layers.append(f"{how} + SYNPROXY (nft table {res.nft_table})")
+        else:
+            table = nft.table_name(att.ifname, att.ifindex)
+            layers.append(f"{how} + SYNPROXY on demand (nft table {table} while a port needs cookies)")
     kept = f"; {res.kept} open connection(s) kept" if res.kept else ""
     scaled = f"; {scale.note}" if scale else ""
     info(f"syn_guard {verb} {args.iface}{where} ({att.mode} mode, prog id {att.prog_id}): "
@@ -284,6 +300,17 @@ def cmd_detach(args: argparse.Namespace) -> int:
     info(f"syn_guard detached from {args.iface}{where}; pins, state and nft rules removed"
          + ("" if att else " (state file was already gone)"))
     return 0
+
+
+def _synproxy_cell(proxy: object) -> str:
+    """The SYNPROXY rules in one status cell: in / out, and for on-demand rules whether the
+    watcher that arms them runs."""
+    if not isinstance(proxy, dict) or proxy.get("setting") == "off":
+        return "-"
+    state = "in" if proxy.get("armed") else "out"
+    if proxy.get("setting") != "on-demand":
+        return f"{state} (always)"
+    return f"{state} (on demand{'' if proxy.get('watcher_pid') else ', NO watcher'})"
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -311,9 +338,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             ports.append(f"drop {','.join(map(str, cfg['drop_ports']))}")
         table.append([r["netns"] or "root", r["ifname"], r["mode"],
                       "yes" if r["alive"] else "NO (interface gone)", "; ".join(ports) or "-", rate,
-                      f"{counters.get('tx_cookie', 0):,}", f"{drops:,}"])
-    print_table(["namespace", "interface", "mode", "alive", "ports", "SYN rate", "SYN-ACKs sent", "dropped"],
-                table, title="XDP SYN guard")
+                      _synproxy_cell(r.get("synproxy")), f"{counters.get('tx_cookie', 0):,}", f"{drops:,}"])
+    print_table(["namespace", "interface", "mode", "alive", "ports", "SYN rate", "SYNPROXY rules",
+                 "SYN-ACKs sent", "dropped"], table, title="XDP SYN guard")
     return 0
 
 
@@ -359,12 +386,19 @@ def cmd_stats(args: argparse.Namespace) -> int:
         frames = sum(cur[n][0] for n in abi.OUTCOME_NAMES)
         bans = synguard.read_bans(att)
         modes = _port_modes(att)
+        proxy = synguard.synproxy_summary(att)
+        if proxy["setting"] == "on-demand" and proxy["watcher_pid"] is None:
+            warnings.append("the on-demand SYNPROXY watcher is not running: a port that switches to "
+                            "cookies passes SYNs to the stack instead")
+            ports = ",".join(map(str, synguard.guard_config(att).cookie_ports))
+            info(f"warning: {warnings[-1]}; re-attach the guard to start it: fastpath xdp attach "
+                 f"{att.ifname}{_ns_flag(att.netns)} --ports {ports}")
         if args.json:
             print_json({"ifname": att.ifname, "netns": att.netns, "frames": frames,
                         "counters": {r["counter"]: {k: v for k, v in r.items() if k != "counter"}
                                      for r in rows}, "warnings": warnings,
                         "banned": [_ban_json(b) for b in bans],
-                        "ports": [m.to_json() for m in modes]})
+                        "ports": [m.to_json() for m in modes], "synproxy": proxy})
             return 0
         print_table(["counter", "packets", "pps", "bytes", "meaning"],
                     [[r["counter"], f"{r['packets']:,}", f"{r['pps']:,.0f}" if "pps" in r else "-",
@@ -376,6 +410,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
                           "-" if m.since_s is None else f"{m.since_s:g}s", f"{m.to_cookie:,}",
                           f"{m.to_pass:,}"] for m in modes],
                         title=f"cookie ports on {att.ifname}")
+        if proxy["setting"] != "off":
+            state = "armed" if proxy["armed"] else "not armed (no port needs cookies)"
+            watcher = f", watcher pid {proxy['watcher_pid']}" if proxy["watcher_pid"] else ""
+            info(f"SYNPROXY rules: {proxy['setting']}, {state}{watcher}")
         if bans:
             shown = ", ".join(b.source for b in bans[:5]) + (", ..." if len(bans) > 5 else "")
             info(f"{len(bans)} source(s) banned now: {shown} (fastpath xdp bans {att.ifname}"

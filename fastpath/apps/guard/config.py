@@ -96,6 +96,7 @@ def parse_protect(text: str) -> tuple[str, ...]:
 
 
 COOKIE_MODES = ("adaptive", "always", "off")
+SYNPROXY_MODES = ("on-demand", "always")
 DEFAULT_SYN_THRESHOLD = 5000.0  # SYNs per second to one port on one CPU that complete no handshake
 DEFAULT_QUIET_SECONDS = 30.0
 
@@ -123,6 +124,7 @@ class GuardConfig:
     cookies: str = "adaptive"      # adaptive: cookies per port under a SYN flood; always; off
     syn_threshold: float = DEFAULT_SYN_THRESHOLD  # adaptive: unanswered SYN/s to a port on one CPU: cookies
     quiet_seconds: float = DEFAULT_QUIET_SECONDS  # adaptive: back to passing SYNs after this long quiet
+    synproxy: str = "on-demand"    # adaptive: SYNPROXY rules only while a port needs them; always
     fragments: str = "drop"        # verdict for first fragments to protected ports
     protect: tuple[str, ...] = (PROTECT_LOCAL,)  # destinations guarded: see parse_protect
 
@@ -144,6 +146,8 @@ class GuardConfig:
                                 fix="give both, e.g. --syn-rate 200/s --syn-burst 400")
         if self.cookies not in COOKIE_MODES:
             raise FastpathError(f"bad cookie mode {self.cookies!r}", fix="use adaptive, always or off")
+        if self.synproxy not in SYNPROXY_MODES:
+            raise FastpathError(f"bad SYNPROXY setting {self.synproxy!r}", fix="use on-demand or always")
         if not 0 < self.syn_threshold <= 1e9:
             raise FastpathError(f"SYN threshold {self.syn_threshold:g}/s out of range",
                                 fix="use a rate above 0 and up to 1e9/s, e.g. --syn-threshold 5000/s")
@@ -206,6 +210,15 @@ class GuardConfig:
         """SYNs to cookie ports may be answered from XDP (so SYNPROXY rules are needed)."""
         return self.cookies != "off" and bool(self.cookie_ports)
 
+    @property
+    def on_demand(self) -> bool:
+        """The SYNPROXY rules are armed only while an adaptive port is in cookie mode
+        (fastpath/apps/guard/ondemand.py); otherwise they stay in as long as cookies are on.
+        `fragments pass` keeps them in: SYNs reassembled from fragments never show XDP a SYN,
+        so only the rules' fragment chains answer them, flood or not."""
+        return (self.uses_cookies and self.cookies == "adaptive" and self.synproxy == "on-demand"
+                and self.fragments != "pass")
+
     def adaptive_ctype(self, window_ns: int) -> SgAdaptive:
         """The `adaptive` record: the threshold as SYNs per CPU per window of `window_ns`; the
         quiet period at least two windows (a flood seen by one CPU stamps the port once per
@@ -239,7 +252,7 @@ class GuardConfig:
             how = {"always": "SYN cookies", "adaptive": "adaptive SYN cookies",
                    "off": "rate limit only (cookies off)"}[self.cookies]
             when = (f" (over {self.syn_threshold:g} unanswered SYN/s per CPU, "
-                    f"back after {self.quiet_seconds:g}s quiet)"
+                    f"back after {self.quiet_seconds:g}s quiet, SYNPROXY rules {self.synproxy})"
                     if self.cookies == "adaptive" else "")
             parts.append(f"{how} on {','.join(map(str, self.cookie_ports))}{when}")
         if self.drop_ports:

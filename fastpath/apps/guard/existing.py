@@ -78,14 +78,16 @@ CT_STATE = {
 }
 
 # ctnetlink (linux/netfilter/nfnetlink_conntrack.h)
-NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_NEW = 1, 0
+NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_NEW, IPCTNL_MSG_CT_GET = 1, 0, 1
 CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_STATUS, CTA_PROTOINFO, CTA_TIMEOUT = 1, 2, 3, 4, 7
 CTA_TUPLE_IP, CTA_TUPLE_PROTO = 1, 2
 CTA_IP_V4_SRC, CTA_IP_V4_DST, CTA_IP_V6_SRC, CTA_IP_V6_DST = 1, 2, 3, 4
 CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT = 1, 2, 3
 CTA_PROTOINFO_TCP = 1
+CTA_SYNPROXY, CTA_SYNPROXY_TSOFF = 24, 3  # SYNPROXY's extension (Linux >= 5.3): ISN, ITS, TSOFF
 CTA_PROTOINFO_TCP_STATE, CTA_PROTOINFO_TCP_FLAGS_ORIGINAL, CTA_PROTOINFO_TCP_FLAGS_REPLY = 1, 4, 5
-IPS_SEEN_REPLY, IPS_ASSURED, IPS_CONFIRMED = 1 << 1, 1 << 2, 1 << 3
+IPS_SEEN_REPLY, IPS_ASSURED, IPS_CONFIRMED, IPS_SEQ_ADJUST = 1 << 1, 1 << 2, 1 << 3, 1 << 6
+CT_TIME_WAIT = 7  # conntrack TCP states from here on (TIME_WAIT, CLOSE) exchange no more data
 # ctnetlink refuses to change CONFIRMED (EBUSY) and marks a new entry confirmed before it
 # applies CTA_STATUS on current kernels, so the status we send must carry the bit as well;
 # a kernel that applies the status first gets the one without it.
@@ -205,19 +207,21 @@ def _tuple(kind: int, src: Address, dst: Address, sport: int, dport: int) -> byt
 
 
 def conntrack_message(conn: Connection, timeout: int, seq: int = 1,
-                      status: int = STATUS_CHOICES[0]) -> bytes:
-    """The IPCTNL_MSG_CT_NEW request (create, exclusive) for one connection."""
+                      status: int | None = STATUS_CHOICES[0]) -> bytes:
+    """The IPCTNL_MSG_CT_NEW request for one connection: create, exclusive; with `status`
+    None, an update of the entry conntrack has (state, timeout and liberal window checks)."""
     flags = bytes([IP_CT_TCP_FLAG_SACK_PERM | IP_CT_TCP_FLAG_BE_LIBERAL] * 2)  # flags, mask
     tcp = (_attr(CTA_PROTOINFO_TCP_STATE, bytes([CT_STATE[conn.state]])) +
            _attr(CTA_PROTOINFO_TCP_FLAGS_ORIGINAL, flags) + _attr(CTA_PROTOINFO_TCP_FLAGS_REPLY, flags))
-    attrs = (_tuple(CTA_TUPLE_ORIG, conn.client, conn.server, conn.client_port, conn.server_port) +
-             _tuple(CTA_TUPLE_REPLY, conn.server, conn.client, conn.server_port, conn.client_port) +
-             _attr(CTA_STATUS, struct.pack("!I", status)) +
-             _attr(CTA_TIMEOUT, struct.pack("!I", timeout)) +
-             _attr(CTA_PROTOINFO, _attr(CTA_PROTOINFO_TCP, tcp, True), True))
+    attrs = _tuple(CTA_TUPLE_ORIG, conn.client, conn.server, conn.client_port, conn.server_port)
+    if status is not None:
+        attrs += (_tuple(CTA_TUPLE_REPLY, conn.server, conn.client, conn.server_port, conn.client_port) +
+                  _attr(CTA_STATUS, struct.pack("!I", status)))
+    attrs += (_attr(CTA_TIMEOUT, struct.pack("!I", timeout)) +
+              _attr(CTA_PROTOINFO, _attr(CTA_PROTOINFO_TCP, tcp, True), True))
     nfgen = struct.pack("=BBH", conn.family, 0, 0)
-    return _nlmsg(NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_NEW,
-                  NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, seq, nfgen + attrs)
+    flags_nl = NLM_F_REQUEST | NLM_F_ACK | (NLM_F_CREATE | NLM_F_EXCL if status is not None else 0)
+    return _nlmsg(NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_NEW, flags_nl, seq, nfgen + attrs)
 
 
 def _timeouts() -> dict[int, int]:
@@ -240,9 +244,12 @@ def _request(sock: socket.socket, msg: bytes) -> int:
                 return int(-struct.unpack_from("=i", body)[0])
 
 
-def add_conntrack(netns: str | None, conns: Sequence[Connection]) -> int:
+def add_conntrack(netns: str | None, conns: Sequence[Connection], refresh: bool = False) -> int:
     """Create a conntrack entry per connection; returns how many were new (EEXIST: conntrack
-    tracks that connection already, and its entry is kept)."""
+    tracks that connection already, and its entry is kept). With `refresh`, an entry conntrack
+    has is brought up to date instead (state, timeout, liberal window checks): the SYNPROXY
+    rules armed on demand turn conntrack on again, over entries it stopped updating while
+    it was off, whose window history would call the connection's next segments INVALID."""
     if not conns:
         return 0
     with xdp.in_netns(netns):
@@ -255,11 +262,77 @@ def add_conntrack(netns: str | None, conns: Sequence[Connection]) -> int:
                 code = _request(sock, conntrack_message(conn, timeouts[CT_STATE[conn.state]], seq, status))
                 if code != errno.EBUSY:
                     break
-            if code == 0:
+            if code == errno.EEXIST and refresh:
+                code = _request(sock, conntrack_message(conn, timeouts[CT_STATE[conn.state]], seq, None))
+                if code == errno.ENOENT:  # it ended meanwhile
+                    code = 0
+            elif code == 0:
                 created += 1
-            elif code != errno.EEXIST:
+            if code not in (0, errno.EEXIST):
                 raise FastpathError(
                     f"creating the conntrack entry of {conn.client}:{conn.client_port} -> "
                     f"{conn.server}:{conn.server_port} failed: {os.strerror(code)}",
                     fix="the kernel needs nf_conntrack_netlink (modprobe nf_conntrack_netlink)")
     return created
+
+
+def _attrs(data: bytes) -> dict[int, bytes]:
+    """A netlink attribute stream as {type: payload} (NLA_F_NESTED cleared)."""
+    out: dict[int, bytes] = {}
+    off = 0
+    while off + 4 <= len(data):
+        length, kind = struct.unpack_from("=HH", data, off)
+        if length < 4:
+            break
+        out[kind & 0x3FFF] = data[off + 4:off + length]
+        off += (length + 3) & ~3
+    return out
+
+
+def _spliced_entry(body: bytes, ports: set[int]) -> bool:
+    """One conntrack entry (after its nfgenmsg): TCP to one of `ports`, still exchanging
+    data, with sequence numbers or timestamps translated (what SYNPROXY sets up on the
+    handshake it completes; either can be 0: a server that answers SYNPROXY's SYN with a
+    cookie of its own picks the same ISN as the guard's cookie, a client without timestamps
+    has no offset)."""
+    attrs = _attrs(body[4:])
+    status = attrs.get(CTA_STATUS)
+    if status is None:
+        return False
+    tsoff = _attrs(attrs.get(CTA_SYNPROXY, b"")).get(CTA_SYNPROXY_TSOFF, b"\0\0\0\0")
+    if not (struct.unpack("!I", status[:4])[0] & IPS_SEQ_ADJUST or struct.unpack("!I", tsoff[:4])[0]):
+        return False
+    proto = _attrs(_attrs(attrs.get(CTA_TUPLE_ORIG, b"")).get(CTA_TUPLE_PROTO, b""))
+    if proto.get(CTA_PROTO_NUM, b"\0")[:1] != bytes([socket.IPPROTO_TCP]):
+        return False
+    dport = proto.get(CTA_PROTO_DST_PORT)
+    if dport is None or struct.unpack("!H", dport[:2])[0] not in ports:
+        return False
+    tcp = _attrs(_attrs(attrs.get(CTA_PROTOINFO, b"")).get(CTA_PROTOINFO_TCP, b""))
+    state = tcp.get(CTA_PROTOINFO_TCP_STATE, b"\0")[0]
+    return state < CT_TIME_WAIT
+
+
+def spliced(netns: str | None, ports: Iterable[int]) -> int:
+    """Connections to `ports` in `netns` that SYNPROXY opened and that still exchange data:
+    they need its rules (and conntrack) until they end, so on-demand rules stay armed."""
+    wanted = set(ports)
+    with xdp.in_netns(netns):
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+    count = 0
+    with sock:
+        nfgen = struct.pack("=BBH", socket.AF_UNSPEC, 0, 0)
+        kind = NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_GET
+        sock.send(_nlmsg(kind, NLM_F_REQUEST | NLM_F_DUMP, 1, nfgen))
+        while True:
+            for msg_type, body in _messages(sock.recv(1 << 20)):
+                if msg_type == NLMSG_DONE:
+                    return count
+                if msg_type == NLMSG_ERROR:
+                    code = -struct.unpack_from("=i", body)[0]
+                    if code == 0:
+                        continue
+                    raise FastpathError(f"listing conntrack entries failed: {os.strerror(code)}",
+                                        fix="the kernel needs nf_conntrack_netlink")
+                if msg_type & 0xFF == IPCTNL_MSG_CT_NEW and _spliced_entry(body, wanted):
+                    count += 1

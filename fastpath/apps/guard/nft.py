@@ -49,7 +49,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from fastpath.bpf import xdp
@@ -58,6 +58,7 @@ from fastpath.netns.procs import run_in_netns
 
 TABLE_PREFIX = "fastpath_synguard_"
 TCP_LOOSE = "/proc/sys/net/netfilter/nf_conntrack_tcp_loose"
+CONNTRACK_FIX = "the kernel needs nf_conntrack (modprobe nf_conntrack)"
 # The packet-mark bit that carries "reassembled from fragments" from before conntrack's
 # defrag to right after it (set and cleared there; never seen by other rules).
 FRAG_MARK = 0x00400000
@@ -183,12 +184,18 @@ def ports(netns: str | None, table: str) -> list[int]:
 def set_tcp_loose(netns: str | None, value: int) -> int:
     """Set nf_conntrack_tcp_loose in `netns`; returns the previous value. At 0 conntrack
     does not pick up mid-stream ACKs as established, so SYNPROXY sees the handshake ACK."""
+    return swap_sysctl(netns, TCP_LOOSE, lambda _old: value, fix=CONNTRACK_FIX)
+
+
+def swap_sysctl(netns: str | None, path: str, value: Callable[[int], int], fix: str = "") -> int:
+    """Set the integer sysctl at `path` in `netns` to `value(old)` (not written when equal);
+    returns the old value. CapabilityError when it cannot be read or written."""
     with xdp.in_netns(netns):
-        path = Path(TCP_LOOSE)
         try:
-            old = int(path.read_text().strip())
-            path.write_text(f"{value}\n")
+            old = int(Path(path).read_text().split()[0])
+            new = value(old)
+            if new != old:
+                Path(path).write_text(f"{new}\n")
         except OSError as exc:
-            raise CapabilityError(f"cannot set {TCP_LOOSE}: {exc.strerror}",
-                                  fix="the kernel needs nf_conntrack (modprobe nf_conntrack)") from None
+            raise CapabilityError(f"cannot set {path}: {exc.strerror}", fix=fix or None) from None
     return old

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import ipaddress
 import os
 import socket
@@ -28,7 +29,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fastpath.apps.guard import existing, listeners, nft
+from fastpath.apps.guard import armer, existing, knobs, listeners, nft
 from fastpath.apps.guard.abi import (
     ACL_ACTIONS,
     MAP_TYPES,
@@ -44,6 +45,7 @@ from fastpath.apps.guard.abi import (
     STAT_NAMES,
     TUNABLES,
     Network,
+    SgAdaptive,
     SgAddr,
     SgConfig,
     SgFlow,
@@ -57,8 +59,9 @@ from fastpath.apps.guard.abi import (
 )
 from fastpath.apps.guard.config import PROTECT_LOCAL as PROTECT_LOCAL_WORD
 from fastpath.apps.guard.config import GuardConfig, plan_defines
-from fastpath.bpf import chain, xdp
+from fastpath.bpf import chain, peer, xdp
 from fastpath.bpf.maps import TypedMap
+from fastpath.core.paths import RUN_ROOT
 from fastpath.errors import FastpathError
 
 SG_PROTECTED_MAX = TUNABLES["SG_PROTECTED_MAX"]
@@ -124,7 +127,10 @@ def write_config(att: xdp.Attachment, config: GuardConfig) -> None:
     # the threshold first: the flag that makes the program read it comes with `config`
     window = int(att.defines.get("SG_RATE_WINDOW_NS", TUNABLES["SG_RATE_WINDOW_NS"]))
     with open_map(att, "adaptive") as m:
-        m.set(ctypes.c_uint32(0), config.adaptive_ctype(window))
+        record = config.adaptive_ctype(window)
+        old = m.get(ctypes.c_uint32(0))
+        record.armed = old.armed if old is not None else 0
+        m.set(ctypes.c_uint32(0), record)
     with open_map(att, "config") as m:
         m.set(ctypes.c_uint32(0), config.to_ctype(acl4, acl6))
 
@@ -362,6 +368,10 @@ def acl_change(atts: Sequence[xdp.Attachment], action: str, verb: str, nets: Seq
     return changed
 
 
+def _ns_where(netns: str | None) -> str:
+    return f" in netns {netns}" if netns else ""
+
+
 def _ns_flag(netns: str | None) -> str:
     return f" --netns {netns}" if netns else ""
 
@@ -414,6 +424,7 @@ class AttachResult:
     defines: dict[str, int] = field(default_factory=dict)
     kept: int = 0  # connections open at attach carried into conntrack and the flows map
     window_scale: listeners.WindowScale | None = None  # what the SYN-ACKs promise (cookies on)
+    notes: list[str] = field(default_factory=list)  # why `auto` took generic mode; sysctls set
 
 
 # -- carried-over connections: the XDP flows map ----------------------------------------------
@@ -438,12 +449,13 @@ class Seeded:
     conntrack: int = 0    # conntrack entries created (the rest were tracked already)
 
 
-def seed_existing(att: xdp.Attachment, ports: Iterable[int], conntrack: bool = True) -> Seeded:
+def seed_existing(att: xdp.Attachment, ports: Iterable[int], conntrack: bool = True,
+                  refresh: bool = False) -> Seeded:
     """Carry the namespace's open connections on `ports` into the flows map and (unless
-    `conntrack` is False) into conntrack."""
+    `conntrack` is False) into conntrack; `refresh`: see existing.add_conntrack."""
     conns = existing.connections(att.netns, ports)
     add_flows(att, conns)
-    created = existing.add_conntrack(att.netns, conns) if conntrack else 0
+    created = existing.add_conntrack(att.netns, conns, refresh=refresh) if conntrack else 0
     return Seeded(len(conns), created)
 
 
@@ -460,6 +472,21 @@ def attach_defines(ifname: str, netns: str | None,
     return defines, scale
 
 
+def attach_mode(ifname: str, netns: str | None, mode: str) -> tuple[str, str | None]:
+    """`auto` on a veth with no fastpath link yet is generic mode: veth's native path copies
+    every frame the stack sends into a page of its own and moves both ends to NAPI, which
+    costs a busy service about a quarter of its new connections per second with no attack
+    (`bench synguard-churn`), while a flood costs the same in either mode (`bench synflood`:
+    `fastpath-generic`). Elsewhere `auto` stays native first. Returns the mode and a note
+    that says why when it chose generic."""
+    if mode != "auto" or xdp.members(ifname, netns) or xdp.read_state(ifname, netns) is not None:
+        return mode, None
+    if not peer.is_veth(ifname, netns):
+        return mode, None
+    return "generic", (f"{ifname} is a veth: the guard attaches in generic mode, which costs its "
+                       f"connections less there than native (--mode native to override)")
+
+
 def attach(
     ifname: str,
     netns: str | None = None,
@@ -474,36 +501,48 @@ def attach(
     use_nft = cfg.uses_cookies
     if use_nft:
         nft.require()
+    mode, mode_note = attach_mode(ifname, netns, mode)
     defines, scale = attach_defines(ifname, netns, cfg)
-    xdp.clear_stale(ifname, netns)
-    protected = protected_addresses(netns, cfg)
-    chain.check_claims(ifname, netns, {PROGRAM: guard_claims(cfg, protected)})
-    old = xdp.read_state(ifname, netns, PROGRAM)
-    ours = old is not None and old.program == PROGRAM and "config" in old.options
-    previous = guard_config(old) if ours and old is not None else None
-    options: dict[str, object] = {"config": cfg.to_json()}
-    if old is not None and old.program == PROGRAM:
-        for key in ("nft_table", "tcp_loose_was"):
-            if key in old.options:
-                options[key] = old.options[key]
-    att, replaced = xdp.attach(SPEC, ifname, netns, mode, defines, options, peer_program)
-    seeded = Seeded()
-    try:
-        table = nft.table_name(ifname, att.ifindex)
-        # A first attach starts with every port open (zeroed maps), a re-attach with the old
-        # settings: the connections open now are carried over before cookies are checked.
-        seeded = _switch(att, cfg, previous, defines, table if use_nft else None, protected)
-        xdp.save_state(att)
-    except BaseException:
-        if not replaced:
-            with contextlib.suppress(Exception):
-                _remove_nft(att, force_table=nft.table_name(ifname, att.ifindex))
-            with contextlib.suppress(Exception):
-                xdp.detach(ifname, netns, program=PROGRAM)
-        raise
+    with rules_lock():
+        xdp.clear_stale(ifname, netns)
+        protected = protected_addresses(netns, cfg)
+        chain.check_claims(ifname, netns, {PROGRAM: guard_claims(cfg, protected)})
+        old = xdp.read_state(ifname, netns, PROGRAM)
+        ours = old is not None and old.program == PROGRAM and "config" in old.options
+        previous = guard_config(old) if ours and old is not None else None
+        options: dict[str, object] = {"config": cfg.to_json()}
+        if old is not None and old.program == PROGRAM:
+            for key in ("nft_table", *knobs.KEYS, armer.PID_KEY):
+                if key in old.options:
+                    options[key] = old.options[key]
+        att, replaced = xdp.attach(SPEC, ifname, netns, mode, defines, options, peer_program)
+        seeded = Seeded()
+        try:
+            table = nft.table_name(ifname, att.ifindex)
+            # A first attach starts with every port open (zeroed maps), a re-attach with the old
+            # settings: the connections open now are carried over before cookies are checked.
+            seeded = _switch(att, cfg, previous, defines, table if use_nft else None, protected)
+            cookies_was = _kernel_cookies(att, cfg)
+            _watcher(att, cfg)
+            xdp.save_state(att)
+        except BaseException:
+            if not replaced:
+                with contextlib.suppress(Exception):
+                    armer.stop(att, remove_log=True)
+                with contextlib.suppress(Exception):
+                    _remove_nft(att, force_table=nft.table_name(ifname, att.ifindex))
+                with contextlib.suppress(Exception):
+                    _kernel_cookies(att, None)
+                with contextlib.suppress(Exception):
+                    xdp.detach(ifname, netns, program=PROGRAM)
+            raise
+    notes = [mode_note] if mode_note else []
+    if cookies_was is not None:
+        notes.append(f"net.ipv4.tcp_syncookies {cookies_was} -> 1{_ns_where(netns)} while the guard "
+                     f"uses cookies (SYNPROXY needs it once a flood fills a SYN queue); detach restores it")
     nft_table = att.options.get("nft_table")
     return AttachResult(att, replaced, nft_table if isinstance(nft_table, str) else None, defines,
-                        seeded.connections, scale)
+                        seeded.connections, scale, notes)
 
 
 def _switch(att: xdp.Attachment, cfg: GuardConfig, previous: GuardConfig | None,
@@ -511,72 +550,180 @@ def _switch(att: xdp.Attachment, cfg: GuardConfig, previous: GuardConfig | None,
     """Make the maps and the SYNPROXY table match `cfg` without cutting open connections
     (fastpath/apps/guard/existing.py): flows seeded, XDP maps (the protected addresses before
     the config that turns their lookup on; cookies on, so a flood never reaches conntrack),
-    nft table, flows and conntrack seeded, tcp_loose=0."""
+    then the rules (arm_rules). With on-demand rules not armed now, the maps only: the
+    interface's watcher arms them when a port switches to cookies."""
     write_protected(att, protected)
     forget_port_state(att, cfg.cookie_ports)
-    if table is None:
+    if table is None or (cfg.on_demand and not rules_armed(att)):
         write_ports(att, cfg, previous)
         write_config(att, cfg)
+        set_armed(att, False)
         _remove_nft(att)
         return Seeded()
     first = seed_existing(att, cfg.cookie_ports, conntrack=False)
     write_ports(att, cfg, previous)
     write_config(att, cfg)
+    seeded = arm_rules(att, cfg, defines, table)
+    return Seeded(max(first.connections, seeded.connections), seeded.conntrack)
+
+
+# -- the SYNPROXY rules: in from attach on, or armed on demand (fastpath/apps/guard/ondemand.py) --
+
+@contextlib.contextmanager
+def rules_lock() -> Iterator[None]:
+    """Serialises changes to the SYNPROXY rules and the state of the guards between commands
+    and the on-demand watchers (an flock on the folder of every interface's state: held over
+    an attach's compile too, so a watcher never works on options an attach is about to
+    overwrite; per-namespace folders are created and pruned with their state)."""
+    folder = RUN_ROOT / "xdp"  # one lock for all: attaches are rare
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def read_armed(att: xdp.Attachment) -> bool:
+    """The program's `armed` flag: ports in cookie mode send cookies (the rules are in)."""
+    with open_map(att, "adaptive") as m:
+        record = m.get(ctypes.c_uint32(0))
+    return bool(record is not None and record.armed)
+
+
+def rules_armed(att: xdp.Attachment) -> bool:
+    return read_armed(att) or "nft_table" in att.options
+
+
+def set_armed(att: xdp.Attachment, armed: bool) -> None:
+    with open_map(att, "adaptive") as m:
+        record = m.get(ctypes.c_uint32(0)) or SgAdaptive()
+        if record.armed != int(armed):
+            record.armed = int(armed)
+            m.set(ctypes.c_uint32(0), record)
+
+
+def arm_rules(att: xdp.Attachment, cfg: GuardConfig, defines: Mapping[str, int], table: str) -> Seeded:
+    """Install (or update) the SYNPROXY table, carry the open connections on the cookie ports
+    into flows and conntrack (refreshing entries conntrack kept while it was off), set
+    tcp_loose=0, and only then let ports in cookie mode send cookies."""
     nft.install(att.netns, table, att.ifname, cfg.cookie_ports, defines, cfg.fragments == "pass")
     att.options["nft_table"] = table
-    seeded = seed_existing(att, cfg.cookie_ports)  # and handshakes completed meanwhile
-    if "tcp_loose_was" not in att.options:
-        att.options["tcp_loose_was"] = nft.set_tcp_loose(att.netns, 0)
-    return Seeded(max(first.connections, seeded.connections), seeded.conntrack)
+    seeded = seed_existing(att, cfg.cookie_ports, refresh=True)  # and handshakes completed meanwhile
+    knobs.hold(att, knobs.TCP_LOOSE, _armed_others(att))
+    set_armed(att, True)
+    return seeded
+
+
+def synproxy_summary(att: xdp.Attachment) -> dict[str, object]:
+    """How the attachment's SYNPROXY rules stand (`stats`, `status`): the setting, whether
+    they are armed, the table, and the on-demand watcher's pid (None: not running)."""
+    cfg = guard_config(att)
+    setting = "off" if not cfg.uses_cookies else "on-demand" if cfg.on_demand else "always"
+    table = att.options.get("nft_table")
+    return {"setting": setting, "armed": read_armed(att) if setting == "on-demand" else table is not None,
+            "table": table, "watcher_pid": armer.watcher_pid(att) if cfg.on_demand else None}
+
+
+def disarm_rules(att: xdp.Attachment) -> None:
+    """Ports in cookie mode pass SYNs again (first, so no cookie goes out without rules),
+    then the table goes and tcp_loose is restored."""
+    set_armed(att, False)
+    _remove_nft(att)
 
 
 def _remove_nft(att: xdp.Attachment, force_table: str | None = None) -> None:
     """Remove this attachment's SYNPROXY table and restore conntrack's tcp_loose when no
     other guard in the namespace still needs it."""
     table = att.options.pop("nft_table", None) or force_table
-    loose = att.options.pop("tcp_loose_was", None)
     if not _netns_alive(att.netns):
+        att.options.pop(knobs.TCP_LOOSE.key, None)
         return
     if isinstance(table, str):
         nft.remove(att.netns, table)
-    others = [a for a in attachments(netns=att.netns)
-              if a.ifname != att.ifname and a.netns == att.netns and "nft_table" in a.options]
-    if loose is not None and not others:
-        nft.set_tcp_loose(att.netns, int(str(loose)))
+    knobs.release(att, knobs.TCP_LOOSE, _armed_others(att))
 
 
-# An entry whose interface or namespace went away still leaves its nft table behind when
-# only the interface went: the runtime calls this when it removes the dead entry.
-xdp.STALE_HOOKS[PROGRAM] = _remove_nft
+def _others(att: xdp.Attachment) -> list[xdp.Attachment]:
+    """The other SYN guards in `att`'s namespace."""
+    return [a for a in attachments(netns=att.netns) if a.ifname != att.ifname and a.netns == att.netns]
+
+
+def _armed_others(att: xdp.Attachment) -> list[xdp.Attachment]:
+    return [a for a in _others(att) if "nft_table" in a.options]
+
+
+def _kernel_cookies(att: xdp.Attachment, cfg: GuardConfig | None) -> int | None:
+    """tcp_syncookies at least 1 in the namespace while the guard uses cookies (`cfg`; None:
+    the guard goes), see fastpath/apps/guard/knobs.py. Returns the old value when it set it."""
+    if cfg is not None and cfg.uses_cookies:
+        return knobs.hold(att, knobs.SYNCOOKIES, _others(att))
+    if not _netns_alive(att.netns):
+        att.options.pop(knobs.SYNCOOKIES.key, None)
+        return None
+    others = []
+    for other in _others(att):
+        with contextlib.suppress(FastpathError):
+            if guard_config(other).uses_cookies:
+                others.append(other)
+    knobs.release(att, knobs.SYNCOOKIES, others)
+    return None
+
+
+def _remove_dead(att: xdp.Attachment) -> None:
+    armer.stop(att, remove_log=True)
+    _remove_nft(att, force_table=nft.table_name(att.ifname, att.ifindex))
+    _kernel_cookies(att, None)
+
+
+# An entry whose interface or namespace went away still leaves its watcher, and its nft table
+# when only the interface went: the runtime calls this when it removes the dead entry.
+xdp.STALE_HOOKS[PROGRAM] = _remove_dead
+
+
+def _watcher(att: xdp.Attachment, cfg: GuardConfig) -> None:
+    """The on-demand watcher runs exactly when the rules are on demand."""
+    if cfg.on_demand:
+        armer.ensure(att)
+    else:
+        armer.stop(att)
 
 
 def detach(ifname: str, netns: str | None = None) -> xdp.Attachment | None:
-    """Remove the program, its pins and state, and its SYNPROXY rules."""
-    att = xdp.read_state(ifname, netns, PROGRAM)
-    if att is not None and att.program != PROGRAM:
-        raise FastpathError(f"{ifname} runs fastpath program {att.program}, not the SYN guard",
-                            fix=f"use '{xdp.detach_hint(att)}'")
-    if att is not None:
-        _remove_nft(att)
-    return xdp.detach(ifname, netns, program=PROGRAM)
+    """Remove the program, its pins and state, its SYNPROXY rules and its watcher."""
+    with rules_lock():
+        att = xdp.read_state(ifname, netns, PROGRAM)
+        if att is not None and att.program != PROGRAM:
+            raise FastpathError(f"{ifname} runs fastpath program {att.program}, not the SYN guard",
+                                fix=f"use '{xdp.detach_hint(att)}'")
+        if att is not None:
+            armer.stop(att, remove_log=True)
+            _remove_nft(att, force_table=nft.table_name(att.ifname, att.ifindex))
+            _kernel_cookies(att, None)
+        return xdp.detach(ifname, netns, program=PROGRAM)
 
 
 def set_config(att: xdp.Attachment, config: GuardConfig) -> xdp.Attachment:
     """Apply a new GuardConfig live (ports, rate, cookies, fragments, protected addresses,
     whose `local` part is read from the namespace again), no reload."""
     cfg = config.validate()
-    previous = guard_config(att)
-    if cfg.uses_cookies:
-        nft.require()
-        _check_window_scale(att, cfg, sorted(set(cfg.cookie_ports) - set(previous.cookie_ports)))
-    protected = protected_addresses(att.netns, cfg)
-    chain.check_claims(att.ifname, att.netns, {PROGRAM: guard_claims(cfg, protected)})
-    table = None
-    if cfg.uses_cookies:
-        table = str(att.options.get("nft_table") or nft.table_name(att.ifname, att.ifindex))
-    _switch(att, cfg, previous, {k: int(v) for k, v in att.defines.items()}, table, protected)
-    att.options["config"] = cfg.to_json()
-    xdp.save_state(att)
+    with rules_lock():
+        att = xdp.read_state(att.ifname, att.netns, PROGRAM) or att  # what a watcher changed
+        previous = guard_config(att)
+        if cfg.uses_cookies:
+            nft.require()
+            _check_window_scale(att, cfg, sorted(set(cfg.cookie_ports) - set(previous.cookie_ports)))
+        protected = protected_addresses(att.netns, cfg)
+        chain.check_claims(att.ifname, att.netns, {PROGRAM: guard_claims(cfg, protected)})
+        table = None
+        if cfg.uses_cookies:
+            table = str(att.options.get("nft_table") or nft.table_name(att.ifname, att.ifindex))
+        _switch(att, cfg, previous, {k: int(v) for k, v in att.defines.items()}, table, protected)
+        att.options["config"] = cfg.to_json()
+        _kernel_cookies(att, cfg)
+        _watcher(att, cfg)
+        xdp.save_state(att)
     return att
 
 
@@ -613,6 +760,8 @@ def status(att: xdp.Attachment) -> dict[str, object]:
     }
     with contextlib.suppress(FastpathError):
         data["config"] = guard_config(att).to_json()
+    with contextlib.suppress(FastpathError, OSError):
+        data["synproxy"] = synproxy_summary(att)
     with contextlib.suppress(FastpathError):
         data["protected"] = [str(a) for a in sorted(read_protected(att), key=lambda a: (a.version, int(a)))]
     try:

@@ -6,23 +6,24 @@ client is fastpath-echo-bench with --new-conn-per-request (32 connections at a t
 connects, sends 64 bytes, reads the echo and closes with a RST), which counts connections
 per second and checks every echoed byte. Contenders, measured in turn on the same lab:
 - `none`: no guard, the baseline;
-- `adaptive`: the guard as `fastpath xdp attach` sets it up by default (adaptive cookies:
-  with no flood, SYNs pass to the stack, handshakes are the kernel's own);
-- `always`: cookies for every SYN (`--cookies always`): SYN-ACKs from XDP, every
+- `adaptive`: the guard as `fastpath xdp attach` sets it up by default: adaptive cookies
+  (with no flood, SYNs pass to the stack, handshakes are the kernel's own), SYNPROXY rules
+  on demand (not armed: no conntrack), and `auto` mode, which on a veth is generic (skb)
+  mode; the run checks all three, and that no cookie was sent;
+- `adaptive-native`: the same attached natively (`--mode native`);
+- `adaptive-synproxy`: the same with the SYNPROXY rules in from attach on (`--synproxy
+  always`, which turns conntrack on in the namespace);
+- `always`: cookies for every SYN (`--cookies always`, native): SYN-ACKs from XDP, every
   connection opened by SYNPROXY;
-- `xdp-floor`: no guard, but the counting program (fastpath count) attached the same way:
-  what XDP on a veth pair costs by itself;
-- `adaptive-generic`, `xdp-floor-generic`: the same two attached in generic (skb) mode, which
-  leaves veth on its plain path (no NAPI, no peer program) and keeps conntrack's share.
-The other XDP contenders attach natively, so the runtime puts its pass program on the client's
-end of the pair (veth delivers XDP_TX frames only to a peer with a program), and veth then
-takes NAPI's path on both ends; `none` runs with no program on either end, so `xdp-floor`
-vs `none` is that veth cost, and the guards vs `xdp-floor` what the guard itself adds (its
-program, and conntrack, which its SYNPROXY rules switch on in the namespace). On a quiet
-2-CPU VM (6.18): xdp-floor 0.78x of none, xdp-floor-generic 0.99x; adaptive 0.63x,
-adaptive-generic 0.81x, and the guard in generic mode with its nft table removed 0.96x: of
-the gap, the veth native path is about a fifth and conntrack about a sixth, the guard's
-program a few percent.
+- `xdp-floor`, `xdp-floor-generic`: no guard, but the counting program (fastpath count)
+  attached natively or in generic mode: what XDP on a veth pair costs by itself.
+Native contenders make the runtime put its pass program on the client's end of the pair
+(veth delivers XDP_TX frames only to a peer with a program), and veth then takes NAPI's path
+on both ends, copying every frame the stack sends into a page of its own; `none` runs with no
+program on either end, so `xdp-floor` vs `none` is that veth cost. On a quiet 2-CPU VM
+(6.18), before the rules were on demand: xdp-floor 0.78x of none, xdp-floor-generic 0.99x;
+the guard native 0.63x, generic 0.81x, generic with its nft table removed 0.96x: of the gap,
+the veth native path was about a fifth and conntrack about a sixth.
 Target: adaptive keeps >= 90 % of the unguarded connection rate (a ratio within one run,
 so load elsewhere on the machine affects every contender alike; on a shared machine the
 spread of one contender's samples can exceed that, so read the p25-p75 columns too).
@@ -66,7 +67,8 @@ class SynguardChurn(Scenario):
     repeat, quick_repeat, warmup = 7, 1, 1
 
     def contenders(self) -> list[str]:
-        return ["adaptive", "always", "xdp-floor", "adaptive-generic", "xdp-floor-generic", "none"]
+        return ["adaptive", "adaptive-native", "adaptive-synproxy", "always", "xdp-floor",
+                "xdp-floor-generic", "none"]
 
     def setup(self, ctx: BenchContext) -> None:
         from fastpath.netns import Lab, netns_unavailable_reason
@@ -103,20 +105,40 @@ class SynguardChurn(Scenario):
                                 f"connection errors, {out['verify_failures']} wrong echoes: {err[0]}")
         return out
 
+    def _guard(self, contender: str) -> None:
+        """The guard for `contender`, and its premise: adaptive as attach sets it up by default
+        (auto mode, which on a veth is generic; the SYNPROXY rules on demand, not armed)."""
+        if contender == "always":
+            sg.attach("eth0", self._ns, "native", GuardConfig(cookie_ports=(PORT,), cookies="always"))
+            return
+        mode = "native" if contender == "adaptive-native" else "auto"
+        synproxy = "always" if contender == "adaptive-synproxy" else "on-demand"
+        cfg = GuardConfig(cookie_ports=(PORT,), synproxy=synproxy)
+        att = sg.attach("eth0", self._ns, mode, cfg).attachment
+        proxy = sg.synproxy_summary(att)
+        want = ("native" if contender == "adaptive-native" else "generic", synproxy == "always")
+        if (att.mode, bool(proxy["armed"])) != want:
+            raise FastpathError(f"synguard-churn {contender}: the guard runs in {att.mode} mode with its "
+                                f"SYNPROXY rules {'armed' if proxy['armed'] else 'not armed'}; expected "
+                                f"{want[0]}, {'armed' if want[1] else 'not armed'}")
+
     def measure(self, contender: str, ctx: BenchContext) -> dict[str, float]:
-        kind = contender.removesuffix("-generic")
-        mode = "generic" if kind != contender else "native"
+        kind = "xdp-floor" if contender.startswith("xdp-floor") else contender
         if kind == "xdp-floor":
+            mode = "generic" if contender.endswith("-generic") else "native"
             xdp.attach(xdp_count.SPEC, "eth0", self._ns, mode, {"WATCH_PORT": PORT, "GENERATION": 1})
         elif kind != "none":
-            sg.attach("eth0", self._ns, mode, GuardConfig(cookie_ports=(PORT,), cookies=kind))
+            self._guard(contender)
         try:
             out = self._client(ctx.pick(3.0, 1.0), ctx.pick(0.5, 0.2))
-            if kind in ("adaptive", "always"):
+            if kind not in ("xdp-floor", "none"):
                 c = {k: v[0] for k, v in sg.read_counters(sg.attachment("eth0", self._ns)).items()}
                 ctx.log(f"synguard-churn {contender}: {out['conn_per_s']:,.0f} conn/s, "
                         f"SYNs passed {c['pass_syn']:,}, cookies sent {c['tx_cookie']:,}, "
                         f"ports switched to cookies {c['to_cookie']}")
+                if kind != "always" and (c["tx_cookie"] or c["to_cookie"]):
+                    raise FastpathError(f"synguard-churn {contender}: with no attack the port switched to "
+                                        f"cookies ({c['to_cookie']} switches, {c['tx_cookie']} cookies)")
         finally:
             if kind == "xdp-floor":
                 xdp.detach("eth0", self._ns, program=xdp_count.SPEC.name)
