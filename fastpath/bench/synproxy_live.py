@@ -29,13 +29,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-from pathlib import Path
 
 from fastpath.apps.guard import nft
 from fastpath.bench import kernel_peers as kp
 from fastpath.bpf import peer, syscall
 from fastpath.core.namespaces import in_netns
 from fastpath.errors import FastpathError
+from fastpath.netns.model import sysctl_path
 from fastpath.netns.procs import run_in_netns
 
 TABLE = "fastpath_bench_xdp_synproxy"
@@ -65,13 +65,9 @@ def rules(ifname: str, port: int) -> str:
                          wscale=kp.SYNPROXY_WSCALE)
 
 
-def _sysctl_path(name: str) -> Path:
-    return Path("/proc/sys") / name.replace(".", "/")
-
-
 def _set_sysctl(netns: str, name: str, value: int) -> int:
     """Set `name` in `netns`; returns the previous value."""
-    return nft.swap_sysctl(netns, str(_sysctl_path(name)), lambda _old: value)
+    return nft.swap_sysctl(netns, sysctl_path(name), lambda _old: value)
 
 
 class KernelXdpSynproxy:

@@ -88,15 +88,20 @@ def _namespace_of(nsid: int, netns: str | None, home_fd: int) -> str | None:
         f"the veth peer lives in a namespace that has no name (namespace id {nsid} seen from {where})")
 
 
+def _veth_link(ipr: Any, ifname: str) -> Any:
+    """The link `ifname` of `ipr`'s namespace when it is one end of a veth pair, else None."""
+    found = ipr.link_lookup(ifname=ifname)
+    link = _link(ipr, found[0]) if found else None
+    info = link.get_attr("IFLA_LINKINFO") if link is not None else None
+    return link if info is not None and info.get_attr("IFLA_INFO_KIND") == "veth" else None
+
+
 def is_veth(ifname: str, netns: str | None) -> bool:
     """`ifname` in `netns` is one end of a veth pair (False also when it is not there)."""
     from pyroute2 import IPRoute
 
     with in_netns(netns), IPRoute() as ipr:
-        found = ipr.link_lookup(ifname=ifname)
-        link = _link(ipr, found[0]) if found else None
-        info = link.get_attr("IFLA_LINKINFO") if link is not None else None
-        return info is not None and info.get_attr("IFLA_INFO_KIND") == "veth"
+        return _veth_link(ipr, ifname) is not None
 
 
 def find(ifname: str, netns: str | None) -> VethPeer | None:
@@ -106,12 +111,8 @@ def find(ifname: str, netns: str | None) -> VethPeer | None:
     home_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         with in_netns(netns), IPRoute() as ipr:
-            found = ipr.link_lookup(ifname=ifname)
-            link = _link(ipr, found[0]) if found else None
+            link = _veth_link(ipr, ifname)
             if link is None:
-                return None
-            info = link.get_attr("IFLA_LINKINFO")
-            if info is None or info.get_attr("IFLA_INFO_KIND") != "veth":
                 return None
             peer_index = link.get_attr("IFLA_LINK")
             nsid = link.get_attr("IFLA_LINK_NETNSID")

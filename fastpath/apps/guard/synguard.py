@@ -368,10 +368,6 @@ def acl_change(atts: Sequence[xdp.Attachment], action: str, verb: str, nets: Seq
     return changed
 
 
-def _ns_where(netns: str | None) -> str:
-    return f" in netns {netns}" if netns else ""
-
-
 def _ns_flag(netns: str | None) -> str:
     return f" --netns {netns}" if netns else ""
 
@@ -538,7 +534,8 @@ def attach(
             raise
     notes = [mode_note] if mode_note else []
     if cookies_was is not None:
-        notes.append(f"net.ipv4.tcp_syncookies {cookies_was} -> 1{_ns_where(netns)} while the guard "
+        in_ns = f" in netns {netns}" if netns else ""
+        notes.append(f"net.ipv4.tcp_syncookies {cookies_was} -> 1{in_ns} while the guard "
                      f"uses cookies (SYNPROXY needs it once a flood fills a SYN queue); detach restores it")
     nft_table = att.options.get("nft_table")
     return AttachResult(att, replaced, nft_table if isinstance(nft_table, str) else None, defines,
@@ -671,7 +668,9 @@ def _kernel_cookies(att: xdp.Attachment, cfg: GuardConfig | None) -> int | None:
     return None
 
 
-def _remove_dead(att: xdp.Attachment) -> None:
+def _remove_guard(att: xdp.Attachment) -> None:
+    """What the guard set up besides its program: its watcher, its SYNPROXY table and the
+    sysctls it holds."""
     armer.stop(att, remove_log=True)
     _remove_nft(att, force_table=nft.table_name(att.ifname, att.ifindex))
     _kernel_cookies(att, None)
@@ -679,7 +678,7 @@ def _remove_dead(att: xdp.Attachment) -> None:
 
 # An entry whose interface or namespace went away still leaves its watcher, and its nft table
 # when only the interface went: the runtime calls this when it removes the dead entry.
-xdp.STALE_HOOKS[PROGRAM] = _remove_dead
+xdp.STALE_HOOKS[PROGRAM] = _remove_guard
 
 
 def _watcher(att: xdp.Attachment, cfg: GuardConfig) -> None:
@@ -698,9 +697,7 @@ def detach(ifname: str, netns: str | None = None) -> xdp.Attachment | None:
             raise FastpathError(f"{ifname} runs fastpath program {att.program}, not the SYN guard",
                                 fix=f"use '{xdp.detach_hint(att)}'")
         if att is not None:
-            armer.stop(att, remove_log=True)
-            _remove_nft(att, force_table=nft.table_name(att.ifname, att.ifindex))
-            _kernel_cookies(att, None)
+            _remove_guard(att)
         return xdp.detach(ifname, netns, program=PROGRAM)
 
 
