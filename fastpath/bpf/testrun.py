@@ -146,7 +146,9 @@ def choose_engine(requested: str | None = None, ifindex: int = 1) -> EngineChoic
     if want == "live":
         why = live_frames_refused(ifindex)
         if why:
-            raise CapabilityError(f"the live flood engine cannot run here: {why}", fix="use --engine packet")
+            raise CapabilityError(f"the live flood engine cannot run here: {why}",
+                                  fix="use the packet engine (--engine packet or "
+                                      "FASTPATH_FLOOD_ENGINE=packet)")
         return EngineChoice("live", "")
     if want == "packet":
         why = packet_engine_missing()

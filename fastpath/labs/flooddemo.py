@@ -102,8 +102,7 @@ GUARDED_MIN_OK = 0.95
 def _alive(flood: NodeProcess, when: str) -> None:
     if not flood.running:
         raise FastpathError(f"the flood generator died {when}: {floodlab.flood_error(flood.output())}",
-                            fix="run 'fastpath doctor' (xdp-live-frames row) or force an engine with "
-                                "FASTPATH_FLOOD_ENGINE=packet")
+                            fix="'fastpath doctor' says what this host allows (xdp-live-frames row)")
 
 
 def verdict(result: dict[str, Any]) -> list[str]:
